@@ -1,0 +1,153 @@
+//! Per-postcode counts, and each station's contribution to them.
+//!
+//! [`PostcodeCounts`] is both the value the aggregation outputs and the
+//! *difference type* it accumulates: a station contributes its counts, and
+//! leaving contributes their negation. Sums of contributions are what
+//! differential dataflow maintains, so a change at one station costs work in
+//! proportion to that change, not to the size of its postcode.
+
+use crate::feed::StationStatus;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use serde::{Deserialize, Serialize};
+
+/// Availability counts of one postcode (or one station's contribution).
+///
+/// Bikes count only where a rider can take them: at stations installed and
+/// renting. Docks count only where a rider can return a bike: at stations
+/// installed and returning.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct PostcodeCounts {
+    /// Bikes a rider can take (`nbr_total`).
+    pub bikes: i64,
+    /// Mechanical bikes a rider can take (`nbr_meca`).
+    pub mechanical: i64,
+    /// E-bikes a rider can take (`nbr_elec`).
+    pub ebikes: i64,
+    /// Docks a rider can return a bike to.
+    pub docks: i64,
+    /// Stations, whatever their state.
+    pub stations: i64,
+    /// Stations installed and renting.
+    pub stations_renting: i64,
+    /// Bikes at stations that are not installed or not renting: there, but
+    /// not available (what the old Spark job counted on top of `bikes`).
+    pub bikes_unavailable: i64,
+    /// Stations whose postcode was inferred from a neighbour.
+    pub stations_inferred: i64,
+}
+
+impl PostcodeCounts {
+    /// One station's contribution, before its postcode is known.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::counts::PostcodeCounts;
+    /// use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
+    ///
+    /// let closed = StationStatus {
+    ///     station_id: StationId::Num(1), code: None, bikes_available: 10,
+    ///     bike_types: Some(BikeTypes { mechanical: 6, ebike: 4, other: 0 }),
+    ///     docks_available: 2, is_installed: true, is_renting: false,
+    ///     is_returning: true, last_reported: None,
+    /// };
+    /// let c = PostcodeCounts::of_station(&closed);
+    /// assert_eq!((c.bikes, c.bikes_unavailable, c.stations, c.stations_renting), (0, 10, 1, 0));
+    /// ```
+    pub fn of_station(status: &StationStatus) -> PostcodeCounts {
+        let rentable = status.is_rentable();
+        let types = status.bike_types.unwrap_or_default();
+        let when = |flag: bool, n: u32| if flag { i64::from(n) } else { 0 };
+        PostcodeCounts {
+            bikes: when(rentable, status.bikes_available),
+            mechanical: when(rentable, types.mechanical),
+            ebikes: when(rentable, types.ebike),
+            docks: when(
+                status.is_installed && status.is_returning,
+                status.docks_available,
+            ),
+            stations: 1,
+            stations_renting: i64::from(rentable),
+            bikes_unavailable: when(!rentable, status.bikes_available),
+            stations_inferred: 0,
+        }
+    }
+
+    /// Stations that are not installed or not renting.
+    pub fn stations_not_renting(&self) -> i64 {
+        self.stations - self.stations_renting
+    }
+
+    fn fields_mut(&mut self) -> [&mut i64; 8] {
+        [
+            &mut self.bikes,
+            &mut self.mechanical,
+            &mut self.ebikes,
+            &mut self.docks,
+            &mut self.stations,
+            &mut self.stations_renting,
+            &mut self.bikes_unavailable,
+            &mut self.stations_inferred,
+        ]
+    }
+
+    fn fields(&self) -> [i64; 8] {
+        [
+            self.bikes,
+            self.mechanical,
+            self.ebikes,
+            self.docks,
+            self.stations,
+            self.stations_renting,
+            self.bikes_unavailable,
+            self.stations_inferred,
+        ]
+    }
+}
+
+impl std::ops::AddAssign<&PostcodeCounts> for PostcodeCounts {
+    fn add_assign(&mut self, rhs: &PostcodeCounts) {
+        for (a, b) in self.fields_mut().into_iter().zip(rhs.fields()) {
+            *a += b;
+        }
+    }
+}
+
+impl IsZero for PostcodeCounts {
+    fn is_zero(&self) -> bool {
+        self.fields().iter().all(|f| *f == 0)
+    }
+}
+
+impl Semigroup for PostcodeCounts {
+    fn plus_equals(&mut self, rhs: &Self) {
+        *self += rhs;
+    }
+}
+
+impl Monoid for PostcodeCounts {
+    fn zero() -> Self {
+        PostcodeCounts::default()
+    }
+}
+
+impl Abelian for PostcodeCounts {
+    fn negate(&mut self) {
+        for f in self.fields_mut() {
+            *f = -*f;
+        }
+    }
+}
+
+impl Multiply<isize> for PostcodeCounts {
+    type Output = PostcodeCounts;
+    fn multiply(mut self, rhs: &isize) -> PostcodeCounts {
+        let k = *rhs as i64;
+        for f in self.fields_mut() {
+            *f *= k;
+        }
+        self
+    }
+}

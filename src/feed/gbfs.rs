@@ -1,0 +1,460 @@
+//! GBFS v1.x, v2.x and v3.0 payloads, and Vélib's departures from them.
+//!
+//! What real feeds do that the parsers accept (see `shared/fixtures/README.md`):
+//! numeric (64-bit) or string station ids; booleans as `true`/`false` or
+//! `1`/`0`; bike types as Vélib's array of single-key objects
+//! (`[{"mechanical": 3}, {"ebike": 1}]`), as a plain object, or as GBFS
+//! `vehicle_types_available`; the time as `last_updated` (POSIX seconds or,
+//! in v3, RFC 3339) or Vélib's `lastUpdatedOther`; localized names (v3);
+//! unknown extra fields; missing optional fields.
+//!
+//! # Examples
+//!
+//! ```
+//! use velib_dataflow::feed::{gbfs, StationId};
+//!
+//! let payload = br#"{"lastUpdatedOther": 1732004538, "ttl": 3600, "data": {"stations": [
+//!     {"station_id": 213688169, "stationCode": "16107", "num_bikes_available": 1,
+//!      "num_bikes_available_types": [{"mechanical": 1}, {"ebike": 0}],
+//!      "num_docks_available": 34, "is_installed": 1, "is_returning": 1,
+//!      "is_renting": 1, "last_reported": 1732001704}]}}"#;
+//! let snapshot = gbfs::parse_status(payload)?;
+//! assert_eq!(snapshot.feed_time, 1732004538);
+//! assert_eq!(snapshot.stations[0].station_id, StationId::Num(213688169));
+//! assert_eq!(snapshot.stations[0].bike_types.unwrap().mechanical, 1);
+//! # Ok::<(), velib_dataflow::feed::FeedError>(())
+//! ```
+
+use super::json::{opt, parse_payload, Ctx};
+use super::{
+    BikeTypes, FeedError, FeedKind, FeedTime, InformationSnapshot, Position, Problem, StationId,
+    StationInfo, StationStatus, StatusSnapshot,
+};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+/// A feed listed by a discovery file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedLink {
+    /// The feed's name, e.g. `station_status`.
+    pub name: String,
+    /// Where to fetch it.
+    pub url: String,
+}
+
+/// A parsed `gbfs.json`: the feeds a system publishes, per language.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// The GBFS version declared, if any.
+    pub version: Option<String>,
+    /// The suggested polling interval, in seconds, if any.
+    pub ttl: Option<u32>,
+    /// The feeds per language, in file order. GBFS v3 has no languages at this
+    /// level: its one list has language `None`.
+    pub languages: Vec<(Option<String>, Vec<FeedLink>)>,
+}
+
+impl Discovery {
+    /// The URL of feed `name` in `language` (or the first language when
+    /// `None`).
+    pub fn feed_url(&self, name: &str, language: Option<&str>) -> Option<&str> {
+        let feeds = match language {
+            Some(lang) => self
+                .languages
+                .iter()
+                .find(|(l, _)| l.as_deref() == Some(lang))
+                .map(|(_, f)| f),
+            None => self.languages.first().map(|(_, f)| f),
+        }?;
+        feeds
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.url.as_str())
+    }
+}
+
+/// Parses a `gbfs.json` discovery payload (v1.x/v2.x per-language lists, or
+/// v3.0's single list).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::gbfs;
+/// let d = gbfs::parse_discovery(br#"{"last_updated": 0, "ttl": 60, "data": {"fr": {"feeds": [
+///     {"name": "station_status", "url": "https://example.org/fr/station_status.json"}]}}}"#)?;
+/// assert_eq!(d.feed_url("station_status", None), Some("https://example.org/fr/station_status.json"));
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
+pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, FeedError> {
+    let ctx = Ctx::new(FeedKind::Discovery);
+    let root = parse_payload(ctx.feed, bytes)?;
+    let top = ctx.object("(top level)", &root)?;
+    let data = ctx.object("data", ctx.req(top, "data")?)?;
+    let mut languages = Vec::new();
+    if let Some(feeds) = data.get("feeds") {
+        languages.push((None, feed_links(&ctx, "data.feeds", feeds)?));
+    } else {
+        for (lang, body) in data {
+            let path = format!("data.{lang}");
+            let body = ctx.object(&path, body)?;
+            let feeds = ctx
+                .req(body, "feeds")
+                .map_err(|_| ctx.err(format!("{path}.feeds"), Problem::Missing))?;
+            languages.push((
+                Some(lang.clone()),
+                feed_links(&ctx, &format!("{path}.feeds"), feeds)?,
+            ));
+        }
+    }
+    if languages.is_empty() {
+        return Err(ctx.err("data", Problem::OutOfRange("no feeds listed".into())));
+    }
+    Ok(Discovery {
+        version: version(&ctx, top)?,
+        ttl: ctx.opt_count(top, "ttl")?,
+        languages,
+    })
+}
+
+fn feed_links(ctx: &Ctx, path: &str, feeds: &Value) -> Result<Vec<FeedLink>, FeedError> {
+    ctx.array(path, feeds)?
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let at = format!("{path}[{i}]");
+            let f = ctx.object(&at, f)?;
+            let text = |field: &str| -> Result<String, FeedError> {
+                let v = ctx.req(f, field).map_err(|e| relocate(e, &at, field))?;
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ctx.wrong(&format!("{at}.{field}"), "a string", v))
+            };
+            Ok(FeedLink {
+                name: text("name")?,
+                url: text("url")?,
+            })
+        })
+        .collect()
+}
+
+fn relocate(e: FeedError, at: &str, field: &str) -> FeedError {
+    match e {
+        FeedError::Field {
+            feed,
+            station,
+            problem,
+            ..
+        } => FeedError::Field {
+            feed,
+            station,
+            field: format!("{at}.{field}"),
+            problem,
+        },
+        other => other,
+    }
+}
+
+/// Parses a `station_status.json` payload.
+///
+/// Rejects the payload whole, with an error naming the station and field, if
+/// any station is invalid; and as an [`FeedError::UpstreamOutage`] if it has no
+/// stations, or, for a Vélib' payload, if every station lacks its code or its
+/// bike types (what the Vélib' API serves when its back end is down).
+pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
+    let ctx = Ctx::new(FeedKind::StationStatus);
+    let root = parse_payload(ctx.feed, bytes)?;
+    let header = Header::read(&ctx, &root)?;
+    let v3 = header
+        .version
+        .as_deref()
+        .is_some_and(|v| v.starts_with('3'));
+    let mut seen = HashSet::new();
+    let mut stations = Vec::with_capacity(header.stations.len());
+    for (i, raw) in header.stations.iter().enumerate() {
+        let status = parse_station_status(&ctx, i, raw, v3)?;
+        if !seen.insert(status.station_id.clone()) {
+            return Err(FeedError::DuplicateStation {
+                feed: ctx.feed,
+                station: status.station_id.to_string(),
+            });
+        }
+        stations.push(status);
+    }
+    if stations.is_empty() {
+        return Err(ctx.outage("the payload lists no stations"));
+    }
+    if header.velib {
+        if stations.iter().all(|s| s.code.is_none()) {
+            return Err(ctx.outage(format!(
+                "all {} stations lack their stationCode",
+                stations.len()
+            )));
+        }
+        if stations.iter().all(|s| s.bike_types.is_none()) {
+            return Err(ctx.outage(format!(
+                "all {} stations lack their bike types",
+                stations.len()
+            )));
+        }
+    }
+    Ok(StatusSnapshot {
+        feed_time: header.feed_time,
+        version: header.version,
+        ttl: header.ttl,
+        stations,
+    })
+}
+
+/// Parses a `station_information.json` payload.
+pub fn parse_information(bytes: &[u8]) -> Result<InformationSnapshot, FeedError> {
+    let ctx = Ctx::new(FeedKind::StationInformation);
+    let root = parse_payload(ctx.feed, bytes)?;
+    let header = Header::read(&ctx, &root)?;
+    let mut seen = HashSet::new();
+    let mut stations = Vec::with_capacity(header.stations.len());
+    for (i, raw) in header.stations.iter().enumerate() {
+        let info = parse_station_info(&ctx, i, raw)?;
+        if !seen.insert(info.station_id.clone()) {
+            return Err(FeedError::DuplicateStation {
+                feed: ctx.feed,
+                station: info.station_id.to_string(),
+            });
+        }
+        stations.push(info);
+    }
+    if stations.is_empty() {
+        return Err(ctx.outage("the payload lists no stations"));
+    }
+    if header.velib && stations.iter().all(|s| s.code.is_none()) {
+        return Err(ctx.outage(format!(
+            "all {} stations lack their stationCode",
+            stations.len()
+        )));
+    }
+    Ok(InformationSnapshot {
+        feed_time: header.feed_time,
+        version: header.version,
+        ttl: header.ttl,
+        stations,
+    })
+}
+
+/// What every GBFS payload has around its station list.
+struct Header<'a> {
+    feed_time: FeedTime,
+    version: Option<String>,
+    ttl: Option<u32>,
+    /// Vélib' writes `lastUpdatedOther` where GBFS writes `last_updated`.
+    velib: bool,
+    stations: &'a Vec<Value>,
+}
+
+impl<'a> Header<'a> {
+    fn read(ctx: &Ctx, root: &'a Value) -> Result<Self, FeedError> {
+        let top = ctx.object("(top level)", root)?;
+        let (field, time) = ctx.req_any(top, &["last_updated", "lastUpdatedOther"])?;
+        let feed_time = ctx.time(field, time)?;
+        let data = ctx.object("data", ctx.req(top, "data")?)?;
+        let stations = ctx.array(
+            "data.stations",
+            ctx.req(data, "stations")
+                .map_err(|e| relocate(e, "data", "stations"))?,
+        )?;
+        Ok(Header {
+            feed_time,
+            version: version(ctx, top)?,
+            ttl: ctx.opt_count(top, "ttl")?,
+            velib: field == "lastUpdatedOther",
+            stations,
+        })
+    }
+}
+
+fn version(ctx: &Ctx, top: &Map<String, Value>) -> Result<Option<String>, FeedError> {
+    match opt(top, "version") {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ctx.wrong("version", "a string", v)),
+    }
+}
+
+/// Reads the station id first, so that every later error names the station.
+fn station_ctx<'v>(
+    ctx: &Ctx,
+    index: usize,
+    raw: &'v Value,
+) -> Result<(Ctx, &'v Map<String, Value>, StationId), FeedError> {
+    let at_index = ctx.at_station(format!("#{index}"));
+    let obj = at_index.object(&format!("data.stations[{index}]"), raw)?;
+    let id = at_index.station_id("station_id", at_index.req(obj, "station_id")?)?;
+    Ok((ctx.at_station(id.to_string()), obj, id))
+}
+
+fn parse_station_status(
+    ctx: &Ctx,
+    index: usize,
+    raw: &Value,
+    v3: bool,
+) -> Result<StationStatus, FeedError> {
+    let (ctx, obj, station_id) = station_ctx(ctx, index, raw)?;
+    let (field, bikes) = ctx.req_any(
+        obj,
+        &[
+            "num_bikes_available",
+            "num_vehicles_available",
+            "numBikesAvailable",
+        ],
+    )?;
+    let bikes_available = ctx.count(field, bikes)?;
+    let docks_available = if v3 {
+        ctx.opt_count(obj, "num_docks_available")?.unwrap_or(0)
+    } else {
+        let (field, docks) = ctx.req_any(obj, &["num_docks_available", "numDocksAvailable"])?;
+        ctx.count(field, docks)?
+    };
+    Ok(StationStatus {
+        code: ctx.opt_code(obj, "stationCode")?,
+        bikes_available,
+        bike_types: bike_types(&ctx, obj)?,
+        docks_available,
+        is_installed: ctx.req_flag(obj, "is_installed")?,
+        is_renting: ctx.req_flag(obj, "is_renting")?,
+        is_returning: ctx.req_flag(obj, "is_returning")?,
+        last_reported: opt(obj, "last_reported")
+            .map(|v| ctx.time("last_reported", v))
+            .transpose()?,
+        station_id,
+    })
+}
+
+/// Which kind of bike a feed's type name means. Names vary by operator
+/// (`ebike`, `electric`, `mechanical`, `classic`, v3 vehicle type ids…).
+fn classify(name: &str) -> BikeKind {
+    let n = name.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    if has(&[
+        "ebike", "e-bike", "e_bike", "electric", "elec", "assist", "pedelec", "boost",
+    ]) {
+        BikeKind::Ebike
+    } else if has(&[
+        "mechanical",
+        "meca",
+        "classic",
+        "standard",
+        "human",
+        "bike",
+        "velo",
+        "vélo",
+    ]) {
+        BikeKind::Mechanical
+    } else {
+        BikeKind::Other
+    }
+}
+
+enum BikeKind {
+    Mechanical,
+    Ebike,
+    Other,
+}
+
+impl BikeTypes {
+    fn add(&mut self, kind: BikeKind, n: u32) {
+        let slot = match kind {
+            BikeKind::Mechanical => &mut self.mechanical,
+            BikeKind::Ebike => &mut self.ebike,
+            BikeKind::Other => &mut self.other,
+        };
+        *slot = slot.saturating_add(n);
+    }
+}
+
+fn bike_types(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Option<BikeTypes>, FeedError> {
+    let mut types = BikeTypes::default();
+    let mut any = false;
+    if let Some(v) = opt(obj, "num_bikes_available_types") {
+        const FIELD: &str = "num_bikes_available_types";
+        let mut add_object = |o: &Map<String, Value>, at: &str| -> Result<(), FeedError> {
+            for (name, count) in o {
+                let n = ctx.count(&format!("{at}.{name}"), count)?;
+                types.add(classify(name), n);
+                any = true;
+            }
+            Ok(())
+        };
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{FIELD}[{i}]");
+                    add_object(ctx.object(&at, item)?, &at)?;
+                }
+            }
+            Value::Object(o) => add_object(o, FIELD)?,
+            other => return Err(ctx.wrong(FIELD, "an array of objects or an object", other)),
+        }
+    } else if let Some(v) = opt(obj, "vehicle_types_available") {
+        const FIELD: &str = "vehicle_types_available";
+        for (i, item) in ctx.array(FIELD, v)?.iter().enumerate() {
+            let at = format!("{FIELD}[{i}]");
+            let item = ctx.object(&at, item)?;
+            let id = ctx
+                .req(item, "vehicle_type_id")
+                .map_err(|e| relocate(e, &at, "vehicle_type_id"))?;
+            let id = id
+                .as_str()
+                .ok_or_else(|| ctx.wrong(&format!("{at}.vehicle_type_id"), "a string", id))?;
+            let count = ctx
+                .req(item, "count")
+                .map_err(|e| relocate(e, &at, "count"))?;
+            types.add(classify(id), ctx.count(&format!("{at}.count"), count)?);
+            any = true;
+        }
+    }
+    Ok(any.then_some(types))
+}
+
+fn parse_station_info(ctx: &Ctx, index: usize, raw: &Value) -> Result<StationInfo, FeedError> {
+    let (ctx, obj, station_id) = station_ctx(ctx, index, raw)?;
+    let name = localized(&ctx, "name", ctx.req(obj, "name")?)?;
+    let lat = ctx.coordinate("lat", ctx.req(obj, "lat")?, 90.0)?;
+    let lon = ctx.coordinate("lon", ctx.req(obj, "lon")?, 180.0)?;
+    let code = match ctx.opt_code(obj, "stationCode")? {
+        Some(code) => Some(code),
+        None => opt(obj, "short_name")
+            .map(|v| localized(&ctx, "short_name", v))
+            .transpose()?
+            .filter(|s| !s.is_empty()),
+    };
+    Ok(StationInfo {
+        code,
+        name,
+        position: Some(Position { lat, lon }),
+        capacity: ctx.opt_count(obj, "capacity")?,
+        post_code: ctx.opt_code(obj, "post_code")?,
+        station_id,
+    })
+}
+
+/// A text field: a plain string (v1, v2) or v3's `[{"text", "language"}]`,
+/// of which the first is taken.
+fn localized(ctx: &Ctx, field: &str, v: &Value) -> Result<String, FeedError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(items) => {
+            let first = items.first().ok_or_else(|| {
+                ctx.err(
+                    field,
+                    Problem::OutOfRange("empty list of translations".into()),
+                )
+            })?;
+            let at = format!("{field}[0]");
+            let text = ctx
+                .req(ctx.object(&at, first)?, "text")
+                .map_err(|e| relocate(e, &at, "text"))?;
+            text.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ctx.wrong(&format!("{at}.text"), "a string", text))
+        }
+        other => Err(ctx.wrong(field, "a string or a list of translations", other)),
+    }
+}

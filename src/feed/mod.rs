@@ -1,0 +1,223 @@
+//! The normalised model of a bike-share feed, and parsers that produce it.
+//!
+//! Every feed this crate reads, whatever its GBFS version or quirks, ends up as
+//! the same few types: a [`StatusSnapshot`] of [`StationStatus`] rows and an
+//! [`InformationSnapshot`] of [`StationInfo`] rows, both stamped with the feed's
+//! own time. The parsers never panic on input: a payload that is not valid is
+//! rejected whole with a [`FeedError`] naming the feed, the station when known,
+//! and the field.
+//!
+//! | module | reads |
+//! |---|---|
+//! | [`gbfs`] | GBFS v1.x, v2.x, v3.0 `gbfs.json`, `station_information.json`, `station_status.json`, including Vélib's quirks |
+//! | [`opendata_paris`] | the City of Paris `velib-disponibilite-en-temps-reel` export |
+
+mod error;
+pub mod gbfs;
+mod json;
+pub mod opendata_paris;
+mod timestamp;
+
+pub use error::{FeedError, FeedKind, Problem};
+pub use timestamp::parse_rfc3339;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The largest payload the parsers accept, in bytes (64 MiB).
+///
+/// The whole Vélib' status feed is about 1 MB; anything near this limit is not
+/// a feed and is refused before it is parsed.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+
+/// Seconds since the Unix epoch, as the feed reports its own time.
+pub type FeedTime = i64;
+
+/// A station's identifier as the feed writes it.
+///
+/// Vélib' writes a JSON integer that needs 64 bits (up to 19,335,882,998);
+/// most other systems write a string. Both are kept exactly, so that a record
+/// written back to Kafka carries the same identifier the feed used.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StationId {
+    /// A numeric identifier (Vélib').
+    Num(u64),
+    /// A textual identifier (most GBFS systems; the Paris open-data station code).
+    Text(String),
+}
+
+impl fmt::Display for StationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StationId::Num(n) => write!(f, "{n}"),
+            StationId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<u64> for StationId {
+    fn from(n: u64) -> Self {
+        StationId::Num(n)
+    }
+}
+
+impl From<&str> for StationId {
+    fn from(s: &str) -> Self {
+        StationId::Text(s.to_owned())
+    }
+}
+
+/// Bikes available at a station, by type.
+///
+/// Bikes whose type is neither mechanical nor electric (cargo bikes, scooters
+/// in a v3 feed) are counted in `other`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct BikeTypes {
+    /// Mechanical (non-assisted) bikes.
+    pub mechanical: u32,
+    /// Electric-assisted bikes.
+    pub ebike: u32,
+    /// Bikes of any other type.
+    pub other: u32,
+}
+
+/// One station's status at one instant, normalised.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StationStatus {
+    /// The feed's identifier of the station.
+    pub station_id: StationId,
+    /// The station's public code (Vélib' `stationCode`), when the feed gives it.
+    pub code: Option<String>,
+    /// Bikes available (`num_bikes_available`, v3 `num_vehicles_available`).
+    pub bikes_available: u32,
+    /// Bikes by type, when the feed says; `None` when it does not.
+    pub bike_types: Option<BikeTypes>,
+    /// Docks available (`num_docks_available`).
+    pub docks_available: u32,
+    /// The station is on the street and working.
+    pub is_installed: bool,
+    /// Riders can take bikes from it.
+    pub is_renting: bool,
+    /// Riders can return bikes to it.
+    pub is_returning: bool,
+    /// When the station last reported, when the feed says.
+    pub last_reported: Option<FeedTime>,
+}
+
+impl StationStatus {
+    /// Whether a rider can take a bike here now: installed and renting.
+    pub fn is_rentable(&self) -> bool {
+        self.is_installed && self.is_renting
+    }
+
+    /// Whether two statuses of the same station say the same about
+    /// availability: counts and flags, ignoring `last_reported`.
+    ///
+    /// Stations report every few minutes with nothing changed; this is what
+    /// keeps such reports from becoming updates.
+    pub fn same_availability(&self, other: &Self) -> bool {
+        self.station_id == other.station_id
+            && self.code == other.code
+            && self.bikes_available == other.bikes_available
+            && self.bike_types == other.bike_types
+            && self.docks_available == other.docks_available
+            && self.is_installed == other.is_installed
+            && self.is_renting == other.is_renting
+            && self.is_returning == other.is_returning
+    }
+}
+
+/// A geographic position, in degrees (WGS 84).
+///
+/// Parsers only build finite, in-range positions, which is what makes the
+/// total order (and therefore use as dataflow data) sound.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Position {
+    /// Latitude, -90 to 90.
+    pub lat: f64,
+    /// Longitude, -180 to 180.
+    pub lon: f64,
+}
+
+impl Position {
+    /// Great-circle distance to `other`, in metres.
+    pub fn distance_m(&self, other: &Position) -> f64 {
+        const EARTH_RADIUS_M: f64 = 6_371_008.8;
+        let (la1, la2) = (self.lat.to_radians(), other.lat.to_radians());
+        let dlat = la2 - la1;
+        let dlon = (other.lon - self.lon).to_radians();
+        let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
+        2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
+    }
+}
+
+impl PartialEq for Position {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Position {}
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.lat
+            .total_cmp(&other.lat)
+            .then(self.lon.total_cmp(&other.lon))
+    }
+}
+impl std::hash::Hash for Position {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.lat.to_bits().hash(state);
+        self.lon.to_bits().hash(state);
+    }
+}
+
+/// One station's directory information, as the feed gives it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StationInfo {
+    /// The feed's identifier of the station.
+    pub station_id: StationId,
+    /// The station's public code (Vélib' `stationCode`, else GBFS `short_name`).
+    pub code: Option<String>,
+    /// The station's name.
+    pub name: String,
+    /// Where the station is.
+    pub position: Option<Position>,
+    /// Number of docks.
+    pub capacity: Option<u32>,
+    /// The feed's own postcode (GBFS `post_code`), when it has one.
+    pub post_code: Option<String>,
+}
+
+/// A whole `station_status` payload, normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// The feed's time of this snapshot (`last_updated`, Vélib' `lastUpdatedOther`).
+    pub feed_time: FeedTime,
+    /// The GBFS version the payload declares, if any.
+    pub version: Option<String>,
+    /// The feed's suggested polling interval, in seconds, if any.
+    pub ttl: Option<u32>,
+    /// Every station in the payload, in feed order.
+    pub stations: Vec<StationStatus>,
+}
+
+/// A whole `station_information` payload, normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InformationSnapshot {
+    /// The feed's time of this snapshot.
+    pub feed_time: FeedTime,
+    /// The GBFS version the payload declares, if any.
+    pub version: Option<String>,
+    /// The feed's suggested polling interval, in seconds, if any.
+    pub ttl: Option<u32>,
+    /// Every station in the payload, in feed order.
+    pub stations: Vec<StationInfo>,
+}

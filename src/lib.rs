@@ -1,0 +1,34 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::private_intra_doc_links,
+    rustdoc::bare_urls
+)]
+#![warn(
+    clippy::clone_on_ref_ptr,
+    clippy::dbg_macro,
+    clippy::explicit_iter_loop,
+    clippy::future_not_send,
+    clippy::todo,
+    clippy::use_self,
+    clippy::unimplemented
+)]
+
+// The data path, in order: feed -> postcode/directory -> snapshot -> dataflow
+// (counts) -> changes -> output. `replay` and `recorded` drive it in-process.
+pub mod changes;
+pub mod counts;
+pub mod dataflow;
+pub mod directory;
+pub mod feed;
+pub mod output;
+pub mod postcode;
+pub mod recorded;
+pub mod reference;
+pub mod replay;
+pub mod snapshot;

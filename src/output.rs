@@ -1,0 +1,114 @@
+//! The per-postcode record users read: JSON, with the seed's field names.
+
+use crate::changes::KeyChange;
+use crate::counts::PostcodeCounts;
+use crate::dataflow::Epoch;
+use crate::feed::FeedTime;
+use crate::postcode::Postcode;
+use serde::{Deserialize, Serialize};
+
+/// The value written for a postcode whose counts changed.
+///
+/// `postcode`, `nbr_total`, `nbr_meca` and `nbr_elec` keep the names the Spark
+/// job wrote, with the counts right (bikes a rider can take; mechanical and
+/// electric no longer swapped). `nbr_total` can exceed `nbr_meca + nbr_elec`
+/// when a feed does not type all its bikes.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::PostcodeCounts;
+/// use velib_dataflow::output::PostcodeRecord;
+/// use velib_dataflow::postcode::Postcode;
+///
+/// let counts = PostcodeCounts { bikes: 12, mechanical: 7, ebikes: 5, stations: 2, stations_renting: 2, ..Default::default() };
+/// let record = PostcodeRecord::new(&Postcode::parse("75016").unwrap(), &counts, 3, 1732004538);
+/// let json = serde_json::to_string(&record).unwrap();
+/// assert!(json.starts_with(r#"{"postcode":"75016","nbr_total":12,"nbr_meca":7,"nbr_elec":5,"#));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostcodeRecord {
+    /// The postcode, or `unknown`.
+    pub postcode: String,
+    /// Bikes a rider can take (stations installed and renting).
+    pub nbr_total: i64,
+    /// Of which mechanical.
+    pub nbr_meca: i64,
+    /// Of which electric.
+    pub nbr_elec: i64,
+    /// Docks a rider can return a bike to (stations installed and returning).
+    pub nbr_docks: i64,
+    /// Stations in the postcode.
+    pub nbr_stations: i64,
+    /// Stations installed and renting.
+    pub nbr_stations_renting: i64,
+    /// Stations not installed or not renting.
+    pub nbr_stations_not_renting: i64,
+    /// Bikes at stations not installed or not renting.
+    pub nbr_bikes_unavailable: i64,
+    /// Stations whose postcode was inferred from the nearest station.
+    pub nbr_stations_inferred: i64,
+    /// The epoch of this value.
+    pub epoch: Epoch,
+    /// The feed's time of the snapshot, in seconds since the Unix epoch.
+    pub feed_time: FeedTime,
+}
+
+impl PostcodeRecord {
+    /// The record of `postcode` with `counts` at `epoch`.
+    pub fn new(
+        postcode: &Postcode,
+        counts: &PostcodeCounts,
+        epoch: Epoch,
+        feed_time: FeedTime,
+    ) -> Self {
+        PostcodeRecord {
+            postcode: postcode.to_string(),
+            nbr_total: counts.bikes,
+            nbr_meca: counts.mechanical,
+            nbr_elec: counts.ebikes,
+            nbr_docks: counts.docks,
+            nbr_stations: counts.stations,
+            nbr_stations_renting: counts.stations_renting,
+            nbr_stations_not_renting: counts.stations_not_renting(),
+            nbr_bikes_unavailable: counts.bikes_unavailable,
+            nbr_stations_inferred: counts.stations_inferred,
+            epoch,
+            feed_time,
+        }
+    }
+}
+
+/// What is printed for a postcode that no longer has stations (on Kafka, a
+/// tombstone: the key with a null value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostcodeDeletion {
+    /// The postcode.
+    pub postcode: String,
+    /// Always `true`.
+    pub deleted: bool,
+    /// The epoch in which it went.
+    pub epoch: Epoch,
+    /// The feed's time of that snapshot.
+    pub feed_time: FeedTime,
+}
+
+/// One line of JSON for a change, as `velib_replay` prints it.
+pub fn json_line(
+    change: &KeyChange<Postcode, PostcodeCounts>,
+    epoch: Epoch,
+    feed_time: FeedTime,
+) -> String {
+    let json = match change {
+        KeyChange::Upsert(postcode, counts) => {
+            serde_json::to_string(&PostcodeRecord::new(postcode, counts, epoch, feed_time))
+        }
+        KeyChange::Delete(postcode) => serde_json::to_string(&PostcodeDeletion {
+            postcode: postcode.to_string(),
+            deleted: true,
+            epoch,
+            feed_time,
+        }),
+    };
+    json.expect("records of strings and integers always serialise")
+}

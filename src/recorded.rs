@@ -1,0 +1,210 @@
+//! Recorded snapshot files: finding them, reading them, and turning them
+//! into [`Snapshot`]s.
+//!
+//! A recorded snapshot is a GBFS `station_status*.json` (matched with the
+//! `station_information.json` beside it when there is one) or a City of
+//! Paris open-data export. The format is told by the content, not the name.
+
+use crate::directory::DirectoryResolver;
+use crate::feed::{
+    gbfs, opendata_paris, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
+};
+use crate::snapshot::{Snapshot, StationSelection};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A recorded file that could not be used. The replay goes on without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordedError {
+    /// The path could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than a feed payload can be.
+    #[error("{path}: larger than the {limit}-byte limit for a feed payload")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
+    /// The file's content was rejected.
+    #[error("{path}: {source}")]
+    Feed {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: FeedError,
+    },
+}
+
+/// A status snapshot read from a file, with its directory if it has one.
+#[derive(Clone, Debug)]
+pub struct RecordedSnapshot {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The statuses.
+    pub status: StatusSnapshot,
+    /// The directory information: the Paris export's own, or the
+    /// `station_information.json` beside a GBFS status file.
+    pub information: Option<InformationSnapshot>,
+}
+
+impl RecordedSnapshot {
+    /// The snapshot to sequence: the selected stations, with their directory
+    /// resolved. A station the information lacks gets an entry from its
+    /// status, so every station is counted somewhere.
+    pub fn into_snapshot(
+        self,
+        resolver: &DirectoryResolver,
+        selection: &StationSelection,
+    ) -> Snapshot {
+        let statuses: Vec<_> = self
+            .status
+            .stations
+            .into_iter()
+            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+            .collect();
+        let infos: Vec<_> = self
+            .information
+            .map(|i| i.stations)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+            .collect();
+        let directory = resolver.resolve(&infos, &statuses);
+        Snapshot {
+            feed_time: self.status.feed_time,
+            statuses,
+            directory: Some(directory),
+        }
+    }
+}
+
+/// GBFS files that are not station status, skipped when listing a directory.
+const NOT_STATUS: &[&str] = &[
+    "gbfs",
+    "manifest",
+    "system_",
+    "station_information",
+    "vehicle_types",
+    "vehicle_status",
+    "free_bike_status",
+    "geofencing_zones",
+];
+
+/// The snapshot files `paths` name, in order: a file as itself, a directory
+/// as its `*.json` status files sorted by name (not recursing). Paths that
+/// cannot be listed are returned as errors, in place.
+pub fn snapshot_files(paths: &[PathBuf]) -> Vec<Result<PathBuf, RecordedError>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            out.push(Ok(path.clone()));
+            continue;
+        }
+        let listing = std::fs::read_dir(path).and_then(|entries| {
+            entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match listing {
+            Err(source) => out.push(Err(RecordedError::Io {
+                path: path.clone(),
+                source,
+            })),
+            Ok(mut files) => {
+                files.retain(|f| {
+                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    f.is_file()
+                        && name.ends_with(".json")
+                        && !NOT_STATUS.iter().any(|p| name.starts_with(p))
+                });
+                files.sort();
+                out.extend(files.into_iter().map(Ok));
+            }
+        }
+    }
+    out
+}
+
+/// Reads at most [`MAX_PAYLOAD_BYTES`] of a file: a larger one is refused
+/// without being read whole.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, RecordedError> {
+    let io = |source| RecordedError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PAYLOAD_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(RecordedError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads one recorded snapshot.
+pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
+    let bytes = read_bounded(path)?;
+    let feed = |source| RecordedError::Feed {
+        path: path.to_owned(),
+        source,
+    };
+    if looks_like_opendata(&bytes) {
+        let (status, information) = opendata_paris::parse(&bytes).map_err(feed)?;
+        return Ok(RecordedSnapshot {
+            path: path.to_owned(),
+            status,
+            information: Some(information),
+        });
+    }
+    let status = gbfs::parse_status(&bytes).map_err(feed)?;
+    let beside = path.with_file_name("station_information.json");
+    let information = if beside.is_file() && beside != path {
+        let bytes = read_bounded(&beside)?;
+        Some(
+            gbfs::parse_information(&bytes).map_err(|source| RecordedError::Feed {
+                path: beside.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(RecordedSnapshot {
+        path: path.to_owned(),
+        status,
+        information,
+    })
+}
+
+/// The Paris export is a JSON array, or an object with `results`; GBFS is an
+/// object with `data`.
+fn looks_like_opendata(bytes: &[u8]) -> bool {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => true,
+        Some(b'{') => {
+            #[derive(serde::Deserialize)]
+            struct Probe {
+                results: Option<serde::de::IgnoredAny>,
+                data: Option<serde::de::IgnoredAny>,
+            }
+            serde_json::from_slice::<Probe>(bytes)
+                .is_ok_and(|p| p.results.is_some() && p.data.is_none())
+        }
+        _ => false,
+    }
+}

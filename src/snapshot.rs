@@ -1,0 +1,318 @@
+//! From successive full snapshots to differential updates.
+//!
+//! A feed serves whole snapshots; the dataflow wants changes. A
+//! [`SnapshotDiffer`] keeps the last accepted rows and turns a new snapshot
+//! into retractions of old rows and insertions of new ones, for only the
+//! stations that changed. A [`SnapshotSequencer`] does that for statuses and
+//! directory together, numbers the epochs, refuses snapshots older than the
+//! last accepted one, and produces nothing for a snapshot that changes nothing.
+
+use crate::dataflow::Epoch;
+use crate::directory::DirectoryEntry;
+use crate::feed::{FeedTime, StationId, StationStatus};
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// A row that belongs to one station.
+pub trait Keyed {
+    /// What identifies the row within a snapshot.
+    type Key: Clone + Eq + Hash + Ord;
+    /// The row's key.
+    fn key(&self) -> &Self::Key;
+    /// Whether `other` says the same as `self`, so that replacing one by the
+    /// other is no change.
+    fn same_as(&self, other: &Self) -> bool;
+}
+
+impl Keyed for StationStatus {
+    type Key = StationId;
+    fn key(&self) -> &StationId {
+        &self.station_id
+    }
+    /// A new `last_reported` alone is not a change.
+    fn same_as(&self, other: &Self) -> bool {
+        self.same_availability(other)
+    }
+}
+
+impl Keyed for DirectoryEntry {
+    type Key = StationId;
+    fn key(&self) -> &StationId {
+        &self.station_id
+    }
+    fn same_as(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// One differential update: a row and `+1` (insert) or `-1` (retract).
+pub type Update<V> = (V, isize);
+
+/// Turns successive full snapshots of keyed rows into updates.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::snapshot::{Keyed, SnapshotDiffer};
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Row(u32, &'static str);
+/// impl Keyed for Row {
+///     type Key = u32;
+///     fn key(&self) -> &u32 { &self.0 }
+///     fn same_as(&self, other: &Self) -> bool { self == other }
+/// }
+///
+/// let mut differ = SnapshotDiffer::new();
+/// assert_eq!(differ.diff(vec![Row(1, "a"), Row(2, "b")]).len(), 2);
+/// // Row 1 changes, row 2 goes: retract 1:a, insert 1:c, retract 2:b.
+/// let updates = differ.diff(vec![Row(1, "c")]);
+/// assert_eq!(updates, vec![(Row(1, "a"), -1), (Row(1, "c"), 1), (Row(2, "b"), -1)]);
+/// // The same snapshot again changes nothing.
+/// assert!(differ.diff(vec![Row(1, "c")]).is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct SnapshotDiffer<V: Keyed> {
+    current: HashMap<V::Key, V>,
+}
+
+impl<V: Keyed> Default for SnapshotDiffer<V> {
+    fn default() -> Self {
+        SnapshotDiffer {
+            current: HashMap::new(),
+        }
+    }
+}
+
+impl<V: Keyed + Clone> SnapshotDiffer<V> {
+    /// A differ that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the current rows with `snapshot` and returns the updates that
+    /// take the old rows to the new, sorted by key. A retraction always
+    /// carries exactly the row that was inserted, so updates cancel in the
+    /// dataflow. If a key appears twice in `snapshot`, the last row wins.
+    pub fn diff(&mut self, snapshot: Vec<V>) -> Vec<Update<V>> {
+        let mut next: HashMap<V::Key, V> = HashMap::with_capacity(snapshot.len());
+        for row in snapshot {
+            next.insert(row.key().clone(), row);
+        }
+        let mut updates: Vec<(V::Key, Update<V>)> = Vec::new();
+        for (key, old) in &self.current {
+            if !next.contains_key(key) {
+                updates.push((key.clone(), (old.clone(), -1)));
+            }
+        }
+        for (key, new) in next.iter_mut() {
+            match self.current.get(key) {
+                // Keep the row the dataflow holds, so a later retraction matches it.
+                Some(old) if old.same_as(new) => *new = old.clone(),
+                Some(old) => {
+                    updates.push((key.clone(), (old.clone(), -1)));
+                    updates.push((key.clone(), (new.clone(), 1)));
+                }
+                None => updates.push((key.clone(), (new.clone(), 1))),
+            }
+        }
+        // Stable sort: per key, the retraction stays before the insertion.
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        self.current = next;
+        updates.into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// The rows as of the last snapshot.
+    pub fn current(&self) -> impl Iterator<Item = &V> {
+        self.current.values()
+    }
+
+    /// How many rows the last snapshot had.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Whether the last snapshot had no rows (or there was none).
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+}
+
+/// A snapshot that was refused. Nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The snapshot is older than the last accepted one (feeds do serve an
+    /// older snapshot after a newer one, from another cache).
+    #[error("snapshot of feed time {feed_time} is older than the last accepted one ({last_accepted}); refused")]
+    Older {
+        /// This snapshot's time.
+        feed_time: FeedTime,
+        /// The last accepted snapshot's time.
+        last_accepted: FeedTime,
+    },
+    /// The previous snapshots had something that this one lost for every
+    /// station: an upstream outage, not an epoch in which all bikes vanished.
+    #[error("upstream outage, snapshot refused whole: {0}")]
+    Outage(String),
+}
+
+/// One full snapshot: statuses, and the directory when this snapshot has one
+/// (when it has none, the directory stays as it was).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The feed's time of the snapshot.
+    pub feed_time: FeedTime,
+    /// Every station's status.
+    pub statuses: Vec<StationStatus>,
+    /// Every station's directory entry, if this snapshot carries them.
+    pub directory: Option<Vec<DirectoryEntry>>,
+}
+
+/// The updates of one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochUpdates {
+    /// The epoch, strictly greater than every earlier one.
+    pub epoch: Epoch,
+    /// The feed's time of the snapshot.
+    pub feed_time: FeedTime,
+    /// Status updates.
+    pub statuses: Vec<Update<StationStatus>>,
+    /// Directory updates.
+    pub directory: Vec<Update<DirectoryEntry>>,
+}
+
+/// Turns a sequence of snapshots into numbered epochs of updates.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::snapshot::{Snapshot, SnapshotError, SnapshotSequencer};
+///
+/// let mut seq = SnapshotSequencer::new();
+/// let empty = |feed_time| Snapshot { feed_time, statuses: vec![], directory: None };
+/// // Nothing changed: no epoch.
+/// assert_eq!(seq.advance(empty(100)).unwrap(), None);
+/// // Older than the last accepted: refused.
+/// assert!(matches!(seq.advance(empty(99)), Err(SnapshotError::Older { .. })));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotSequencer {
+    statuses: SnapshotDiffer<StationStatus>,
+    directory: SnapshotDiffer<DirectoryEntry>,
+    last_time: Option<FeedTime>,
+    last_epoch: Epoch,
+    seen_codes: bool,
+    seen_types: bool,
+}
+
+impl SnapshotSequencer {
+    /// A sequencer whose first epoch will be 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last epoch produced (0 before the first).
+    pub fn last_epoch(&self) -> Epoch {
+        self.last_epoch
+    }
+
+    /// The feed time of the last accepted snapshot.
+    pub fn last_feed_time(&self) -> Option<FeedTime> {
+        self.last_time
+    }
+
+    /// The current statuses, as of the last accepted snapshot.
+    pub fn statuses(&self) -> impl Iterator<Item = &StationStatus> {
+        self.statuses.current()
+    }
+
+    /// The current directory, as of the last accepted snapshot.
+    pub fn directory(&self) -> impl Iterator<Item = &DirectoryEntry> {
+        self.directory.current()
+    }
+
+    /// Accepts `snapshot` and returns its epoch's updates, `None` if it
+    /// changes nothing, or an error if it is refused (then nothing changes).
+    pub fn advance(&mut self, snapshot: Snapshot) -> Result<Option<EpochUpdates>, SnapshotError> {
+        if let Some(last) = self.last_time {
+            if snapshot.feed_time < last {
+                return Err(SnapshotError::Older {
+                    feed_time: snapshot.feed_time,
+                    last_accepted: last,
+                });
+            }
+        }
+        let n = snapshot.statuses.len();
+        if n > 0 {
+            if self.seen_codes && snapshot.statuses.iter().all(|s| s.code.is_none()) {
+                return Err(SnapshotError::Outage(format!(
+                    "all {n} stations lost their code"
+                )));
+            }
+            if self.seen_types && snapshot.statuses.iter().all(|s| s.bike_types.is_none()) {
+                return Err(SnapshotError::Outage(format!(
+                    "all {n} stations lost their bike types"
+                )));
+            }
+        }
+        self.seen_codes |= snapshot.statuses.iter().any(|s| s.code.is_some());
+        self.seen_types |= snapshot.statuses.iter().any(|s| s.bike_types.is_some());
+        self.last_time = Some(snapshot.feed_time);
+        let statuses = self.statuses.diff(snapshot.statuses);
+        let directory = match snapshot.directory {
+            Some(entries) => self.directory.diff(entries),
+            None => Vec::new(),
+        };
+        if statuses.is_empty() && directory.is_empty() {
+            return Ok(None);
+        }
+        self.last_epoch += 1;
+        Ok(Some(EpochUpdates {
+            epoch: self.last_epoch,
+            feed_time: snapshot.feed_time,
+            statuses,
+            directory,
+        }))
+    }
+}
+
+/// Which stations to keep (the seeds kept two: `--stations 16107,32017`).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::StationId;
+/// use velib_dataflow::snapshot::StationSelection;
+///
+/// let some = StationSelection::only(["16107", "32017"]);
+/// assert!(some.keeps(Some("16107"), &StationId::Num(213688169)));
+/// assert!(!some.keeps(Some("9020"), &StationId::Num(36255)));
+/// assert!(StationSelection::all().keeps(None, &StationId::Num(1)));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct StationSelection {
+    only: Option<std::collections::HashSet<String>>,
+}
+
+impl StationSelection {
+    /// Every station.
+    pub fn all() -> Self {
+        StationSelection { only: None }
+    }
+
+    /// Only the stations with these codes or ids.
+    pub fn only<S: Into<String>>(codes_or_ids: impl IntoIterator<Item = S>) -> Self {
+        StationSelection {
+            only: Some(codes_or_ids.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    /// Whether a station with this code and id is kept.
+    pub fn keeps(&self, code: Option<&str>, id: &StationId) -> bool {
+        match &self.only {
+            None => true,
+            Some(set) => code.is_some_and(|c| set.contains(c)) || set.contains(&id.to_string()),
+        }
+    }
+}
