@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 /// How a station's postcode was found.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+// Externally tagged: timely exchanges data with bincode, which cannot read
+// internally tagged enums.
+#[serde(rename_all = "snake_case")]
 pub enum PostcodeSource {
     /// The feed's own `post_code`.
     Feed,

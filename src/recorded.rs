@@ -82,6 +82,7 @@ impl RecordedSnapshot {
         let directory = resolver.resolve(&infos, &statuses);
         Snapshot {
             feed_time: self.status.feed_time,
+            feed_time_kind: self.status.feed_time_kind,
             statuses,
             directory: Some(directory),
         }

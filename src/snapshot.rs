@@ -9,7 +9,7 @@
 
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
-use crate::feed::{FeedTime, StationId, StationStatus};
+use crate::feed::{FeedTime, FeedTimeKind, StationId, StationStatus};
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -163,6 +163,8 @@ pub enum SnapshotError {
 pub struct Snapshot {
     /// The feed's time of the snapshot.
     pub feed_time: FeedTime,
+    /// Whether `feed_time` orders snapshots (only a published time does).
+    pub feed_time_kind: FeedTimeKind,
     /// Every station's status.
     pub statuses: Vec<StationStatus>,
     /// Every station's directory entry, if this snapshot carries them.
@@ -187,10 +189,13 @@ pub struct EpochUpdates {
 /// # Examples
 ///
 /// ```
+/// use velib_dataflow::feed::FeedTimeKind;
 /// use velib_dataflow::snapshot::{Snapshot, SnapshotError, SnapshotSequencer};
 ///
 /// let mut seq = SnapshotSequencer::new();
-/// let empty = |feed_time| Snapshot { feed_time, statuses: vec![], directory: None };
+/// let empty = |feed_time| Snapshot {
+///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![], directory: None,
+/// };
 /// // Nothing changed: no epoch.
 /// assert_eq!(seq.advance(empty(100)).unwrap(), None);
 /// // Older than the last accepted: refused.
@@ -217,7 +222,7 @@ impl SnapshotSequencer {
         self.last_epoch
     }
 
-    /// The feed time of the last accepted snapshot.
+    /// The published feed time of the last accepted snapshot.
     pub fn last_feed_time(&self) -> Option<FeedTime> {
         self.last_time
     }
@@ -235,7 +240,8 @@ impl SnapshotSequencer {
     /// Accepts `snapshot` and returns its epoch's updates, `None` if it
     /// changes nothing, or an error if it is refused (then nothing changes).
     pub fn advance(&mut self, snapshot: Snapshot) -> Result<Option<EpochUpdates>, SnapshotError> {
-        if let Some(last) = self.last_time {
+        let published = snapshot.feed_time_kind == FeedTimeKind::Published;
+        if let (Some(last), true) = (self.last_time, published) {
             if snapshot.feed_time < last {
                 return Err(SnapshotError::Older {
                     feed_time: snapshot.feed_time,
@@ -258,7 +264,9 @@ impl SnapshotSequencer {
         }
         self.seen_codes |= snapshot.statuses.iter().any(|s| s.code.is_some());
         self.seen_types |= snapshot.statuses.iter().any(|s| s.bike_types.is_some());
-        self.last_time = Some(snapshot.feed_time);
+        if published {
+            self.last_time = Some(snapshot.feed_time);
+        }
         let statuses = self.statuses.diff(snapshot.statuses);
         let directory = match snapshot.directory {
             Some(entries) => self.directory.diff(entries),

@@ -27,8 +27,8 @@
 
 use super::json::{opt, parse_payload, Ctx};
 use super::{
-    BikeTypes, FeedError, FeedKind, FeedTime, InformationSnapshot, Position, Problem, StationId,
-    StationInfo, StationStatus, StatusSnapshot,
+    BikeTypes, FeedError, FeedKind, FeedTime, FeedTimeKind, InformationSnapshot, Position, Problem,
+    StationId, StationInfo, StationStatus, StatusSnapshot,
 };
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -199,6 +199,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
     }
     Ok(StatusSnapshot {
         feed_time: header.feed_time,
+        feed_time_kind: FeedTimeKind::Published,
         version: header.version,
         ttl: header.ttl,
         stations,

@@ -38,8 +38,11 @@ pub type FeedTime = i64;
 /// Vélib' writes a JSON integer that needs 64 bits (up to 19,335,882,998);
 /// most other systems write a string. Both are kept exactly, so that a record
 /// written back to Kafka carries the same identifier the feed used.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// In JSON it is written as the feed wrote it (a number or a string); in
+/// timely's binary exchange it is a tagged enum, since bincode cannot read
+/// untagged data.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StationId {
     /// A numeric identifier (Vélib').
     Num(u64),
@@ -52,6 +55,50 @@ impl fmt::Display for StationId {
         match self {
             StationId::Num(n) => write!(f, "{n}"),
             StationId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The binary form: an ordinary tagged enum.
+#[derive(Serialize, Deserialize)]
+enum StationIdRepr {
+    Num(u64),
+    Text(String),
+}
+
+impl Serialize for StationId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (self, serializer.is_human_readable()) {
+            (StationId::Num(n), true) => serializer.serialize_u64(*n),
+            (StationId::Text(s), true) => serializer.serialize_str(s),
+            (StationId::Num(n), false) => StationIdRepr::Num(*n).serialize(serializer),
+            (StationId::Text(s), false) => StationIdRepr::Text(s.clone()).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StationId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Untagged;
+        impl serde::de::Visitor<'_> for Untagged {
+            type Value = StationId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a station id: a non-negative integer or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<StationId, E> {
+                Ok(StationId::Num(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StationId, E> {
+                Ok(StationId::Text(s.to_owned()))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(Untagged)
+        } else {
+            Ok(match StationIdRepr::deserialize(deserializer)? {
+                StationIdRepr::Num(n) => StationId::Num(n),
+                StationIdRepr::Text(s) => StationId::Text(s),
+            })
         }
     }
 }
@@ -196,11 +243,27 @@ pub struct StationInfo {
     pub post_code: Option<String>,
 }
 
+/// What a snapshot's [`FeedTime`] is, and so whether it can order snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FeedTimeKind {
+    /// The time the feed published for the whole snapshot (GBFS
+    /// `last_updated`, Vélib' `lastUpdatedOther`): a snapshot with an older
+    /// one is an older snapshot, and is refused.
+    Published,
+    /// The latest station report in the snapshot (the Paris export's
+    /// `max(duedate)`): it can step back while the content moves forward, so
+    /// it is reported but does not order snapshots.
+    LatestReport,
+}
+
 /// A whole `station_status` payload, normalised.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusSnapshot {
     /// The feed's time of this snapshot (`last_updated`, Vélib' `lastUpdatedOther`).
     pub feed_time: FeedTime,
+    /// What `feed_time` is.
+    pub feed_time_kind: FeedTimeKind,
     /// The GBFS version the payload declares, if any.
     pub version: Option<String>,
     /// The feed's suggested polling interval, in seconds, if any.

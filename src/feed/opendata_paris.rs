@@ -25,8 +25,8 @@
 
 use super::json::{opt, parse_payload, Ctx};
 use super::{
-    BikeTypes, FeedError, FeedKind, InformationSnapshot, Position, Problem, StationId, StationInfo,
-    StationStatus, StatusSnapshot,
+    BikeTypes, FeedError, FeedKind, FeedTimeKind, InformationSnapshot, Position, Problem,
+    StationId, StationInfo, StationStatus, StatusSnapshot,
 };
 use serde_json::Value;
 use std::collections::HashSet;
@@ -111,6 +111,7 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
     };
     let status = StatusSnapshot {
         feed_time,
+        feed_time_kind: FeedTimeKind::LatestReport,
         version: None,
         ttl: None,
         stations: statuses,

@@ -1,0 +1,118 @@
+//! Shared by the integration tests: fixtures, and checking the incremental
+//! dataflow against the from-scratch reference at every epoch.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use velib_dataflow::changes::KeyChange;
+use velib_dataflow::counts::PostcodeCounts;
+use velib_dataflow::postcode::Postcode;
+use velib_dataflow::reference::postcode_counts_from_scratch;
+use velib_dataflow::replay::{run, EpochOutput};
+use velib_dataflow::snapshot::{EpochUpdates, Snapshot, SnapshotSequencer};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// The timely configurations every result must be identical under.
+pub fn configs() -> Vec<(&'static str, timely::Config)> {
+    vec![
+        ("1 worker", timely::Config::thread()),
+        ("2 workers", timely::Config::process(2)),
+        (
+            "2 workers, serialised exchange (-z)",
+            timely::Config {
+                communication: timely::CommunicationConfig::ProcessBinary(2),
+                worker: timely::WorkerConfig::default(),
+            },
+        ),
+    ]
+}
+
+pub type State = BTreeMap<Postcode, PostcodeCounts>;
+
+/// Sequences `snapshots`, keeping for each epoch the from-scratch counts of
+/// the snapshot that made it.
+pub fn sequence(snapshots: Vec<Snapshot>) -> Vec<(EpochUpdates, State)> {
+    let mut sequencer = SnapshotSequencer::new();
+    let mut directory = Vec::new();
+    let mut epochs = Vec::new();
+    for snapshot in snapshots {
+        let statuses = snapshot.statuses.clone();
+        let next_directory = snapshot.directory.clone();
+        // A refused snapshot, or one that changes nothing, makes no epoch.
+        if let Ok(Some(updates)) = sequencer.advance(snapshot) {
+            if let Some(d) = next_directory {
+                directory = d;
+            }
+            epochs.push((updates, postcode_counts_from_scratch(&statuses, &directory)));
+        }
+    }
+    epochs
+}
+
+pub fn run_epochs(config: timely::Config, epochs: Vec<EpochUpdates>) -> Vec<EpochOutput> {
+    let outputs = Arc::new(Mutex::new(Vec::new()));
+    let sink = outputs.clone();
+    run(config, epochs, move |out| sink.lock().unwrap().push(out)).expect("replay runs");
+    let outputs = outputs.lock().unwrap().clone();
+    outputs
+}
+
+/// Applies each epoch's changes and checks, at every epoch, that the state
+/// equals the from-scratch counts, that every change is a real change, and
+/// that no unchanged postcode was written.
+pub fn assert_matches_reference(
+    label: &str,
+    config: timely::Config,
+    epochs: &[(EpochUpdates, State)],
+) {
+    let outputs = run_epochs(config, epochs.iter().map(|(u, _)| u.clone()).collect());
+    assert_eq!(outputs.len(), epochs.len(), "{label}: one output per epoch");
+    let mut state = State::new();
+    for (output, (updates, expected)) in outputs.iter().zip(epochs) {
+        assert_eq!(output.epoch, updates.epoch, "{label}");
+        let before = state.clone();
+        for change in &output.changes {
+            match change {
+                KeyChange::Upsert(postcode, counts) => {
+                    let old = state.insert(postcode.clone(), *counts);
+                    assert_ne!(
+                        old.as_ref(),
+                        Some(counts),
+                        "{label}: epoch {}: {postcode} written unchanged",
+                        output.epoch
+                    );
+                }
+                KeyChange::Delete(postcode) => {
+                    assert!(
+                        state.remove(postcode).is_some(),
+                        "{label}: epoch {}: tombstone for absent {postcode}",
+                        output.epoch
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            &state, expected,
+            "{label}: epoch {} differs from a from-scratch computation",
+            output.epoch
+        );
+        // Exactly the changed postcodes were written.
+        let changed: Vec<&Postcode> = expected
+            .keys()
+            .chain(before.keys())
+            .filter(|p| expected.get(*p) != before.get(*p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let written: Vec<&Postcode> = output.changes.iter().map(|c| c.key()).collect();
+        assert_eq!(
+            written, changed,
+            "{label}: epoch {}: written postcodes",
+            output.epoch
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The 2024-11-19 Vélib' snapshot gives the fixtures README's reference
+//! totals, through the library and through the `velib_replay` binary, and
+//! every postcode agrees with a computation made from the raw files alone.
+
+mod common;
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use velib_dataflow::changes::KeyChange;
+use velib_dataflow::directory::DirectoryResolver;
+use velib_dataflow::postcode::PostcodeTable;
+use velib_dataflow::recorded::load;
+use velib_dataflow::snapshot::{SnapshotSequencer, StationSelection};
+
+fn snapshot_dir() -> PathBuf {
+    common::fixtures().join("gbfs/velib/2024-11-19")
+}
+
+/// Rider totals (bikes, mechanical, e-bikes) per postcode, from the raw JSON
+/// and CSV with no code of the library: stations installed and renting,
+/// joined on stationCode with the CSV, skipping stations without a postcode.
+fn raw_rider_totals() -> BTreeMap<String, (i64, i64, i64)> {
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(snapshot_dir().join("station_status.json")).unwrap())
+            .unwrap();
+    let csv =
+        std::fs::read_to_string(common::fixtures().join("postcodes/velib_station_postcodes.csv"))
+            .unwrap();
+    let postcode_of: HashMap<&str, &str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0], f[2])
+        })
+        .collect();
+    let mut totals = BTreeMap::new();
+    for s in status["data"]["stations"].as_array().unwrap() {
+        let Some(pc) = postcode_of
+            .get(s["stationCode"].as_str().unwrap())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let entry = totals.entry(pc.to_string()).or_insert((0, 0, 0));
+        if s["is_installed"] == 1 && s["is_renting"] == 1 {
+            let types = s["num_bikes_available_types"].as_array().unwrap();
+            entry.0 += s["num_bikes_available"].as_i64().unwrap();
+            entry.1 += types[0]["mechanical"].as_i64().unwrap();
+            entry.2 += types[1]["ebike"].as_i64().unwrap();
+        }
+    }
+    totals
+}
+
+fn sum(totals: &BTreeMap<String, (i64, i64, i64)>) -> (i64, i64, i64) {
+    totals
+        .values()
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+}
+
+#[test]
+fn raw_reference_is_the_readme_s() {
+    let totals = raw_rider_totals();
+    assert_eq!(sum(&totals), (15_446, 10_231, 5_215));
+    assert_eq!(totals["75015"], (1_114, 832, 282));
+    assert_eq!(totals["75016"], (708, 411, 297));
+    assert_eq!(totals["75001"], (423, 348, 75));
+}
+
+#[test]
+fn dataflow_gives_the_reference_totals_under_every_config() {
+    let recorded = load(&snapshot_dir().join("station_status.json")).unwrap();
+    assert!(
+        recorded.information.is_some(),
+        "station_information.json beside it is used"
+    );
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), false);
+    let snapshot = recorded.into_snapshot(&resolver, &StationSelection::all());
+    let updates = SnapshotSequencer::new().advance(snapshot).unwrap().unwrap();
+    let raw = raw_rider_totals();
+    for (label, config) in common::configs() {
+        let outputs = common::run_epochs(config, vec![updates.clone()]);
+        let mut got = BTreeMap::new();
+        let mut all_stations = 0;
+        let mut all_bikes = 0;
+        for change in &outputs[0].changes {
+            let KeyChange::Upsert(postcode, c) = change else {
+                panic!("{label}: first epoch has only insertions")
+            };
+            all_stations += c.stations;
+            all_bikes += c.bikes + c.bikes_unavailable;
+            if !postcode.is_unknown() {
+                got.insert(postcode.to_string(), (c.bikes, c.mechanical, c.ebikes));
+            }
+        }
+        // Every postcode, not just the totals.
+        let with_stations: BTreeMap<_, _> = raw.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(got, with_stations, "{label}");
+        assert_eq!(sum(&got), (15_446, 10_231, 5_215), "{label}");
+        // Nothing dropped: every station counted somewhere, `unknown` included.
+        assert_eq!(all_stations, 1_485, "{label}");
+        assert_eq!(all_bikes, 15_626, "{label}: all bikes, flags ignored");
+    }
+}
+
+#[test]
+fn counting_every_station_gives_the_old_spark_totals() {
+    // What the old job counted: bikes whatever the station's flags.
+    let recorded = load(&snapshot_dir().join("station_status.json")).unwrap();
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), false);
+    let snapshot = recorded.into_snapshot(&resolver, &StationSelection::all());
+    let updates = SnapshotSequencer::new().advance(snapshot).unwrap().unwrap();
+    let outputs = common::run_epochs(timely::Config::thread(), vec![updates]);
+    let (mut all, mut p75015) = (0, 0);
+    for change in &outputs[0].changes {
+        if let KeyChange::Upsert(postcode, c) = change {
+            if !postcode.is_unknown() {
+                all += c.bikes + c.bikes_unavailable;
+            }
+            if postcode.as_str() == "75015" {
+                p75015 = c.bikes + c.bikes_unavailable;
+            }
+        }
+    }
+    assert_eq!((all, p75015), (15_460, 1_124));
+}
+
+/// The example binary, built by `cargo test` next to this test's own binary.
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
+
+#[test]
+fn velib_replay_final_prints_the_reference_for_every_postcode() {
+    let out = Command::new(example("velib_replay"))
+        .args(["--final", "--no-infer"])
+        .arg(snapshot_dir())
+        .output()
+        .expect("velib_replay runs (cargo test builds the examples)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let postcodes: Vec<&str> = records
+        .iter()
+        .map(|r| r["postcode"].as_str().unwrap())
+        .collect();
+    let mut sorted = postcodes.clone();
+    sorted.sort();
+    assert_eq!(postcodes, sorted, "sorted by postcode");
+    let got: BTreeMap<String, (i64, i64, i64)> = records
+        .iter()
+        .filter(|r| r["postcode"] != "unknown")
+        .map(|r| {
+            let n = |f: &str| r[f].as_i64().unwrap();
+            (
+                r["postcode"].as_str().unwrap().to_owned(),
+                (n("nbr_total"), n("nbr_meca"), n("nbr_elec")),
+            )
+        })
+        .collect();
+    assert_eq!(got, raw_rider_totals());
+    let unknown = records
+        .iter()
+        .find(|r| r["postcode"] == "unknown")
+        .expect("unknown is reported");
+    assert_eq!(
+        unknown["nbr_stations"], 37,
+        "35 stations missing from the table, 2 with an empty postcode"
+    );
+}
+
+#[test]
+fn velib_replay_goes_on_after_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = common::fixtures().join("opendata-paris/velib-series");
+    let bad = dir.path().join("velib_data_20241105_094000.json");
+    std::fs::write(&bad, b"[{\"stationcode\": \"16107\", \"name\": ").unwrap();
+    let out = Command::new(example("velib_replay"))
+        .arg("--final")
+        .arg(series.join("velib_data_20241105_093001.json"))
+        .arg(&bad)
+        .arg(series.join("velib_data_20241105_101501.json"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rejected file makes the exit status 1"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("velib_data_20241105_094000.json") && stderr.contains("not valid JSON"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let epochs: Vec<i64> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["epoch"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !epochs.is_empty() && epochs.contains(&2),
+        "the file after the bad one was replayed: {stdout}"
+    );
+}
+
+#[test]
+fn velib_replay_refuses_bad_flags_clearly() {
+    let out = Command::new(example("velib_replay"))
+        .args(["--postcodes", "/nonexistent.csv", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.csv"));
+    let out = Command::new(example("velib_replay"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--no-infer"));
+    let out = Command::new(example("velib_replay")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no PATH is a usage error");
+}
