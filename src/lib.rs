@@ -15,7 +15,6 @@
     clippy::explicit_iter_loop,
     clippy::future_not_send,
     clippy::todo,
-    clippy::use_self,
     clippy::unimplemented
 )]
 

@@ -144,6 +144,14 @@ pub fn read_bounded(path: &Path) -> Result<Vec<u8>, RecordedError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
+    // Refuse what is known to be too large before reading any of it; the
+    // bounded read below still guards files that grow or lie about their size.
+    if file.metadata().map_err(io)?.len() > MAX_PAYLOAD_BYTES as u64 {
+        return Err(RecordedError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_PAYLOAD_BYTES as u64 + 1)
         .read_to_end(&mut bytes)

@@ -58,13 +58,13 @@ type Gathered = Rc<RefCell<Vec<((Postcode, PostcodeCounts), Epoch, isize)>>>;
 /// use velib_dataflow::replay::run;
 /// use velib_dataflow::snapshot::EpochUpdates;
 ///
+/// use std::sync::{Arc, Mutex};
+///
 /// let epochs = vec![EpochUpdates { epoch: 1, ..Default::default() }];
-/// let mut seen = Vec::new();
-/// let seen_by_worker = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-/// let sink = seen_by_worker.clone();
+/// let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+/// let sink = seen.clone();
 /// run(timely::Config::process(2), epochs, move |out| sink.lock().unwrap().push(out.epoch))?;
-/// seen.extend(seen_by_worker.lock().unwrap().iter());
-/// assert_eq!(seen, vec![1]);
+/// assert_eq!(*seen.lock().unwrap(), vec![1]);
 /// # Ok::<(), velib_dataflow::replay::ReplayError>(())
 /// ```
 pub fn run<I, F>(config: timely::Config, epochs: I, on_epoch: F) -> Result<(), ReplayError>
@@ -77,7 +77,7 @@ where
     let on_epoch = Arc::new(Mutex::new(on_epoch));
     let guards = timely::execute(config, move |worker| -> Result<(), ReplayError> {
         let gathered: Gathered = Rc::default();
-        let sink = gathered.clone();
+        let sink = Rc::clone(&gathered);
         let (mut statuses, mut directory, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
             let (statuses, status_collection) = scope.new_collection();
             let (directory, directory_collection) = scope.new_collection();

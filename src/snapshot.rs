@@ -105,7 +105,7 @@ impl<V: Keyed + Clone> SnapshotDiffer<V> {
                 updates.push((key.clone(), (old.clone(), -1)));
             }
         }
-        for (key, new) in next.iter_mut() {
+        for (key, new) in &mut next {
             match self.current.get(key) {
                 // Keep the row the dataflow holds, so a later retraction matches it.
                 Some(old) if old.same_as(new) => *new = old.clone(),

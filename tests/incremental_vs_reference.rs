@@ -22,12 +22,15 @@ fn station_id(i: usize) -> StationId {
     }
 }
 
+/// bikes, bike types, docks, installed, renting, returning
+type GeneratedStatus = (u32, Option<BikeTypes>, u32, bool, bool, bool);
+
 prop_compose! {
     fn status()(
         mechanical in 0u32..6, ebike in 0u32..6, untyped in 0u32..2, typed in prop::bool::weighted(0.9),
         docks in 0u32..8, installed in prop::bool::weighted(0.85), renting in prop::bool::weighted(0.85),
         returning in prop::bool::weighted(0.85),
-    ) -> (u32, Option<BikeTypes>, u32, bool, bool, bool) {
+    ) -> GeneratedStatus {
         let types = typed.then_some(BikeTypes { mechanical, ebike, other: 0 });
         (mechanical + ebike + untyped, types, docks, installed, renting, returning)
     }
@@ -50,7 +53,7 @@ enum Step {
     /// A new snapshot, `dt` seconds after the previous one (negative: older).
     Fresh {
         dt: i64,
-        stations: Vec<Option<(u32, Option<BikeTypes>, u32, bool, bool, bool)>>,
+        stations: Vec<Option<GeneratedStatus>>,
         directory: Vec<Option<(Option<usize>, bool)>>,
     },
     /// The previous snapshot served again, `dt` seconds later.

@@ -56,15 +56,16 @@ pub struct Discovery {
 
 impl Discovery {
     /// The URL of feed `name` in `language` (or the first language when
-    /// `None`).
+    /// `None`). A v3 discovery has one list for all languages: it answers
+    /// for any language.
     pub fn feed_url(&self, name: &str, language: Option<&str>) -> Option<&str> {
-        let feeds = match language {
-            Some(lang) => self
-                .languages
+        let feeds = match (language, self.languages.as_slice()) {
+            (_, [(None, feeds)]) => Some(feeds),
+            (Some(lang), languages) => languages
                 .iter()
                 .find(|(l, _)| l.as_deref() == Some(lang))
                 .map(|(_, f)| f),
-            None => self.languages.first().map(|(_, f)| f),
+            (None, languages) => languages.first().map(|(_, f)| f),
         }?;
         feeds
             .iter()
@@ -99,7 +100,7 @@ pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, FeedError> {
             let body = ctx.object(&path, body)?;
             let feeds = ctx
                 .req(body, "feeds")
-                .map_err(|_| ctx.err(format!("{path}.feeds"), Problem::Missing))?;
+                .map_err(|e| relocate(e, &path, "feeds"))?;
             languages.push((
                 Some(lang.clone()),
                 feed_links(&ctx, &format!("{path}.feeds"), feeds)?,

@@ -17,6 +17,8 @@ pub(crate) fn parse_payload(feed: FeedKind, bytes: &[u8]) -> Result<Value, FeedE
             limit: MAX_PAYLOAD_BYTES,
         });
     }
+    // Some servers put a UTF-8 byte-order mark before the JSON.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     serde_json::from_slice(bytes).map_err(|source| FeedError::Json { feed, source })
 }
 
@@ -234,12 +236,17 @@ impl Ctx {
                 .as_i64()
                 .filter(|t| *t >= 0)
                 .ok_or_else(|| self.wrong(field, "POSIX seconds or an RFC 3339 string", v)),
-            Value::String(s) => super::parse_rfc3339(s).ok_or_else(|| {
-                self.err(
+            Value::String(s) => match super::parse_rfc3339(s) {
+                Some(t) if t >= 0 => Ok(t),
+                // Before 1970: refused as POSIX seconds are.
+                Some(_) => {
+                    Err(self.err(field, Problem::OutOfRange(format!("{s:?} is before 1970"))))
+                }
+                None => Err(self.err(
                     field,
                     Problem::OutOfRange(format!("{s:?} is not an RFC 3339 time")),
-                )
-            }),
+                )),
+            },
             _ => Err(self.wrong(field, "POSIX seconds or an RFC 3339 string", v)),
         }
     }

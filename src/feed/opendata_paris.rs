@@ -81,12 +81,16 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
             None => None,
             Some(geo) => {
                 let geo = ctx.object("coordonnees_geo", geo)?;
-                let lat = ctx
-                    .req(geo, "lat")
-                    .map_err(|_| ctx.err("coordonnees_geo.lat", Problem::Missing))?;
-                let lon = ctx
-                    .req(geo, "lon")
-                    .map_err(|_| ctx.err("coordonnees_geo.lon", Problem::Missing))?;
+                // Name the nested field, and keep whether it is missing or null.
+                let part = |name: &str| match geo.get(name) {
+                    None => Err(ctx.err(format!("coordonnees_geo.{name}"), Problem::Missing)),
+                    Some(Value::Null) => {
+                        Err(ctx.err(format!("coordonnees_geo.{name}"), Problem::Null))
+                    }
+                    Some(v) => Ok(v),
+                };
+                let lat = part("lat")?;
+                let lon = part("lon")?;
                 Some(Position {
                     lat: ctx.coordinate("coordonnees_geo.lat", lat, 90.0)?,
                     lon: ctx.coordinate("coordonnees_geo.lon", lon, 180.0)?,

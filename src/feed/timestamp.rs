@@ -56,8 +56,14 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            // Digits only: `parse` alone would take "+-1:00" or "++1:00".
+            let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+                let part = rest.get(r)?;
+                part.bytes()
+                    .all(|c| c.is_ascii_digit())
+                    .then(|| part.parse().ok())?
+            };
+            let (h, m) = (digits(1..3)?, digits(4..6)?);
             if h > 23 || m > 59 {
                 return None;
             }

@@ -13,7 +13,7 @@ use velib_dataflow::replay::{run, EpochOutput};
 use velib_dataflow::snapshot::{EpochUpdates, Snapshot, SnapshotSequencer};
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// The timely configurations every result must be identical under.
