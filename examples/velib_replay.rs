@@ -81,6 +81,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Names the stations that newly have no postcode, once, when they enter
+/// the directory: they are counted under `unknown`, never dropped.
+fn report_new_unknowns(epoch: &velib_dataflow::snapshot::EpochUpdates) {
+    const SHOWN: usize = 20;
+    let new: Vec<String> = epoch
+        .directory
+        .iter()
+        .filter(|(entry, diff)| *diff > 0 && entry.postcode.is_unknown())
+        .map(|(entry, _)| match &entry.code {
+            Some(code) => format!("{code} (id {})", entry.station_id),
+            None => entry.station_id.to_string(),
+        })
+        .collect();
+    if !new.is_empty() {
+        let more = new.len().saturating_sub(SHOWN);
+        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+        tracing::warn!(
+            epoch = epoch.epoch,
+            "{} stations have no postcode and are counted under `unknown`: {}{tail}",
+            new.len(),
+            new[..new.len().min(SHOWN)].join(", ")
+        );
+    }
+}
+
 /// Runs the replay; returns how many files were rejected.
 fn replay(args: Args) -> Result<usize, String> {
     if args.workers == 0 {
@@ -121,6 +146,7 @@ fn replay(args: Args) -> Result<usize, String> {
             .count();
         match sequencer.advance(snapshot) {
             Ok(Some(epoch)) => {
+                report_new_unknowns(&epoch);
                 tracing::info!(
                     file = %path,
                     epoch = epoch.epoch,

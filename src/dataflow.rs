@@ -8,6 +8,7 @@ use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use timely::order::TotalOrder;
+use serde::{Deserialize, Serialize};
 use timely::progress::Timestamp;
 
 /// Differential time in this crate: one epoch per published snapshot,
@@ -25,8 +26,9 @@ pub type Epoch = u64;
 ///
 /// A status whose station has no directory entry is counted under
 /// [`Postcode::unknown`]. Work per change is proportional to the change: the
-/// join touches the changed station, and the accumulation is a sum of
-/// [`PostcodeCounts`] differences rather than a reduction over the postcode.
+/// changed station is placed again on its own, and the accumulation is a sum
+/// of [`PostcodeCounts`] differences rather than a reduction over the
+/// postcode. A station listed more than once at a time counts once.
 ///
 /// # Examples
 ///
@@ -71,29 +73,54 @@ pub fn postcode_counts<'s, T>(
 where
     T: Timestamp + Lattice + TotalOrder,
 {
-    // Only what the sums need crosses the join: counts on one side, the
-    // postcode on the other.
-    let station_counts = statuses.map(|s| {
+    // Each station's facts meet at the worker that owns its id: its counts
+    // (from the status) and its place (from the directory). One reduction per
+    // station is a left outer join: a station with no directory entry is
+    // placed under `unknown` there, so only truly unplaced stations reach
+    // that key (an antijoin would route every change's cancelling pair to the
+    // one worker owning `unknown`).
+    let counts = statuses.map(|s| {
         let counts = PostcodeCounts::of_station(&s);
-        (s.station_id, counts)
+        (s.station_id, StationFact::Counts(counts))
     });
-    let station_postcodes = directory.map(|d| {
+    let places = directory.map(|d| {
         let inferred = d.postcode_source.is_inferred();
-        (d.station_id, (d.postcode, inferred))
+        (d.station_id, StationFact::Place(d.postcode, inferred))
     });
-    let located = station_counts.clone().join_map(
-        station_postcodes.clone(),
-        |_, counts, (postcode, inferred)| {
-            let mut counts = *counts;
-            counts.stations_inferred = i64::from(*inferred);
-            (postcode.clone(), counts)
-        },
-    );
-    let unlocated = station_counts
-        .antijoin(station_postcodes.map(|(id, _)| id))
-        .map(|(_, counts)| (Postcode::unknown(), counts));
-    located
-        .concat(unlocated)
-        .explode(|(postcode, counts)| Some((postcode, counts)))
+    counts
+        .concat(places)
+        .reduce_named("PlaceStation", |_station, facts, placed| {
+            let mut counts = None;
+            let mut place = None;
+            for (fact, diff) in facts {
+                if *diff <= 0 {
+                    continue;
+                }
+                match fact {
+                    StationFact::Counts(c) => counts = Some(*c),
+                    StationFact::Place(postcode, inferred) => place = Some((postcode, *inferred)),
+                }
+            }
+            if let Some(mut counts) = counts {
+                let postcode = match place {
+                    Some((postcode, inferred)) => {
+                        counts.stations_inferred = i64::from(inferred);
+                        postcode.clone()
+                    }
+                    None => Postcode::unknown(),
+                };
+                placed.push(((postcode, counts), 1));
+            }
+        })
+        // Summing differences per postcode: the work is per changed station,
+        // not per station of the postcode.
+        .explode(|(_station, (postcode, counts))| Some((postcode, counts)))
         .count_total()
+}
+
+/// What one station contributes to the reduction that places it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum StationFact {
+    Counts(PostcodeCounts),
+    Place(Postcode, bool),
 }
