@@ -96,7 +96,11 @@ fn report_new_unknowns(epoch: &velib_dataflow::snapshot::EpochUpdates) {
         .collect();
     if !new.is_empty() {
         let more = new.len().saturating_sub(SHOWN);
-        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         tracing::warn!(
             epoch = epoch.epoch,
             "{} stations have no postcode and are counted under `unknown`: {}{tail}",

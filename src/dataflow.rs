@@ -7,8 +7,8 @@ use crate::postcode::Postcode;
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
-use timely::order::TotalOrder;
 use serde::{Deserialize, Serialize};
+use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 /// Differential time in this crate: one epoch per published snapshot,
