@@ -239,3 +239,79 @@ fn velib_replay_refuses_bad_flags_clearly() {
     let out = Command::new(example("velib_replay")).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "no PATH is a usage error");
 }
+
+fn final_records(args: &[&str], path: &std::path::Path) -> Vec<Value> {
+    let out = Command::new(example("velib_replay"))
+        .args(args)
+        .arg("--final")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn velib_replay_keeps_only_the_stations_asked_for() {
+    // The seeds' two stations: 16107 (75016) and 32017 (Basilique, 93200).
+    let records = final_records(
+        &["--no-infer", "--stations", "16107,32017"],
+        &snapshot_dir(),
+    );
+    let stations: i64 = records
+        .iter()
+        .map(|r| r["nbr_stations"].as_i64().unwrap())
+        .sum();
+    assert_eq!(stations, 2, "{records:?}");
+    let postcodes: Vec<&str> = records
+        .iter()
+        .map(|r| r["postcode"].as_str().unwrap())
+        .collect();
+    assert!(postcodes.contains(&"75016"), "{postcodes:?}");
+}
+
+#[test]
+fn velib_replay_uses_the_user_s_postcode_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("mine.csv");
+    // Only two stations, both in one made-up postcode; no inference.
+    std::fs::write(
+        &table,
+        "stationCode,station_id,postcode\n16107,213688169,ZONE-A\n9020,36255,ZONE-A\n",
+    )
+    .unwrap();
+    let records = final_records(
+        &["--no-infer", "--postcodes", table.to_str().unwrap()],
+        &snapshot_dir(),
+    );
+    let zone = records
+        .iter()
+        .find(|r| r["postcode"] == "ZONE-A")
+        .expect("the user's postcode is used");
+    assert_eq!(zone["nbr_stations"], 2);
+    let unknown = records.iter().find(|r| r["postcode"] == "unknown").unwrap();
+    assert_eq!(unknown["nbr_stations"], 1_485 - 2);
+    // A broken table is refused before anything runs, naming the problem.
+    std::fs::write(&table, "stationCode,postcode\n16107,75016\n16107,75017\n").unwrap();
+    let out = Command::new(example("velib_replay"))
+        .arg("--postcodes")
+        .arg(&table)
+        .arg(snapshot_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
