@@ -25,6 +25,7 @@ pub mod counts;
 pub mod dataflow;
 pub mod directory;
 pub mod feed;
+pub mod kafka;
 pub mod output;
 pub mod postcode;
 pub mod recorded;

@@ -112,3 +112,51 @@ pub fn json_line(
     };
     json.expect("records of strings and integers always serialise")
 }
+
+/// Encodes postcode changes for the Kafka sink: key the postcode, value the
+/// [`PostcodeRecord`] JSON. The feed time of each epoch comes from
+/// `feed_times`, which the driver fills as it opens epochs.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::PostcodeCounts;
+/// use velib_dataflow::kafka::sink::RecordEncoder;
+/// use velib_dataflow::output::PostcodeRecordEncoder;
+/// use velib_dataflow::postcode::Postcode;
+///
+/// let encoder = PostcodeRecordEncoder::default();
+/// encoder.feed_times().borrow_mut().insert(3, 1732004538);
+/// let postcode = Postcode::parse("75016").unwrap();
+/// assert_eq!(encoder.key(&postcode), b"75016");
+/// let value = encoder.value(&postcode, &PostcodeCounts::default(), 3);
+/// assert!(String::from_utf8(value).unwrap().ends_with(r#""epoch":3,"feed_time":1732004538}"#));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PostcodeRecordEncoder {
+    feed_times: std::rc::Rc<std::cell::RefCell<std::collections::BTreeMap<Epoch, FeedTime>>>,
+}
+
+impl PostcodeRecordEncoder {
+    /// The epoch → feed time map the driver fills.
+    pub fn feed_times(&self) -> &std::cell::RefCell<std::collections::BTreeMap<Epoch, FeedTime>> {
+        &self.feed_times
+    }
+}
+
+impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeCounts> for PostcodeRecordEncoder {
+    fn key(&self, key: &Postcode) -> Vec<u8> {
+        key.as_str().as_bytes().to_vec()
+    }
+
+    fn value(&self, key: &Postcode, value: &PostcodeCounts, epoch: Epoch) -> Vec<u8> {
+        let feed_time = self
+            .feed_times
+            .borrow()
+            .get(&epoch)
+            .copied()
+            .unwrap_or_default();
+        serde_json::to_vec(&PostcodeRecord::new(key, value, epoch, feed_time))
+            .expect("records of strings and integers always serialise")
+    }
+}

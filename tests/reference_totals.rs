@@ -247,16 +247,7 @@ fn final_records(args: &[&str], path: &std::path::Path) -> Vec<Value> {
         .arg(path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::json_lines("velib_replay", &out)
 }
 
 #[test]

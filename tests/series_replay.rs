@@ -8,26 +8,8 @@ use std::io::Write;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::feed::gbfs;
 use velib_dataflow::postcode::PostcodeTable;
-use velib_dataflow::recorded::{load, snapshot_files};
-use velib_dataflow::snapshot::{Snapshot, StationSelection};
-
-fn paris_series(infer: bool) -> Vec<Snapshot> {
-    let resolver = DirectoryResolver::new(PostcodeTable::velib(), infer);
-    let dir = common::fixtures().join("opendata-paris/velib-series");
-    let files: Vec<_> = snapshot_files(&[dir])
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(files.len(), 10);
-    files
-        .iter()
-        .map(|f| {
-            load(f)
-                .unwrap()
-                .into_snapshot(&resolver, &StationSelection::all())
-        })
-        .collect()
-}
+use velib_dataflow::recorded::snapshot_files;
+use velib_dataflow::snapshot::Snapshot;
 
 /// Oslo has no postcodes: give its stations synthetic ones by id (some left
 /// out, to be inferred from the nearest station), as a user's table would.
@@ -70,7 +52,7 @@ fn oslo_series() -> Vec<Snapshot> {
 
 #[test]
 fn paris_series_matches_from_scratch_at_every_epoch() {
-    let epochs = common::sequence(paris_series(true));
+    let epochs = common::sequence(common::paris_series(true));
     // 10 polls, two byte-identical to the one before: 8 epochs.
     assert_eq!(epochs.len(), 8);
     assert!(
@@ -84,7 +66,7 @@ fn paris_series_matches_from_scratch_at_every_epoch() {
 
 #[test]
 fn paris_series_without_inference_matches_from_scratch() {
-    let epochs = common::sequence(paris_series(false));
+    let epochs = common::sequence(common::paris_series(false));
     assert!(epochs[0].1.keys().any(|p| p.is_unknown()));
     common::assert_matches_reference("1 worker, no inference", timely::Config::thread(), &epochs);
 }
@@ -100,7 +82,7 @@ fn oslo_series_matches_from_scratch_at_every_epoch() {
 
 #[test]
 fn sum_over_postcodes_is_sum_over_stations() {
-    for snapshot in paris_series(true) {
+    for snapshot in common::paris_series(true) {
         let by_postcode = velib_dataflow::reference::postcode_counts_from_scratch(
             &snapshot.statuses,
             snapshot.directory.as_deref().unwrap(),

@@ -2,6 +2,8 @@
 //! dataflow against the from-scratch reference at every epoch.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,19 @@ use velib_dataflow::postcode::Postcode;
 use velib_dataflow::reference::postcode_counts_from_scratch;
 use velib_dataflow::replay::{run, EpochOutput};
 use velib_dataflow::snapshot::{EpochUpdates, Snapshot, SnapshotSequencer};
+
+/// The JSON objects a command printed one per line, once it succeeded.
+pub fn json_lines(what: &str, out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what} printed {l:?}: {e}")))
+        .collect()
+}
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -32,6 +47,29 @@ pub fn configs() -> Vec<(&'static str, timely::Config)> {
 }
 
 pub type State = BTreeMap<Postcode, PostcodeCounts>;
+
+/// The 10 polls of the Paris open-data series, resolved with the shipped table.
+pub fn paris_series(infer: bool) -> Vec<Snapshot> {
+    use velib_dataflow::directory::DirectoryResolver;
+    use velib_dataflow::postcode::PostcodeTable;
+    use velib_dataflow::recorded::{load, snapshot_files};
+    use velib_dataflow::snapshot::StationSelection;
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), infer);
+    let dir = fixtures().join("opendata-paris/velib-series");
+    let files: Vec<_> = snapshot_files(&[dir])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(files.len(), 10);
+    files
+        .iter()
+        .map(|f| {
+            load(f)
+                .unwrap()
+                .into_snapshot(&resolver, &StationSelection::all())
+        })
+        .collect()
+}
 
 /// Sequences `snapshots`, keeping for each epoch the from-scratch counts of
 /// the snapshot that made it.

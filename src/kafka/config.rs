@@ -1,0 +1,70 @@
+//! Where the brokers are and how to talk to them.
+
+use super::KafkaError;
+use rdkafka::ClientConfig;
+
+/// Brokers and librdkafka properties (TLS, SASL, timeouts…), passed through
+/// as kcat's `-X key=value` does.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let config = KafkaConfig::new("127.0.0.1:9092")
+///     .with_property("security.protocol=SASL_SSL")?
+///     .with_property("sasl.mechanism=PLAIN")?;
+/// assert_eq!(config.properties().len(), 2);
+/// assert!(KafkaConfig::new("x").with_property("no-equals-sign").is_err());
+/// # Ok::<(), velib_dataflow::kafka::KafkaError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    brokers: String,
+    properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Brokers as `HOST:PORT[,HOST:PORT…]`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// Adds a `key=value` librdkafka property; later ones win.
+    pub fn with_property(mut self, key_value: &str) -> Result<Self, KafkaError> {
+        let (key, value) = key_value
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| KafkaError::BadProperty(key_value.to_owned()))?;
+        self.properties
+            .push((key.trim().to_owned(), value.to_owned()));
+        Ok(self)
+    }
+
+    /// The brokers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The properties, in the order given.
+    pub fn properties(&self) -> &[(String, String)] {
+        &self.properties
+    }
+
+    /// A librdkafka configuration: the brokers, then the user's properties
+    /// (which may override anything set before them).
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

@@ -1,0 +1,34 @@
+/// A Kafka operation that failed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// A `-X` property is not `key=value`.
+    #[error("librdkafka property {0:?}: expected key=value")]
+    BadProperty(String),
+    /// librdkafka refused or failed an operation.
+    #[error("{context}: {source}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// What librdkafka said.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic cannot be used as it is.
+    #[error("topic {topic}: {problem}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What is wrong, and what to do about it.
+        problem: String,
+    },
+}
+
+impl KafkaError {
+    pub(crate) fn client(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| KafkaError::Client { context, source }
+    }
+}

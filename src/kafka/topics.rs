@@ -1,0 +1,213 @@
+//! Creating the topics a job needs, and checking the ones that exist.
+
+use super::{KafkaConfig, KafkaError};
+use futures_executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// A topic as a job wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Its name.
+    pub name: String,
+    /// Partitions, when created.
+    pub partitions: i32,
+    /// Replication factor, when created.
+    pub replication: i32,
+    /// Whether it must be compacted (`cleanup.policy=compact`): the output
+    /// and directory topics, so that they always hold the current state.
+    pub compacted: bool,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions, replication 1, not compacted.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            replication: 1,
+            compacted: false,
+        }
+    }
+
+    /// The same topic, compacted.
+    pub fn compacted(mut self) -> Self {
+        self.compacted = true;
+        self
+    }
+
+    /// The same topic, with this replication factor.
+    pub fn replication(mut self, replication: i32) -> Self {
+        self.replication = replication;
+        self
+    }
+}
+
+/// What [`ensure_topics`] found or did for one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopicOutcome {
+    /// It was missing and has been created.
+    Created,
+    /// It exists with this many partitions, and its settings fit.
+    Exists {
+        /// Its partition count.
+        partitions: usize,
+    },
+}
+
+/// Creates the topics of `specs` that are missing, and checks that those that
+/// exist fit: a topic that must be compacted and is not is an error that says
+/// how to fix it. Some Kafka-compatible brokers do not answer DescribeConfigs;
+/// then the check is skipped with a warning.
+pub fn ensure_topics(
+    config: &KafkaConfig,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        config
+            .client_config(&[])
+            .create()
+            .map_err(KafkaError::client(format!(
+                "connecting to {}",
+                config.brokers()
+            )))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(KafkaError::client(format!(
+            "reading the topics of {}",
+            config.brokers()
+        )))?;
+    let existing = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len())
+    };
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let mut outcomes = Vec::new();
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| existing(&s.name).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|s| {
+                let topic = NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(s.replication),
+                );
+                if s.compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
+        let results = block_on(admin.create_topics(&new_topics, &options))
+            .map_err(KafkaError::client("creating topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    tracing::info!(topic = %name, "topic created");
+                    outcomes.push((name, TopicOutcome::Created));
+                }
+                // Another process created it meanwhile: check it below like any other.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaError::Topic {
+                        topic: name,
+                        problem: format!("the broker refused to create it: {code}"),
+                    })
+                }
+            }
+        }
+    }
+    for spec in specs {
+        if outcomes.iter().any(|(name, _)| *name == spec.name) {
+            continue;
+        }
+        let partitions = match existing(&spec.name) {
+            Some(p) => p,
+            None => admin
+                .inner()
+                .fetch_metadata(Some(&spec.name), timeout)
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+                .filter(|p| *p > 0)
+                .ok_or_else(|| KafkaError::Topic {
+                    topic: spec.name.clone(),
+                    problem: "it exists but has no partitions the client can see".into(),
+                })?,
+        };
+        if spec.compacted {
+            check_compacted(&admin, &options, &spec.name)?;
+        }
+        outcomes.push((spec.name.clone(), TopicOutcome::Exists { partitions }));
+    }
+    Ok(outcomes)
+}
+
+fn check_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], options));
+    let policy = match described.as_deref() {
+        Ok([Ok(resource)]) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+        _ => None,
+    };
+    if !compaction_verdict(topic, policy.as_deref())? {
+        tracing::warn!(topic, "the broker does not report the topic's cleanup.policy; cannot check that it is compacted");
+    }
+    Ok(())
+}
+
+/// Whether a topic that must be compacted is: `Ok(true)` yes, `Ok(false)`
+/// unknown (the broker did not say), an error that says how to fix it if not.
+fn compaction_verdict(topic: &str, policy: Option<&str>) -> Result<bool, KafkaError> {
+    match policy {
+        None => Ok(false),
+        Some(p) if p.split(',').any(|v| v.trim() == "compact") => Ok(true),
+        Some(p) => Err(KafkaError::Topic {
+            topic: topic.to_owned(),
+            problem: format!(
+                "its cleanup.policy is {p:?}, but it must be compacted so that it always holds the current state; \
+                 set it with `kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`, \
+                 or choose another topic"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_verdict;
+
+    #[test]
+    fn compaction_verdicts() {
+        assert!(compaction_verdict("t", Some("compact")).unwrap());
+        assert!(compaction_verdict("t", Some("compact,delete")).unwrap());
+        assert!(compaction_verdict("t", Some("delete, compact")).unwrap());
+        assert!(!compaction_verdict("t", None).unwrap());
+        let e = compaction_verdict("velib-projet-clean", Some("delete"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("velib-projet-clean")
+                && e.contains("\"delete\"")
+                && e.contains("cleanup.policy=compact"),
+            "{e}"
+        );
+    }
+}
