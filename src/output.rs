@@ -115,7 +115,10 @@ pub fn json_line(
 
 /// Encodes postcode changes for the Kafka sink: key the postcode, value the
 /// [`PostcodeRecord`] JSON. The feed time of each epoch comes from
-/// `feed_times`, which the driver fills as it opens epochs.
+/// `feed_times`, which the driver fills as it opens epochs (an epoch the
+/// driver gave no time for is written with `feed_time` 0). Epochs are written
+/// in order, so entries for earlier epochs are dropped as later ones are
+/// written: the map stays as small as the epochs in flight.
 ///
 /// # Examples
 ///
@@ -126,11 +129,13 @@ pub fn json_line(
 /// use velib_dataflow::postcode::Postcode;
 ///
 /// let encoder = PostcodeRecordEncoder::default();
-/// encoder.feed_times().borrow_mut().insert(3, 1732004538);
+/// encoder.feed_times().borrow_mut().extend([(2, 1732004000), (3, 1732004538), (4, 1732005000)]);
 /// let postcode = Postcode::parse("75016").unwrap();
 /// assert_eq!(encoder.key(&postcode), b"75016");
 /// let value = encoder.value(&postcode, &PostcodeCounts::default(), 3);
 /// assert!(String::from_utf8(value).unwrap().ends_with(r#""epoch":3,"feed_time":1732004538}"#));
+/// // Epoch 2 is behind what has been written: its entry is gone.
+/// assert_eq!(encoder.feed_times().borrow().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct PostcodeRecordEncoder {
@@ -150,12 +155,14 @@ impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeCounts> for PostcodeRec
     }
 
     fn value(&self, key: &Postcode, value: &PostcodeCounts, epoch: Epoch) -> Vec<u8> {
-        let feed_time = self
-            .feed_times
-            .borrow()
-            .get(&epoch)
-            .copied()
-            .unwrap_or_default();
+        let mut feed_times = self.feed_times.borrow_mut();
+        if feed_times
+            .first_key_value()
+            .is_some_and(|(first, _)| *first < epoch)
+        {
+            *feed_times = feed_times.split_off(&epoch);
+        }
+        let feed_time = feed_times.get(&epoch).copied().unwrap_or_default();
         serde_json::to_vec(&PostcodeRecord::new(key, value, epoch, feed_time))
             .expect("records of strings and integers always serialise")
     }

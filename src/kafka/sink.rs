@@ -286,25 +286,26 @@ impl Writer {
         details: &serde_json::Value,
     ) -> Result<(), KafkaError> {
         let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=ATTEMPTS {
-            match self.try_write_epoch(config, encoder, epoch, changes, details) {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < ATTEMPTS && !is_fatal(&e) => {
-                    tracing::warn!(epoch, attempt, "epoch's transaction failed, retrying: {e}");
-                    let _ = self.producer.abort_transaction(config.timeout);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    let _ = self.producer.abort_transaction(config.timeout);
-                    return Err(KafkaError::Client {
-                        context: format!("writing epoch {epoch} to {}", config.topic),
-                        source: e,
-                    });
-                }
+        let mut attempt = 1;
+        loop {
+            let Err(e) = self.try_write_epoch(config, encoder, epoch, changes, details) else {
+                return Ok(());
+            };
+            let _ = self.producer.abort_transaction(config.timeout);
+            if attempt == ATTEMPTS || is_fatal(&e) {
+                return Err(KafkaError::Client {
+                    context: format!(
+                        "writing epoch {epoch} to {} (attempt {attempt})",
+                        config.topic
+                    ),
+                    source: e,
+                });
             }
+            tracing::warn!(epoch, attempt, "epoch's transaction failed, retrying: {e}");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            attempt += 1;
         }
-        unreachable!("the last attempt returns")
     }
 
     fn try_write_epoch<K, V, E: RecordEncoder<K, V>>(
