@@ -19,8 +19,12 @@
 )]
 
 // The data path, in order: feed -> postcode/directory -> snapshot -> dataflow
-// (counts) -> changes -> output. `replay` and `recorded` drive it in-process.
+// (counts) -> changes -> output. `replay` and `recorded` drive it in-process;
+// `aggregator` runs it between Kafka topics (`kafka::source` -> `upsert` ->
+// dataflow -> `kafka::sink`).
+pub mod aggregator;
 pub mod changes;
+pub mod cluster;
 pub mod counts;
 pub mod dataflow;
 pub mod directory;
@@ -32,3 +36,4 @@ pub mod recorded;
 pub mod reference;
 pub mod replay;
 pub mod snapshot;
+pub mod upsert;

@@ -114,56 +114,43 @@ pub fn json_line(
 }
 
 /// Encodes postcode changes for the Kafka sink: key the postcode, value the
-/// [`PostcodeRecord`] JSON. The feed time of each epoch comes from
-/// `feed_times`, which the driver fills as it opens epochs (an epoch the
-/// driver gave no time for is written with `feed_time` 0). Epochs are written
-/// in order, so entries for earlier epochs are dropped as later ones are
-/// written: the map stays as small as the epochs in flight.
+/// [`PostcodeRecord`] JSON, with the feed time the epoch's progress gives
+/// (0 when no source said).
 ///
 /// # Examples
 ///
 /// ```
 /// use velib_dataflow::counts::PostcodeCounts;
-/// use velib_dataflow::kafka::sink::RecordEncoder;
+/// use velib_dataflow::kafka::sink::{EpochProgress, RecordEncoder};
 /// use velib_dataflow::output::PostcodeRecordEncoder;
 /// use velib_dataflow::postcode::Postcode;
 ///
-/// let encoder = PostcodeRecordEncoder::default();
-/// encoder.feed_times().borrow_mut().extend([(2, 1732004000), (3, 1732004538), (4, 1732005000)]);
 /// let postcode = Postcode::parse("75016").unwrap();
-/// assert_eq!(encoder.key(&postcode), b"75016");
-/// let value = encoder.value(&postcode, &PostcodeCounts::default(), 3);
+/// assert_eq!(PostcodeRecordEncoder.key(&postcode), b"75016");
+/// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
+/// let value = PostcodeRecordEncoder.value(&postcode, &PostcodeCounts::default(), &progress);
 /// assert!(String::from_utf8(value).unwrap().ends_with(r#""epoch":3,"feed_time":1732004538}"#));
-/// // Epoch 2 is behind what has been written: its entry is gone.
-/// assert_eq!(encoder.feed_times().borrow().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct PostcodeRecordEncoder {
-    feed_times: std::rc::Rc<std::cell::RefCell<std::collections::BTreeMap<Epoch, FeedTime>>>,
-}
-
-impl PostcodeRecordEncoder {
-    /// The epoch → feed time map the driver fills.
-    pub fn feed_times(&self) -> &std::cell::RefCell<std::collections::BTreeMap<Epoch, FeedTime>> {
-        &self.feed_times
-    }
-}
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PostcodeRecordEncoder;
 
 impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeCounts> for PostcodeRecordEncoder {
     fn key(&self, key: &Postcode) -> Vec<u8> {
         key.as_str().as_bytes().to_vec()
     }
 
-    fn value(&self, key: &Postcode, value: &PostcodeCounts, epoch: Epoch) -> Vec<u8> {
-        let mut feed_times = self.feed_times.borrow_mut();
-        if feed_times
-            .first_key_value()
-            .is_some_and(|(first, _)| *first < epoch)
-        {
-            *feed_times = feed_times.split_off(&epoch);
-        }
-        let feed_time = feed_times.get(&epoch).copied().unwrap_or_default();
-        serde_json::to_vec(&PostcodeRecord::new(key, value, epoch, feed_time))
-            .expect("records of strings and integers always serialise")
+    fn value(
+        &self,
+        key: &Postcode,
+        value: &PostcodeCounts,
+        progress: &crate::kafka::sink::EpochProgress,
+    ) -> Vec<u8> {
+        let record = PostcodeRecord::new(
+            key,
+            value,
+            progress.epoch,
+            progress.feed_time.unwrap_or_default(),
+        );
+        serde_json::to_vec(&record).expect("records of strings and integers always serialise")
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use velib_dataflow::changes::KeyChange;
@@ -18,43 +18,6 @@ fn snapshot_dir() -> PathBuf {
     common::fixtures().join("gbfs/velib/2024-11-19")
 }
 
-/// Rider totals (bikes, mechanical, e-bikes) per postcode, from the raw JSON
-/// and CSV with no code of the library: stations installed and renting,
-/// joined on stationCode with the CSV, skipping stations without a postcode.
-fn raw_rider_totals() -> BTreeMap<String, (i64, i64, i64)> {
-    let status: Value =
-        serde_json::from_slice(&std::fs::read(snapshot_dir().join("station_status.json")).unwrap())
-            .unwrap();
-    let csv =
-        std::fs::read_to_string(common::fixtures().join("postcodes/velib_station_postcodes.csv"))
-            .unwrap();
-    let postcode_of: HashMap<&str, &str> = csv
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0], f[2])
-        })
-        .collect();
-    let mut totals = BTreeMap::new();
-    for s in status["data"]["stations"].as_array().unwrap() {
-        let Some(pc) = postcode_of
-            .get(s["stationCode"].as_str().unwrap())
-            .filter(|p| !p.is_empty())
-        else {
-            continue;
-        };
-        let entry = totals.entry(pc.to_string()).or_insert((0, 0, 0));
-        if s["is_installed"] == 1 && s["is_renting"] == 1 {
-            let types = s["num_bikes_available_types"].as_array().unwrap();
-            entry.0 += s["num_bikes_available"].as_i64().unwrap();
-            entry.1 += types[0]["mechanical"].as_i64().unwrap();
-            entry.2 += types[1]["ebike"].as_i64().unwrap();
-        }
-    }
-    totals
-}
-
 fn sum(totals: &BTreeMap<String, (i64, i64, i64)>) -> (i64, i64, i64) {
     totals
         .values()
@@ -63,7 +26,7 @@ fn sum(totals: &BTreeMap<String, (i64, i64, i64)>) -> (i64, i64, i64) {
 
 #[test]
 fn raw_reference_is_the_readme_s() {
-    let totals = raw_rider_totals();
+    let totals = common::raw_rider_totals();
     assert_eq!(sum(&totals), (15_446, 10_231, 5_215));
     assert_eq!(totals["75015"], (1_114, 832, 282));
     assert_eq!(totals["75016"], (708, 411, 297));
@@ -80,7 +43,7 @@ fn dataflow_gives_the_reference_totals_under_every_config() {
     let resolver = DirectoryResolver::new(PostcodeTable::velib(), false);
     let snapshot = recorded.into_snapshot(&resolver, &StationSelection::all());
     let updates = SnapshotSequencer::new().advance(snapshot).unwrap().unwrap();
-    let raw = raw_rider_totals();
+    let raw = common::raw_rider_totals();
     for (label, config) in common::configs() {
         let outputs = common::run_epochs(config, vec![updates.clone()]);
         let mut got = BTreeMap::new();
@@ -127,19 +90,9 @@ fn counting_every_station_gives_the_old_spark_totals() {
     assert_eq!((all, p75015), (15_460, 1_124));
 }
 
-/// The example binary, built by `cargo test` next to this test's own binary.
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("examples").join(name)
-}
-
 #[test]
 fn velib_replay_final_prints_the_reference_for_every_postcode() {
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .args(["--final", "--no-infer"])
         .arg(snapshot_dir())
         .output()
@@ -172,7 +125,7 @@ fn velib_replay_final_prints_the_reference_for_every_postcode() {
             )
         })
         .collect();
-    assert_eq!(got, raw_rider_totals());
+    assert_eq!(got, common::raw_rider_totals());
     let unknown = records
         .iter()
         .find(|r| r["postcode"] == "unknown")
@@ -189,7 +142,7 @@ fn velib_replay_goes_on_after_a_bad_file() {
     let series = common::fixtures().join("opendata-paris/velib-series");
     let bad = dir.path().join("velib_data_20241105_094000.json");
     std::fs::write(&bad, b"[{\"stationcode\": \"16107\", \"name\": ").unwrap();
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .arg("--final")
         .arg(series.join("velib_data_20241105_093001.json"))
         .arg(&bad)
@@ -223,24 +176,26 @@ fn velib_replay_goes_on_after_a_bad_file() {
 
 #[test]
 fn velib_replay_refuses_bad_flags_clearly() {
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .args(["--postcodes", "/nonexistent.csv", "x"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.csv"));
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--no-infer"));
-    let out = Command::new(example("velib_replay")).output().unwrap();
+    let out = Command::new(common::example_binary("velib_replay"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "no PATH is a usage error");
 }
 
 fn final_records(args: &[&str], path: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .args(args)
         .arg("--final")
         .arg(path)
@@ -291,7 +246,7 @@ fn velib_replay_uses_the_user_s_postcode_table() {
     assert_eq!(unknown["nbr_stations"], 1_485 - 2);
     // A broken table is refused before anything runs, naming the problem.
     std::fs::write(&table, "stationCode,postcode\n16107,75016\n16107,75017\n").unwrap();
-    let out = Command::new(example("velib_replay"))
+    let out = Command::new(common::example_binary("velib_replay"))
         .arg("--postcodes")
         .arg(&table)
         .arg(snapshot_dir())

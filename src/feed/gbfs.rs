@@ -207,6 +207,31 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
     })
 }
 
+/// Parses one station's record of a `station_status.json` payload on its
+/// own: what the seeds' `producer.py` sends to Kafka, one message per
+/// station. A v3 record is recognised by its `num_vehicles_available`.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{gbfs, StationId};
+///
+/// let record = br#"{"station_id": 213688169, "stationCode": "16107", "num_bikes_available": 3,
+///     "num_bikes_available_types": [{"mechanical": 2}, {"ebike": 1}],
+///     "num_docks_available": 32, "is_installed": 1, "is_returning": 1, "is_renting": 1}"#;
+/// let status = gbfs::parse_station_record(record)?;
+/// assert_eq!(status.station_id, StationId::Num(213688169));
+/// assert_eq!(status.bike_types.unwrap().ebike, 1);
+/// assert!(gbfs::parse_station_record(br#"{"station_id": 1}"#).is_err());
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
+pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
+    let ctx = Ctx::new(FeedKind::StationStatus);
+    let raw = parse_payload(ctx.feed, bytes)?;
+    let v3 = raw.get("num_vehicles_available").is_some();
+    parse_station_status(&ctx, 0, &raw, v3)
+}
+
 /// Parses a `station_information.json` payload.
 pub fn parse_information(bytes: &[u8]) -> Result<InformationSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationInformation);

@@ -1,19 +1,28 @@
-//! Kafka, through rdkafka (librdkafka): configuration, topics, and the sink
-//! operator that writes a keyed collection's changes, one transaction per
-//! epoch.
+//! Kafka, through rdkafka (librdkafka): the source operator that reads
+//! epochs, the sink operator that writes a keyed collection's changes one
+//! transaction per epoch, and what they share.
 //!
 //! | module | role |
 //! |---|---|
 //! | [`config`] | brokers and `-X key=value` librdkafka properties, as kcat takes them |
 //! | [`topics`] | creating missing topics and checking existing ones |
+//! | [`protocol`] | the epoch protocol: headers, markers, station keys |
+//! | [`decode`] | decoders from records to keyed upserts |
+//! | [`source`] | the source operator |
+//! | [`dead_letter`] | where records that cannot be read go |
 //! | [`sink`] | the sink operator |
 
 pub mod config;
+pub mod dead_letter;
+pub mod decode;
 mod error;
+pub mod protocol;
 pub mod sink;
+pub mod source;
 pub mod topics;
 
 pub use config::KafkaConfig;
+pub use decode::DecodeError;
 pub use error::KafkaError;
 
 /// The header that carries a record's epoch (decimal text).

@@ -7,7 +7,7 @@
 //! record per key whose value changed (the new value, or a tombstone when
 //! the key is gone), each with the epoch in a [`EPOCH_HEADER`] header; then a
 //! progress record on every partition of the topic (key [`PROGRESS_KEY`],
-//! header `velib-kind: progress`, value `{"epoch": …, "progress": …}`) that
+//! header `velib-kind: progress`, value an [`EpochProgress`]) that
 //! marks the epoch's output complete. A key whose value did not change is
 //! never written.
 //!
@@ -16,14 +16,17 @@
 //! producer. What the sink writes is what changed, which is small next to
 //! what the dataflow reads.
 
+use super::source::SourcePosition;
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::changes::{key_changes, KeyChange};
 use crate::dataflow::Epoch;
+use crate::feed::FeedTime;
 use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +34,46 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::Stream;
+use timely::dataflow::{Scope, Stream};
 
 /// How a key and its value become a Kafka record.
 pub trait RecordEncoder<K, V>: 'static {
     /// The record's key.
     fn key(&self, key: &K) -> Vec<u8>;
-    /// The record's value for `key`'s new `value` at `epoch`.
-    fn value(&self, key: &K, value: &V, epoch: Epoch) -> Vec<u8>;
+    /// The record's value for `key`'s new `value` in the epoch `progress`
+    /// describes.
+    fn value(&self, key: &K, value: &V, progress: &EpochProgress) -> Vec<u8>;
+}
+
+/// What the progress record of an epoch says: the epoch, the feed's time of
+/// its snapshot, and where each source partition stood once the epoch was
+/// read (the offset of its first record not in this or an earlier epoch).
+/// A restart reads it to know where it stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The feed's time of the epoch's snapshot, when a source said.
+    pub feed_time: Option<FeedTime>,
+    /// Topic → partition → next offset, for every partition read so far.
+    pub positions: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl EpochProgress {
+    /// Moves the positions on with what the sources said of `epoch`.
+    fn advance(&mut self, epoch: Epoch, reports: &[SourcePosition]) {
+        self.epoch = epoch;
+        self.feed_time = reports.iter().filter_map(|r| r.feed_time).max();
+        for r in reports {
+            let next = self
+                .positions
+                .entry(r.topic.clone())
+                .or_default()
+                .entry(r.partition)
+                .or_insert(r.next_offset);
+            *next = (*next).max(r.next_offset);
+        }
+    }
 }
 
 /// Where and how the sink writes.
@@ -116,8 +151,12 @@ impl SinkHandle {
 /// epochs: an epoch appears on it once its output is committed, so a probe
 /// on it measures "output committed".
 ///
-/// `progress(epoch)` gives what the progress record says about the epoch
-/// besides its number (for the aggregator: the source positions).
+/// `positions` is what the sources say of each epoch
+/// ([`SourceStreams::positions`](super::source::SourceStreams)); the
+/// progress record of an epoch holds them as an [`EpochProgress`]. An epoch
+/// that changes no key but appears on `positions` still gets its progress
+/// record. Pass [`no_positions`] when the collection does not come from a
+/// Kafka source.
 ///
 /// # Examples
 ///
@@ -125,13 +164,13 @@ impl SinkHandle {
 ///
 /// ```no_run
 /// use differential_dataflow::input::Input;
-/// use velib_dataflow::kafka::sink::{kafka_sink, RecordEncoder, SinkConfig, SinkHandle};
+/// use velib_dataflow::kafka::sink::{kafka_sink, no_positions, EpochProgress, RecordEncoder, SinkConfig, SinkHandle};
 /// use velib_dataflow::kafka::KafkaConfig;
 ///
 /// struct Text;
 /// impl RecordEncoder<String, i64> for Text {
 ///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
-///     fn value(&self, _: &String, value: &i64, _: u64) -> Vec<u8> { value.to_string().into_bytes() }
+///     fn value(&self, _: &String, value: &i64, _: &EpochProgress) -> Vec<u8> { value.to_string().into_bytes() }
 /// }
 ///
 /// timely::execute_directly(|worker| {
@@ -139,29 +178,30 @@ impl SinkHandle {
 ///     let config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9092"), "counts", "counts-sink");
 ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
 ///         let (input, counts) = scope.new_collection::<(String, i64), isize>();
-///         kafka_sink(counts, config, Text, |_| serde_json::Value::Null, handle.clone());
+///         kafka_sink(counts, no_positions(scope), config, Text, handle.clone());
 ///         input
 ///     });
 ///     input.insert(("75016".to_string(), 12));
 /// });
 /// ```
-pub fn kafka_sink<'s, K, V, E, P>(
+pub fn kafka_sink<'s, K, V, E>(
     collection: VecCollection<'s, Epoch, (K, V)>,
+    positions: Stream<'s, Epoch, Vec<SourcePosition>>,
     config: SinkConfig,
     encoder: E,
-    mut progress: P,
     handle: SinkHandle,
 ) -> Stream<'s, Epoch, Vec<Epoch>>
 where
     K: differential_dataflow::ExchangeData,
     V: differential_dataflow::ExchangeData,
     E: RecordEncoder<K, V>,
-    P: FnMut(Epoch) -> serde_json::Value + 'static,
 {
     let writer_worker = collection.inner.scope().index() == 0;
     collection
         .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<Epoch>>, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<Epoch>>, _, _, _, _>(
+            positions,
+            Exchange::new(|_| 0),
             Exchange::new(|_| 0),
             "KafkaSink",
             move |_capability, _info| {
@@ -177,33 +217,45 @@ where
                     None
                 };
                 let mut pending: BTreeMap<Epoch, OpenEpoch<K, V>> = BTreeMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|capability, data| {
+                let mut progress = EpochProgress::default();
+                move |(updates, updates_frontier), (reports, reports_frontier), output| {
+                    updates.for_each(|capability, data| {
                         // Group by each update's own time: differential ships
                         // updates under coarser capabilities than their times.
                         for (kv, time, diff) in data.drain(..) {
                             pending
                                 .entry(time)
-                                .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
-                                .1
+                                .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)))
+                                .updates
                                 .push((kv, diff));
                         }
                     });
+                    reports.for_each(|capability, data| {
+                        let time = *capability.time();
+                        pending
+                            .entry(time)
+                            .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)))
+                            .positions
+                            .append(data);
+                    });
                     while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
+                        let epoch = *entry.key();
+                        if updates_frontier.less_equal(&epoch)
+                            || reports_frontier.less_equal(&epoch)
+                        {
                             break;
                         }
-                        let (epoch, (capability, updates)) = entry.remove_entry();
+                        let open = entry.remove();
                         let Some(w) = writer.as_mut() else { continue };
-                        let changes = key_changes(updates);
-                        let details = progress(epoch);
-                        match w.write_epoch(&config, &encoder, epoch, &changes, &details) {
+                        progress.advance(epoch, &open.positions);
+                        let changes = key_changes(open.updates);
+                        match w.write_epoch(&config, &encoder, &changes, &progress) {
                             Ok(()) => {
                                 if let Ok(mut s) = handle.state.lock() {
                                     s.committed = Some(epoch);
                                     s.records += changes.len() as u64;
                                 }
-                                output.session(&capability).give(epoch);
+                                output.session(&open.capability).give(epoch);
                             }
                             Err(e) => {
                                 handle.fail(e.to_string());
@@ -216,8 +268,29 @@ where
         )
 }
 
-/// An epoch not yet complete: the capability to report it, and its updates.
-type OpenEpoch<K, V> = (Capability<Epoch>, Vec<((K, V), isize)>);
+/// No source positions: for a sink whose collection does not come from a
+/// Kafka source.
+pub fn no_positions(scope: Scope<'_, Epoch>) -> Stream<'_, Epoch, Vec<SourcePosition>> {
+    timely::dataflow::operators::generic::operator::empty(scope)
+}
+
+/// An epoch not yet complete: the capability to report it, its updates and
+/// what the sources said of it.
+struct OpenEpoch<K, V> {
+    capability: Capability<Epoch>,
+    updates: Vec<((K, V), isize)>,
+    positions: Vec<SourcePosition>,
+}
+
+impl<K, V> OpenEpoch<K, V> {
+    fn new(capability: Capability<Epoch>) -> Self {
+        OpenEpoch {
+            capability,
+            updates: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+}
 
 /// The transactional producer of worker 0.
 struct Writer {
@@ -281,14 +354,14 @@ impl Writer {
         &mut self,
         config: &SinkConfig,
         encoder: &E,
-        epoch: Epoch,
         changes: &[KeyChange<K, V>],
-        details: &serde_json::Value,
+        progress: &EpochProgress,
     ) -> Result<(), KafkaError> {
+        let epoch = progress.epoch;
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let Err(e) = self.try_write_epoch(config, encoder, epoch, changes, details) else {
+            let Err(e) = self.try_write_epoch(config, encoder, changes, progress) else {
                 return Ok(());
             };
             let _ = self.producer.abort_transaction(config.timeout);
@@ -312,11 +385,10 @@ impl Writer {
         &mut self,
         config: &SinkConfig,
         encoder: &E,
-        epoch: Epoch,
         changes: &[KeyChange<K, V>],
-        details: &serde_json::Value,
+        progress: &EpochProgress,
     ) -> Result<(), RdKafkaError> {
-        let epoch_text = epoch.to_string();
+        let epoch_text = progress.epoch.to_string();
         let headers = || {
             OwnedHeaders::new().insert(Header {
                 key: EPOCH_HEADER,
@@ -326,7 +398,7 @@ impl Writer {
         self.producer.begin_transaction()?;
         for change in changes {
             let (key, value) = match change {
-                KeyChange::Upsert(k, v) => (encoder.key(k), Some(encoder.value(k, v, epoch))),
+                KeyChange::Upsert(k, v) => (encoder.key(k), Some(encoder.value(k, v, progress))),
                 KeyChange::Delete(k) => (encoder.key(k), None),
             };
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&config.topic)
@@ -337,7 +409,8 @@ impl Writer {
             }
             self.send(record)?;
         }
-        let progress = serde_json::json!({ "epoch": epoch, "progress": details }).to_string();
+        let progress = serde_json::to_string(progress)
+            .expect("progress of integers and strings always serialises");
         for partition in 0..self.partitions {
             let headers = headers().insert(Header {
                 key: KIND_HEADER,

@@ -81,6 +81,24 @@ impl Broker {
         super::json_lines("kcat", &out)
     }
 
+    /// Writes `lines` to `topic` with kcat, one unkeyed message per line.
+    pub fn kcat_write(&self, topic: &str, lines: &str) {
+        use std::io::Write;
+        let mut child = Command::new("kcat")
+            .args(["-b", &self.address, "-P", "-t", topic])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("kcat runs (apt-get install kcat)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "kcat -P failed\n{}", self.log());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod epochs;
+pub mod output;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,4 +155,51 @@ pub fn assert_matches_reference(
             output.epoch
         );
     }
+}
+
+/// Rider totals (bikes, mechanical, e-bikes) per postcode, from the raw JSON
+/// and CSV with no code of the library: stations installed and renting,
+/// joined on stationCode with the CSV, skipping stations without a postcode.
+pub fn raw_rider_totals() -> BTreeMap<String, (i64, i64, i64)> {
+    let status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("gbfs/velib/2024-11-19/station_status.json")).unwrap(),
+    )
+    .unwrap();
+    let csv =
+        std::fs::read_to_string(fixtures().join("postcodes/velib_station_postcodes.csv")).unwrap();
+    let postcode_of: std::collections::HashMap<&str, &str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0], f[2])
+        })
+        .collect();
+    let mut totals = BTreeMap::new();
+    for s in status["data"]["stations"].as_array().unwrap() {
+        let Some(pc) = postcode_of
+            .get(s["stationCode"].as_str().unwrap())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let entry = totals.entry(pc.to_string()).or_insert((0, 0, 0));
+        if s["is_installed"] == 1 && s["is_renting"] == 1 {
+            let types = s["num_bikes_available_types"].as_array().unwrap();
+            entry.0 += s["num_bikes_available"].as_i64().unwrap();
+            entry.1 += types[0]["mechanical"].as_i64().unwrap();
+            entry.2 += types[1]["ebike"].as_i64().unwrap();
+        }
+    }
+    totals
+}
+
+/// The path of an example binary built by `cargo test`.
+pub fn example_binary(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
 }

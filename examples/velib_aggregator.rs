@@ -1,0 +1,191 @@
+//! Reads station statuses from Kafka and keeps per-postcode counts on a
+//! compacted Kafka topic, one transaction per epoch.
+//!
+//! ```sh
+//! cargo run --example velib_aggregator -- --brokers 127.0.0.1:9092
+//! # the seeds' producer.py format (unkeyed raw GBFS station JSON):
+//! cargo run --example velib_aggregator -- --brokers 127.0.0.1:9092 --input-format seed
+//! # TLS + SASL, as kcat takes them:
+//! cargo run --example velib_aggregator -- --brokers broker:9093 \
+//!     -X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN \
+//!     -X sasl.username=me -X sasl.password=secret
+//! # two processes of two workers each:
+//! cargo run --example velib_aggregator -- --brokers … -w 2 -n 2 -p 0 -h hosts.txt
+//! cargo run --example velib_aggregator -- --brokers … -w 2 -n 2 -p 1 -h hosts.txt
+//! ```
+//!
+//! Stops cleanly on Ctrl-C: the epochs already read are finished and
+//! written, none half-written.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use velib_dataflow::aggregator::{
+    run, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_INPUT_TOPIC,
+    DEFAULT_OUTPUT_TOPIC,
+};
+use velib_dataflow::cluster::cluster_config;
+use velib_dataflow::kafka::source::Framing;
+use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::postcode::PostcodeTable;
+
+/// Keep per-postcode bike counts from a Kafka topic of station statuses.
+///
+/// Writes to the output topic, keyed by postcode, one JSON value per
+/// postcode whose counts changed (`postcode`, `nbr_total`, `nbr_meca`,
+/// `nbr_elec`, docks, stations, `epoch`, `feed_time`), a tombstone for a
+/// postcode left without stations, and after each epoch a progress record
+/// (key `__velib_progress`) on every partition.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, disable_help_flag = true)]
+struct Args {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…].
+    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT")]
+    brokers: String,
+
+    /// Topic of station statuses.
+    #[arg(long, default_value = DEFAULT_INPUT_TOPIC, value_name = "TOPIC")]
+    input_topic: String,
+
+    /// Topic of directory entries written by velib_producer; without it,
+    /// stations are placed by the postcode table.
+    #[arg(long, value_name = "TOPIC")]
+    directory_topic: Option<String>,
+
+    /// Topic of per-postcode counts.
+    #[arg(long, default_value = DEFAULT_OUTPUT_TOPIC, value_name = "TOPIC")]
+    output_topic: String,
+
+    /// Topic for records that cannot be read ("" to only log and count them).
+    #[arg(long, default_value = DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
+    dead_letter_topic: String,
+
+    /// How the input marks its epochs: `epochs` for velib_producer's epoch
+    /// protocol, `seed` for the seeds' producer.py (unkeyed station JSON;
+    /// an epoch closes whenever the input is caught up).
+    #[arg(long, value_enum, default_value_t = InputFormat::Epochs)]
+    input_format: InputFormat,
+
+    /// Station -> postcode CSV, with a header naming `postcode` and
+    /// `stationCode` and/or `station_id` [default: the shipped Vélib' table]
+    #[arg(long, value_name = "FILE")]
+    postcodes: Option<PathBuf>,
+
+    /// librdkafka property for every client (repeatable), as kcat's -X.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+
+    /// Partitions of the topics created when missing.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    partitions: i32,
+
+    /// Replication factor of the topics created when missing.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    replication: i32,
+
+    /// Do not create missing topics; fail if one is missing.
+    #[arg(long)]
+    no_create_topics: bool,
+
+    /// The output producer's transactional.id [default: velib-aggregator-<output topic>]
+    #[arg(long, value_name = "ID")]
+    transactional_id: Option<String>,
+
+    /// Timely worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+
+    /// Timely processes.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    processes: usize,
+
+    /// This process's index, 0 to N-1.
+    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
+    process: usize,
+
+    /// File of host:port, one line per process [default: localhost:2101+i].
+    #[arg(short = 'h', long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InputFormat {
+    /// velib_producer's epoch protocol.
+    Epochs,
+    /// The seeds' producer.py: unkeyed raw GBFS station JSON.
+    Seed,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let (timely_config, config) = match configure(args) {
+        Ok(configured) => configured,
+        Err(message) => {
+            eprintln!("velib_aggregator: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = AggregatorHandle::default();
+    let stopper = handle.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("stopping: finishing the epochs already read");
+        stopper.stop();
+    }) {
+        tracing::warn!("Ctrl-C will not stop cleanly: {e}");
+    }
+    match run(timely_config, config, handle) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("velib_aggregator: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
+    let timely_config = cluster_config(
+        args.workers,
+        args.processes,
+        args.process,
+        args.hostfile.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    if args.partitions < 1 {
+        return Err("--partitions must be at least 1".into());
+    }
+    let mut kafka = KafkaConfig::new(args.brokers);
+    for property in &args.properties {
+        kafka = kafka.with_property(property).map_err(|e| e.to_string())?;
+    }
+    let postcodes = match &args.postcodes {
+        Some(path) => PostcodeTable::from_path(path).map_err(|e| e.to_string())?,
+        None => PostcodeTable::velib(),
+    };
+    let mut config = AggregatorConfig::new(kafka);
+    config.transactional_id = args
+        .transactional_id
+        .unwrap_or_else(|| format!("velib-aggregator-{}", args.output_topic));
+    config.input_topic = args.input_topic;
+    config.directory_topic = args.directory_topic;
+    config.output_topic = args.output_topic;
+    config.dead_letter_topic = Some(args.dead_letter_topic).filter(|t| !t.is_empty());
+    config.framing = match args.input_format {
+        InputFormat::Epochs => Framing::Epochs,
+        InputFormat::Seed => Framing::Ingestion,
+    };
+    config.postcodes = Arc::new(postcodes);
+    config.create_partitions = (!args.no_create_topics).then_some(args.partitions);
+    config.replication = args.replication;
+    Ok((timely_config, config))
+}

@@ -1,0 +1,285 @@
+//! The aggregator: station statuses from Kafka, per-postcode counts back to
+//! Kafka, on any number of timely workers and processes.
+//!
+//! ```text
+//! input topic ──KafkaSource──upsert──┐
+//!                                    ├─ postcode_counts ── KafkaSink ──> output topic
+//! directory topic ──KafkaSource──upsert──┘   (or the postcode table)
+//! ```
+//!
+//! Without a directory topic, each station is placed by the postcode table
+//! (the shipped Vélib' one or the user's), by its code, else its id.
+
+use crate::counts::PostcodeCounts;
+use crate::dataflow::{postcode_counts, Epoch};
+use crate::directory::{DirectoryEntry, PostcodeSource};
+use crate::feed::StationStatus;
+use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
+use crate::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
+use crate::kafka::source::{Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats};
+use crate::kafka::topics::{ensure_topics, TopicSpec};
+use crate::kafka::{KafkaConfig, KafkaError};
+use crate::output::PostcodeRecordEncoder;
+use crate::postcode::{Postcode, PostcodeTable};
+use crate::upsert::upsert;
+use differential_dataflow::VecCollection;
+use std::sync::Arc;
+use std::time::Duration;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Concat, Probe};
+
+/// The seeds' input topic.
+pub const DEFAULT_INPUT_TOPIC: &str = "velib-projet";
+/// The seeds' output topic.
+pub const DEFAULT_OUTPUT_TOPIC: &str = "velib-projet-clean";
+/// Where records that cannot be read go, by default.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
+
+/// What the aggregator reads and writes.
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// Station statuses.
+    pub input_topic: String,
+    /// Directory entries; `None` to place stations with [`Self::postcodes`].
+    pub directory_topic: Option<String>,
+    /// Per-postcode counts.
+    pub output_topic: String,
+    /// Records that cannot be read; `None` to only log and count them.
+    pub dead_letter_topic: Option<String>,
+    /// How the input marks its epochs.
+    pub framing: Framing,
+    /// The station → postcode table used without a directory topic.
+    pub postcodes: Arc<PostcodeTable>,
+    /// The output producer's `transactional.id`.
+    pub transactional_id: String,
+    /// Create missing topics with this many partitions (`None`: create
+    /// nothing, and fail clearly when a topic is missing).
+    pub create_partitions: Option<i32>,
+    /// The replication factor of created topics.
+    pub replication: i32,
+    /// Epochs read ahead of what is committed.
+    pub read_ahead: u64,
+}
+
+impl AggregatorConfig {
+    /// The seeds' topics on `kafka`, the epoch protocol, the Vélib' postcode
+    /// table, topics created with 3 partitions.
+    pub fn new(kafka: KafkaConfig) -> Self {
+        AggregatorConfig {
+            kafka,
+            input_topic: DEFAULT_INPUT_TOPIC.into(),
+            directory_topic: None,
+            output_topic: DEFAULT_OUTPUT_TOPIC.into(),
+            dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.into()),
+            framing: Framing::Epochs,
+            postcodes: Arc::new(PostcodeTable::velib()),
+            transactional_id: format!("velib-aggregator-{DEFAULT_OUTPUT_TOPIC}"),
+            create_partitions: Some(3),
+            replication: 1,
+            read_ahead: 8,
+        }
+    }
+
+    /// The topics the aggregator uses, as they should be created.
+    pub fn topics(&self, partitions: i32) -> Vec<TopicSpec> {
+        let mut topics = vec![TopicSpec::new(&self.input_topic, partitions)];
+        if let Some(directory) = &self.directory_topic {
+            topics.push(TopicSpec::new(directory, partitions).compacted());
+        }
+        topics.push(TopicSpec::new(&self.output_topic, partitions).compacted());
+        if let Some(dead) = &self.dead_letter_topic {
+            topics.push(TopicSpec::new(dead, 1));
+        }
+        topics
+            .into_iter()
+            .map(|t| t.replication(self.replication))
+            .collect()
+    }
+}
+
+/// Why the aggregator stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AggregatorError {
+    /// Kafka refused something at start (topics, clients).
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A source or the sink stopped on an error.
+    #[error("{0}")]
+    Stopped(String),
+    /// Timely could not start, or a worker failed.
+    #[error("timely: {0}")]
+    Timely(String),
+}
+
+/// Watches and stops a running aggregator; clones share the state.
+#[derive(Clone, Debug, Default)]
+pub struct AggregatorHandle {
+    sources: SourceHandle,
+    sink: SinkHandle,
+}
+
+impl AggregatorHandle {
+    /// Stops reading; the epochs already read are finished and written.
+    pub fn stop(&self) {
+        self.sources.stop();
+    }
+
+    /// The last epoch whose output is committed.
+    pub fn committed(&self) -> Option<Epoch> {
+        self.sink.committed()
+    }
+
+    /// What the sources have read, applied, discarded and dead-lettered.
+    pub fn source_stats(&self) -> SourceStats {
+        self.sources.stats()
+    }
+
+    /// Postcode records written in committed epochs.
+    pub fn records_written(&self) -> u64 {
+        self.sink.records()
+    }
+
+    fn error(&self) -> Option<String> {
+        self.sources.error().or_else(|| self.sink.error())
+    }
+}
+
+/// Places each station by the postcode table: the directory when no
+/// directory topic is read. A station the table does not know counts under
+/// [`Postcode::unknown`].
+pub fn table_directory<'s>(
+    statuses: &VecCollection<'s, Epoch, StationStatus>,
+    table: Arc<PostcodeTable>,
+) -> VecCollection<'s, Epoch, DirectoryEntry> {
+    statuses.clone().map(move |s| {
+        let found = table.lookup(s.code.as_deref(), &s.station_id).cloned();
+        let (postcode, postcode_source) = match found {
+            Some(postcode) => (postcode, PostcodeSource::Table),
+            None => (Postcode::unknown(), PostcodeSource::Unknown),
+        };
+        DirectoryEntry {
+            station_id: s.station_id,
+            code: s.code,
+            name: String::new(),
+            position: None,
+            capacity: None,
+            postcode,
+            postcode_source,
+        }
+    })
+}
+
+/// Runs the aggregator on `timely_config`'s workers until `handle.stop()` is
+/// called or a source or the sink fails. Process 0 creates missing topics
+/// first (when [`AggregatorConfig::create_partitions`] says so).
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::aggregator::{run, AggregatorConfig, AggregatorHandle};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// run(timely::Config::process(2), config, AggregatorHandle::default())?;
+/// # Ok::<(), velib_dataflow::aggregator::AggregatorError>(())
+/// ```
+pub fn run(
+    timely_config: timely::Config,
+    config: AggregatorConfig,
+    handle: AggregatorHandle,
+) -> Result<(), AggregatorError> {
+    let first_process = match &timely_config.communication {
+        timely::CommunicationConfig::Cluster { process, .. } => *process == 0,
+        _ => true,
+    };
+    if let (Some(partitions), true) = (config.create_partitions, first_process) {
+        for (topic, outcome) in ensure_topics(
+            &config.kafka,
+            &config.topics(partitions),
+            Duration::from_secs(30),
+        )? {
+            tracing::info!(topic, ?outcome, "topic ready");
+        }
+    }
+    let watched = handle.clone();
+    let guards = timely::execute(timely_config, move |worker| {
+        let handle = handle.clone();
+        let config = config.clone();
+        let mut finished = ProbeHandle::new();
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            let status_source = SourceConfig {
+                dead_letter_topic: config.dead_letter_topic.clone(),
+                framing: config.framing,
+                read_ahead: config.read_ahead,
+                ..SourceConfig::new(config.kafka.clone(), [config.input_topic.clone()])
+            };
+            let statuses = KafkaSource::new(status_source, StationStatusDecoder)
+                .finished(finished.clone())
+                .build(scope, handle.sources.clone());
+            let status_collection = upsert(statuses.updates);
+            let (directory, positions) = match &config.directory_topic {
+                Some(topic) => {
+                    let directory_source = SourceConfig {
+                        dead_letter_topic: config.dead_letter_topic.clone(),
+                        framing: config.framing,
+                        read_ahead: config.read_ahead,
+                        ..SourceConfig::new(config.kafka.clone(), [topic.clone()])
+                    };
+                    let entries = KafkaSource::new(directory_source, DirectoryEntryDecoder)
+                        .finished(finished.clone())
+                        .build(scope, handle.sources.clone());
+                    (
+                        upsert(entries.updates),
+                        statuses.positions.concat(entries.positions),
+                    )
+                }
+                None => (
+                    table_directory(&status_collection, Arc::clone(&config.postcodes)),
+                    statuses.positions,
+                ),
+            };
+            let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
+                postcode_counts(status_collection, directory);
+            let sink = SinkConfig::new(
+                config.kafka.clone(),
+                config.output_topic.clone(),
+                config.transactional_id.clone(),
+            );
+            kafka_sink(
+                counts,
+                positions,
+                sink,
+                PostcodeRecordEncoder,
+                handle.sink.clone(),
+            )
+            .probe_with(&mut finished);
+        });
+        let mut reported = None;
+        while !finished.done() {
+            worker.step_or_park(Some(Duration::from_millis(200)));
+            if let Some(error) = handle.error() {
+                if !handle.sources.is_stopped() {
+                    tracing::error!("stopping: {error}");
+                }
+                handle.sources.stop();
+            }
+            if worker.index() == 0 && handle.committed() != reported {
+                reported = handle.committed();
+                if let Some(epoch) = reported {
+                    tracing::info!(epoch, records = handle.records_written(), "epoch committed");
+                }
+            }
+        }
+    })
+    .map_err(AggregatorError::Timely)?;
+    for result in guards.join() {
+        result.map_err(AggregatorError::Timely)?;
+    }
+    match watched.error() {
+        Some(error) => Err(AggregatorError::Stopped(error)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,801 @@
+//! The Kafka source operator: records of one or more topics as timestamped
+//! keyed upserts, with the epoch protocol turned into timely progress.
+//!
+//! Partitions are spread over all workers of all processes (the `i`-th
+//! partition, in topic and partition order, goes to worker `i % peers`);
+//! each worker reads its own with `isolation.level=read_committed` and is
+//! woken by librdkafka when a partition's queue fills, never by polling in a
+//! loop.
+//!
+//! With [`Framing::Epochs`] (what this crate's producer writes, see
+//! [`super::protocol`]) a worker buffers each partition's records until the
+//! epoch's marker, then releases the records of the attempt the marker
+//! names at that epoch and drops the others. It holds a capability for the
+//! oldest epoch a partition it owns has not passed, so an idle partition
+//! stalls nothing: its markers move it on.
+//!
+//! With [`Framing::Ingestion`] (records with no protocol, like the seeds'
+//! `producer.py`), epochs are ingestion times in milliseconds: a worker
+//! closes one whenever it has caught up with the end of its partitions, and
+//! an idle worker moves its capability with the clock so that it never
+//! holds back the others.
+//!
+//! Either way it reads at most [`SourceConfig::read_ahead`] epochs beyond
+//! what the `finished` probe says the dataflow has completed, so a backlog
+//! waits in Kafka rather than in memory. Records that cannot be read go to
+//! the dead-letter topic ([`super::dead_letter`]) and are counted.
+
+use super::dead_letter::DeadLetterWriter;
+use super::decode::{DecodeError, RawRecord, RecordDecoder, MAX_RECORD_BYTES};
+use super::protocol::{framing, Framed, RecordHeaders};
+use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
+use crate::dataflow::Epoch;
+use crate::feed::FeedTime;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::{Scope, Stream};
+use timely::scheduling::SyncActivator;
+
+/// How the records of the source's topics mark their epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// This crate's epoch protocol: epoch and attempt headers, and a marker
+    /// closing each epoch on every partition. Records without the headers go
+    /// to the dead-letter topic.
+    #[default]
+    Epochs,
+    /// No protocol (the seeds' format): epochs are ingestion times in
+    /// milliseconds since the Unix epoch, closed whenever the worker has
+    /// caught up with its partitions. Epoch headers and markers are ignored.
+    Ingestion,
+}
+
+/// Where the source reads, and how.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// The topics, all read with the same decoder.
+    pub topics: Vec<String>,
+    /// How records mark their epochs.
+    pub framing: Framing,
+    /// librdkafka's `group.id`. The source assigns partitions itself and
+    /// commits nothing; the id only names the client to the broker.
+    pub group_id: String,
+    /// How many epochs a worker may read beyond what the dataflow has
+    /// finished (at least 1).
+    pub read_ahead: u64,
+    /// Where records that cannot be read are written; `None` to only log and
+    /// count them.
+    pub dead_letter_topic: Option<String>,
+    /// How long to wait for the topics' metadata at start.
+    pub metadata_timeout: Duration,
+}
+
+impl SourceConfig {
+    /// Reading `topics` with the epoch protocol, 8 epochs of read-ahead and
+    /// no dead-letter topic.
+    pub fn new(kafka: KafkaConfig, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        SourceConfig {
+            kafka,
+            topics: topics.into_iter().map(Into::into).collect(),
+            framing: Framing::Epochs,
+            group_id: "velib-dataflow".into(),
+            read_ahead: 8,
+            dead_letter_topic: None,
+            metadata_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// With `framing`.
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// With a dead-letter topic.
+    pub fn dead_letters(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+}
+
+/// Where one partition stands after an epoch: what the progress record of
+/// the epoch's output holds, so that a restart knows where to read from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the first record not yet part of an epoch.
+    pub next_offset: i64,
+    /// The feed's time of the epoch's snapshot (the marker's; for ingestion
+    /// epochs, the time the epoch was closed).
+    pub feed_time: Option<FeedTime>,
+}
+
+/// The source's two streams.
+#[derive(Debug)]
+pub struct SourceStreams<'s, K, V> {
+    /// `(key, value, epoch)`: the key's new value at that epoch, `None` when
+    /// the key is gone. A key changes at most once per epoch and partition.
+    pub updates: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
+    /// At each epoch, the position of each partition that passed it.
+    pub positions: Stream<'s, Epoch, Vec<SourcePosition>>,
+}
+
+/// What the sources of a dataflow have done, shared by all workers; and the
+/// switch that stops them.
+#[derive(Clone, Debug, Default)]
+pub struct SourceHandle {
+    shared: Arc<SourceShared>,
+}
+
+#[derive(Debug, Default)]
+struct SourceShared {
+    stop: AtomicBool,
+    activators: Mutex<Vec<SyncActivator>>,
+    stats: Mutex<SourceStats>,
+}
+
+/// Counters of the sources sharing a [`SourceHandle`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceStats {
+    /// Records read.
+    pub records: u64,
+    /// Records released into the dataflow.
+    pub applied: u64,
+    /// Records of an attempt that did not complete its epoch, or of an epoch
+    /// already passed: read and left out.
+    pub discarded: u64,
+    /// Records that could not be read, by [`DecodeError::reason`].
+    pub dead_letters: BTreeMap<&'static str, u64>,
+    /// Why a source stopped, if one did.
+    pub error: Option<String>,
+}
+
+impl SourceHandle {
+    /// Stops every source sharing this handle: each drops its capabilities,
+    /// so the dataflow completes the epochs it has and then ends.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Ok(activators) = self.shared.activators.lock() {
+            for activator in activators.iter() {
+                let _ = activator.activate();
+            }
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> SourceStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Why a source stopped, if one did.
+    pub fn error(&self) -> Option<String> {
+        self.stats().error
+    }
+
+    /// Whether [`SourceHandle::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut SourceStats)) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            f(&mut stats);
+        }
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!("Kafka source stopped: {error}");
+        self.count(|s| {
+            s.error.get_or_insert(error);
+        });
+    }
+}
+
+/// A Kafka source, ready to be built into a dataflow.
+///
+/// # Examples
+///
+/// A runnable example needs a broker; this one only builds the dataflow.
+///
+/// ```no_run
+/// use timely::dataflow::operators::Inspect;
+/// use velib_dataflow::kafka::decode::StationStatusDecoder;
+/// use velib_dataflow::kafka::source::{KafkaSource, SourceConfig, SourceHandle};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let handle = SourceHandle::default();
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]);
+///         let streams = KafkaSource::new(config, StationStatusDecoder).build(scope, handle.clone());
+///         streams.updates.inspect(|(id, status, epoch)| println!("{epoch}: {id} {status:?}"));
+///     });
+/// });
+/// ```
+#[derive(Debug)]
+pub struct KafkaSource<D> {
+    config: SourceConfig,
+    decoder: D,
+    finished: Option<ProbeHandle<Epoch>>,
+}
+
+impl<D: RecordDecoder> KafkaSource<D> {
+    /// Reading as `config` says, decoding with `decoder`.
+    pub fn new(config: SourceConfig, decoder: D) -> Self {
+        KafkaSource {
+            config,
+            decoder,
+            finished: None,
+        }
+    }
+
+    /// Bounds the read-ahead by what `finished` (a probe at the end of the
+    /// dataflow) has seen complete. Without it, the source reads as fast as
+    /// Kafka gives.
+    pub fn finished(mut self, finished: ProbeHandle<Epoch>) -> Self {
+        self.finished = Some(finished);
+        self
+    }
+
+    /// Builds the operator in `scope`; every worker must build it.
+    pub fn build<'s>(
+        self,
+        scope: Scope<'s, Epoch>,
+        handle: SourceHandle,
+    ) -> SourceStreams<'s, D::Key, D::Value>
+    where
+        D::Key: Clone + 'static,
+        D::Value: Clone + 'static,
+    {
+        let KafkaSource {
+            config,
+            decoder,
+            finished,
+        } = self;
+        let mut builder =
+            OperatorBuilder::new(format!("KafkaSource({})", config.topics.join(",")), scope);
+        let info = builder.operator_info();
+        let (updates_output, updates) =
+            builder.new_output::<Vec<(D::Key, Option<D::Value>, Epoch)>>();
+        let (positions_output, positions) = builder.new_output::<Vec<SourcePosition>>();
+        let mut updates_output =
+            OutputBuilder::<_, CapacityContainerBuilder<_>>::from(updates_output);
+        let mut positions_output =
+            OutputBuilder::<_, CapacityContainerBuilder<_>>::from(positions_output);
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let timer = scope.activator_for(std::rc::Rc::clone(&info.address));
+        let (index, peers) = (scope.index(), scope.peers());
+        if let Ok(mut activators) = handle.shared.activators.lock() {
+            activators.push(sync_activator.clone());
+        }
+
+        builder.build(move |capabilities| {
+            let mut reader = match Reader::connect(&config, index, peers, &sync_activator) {
+                Ok(reader) => Some((reader, capabilities)),
+                Err(e) => {
+                    handle.fail(e.to_string());
+                    None
+                }
+            };
+            move |_frontiers| {
+                let Some((r, caps)) = reader.as_mut() else {
+                    return;
+                };
+                if handle.is_stopped() {
+                    reader = None;
+                    return;
+                }
+                let finished_at = finished
+                    .as_ref()
+                    .map(|p| p.with_frontier(|f| f.first().copied()));
+                let emitted = r.read(&config, &decoder, &handle, finished_at);
+                let mut updates = updates_output.activate();
+                let mut positions = positions_output.activate();
+                for (epoch, released) in emitted {
+                    let cap = caps[0].delayed(&epoch);
+                    let mut session = updates.session(&cap);
+                    for (key, value) in released.records {
+                        session.give((key, value, epoch));
+                    }
+                    let cap = caps[1].delayed(&epoch);
+                    positions
+                        .session(&cap)
+                        .give_iterator(released.positions.into_iter());
+                }
+                let lower = r.lower_bound();
+                for cap in caps.iter_mut() {
+                    if *cap.time() < lower {
+                        cap.downgrade(&lower);
+                    }
+                }
+                if let Some(delay) = r.wake_in() {
+                    timer.activate_after(delay);
+                }
+            }
+        });
+        SourceStreams { updates, positions }
+    }
+}
+
+/// One epoch's worth of a worker's records, ready to be released.
+struct Released<K, V> {
+    records: Vec<(K, Option<V>)>,
+    positions: Vec<SourcePosition>,
+}
+
+impl<K, V> Default for Released<K, V> {
+    fn default() -> Self {
+        Released {
+            records: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+}
+
+/// A partition a worker owns: librdkafka's queue for it, and where it stands.
+struct OwnedPartition<K, V> {
+    queue: PartitionQueue<DefaultConsumerContext>,
+    state: PartitionState<K, V>,
+}
+
+struct PartitionState<K, V> {
+    topic: String,
+    partition: i32,
+    /// The last epoch whose marker this partition has passed.
+    passed: Option<Epoch>,
+    next_offset: i64,
+    /// librdkafka said it reached the end, and nothing came since.
+    caught_up: bool,
+    /// Records of epochs not yet passed, by epoch and attempt.
+    open: BTreeMap<(Epoch, String), Vec<(K, Option<V>)>>,
+}
+
+/// Records read per partition per activation before yielding to other
+/// operators.
+const BATCH: usize = 4096;
+/// How often an idle worker moves its ingestion epoch with the clock, and
+/// how often a worker held back by read-ahead looks again.
+const TICK: Duration = Duration::from_millis(50);
+/// An ingestion epoch is closed early when its records reach this size.
+const MAX_INGESTION_BYTES: usize = 64 << 20;
+
+struct Reader<K, V> {
+    consumer: Arc<BaseConsumer<DefaultConsumerContext>>,
+    partitions: Vec<OwnedPartition<K, V>>,
+    dead_letters: Option<DeadLetterWriter>,
+    /// Epochs released and not yet seen finished.
+    in_flight: VecDeque<Epoch>,
+    /// Ingestion framing: the open epoch and its records.
+    ingestion: Option<Ingestion<K, V>>,
+    held_back: bool,
+    /// A queue was left with records to read.
+    more: bool,
+}
+
+struct Ingestion<K, V> {
+    open: Epoch,
+    records: Vec<(K, Option<V>)>,
+    bytes: usize,
+}
+
+fn now_ms() -> Epoch {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Epoch)
+}
+
+impl<K, V> Reader<K, V> {
+    fn connect(
+        config: &SourceConfig,
+        index: usize,
+        peers: usize,
+        activator: &SyncActivator,
+    ) -> Result<Self, KafkaError> {
+        let topics = config.topics.join(",");
+        let mut consumer: BaseConsumer<DefaultConsumerContext> = config
+            .kafka
+            .client_config(&[
+                ("group.id", &config.group_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("isolation.level", "read_committed"),
+                ("auto.offset.reset", "earliest"),
+                // The read-ahead bound: what librdkafka prefetches per partition.
+                ("queued.max.messages.kbytes", "16384"),
+            ])
+            .create()
+            .map_err(KafkaError::client(format!(
+                "creating the consumer of {topics}"
+            )))?;
+        let wake = activator.clone();
+        consumer.set_nonempty_callback(move || {
+            let _ = wake.activate();
+        });
+        let consumer = Arc::new(consumer);
+        let mut all = Vec::new();
+        for topic in &config.topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), config.metadata_timeout)
+                .map_err(KafkaError::client(format!(
+                    "reading the partitions of {topic}"
+                )))?;
+            let count = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| KafkaError::Topic {
+                    topic: topic.clone(),
+                    problem: "it does not exist or has no partitions; create it first".into(),
+                })?;
+            all.extend((0..count).map(|p| (topic.clone(), p as i32)));
+        }
+        let mine: Vec<(String, i32)> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % peers == index)
+            .map(|(_, tp)| tp)
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        for (topic, partition) in &mine {
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Beginning)
+                .map_err(KafkaError::client(format!(
+                    "assigning {topic}[{partition}]"
+                )))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(KafkaError::client(format!(
+                "assigning partitions of {topics}"
+            )))?;
+        let mut partitions = Vec::with_capacity(mine.len());
+        for (topic, partition) in mine {
+            let mut queue = consumer
+                .split_partition_queue(&topic, partition)
+                .ok_or_else(|| KafkaError::Topic {
+                    topic: topic.clone(),
+                    problem: format!("librdkafka gave no queue for partition {partition}"),
+                })?;
+            let wake = activator.clone();
+            queue.set_nonempty_callback(move || {
+                let _ = wake.activate();
+            });
+            partitions.push(OwnedPartition {
+                queue,
+                state: PartitionState {
+                    topic,
+                    partition,
+                    passed: None,
+                    next_offset: 0,
+                    caught_up: false,
+                    open: BTreeMap::new(),
+                },
+            });
+        }
+        tracing::info!(
+            worker = index,
+            partitions = ?partitions.iter().map(|p| format!("{}[{}]", p.state.topic, p.state.partition)).collect::<Vec<_>>(),
+            "Kafka source reading"
+        );
+        let dead_letters = config
+            .dead_letter_topic
+            .as_deref()
+            .map(|topic| DeadLetterWriter::connect(&config.kafka, topic))
+            .transpose()?;
+        let ingestion = (config.framing == Framing::Ingestion).then(|| Ingestion {
+            open: now_ms(),
+            records: Vec::new(),
+            bytes: 0,
+        });
+        // Ask to be scheduled once, to move the capability to where it belongs.
+        let _ = activator.activate();
+        Ok(Reader {
+            consumer,
+            partitions,
+            dead_letters,
+            in_flight: VecDeque::new(),
+            ingestion,
+            held_back: false,
+            more: false,
+        })
+    }
+
+    /// The earliest epoch this worker may still release records at.
+    fn lower_bound(&self) -> Epoch {
+        if let Some(ingestion) = &self.ingestion {
+            return ingestion.open;
+        }
+        self.partitions
+            .iter()
+            .map(|p| p.state.passed.map_or(0, |e| e + 1))
+            .min()
+            .unwrap_or(Epoch::MAX)
+    }
+
+    /// When to be scheduled again without a wake-up from librdkafka.
+    fn wake_in(&self) -> Option<Duration> {
+        let idle_ingestion = self
+            .ingestion
+            .as_ref()
+            .is_some_and(|i| i.records.is_empty() && !self.partitions.is_empty());
+        if self.more {
+            return Some(Duration::ZERO);
+        }
+        (self.held_back || idle_ingestion).then_some(TICK)
+    }
+
+    /// Reads what librdkafka has, and returns the epochs to release.
+    fn read<D>(
+        &mut self,
+        config: &SourceConfig,
+        decoder: &D,
+        handle: &SourceHandle,
+        finished_at: Option<Option<Epoch>>,
+    ) -> BTreeMap<Epoch, Released<K, V>>
+    where
+        D: RecordDecoder<Key = K, Value = V>,
+    {
+        // Serve librdkafka's events (errors, statistics) on the main queue.
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            match event {
+                Err(e) => tracing::warn!("Kafka consumer: {e}"),
+                Ok(m) => tracing::warn!(
+                    "Kafka consumer: unexpected record on the main queue from {}[{}]",
+                    m.topic(),
+                    m.partition()
+                ),
+            }
+        }
+        // What the dataflow has finished: `None` means no bound.
+        let finished = match finished_at {
+            None => None,
+            Some(None) => Some(Epoch::MAX),
+            Some(Some(f)) => Some(f),
+        };
+        if let Some(f) = finished {
+            while self.in_flight.front().is_some_and(|e| *e < f) {
+                self.in_flight.pop_front();
+            }
+        }
+        let limit = finished.map(|f| f.saturating_add(config.read_ahead.max(1)));
+        let mut out: BTreeMap<Epoch, Released<K, V>> = BTreeMap::new();
+        let mut more = false;
+        self.held_back = false;
+        let ingestion_full = self.ingestion.is_some()
+            && finished.is_some()
+            && self.in_flight.len() as u64 >= config.read_ahead.max(1);
+        for OwnedPartition { queue, state: p } in &mut self.partitions {
+            let ahead = match (&self.ingestion, limit) {
+                (Some(_), _) => ingestion_full,
+                (None, Some(limit)) => p.passed.is_some_and(|e| e.saturating_add(1) >= limit),
+                (None, None) => false,
+            };
+            if ahead {
+                self.held_back = true;
+                continue;
+            }
+            let mut read = 0;
+            while read < BATCH {
+                let Some(result) = queue.poll(Duration::ZERO) else {
+                    break;
+                };
+                read += 1;
+                match result {
+                    Err(RdKafkaError::PartitionEOF(_)) => p.caught_up = true,
+                    Err(e) => tracing::warn!("Kafka consumer, {}[{}]: {e}", p.topic, p.partition),
+                    Ok(message) => {
+                        handle.count(|s| s.records += 1);
+                        p.caught_up = false;
+                        p.next_offset = message.offset() + 1;
+                        let outcome = match self.ingestion.as_mut() {
+                            Some(ingestion) => ingest(&message, decoder, ingestion).map(|()| None),
+                            None => frame(p, &message, decoder, handle),
+                        };
+                        match outcome {
+                            Ok(Some((epoch, released, feed_time))) => {
+                                let entry = out.entry(epoch).or_default();
+                                handle.count(|s| s.applied += released.len() as u64);
+                                entry.records.extend(released);
+                                entry.positions.push(SourcePosition {
+                                    topic: p.topic.clone(),
+                                    partition: p.partition,
+                                    next_offset: p.next_offset,
+                                    feed_time,
+                                });
+                                // A partition past the read-ahead bound waits.
+                                if limit.is_some_and(|l| epoch.saturating_add(1) >= l) {
+                                    self.held_back = true;
+                                    break;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(error) => {
+                                let record = raw(&message);
+                                tracing::warn!(
+                                    reason = error.reason(),
+                                    "record {}[{}]@{} sent to the dead letters: {error}",
+                                    record.topic,
+                                    record.partition,
+                                    record.offset
+                                );
+                                handle.count(|s| {
+                                    *s.dead_letters.entry(error.reason()).or_default() += 1
+                                });
+                                if let Some(writer) = &self.dead_letters {
+                                    writer.send(&record, &error);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            more |= read == BATCH;
+        }
+        if let Some(ingestion) = self.ingestion.as_mut() {
+            let caught_up = self.partitions.iter().all(|p| p.state.caught_up);
+            if !ingestion.records.is_empty()
+                && (caught_up || ingestion.bytes >= MAX_INGESTION_BYTES)
+            {
+                let epoch = ingestion.open;
+                let feed_time = Some((epoch / 1000) as FeedTime);
+                handle.count(|s| s.applied += ingestion.records.len() as u64);
+                let released = Released {
+                    records: std::mem::take(&mut ingestion.records),
+                    positions: self
+                        .partitions
+                        .iter()
+                        .map(|OwnedPartition { state: p, .. }| SourcePosition {
+                            topic: p.topic.clone(),
+                            partition: p.partition,
+                            next_offset: p.next_offset,
+                            feed_time,
+                        })
+                        .collect(),
+                };
+                ingestion.bytes = 0;
+                ingestion.open = now_ms().max(epoch + 1);
+                out.insert(epoch, released);
+            } else if ingestion.records.is_empty() && caught_up {
+                ingestion.open = ingestion.open.max(now_ms());
+            }
+        }
+        self.in_flight.extend(out.keys().copied());
+        // librdkafka wakes us only when a queue becomes non-empty: a queue
+        // left with records must be read again on our own initiative.
+        self.more = more;
+        out
+    }
+}
+
+fn raw<'a>(message: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
+    RawRecord {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        value: message.payload(),
+    }
+}
+
+fn headers<'a>(message: &'a BorrowedMessage<'a>) -> RecordHeaders<'a> {
+    RecordHeaders::new(
+        message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default(),
+    )
+}
+
+fn size_check(record: &RawRecord<'_>) -> Result<(), DecodeError> {
+    let size = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
+    if size > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge {
+            size,
+            limit: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// A released epoch from one partition: its epoch, records and feed time.
+type PartitionRelease<K, V> = (Epoch, Vec<(K, Option<V>)>, Option<FeedTime>);
+
+/// Applies the epoch protocol to one record of `p`.
+fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
+    p: &mut PartitionState<K, V>,
+    message: &BorrowedMessage<'_>,
+    decoder: &D,
+    handle: &SourceHandle,
+) -> Result<Option<PartitionRelease<K, V>>, DecodeError> {
+    let record = raw(message);
+    size_check(&record)?;
+    match framing(&headers(message), record.value)? {
+        Framed::Unframed => Err(DecodeError::Header {
+            header: EPOCH_HEADER,
+            problem: "is missing: the record is not in the epoch protocol \
+                      (read the seeds' format with Framing::Ingestion, --input-format seed)"
+                .into(),
+        }),
+        Framed::Data(stamp) => {
+            if p.passed.is_some_and(|e| e >= stamp.epoch) {
+                handle.count(|s| s.discarded += 1);
+                return Ok(None);
+            }
+            let update = decoder.decode(&record)?;
+            p.open
+                .entry((stamp.epoch, stamp.attempt))
+                .or_default()
+                .push(update);
+            Ok(None)
+        }
+        Framed::Marker(marker) => {
+            if p.passed.is_some_and(|e| e >= marker.epoch) {
+                return Ok(None);
+            }
+            let completing = (marker.epoch, marker.attempt.clone());
+            let released = p.open.remove(&completing).unwrap_or_default();
+            let later = p.open.split_off(&(marker.epoch + 1, String::new()));
+            let dropped: usize = std::mem::replace(&mut p.open, later)
+                .into_iter()
+                .map(|((epoch, attempt), records)| {
+                    tracing::warn!(
+                        epoch,
+                        attempt,
+                        "{}[{}]: dropped {} records of an attempt that did not complete epoch {} (attempt {} did)",
+                        p.topic,
+                        p.partition,
+                        records.len(),
+                        marker.epoch,
+                        marker.attempt
+                    );
+                    records.len()
+                })
+                .sum();
+            handle.count(|s| s.discarded += dropped as u64);
+            p.passed = Some(marker.epoch);
+            Ok(Some((marker.epoch, released, marker.feed_time)))
+        }
+    }
+}
+
+/// Adds one record to the open ingestion epoch.
+fn ingest<K, V, D: RecordDecoder<Key = K, Value = V>>(
+    message: &BorrowedMessage<'_>,
+    decoder: &D,
+    ingestion: &mut Ingestion<K, V>,
+) -> Result<(), DecodeError> {
+    let record = raw(message);
+    size_check(&record)?;
+    if let Framed::Marker(_) = framing(&headers(message), record.value)? {
+        return Ok(());
+    }
+    let update = decoder.decode(&record)?;
+    ingestion.bytes += record.value.map_or(0, <[u8]>::len) + record.key.map_or(0, <[u8]>::len);
+    ingestion.records.push(update);
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! From keyed upserts (what a compacted Kafka topic holds) to a collection.
+
+use crate::dataflow::Epoch;
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+/// The collection of the current value of every key: each `(key, value,
+/// epoch)` replaces the key's value at that epoch (`None` removes it), so
+/// the output retracts the old value and inserts the new one. An upsert
+/// that repeats the current value changes nothing. Upserts of one key at one
+/// epoch apply in the order they arrive.
+///
+/// Keys are spread over workers by hash; each worker keeps the current
+/// value of its keys.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use velib_dataflow::upsert::upsert;
+/// use std::sync::{Arc, Mutex};
+///
+/// let out = Arc::new(Mutex::new(Vec::new()));
+/// let sink = out.clone();
+/// timely::example(move |scope| {
+///     let upserts = vec![("a", Some(1), 1u64), ("a", Some(2), 2), ("a", Some(2), 3), ("a", None, 4)];
+///     upsert(upserts.to_stream(scope))
+///         .inspect(move |x| sink.lock().unwrap().push(*x));
+/// });
+/// let mut out = out.lock().unwrap().clone();
+/// out.sort_by_key(|(_, t, d)| (*t, *d));
+/// assert_eq!(out, vec![(1, 1, 1), (1, 2, -1), (2, 2, 1), (2, 4, -1)]);
+/// ```
+pub fn upsert<'s, K, V>(
+    upserts: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
+) -> VecCollection<'s, Epoch, V>
+where
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+{
+    upserts
+        .unary_frontier::<CapacityContainerBuilder<Vec<(V, Epoch, isize)>>, _, _, _>(
+            Exchange::new(|(key, _, _): &(K, Option<V>, Epoch)| key.hashed()),
+            "Upsert",
+            |_capability, _info| {
+                let mut current: HashMap<K, V> = HashMap::new();
+                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<(K, Option<V>)>)> =
+                    BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        for (key, value, time) in data.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
+                                .1
+                                .push((key, value));
+                        }
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        let time = *entry.key();
+                        if frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (capability, upserts) = entry.remove();
+                        let mut session = output.session(&capability);
+                        for (key, value) in upserts {
+                            let old = match &value {
+                                Some(new) if current.get(&key) == Some(new) => continue,
+                                Some(new) => current.insert(key, new.clone()),
+                                None => current.remove(&key),
+                            };
+                            if let Some(old) = old {
+                                session.give((old, time, -1));
+                            }
+                            if let Some(new) = value {
+                                session.give((new, time, 1));
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}

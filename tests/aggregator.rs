@@ -1,0 +1,455 @@
+//! The aggregator end to end on a real broker (Nisshi), input written as the
+//! producers write it, output read back with kcat at read_committed.
+
+mod common;
+
+use common::broker::Broker;
+use common::epochs::{
+    by_id, epoch_records, EpochWriter, InputRecord, DIRECTORY_TOPIC, STATUS_TOPIC,
+};
+use common::output::{assert_epochs_on_topic, header};
+use common::State;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use velib_dataflow::aggregator::{run, AggregatorConfig, AggregatorError, AggregatorHandle};
+use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::kafka::source::Framing;
+use velib_dataflow::kafka::topics::ensure_topics;
+use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::snapshot::EpochUpdates;
+
+const OUTPUT: &str = "velib-projet-clean";
+const DEAD: &str = "velib-projet-dead-letters";
+
+fn config(address: &str, framing: Framing, directory: bool, output: &str) -> AggregatorConfig {
+    let mut config = AggregatorConfig::new(KafkaConfig::new(address));
+    config.framing = framing;
+    config.directory_topic = directory.then(|| DIRECTORY_TOPIC.to_owned());
+    config.output_topic = output.to_owned();
+    config.dead_letter_topic = Some(DEAD.to_owned());
+    config.transactional_id = format!("test-aggregator-{output}");
+    config
+}
+
+fn start(
+    config: AggregatorConfig,
+    timely_config: timely::Config,
+) -> (AggregatorHandle, JoinHandle<Result<(), AggregatorError>>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let handle = AggregatorHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(timely_config, config, running));
+    (handle, thread)
+}
+
+/// Waits for `done`, failing the test (with the broker's log) after two
+/// minutes: a bound on a hang, not a performance assertion.
+fn wait_for(what: &str, broker_log: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            broker_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn stop(handle: AggregatorHandle, thread: JoinHandle<Result<(), AggregatorError>>) {
+    handle.stop();
+    thread
+        .join()
+        .expect("the aggregator does not panic")
+        .expect("the aggregator stops cleanly");
+}
+
+/// The last value of every postcode on the output topic (progress records
+/// left out), as a compacted topic would keep it.
+fn latest(records: &[Value]) -> BTreeMap<String, Value> {
+    let mut latest = BTreeMap::new();
+    for r in records {
+        if header(r, "velib-kind") == Some("progress") {
+            continue;
+        }
+        let key = r["key"].as_str().unwrap().to_owned();
+        let value = match r["payload"].as_str() {
+            Some(text) => serde_json::from_str(text).unwrap(),
+            None => Value::Null,
+        };
+        latest.insert(key, value);
+    }
+    latest
+}
+
+fn paris() -> Vec<(EpochUpdates, State)> {
+    common::sequence(common::paris_series(true))
+}
+
+/// Writes `epochs` in the epoch protocol: statuses and directory on 3
+/// partitions each; epochs 2 to 5 all on partition 0, so that partitions 1
+/// and 2 see only markers for four epochs.
+fn write_paris(
+    address: &str,
+    epochs: &[(EpochUpdates, State)],
+    extra: &dyn Fn(Epoch) -> Vec<InputRecord>,
+) {
+    let writer = EpochWriter::new(
+        address,
+        "attempt-1",
+        &[(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)],
+    );
+    let spread = by_id(3);
+    for (updates, _) in epochs {
+        let idle: &dyn Fn(&velib_dataflow::feed::StationId) -> i32 = &|_| 0;
+        let partition_of = if (2..=5).contains(&updates.epoch) {
+            idle
+        } else {
+            &spread
+        };
+        let mut records = epoch_records(updates, true, partition_of);
+        records.extend(extra(updates.epoch));
+        writer.write_epoch(updates.epoch, updates.feed_time, &records);
+    }
+}
+
+fn create_topics(address: &str, config: &AggregatorConfig) {
+    ensure_topics(&config.kafka, &config.topics(3), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("creating topics on {address}: {e}"));
+}
+
+#[test]
+fn seeds_format_gives_the_rider_totals_of_the_fixtures_readme() {
+    let broker = Broker::start();
+    let config = config(&broker.address, Framing::Ingestion, false, OUTPUT);
+    create_topics(&broker.address, &config);
+    // The seeds' producer.py: every station's raw GBFS record, unkeyed, one
+    // message each, written here by kcat.
+    let status: Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("gbfs/velib/2024-11-19/station_status.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let lines: String = status["data"]["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{s}\n"))
+        .collect();
+    broker.kcat_write(STATUS_TOPIC, &lines);
+
+    let expected = common::raw_rider_totals();
+    let (handle, thread) = start(config, timely::Config::thread());
+    let matches = |latest: &BTreeMap<String, Value>| {
+        expected.iter().all(|(postcode, (bikes, meca, elec))| {
+            latest.get(postcode).is_some_and(|v| {
+                (
+                    v["nbr_total"].as_i64(),
+                    v["nbr_meca"].as_i64(),
+                    v["nbr_elec"].as_i64(),
+                ) == (Some(*bikes), Some(*meca), Some(*elec))
+            })
+        })
+    };
+    wait_for(
+        "the rider totals on the output topic",
+        || broker.log(),
+        || matches(&latest(&broker.kcat_read(OUTPUT))),
+    );
+    stop(handle, thread);
+    let latest = latest(&broker.kcat_read(OUTPUT));
+    assert!(matches(&latest));
+    let (bikes, meca, elec) = expected
+        .values()
+        .fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+    assert_eq!(
+        (bikes, meca, elec),
+        (15_446, 10_231, 5_215),
+        "the fixtures README's totals"
+    );
+    assert_eq!(latest["75015"]["nbr_total"], 1_114);
+    // Only `unknown` is beyond the table's postcodes.
+    let extra: Vec<&String> = latest
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    assert!(extra.iter().all(|k| *k == "unknown"), "{extra:?}");
+}
+
+#[test]
+fn epoch_series_with_idle_partitions_and_bad_records() {
+    let broker = Broker::start();
+    let config = config(&broker.address, Framing::Epochs, true, OUTPUT);
+    create_topics(&broker.address, &config);
+    let epochs = paris();
+    // In epoch 3: a record that is not JSON, and one with no epoch headers.
+    let bad = |epoch: Epoch| {
+        if epoch != 3 {
+            return Vec::new();
+        }
+        vec![
+            InputRecord {
+                topic: STATUS_TOPIC.into(),
+                partition: 1,
+                key: Some(b"\"bogus\"".to_vec()),
+                value: Some(b"{\"station_id\": \"bogus\", \"num_bikes".to_vec()),
+                stamped: true,
+            },
+            InputRecord {
+                topic: STATUS_TOPIC.into(),
+                partition: 2,
+                key: None,
+                value: Some(b"{}".to_vec()),
+                stamped: false,
+            },
+        ]
+    };
+    write_paris(&broker.address, &epochs, &bad);
+
+    let last = epochs.last().unwrap().0.epoch;
+    let (handle, thread) = start(config, timely::Config::thread());
+    wait_for(
+        "the last epoch committed",
+        || broker.log(),
+        || handle.committed() == Some(last),
+    );
+    let stats = handle.source_stats();
+    stop(handle, thread);
+
+    let progress = assert_epochs_on_topic(&broker.kcat_read(OUTPUT), &epochs);
+    // The progress record of the last epoch holds every input partition's
+    // position, past that epoch's marker.
+    let positions = &progress[&last]["positions"];
+    for topic in [STATUS_TOPIC, DIRECTORY_TOPIC] {
+        for partition in ["0", "1", "2"] {
+            assert!(
+                positions[topic][partition]
+                    .as_i64()
+                    .is_some_and(|o| o >= last as i64),
+                "{topic}[{partition}] in {positions}"
+            );
+        }
+    }
+    assert_eq!(
+        progress[&last]["feed_time"],
+        epochs.last().unwrap().0.feed_time
+    );
+
+    let dead = broker.kcat_read(DEAD);
+    let mut reasons: Vec<(&str, &str, &str)> = dead
+        .iter()
+        .map(|r| {
+            (
+                header(r, "velib-dlq-reason").unwrap(),
+                header(r, "velib-dlq-topic").unwrap(),
+                header(r, "velib-dlq-partition").unwrap(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("bad_header", STATUS_TOPIC, "2"),
+            ("bad_json", STATUS_TOPIC, "1")
+        ],
+        "{dead:#?}"
+    );
+    assert!(dead
+        .iter()
+        .all(|r| header(r, "velib-dlq-offset").is_some_and(|o| o.parse::<i64>().is_ok())));
+    assert!(
+        dead.iter().any(|r| r["payload"] == "{}"),
+        "the raw bytes are kept"
+    );
+    assert_eq!(stats.dead_letters.values().sum::<u64>(), 2);
+}
+
+#[test]
+fn a_dead_attempt_is_ignored_and_the_new_attempt_counts() {
+    let broker = Broker::start();
+    let config = config(&broker.address, Framing::Epochs, true, OUTPUT);
+    create_topics(&broker.address, &config);
+    let epochs: Vec<_> = paris().into_iter().take(4).collect();
+    let topics = [(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)];
+    let first = EpochWriter::new(&broker.address, "attempt-1", &topics);
+    for (updates, _) in &epochs[..2] {
+        first.write_epoch(
+            updates.epoch,
+            updates.feed_time,
+            &epoch_records(updates, true, &by_id(3)),
+        );
+    }
+    // Attempt 1 dies in epoch 3 after writing wrong counts for every station
+    // that changes, and tombstones for some that do not: the test broker
+    // keeps these records visible to read_committed readers.
+    let mut wrong = epochs[2].0.clone();
+    for (status, diff) in wrong.statuses.iter_mut() {
+        if *diff > 0 {
+            status.bikes_available += 100;
+        }
+    }
+    let mut dying = epoch_records(&wrong, true, &by_id(3));
+    for (entry, _) in epochs[1].0.directory.iter().take(5) {
+        dying.push(InputRecord {
+            topic: STATUS_TOPIC.into(),
+            partition: 0,
+            key: Some(velib_dataflow::kafka::protocol::station_key(
+                &entry.station_id,
+            )),
+            value: None,
+            stamped: true,
+        });
+    }
+    first.die_mid_epoch(3, &dying);
+    // A new attempt redoes epoch 3, then writes epoch 4.
+    let second = EpochWriter::new(&broker.address, "attempt-2", &topics);
+    for (updates, _) in &epochs[2..] {
+        second.write_epoch(
+            updates.epoch,
+            updates.feed_time,
+            &epoch_records(updates, true, &by_id(3)),
+        );
+    }
+
+    let (handle, thread) = start(config, timely::Config::thread());
+    wait_for(
+        "epoch 4 committed",
+        || broker.log(),
+        || handle.committed() == Some(4),
+    );
+    let stats = handle.source_stats();
+    stop(handle, thread);
+    assert_epochs_on_topic(&broker.kcat_read(OUTPUT), &epochs);
+    assert!(
+        stats.discarded >= dying.len() as u64,
+        "the dead attempt's records were read and left out: {stats:?}"
+    );
+}
+
+/// The output of one run: per epoch, the (key, value) records, sorted.
+fn output_by_epoch(records: &[Value]) -> BTreeMap<String, Vec<(String, Value)>> {
+    let mut by_epoch: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for r in records {
+        if header(r, "velib-kind") == Some("progress") {
+            continue;
+        }
+        by_epoch
+            .entry(header(r, "velib-epoch").unwrap().to_owned())
+            .or_default()
+            .push((r["key"].as_str().unwrap().to_owned(), r["payload"].clone()));
+    }
+    for records in by_epoch.values_mut() {
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    by_epoch
+}
+
+#[test]
+fn two_workers_and_two_processes_write_the_same_output() {
+    let broker = Broker::start();
+    let one = config(&broker.address, Framing::Epochs, true, "out-1w");
+    create_topics(&broker.address, &one);
+    for output in ["out-2w", "out-2p"] {
+        create_topics(
+            &broker.address,
+            &config(&broker.address, Framing::Epochs, true, output),
+        );
+    }
+    let epochs = paris();
+    write_paris(&broker.address, &epochs, &|_| Vec::new());
+    let last = epochs.last().unwrap().0.epoch;
+
+    for (output, timely_config) in [
+        ("out-1w", timely::Config::thread()),
+        ("out-2w", timely::Config::process(2)),
+    ] {
+        let (handle, thread) = start(
+            config(&broker.address, Framing::Epochs, true, output),
+            timely_config,
+        );
+        wait_for(output, || broker.log(), || handle.committed() == Some(last));
+        stop(handle, thread);
+    }
+
+    // Two processes of one worker each, on loopback: the example binary.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        hosts.path(),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let binary = common::example_binary("velib_aggregator");
+    let mut processes: Vec<std::process::Child> = (0..2)
+        .map(|p| {
+            std::process::Command::new(&binary)
+                .args([
+                    "--brokers",
+                    &broker.address,
+                    "--directory-topic",
+                    DIRECTORY_TOPIC,
+                ])
+                .args([
+                    "--output-topic",
+                    "out-2p",
+                    "--dead-letter-topic",
+                    DEAD,
+                    "--no-create-topics",
+                ])
+                .args(["-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(hosts.path())
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("the example runs")
+        })
+        .collect();
+    let last_progress = |records: &[Value]| {
+        records.iter().any(|r| {
+            header(r, "velib-kind") == Some("progress")
+                && header(r, "velib-epoch") == Some(&last.to_string())
+        })
+    };
+    wait_for(
+        "out-2p",
+        || broker.log(),
+        || last_progress(&broker.kcat_read("out-2p")),
+    );
+    // Ctrl-C stops both cleanly.
+    for child in &processes {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    for child in &mut processes {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a process exited with {status}");
+    }
+
+    let reference = output_by_epoch(&broker.kcat_read("out-1w"));
+    assert_epochs_on_topic(&broker.kcat_read("out-1w"), &epochs);
+    for output in ["out-2w", "out-2p"] {
+        assert_eq!(
+            output_by_epoch(&broker.kcat_read(output)),
+            reference,
+            "{output}"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Checks of what the sink wrote, epoch by epoch, against the reference.
+
+use super::State;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::output::PostcodeRecord;
+use velib_dataflow::snapshot::EpochUpdates;
+
+pub fn header<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
+    let headers = record["headers"].as_array()?;
+    headers
+        .chunks(2)
+        .find(|kv| kv[0] == name)
+        .and_then(|kv| kv[1].as_str())
+}
+
+/// The records on an output topic (kcat's -J envelopes) hold, for each
+/// epoch, exactly one record per postcode whose counts changed, equal to
+/// the from-scratch reference, then one progress record per partition; and
+/// nothing else. Returns the progress records' values by epoch.
+pub fn assert_epochs_on_topic(
+    records: &[Value],
+    epochs: &[(EpochUpdates, State)],
+) -> BTreeMap<Epoch, Value> {
+    let all_partitions: BTreeSet<i64> = records
+        .iter()
+        .filter(|r| header(r, "velib-kind") == Some("progress"))
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    let mut progress_values = BTreeMap::new();
+    let mut by_epoch: BTreeMap<Epoch, Vec<&Value>> = BTreeMap::new();
+    let mut progress: BTreeMap<Epoch, Vec<i64>> = BTreeMap::new();
+    for record in records {
+        let epoch: Epoch = header(record, "velib-epoch")
+            .expect("every record has its epoch")
+            .parse()
+            .unwrap();
+        if header(record, "velib-kind") == Some("progress") {
+            let value: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+            assert_eq!(value["epoch"], epoch);
+            progress_values.insert(epoch, value.clone());
+            progress
+                .entry(epoch)
+                .or_default()
+                .push(record["partition"].as_i64().unwrap());
+        } else {
+            by_epoch.entry(epoch).or_default().push(record);
+        }
+    }
+    let mut previous = State::new();
+    for (updates, expected) in epochs {
+        let epoch = updates.epoch;
+        let mut partitions = progress.remove(&epoch).unwrap_or_default();
+        partitions.sort();
+        assert!(
+            !partitions.is_empty(),
+            "epoch {epoch} has its progress records"
+        );
+        assert_eq!(
+            partitions,
+            all_partitions.iter().copied().collect::<Vec<_>>(),
+            "epoch {epoch}: one progress record per partition"
+        );
+        let mut written: BTreeMap<String, Value> = BTreeMap::new();
+        for record in by_epoch.remove(&epoch).unwrap_or_default() {
+            let key = record["key"].as_str().unwrap().to_owned();
+            assert!(
+                written
+                    .insert(key.clone(), record["payload"].clone())
+                    .is_none(),
+                "epoch {epoch}: {key} written twice"
+            );
+        }
+        let changed: Vec<String> = expected
+            .keys()
+            .chain(previous.keys())
+            .filter(|p| expected.get(*p) != previous.get(*p))
+            .map(|p| p.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            written.keys().cloned().collect::<Vec<_>>(),
+            changed,
+            "epoch {epoch}: exactly the changed postcodes"
+        );
+        for (postcode, payload) in written {
+            let want = expected.iter().find(|(p, _)| p.as_str() == postcode);
+            match want {
+                Some((p, counts)) => {
+                    let got: PostcodeRecord =
+                        serde_json::from_str(payload.as_str().unwrap()).unwrap();
+                    assert_eq!(
+                        got,
+                        PostcodeRecord::new(p, counts, epoch, updates.feed_time)
+                    );
+                }
+                None => assert!(
+                    payload.is_null(),
+                    "epoch {epoch}: {postcode} is a tombstone"
+                ),
+            }
+        }
+        previous = expected.clone();
+    }
+    assert!(
+        by_epoch.is_empty() && progress.is_empty(),
+        "nothing outside the epochs"
+    );
+    progress_values
+}
