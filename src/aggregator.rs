@@ -261,10 +261,11 @@ pub fn run(
         while !finished.done() {
             worker.step_or_park(Some(Duration::from_millis(200)));
             if let Some(error) = handle.error() {
+                // Once: stopping wakes every worker.
                 if !handle.sources.is_stopped() {
                     tracing::error!("stopping: {error}");
+                    handle.sources.stop();
                 }
-                handle.sources.stop();
             }
             if worker.index() == 0 && handle.committed() != reported {
                 reported = handle.committed();

@@ -396,9 +396,13 @@ fn two_workers_and_two_processes_write_the_same_output() {
     )
     .unwrap();
     let binary = common::example_binary("velib_aggregator");
+    let logs: Vec<tempfile::NamedTempFile> = (0..2)
+        .map(|_| tempfile::NamedTempFile::new().unwrap())
+        .collect();
     let mut processes: Vec<std::process::Child> = (0..2)
         .map(|p| {
             std::process::Command::new(&binary)
+                .stderr(logs[p].reopen().unwrap())
                 .args([
                     "--brokers",
                     &broker.address,
@@ -425,11 +429,21 @@ fn two_workers_and_two_processes_write_the_same_output() {
                 && header(r, "velib-epoch") == Some(&last.to_string())
         })
     };
-    wait_for(
-        "out-2p",
-        || broker.log(),
-        || last_progress(&broker.kcat_read("out-2p")),
-    );
+    let process_logs = || {
+        let logs: Vec<String> = logs
+            .iter()
+            .map(|l| std::fs::read_to_string(l.path()).unwrap_or_default())
+            .collect();
+        format!(
+            "process 0:\n{}\nprocess 1:\n{}\n{}",
+            logs[0],
+            logs[1],
+            broker.log()
+        )
+    };
+    wait_for("out-2p", process_logs, || {
+        last_progress(&broker.kcat_read("out-2p"))
+    });
     // Ctrl-C stops both cleanly.
     for child in &processes {
         let status = std::process::Command::new("kill")
@@ -440,7 +454,11 @@ fn two_workers_and_two_processes_write_the_same_output() {
     }
     for child in &mut processes {
         let status = child.wait().unwrap();
-        assert!(status.success(), "a process exited with {status}");
+        assert!(
+            status.success(),
+            "a process exited with {status}\n{}",
+            process_logs()
+        );
     }
 
     let reference = output_by_epoch(&broker.kcat_read("out-1w"));

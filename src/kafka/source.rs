@@ -596,6 +596,13 @@ impl<K, V> Reader<K, V> {
                 (None, None) => false,
             };
             if ahead {
+                tracing::trace!(
+                    topic = %p.topic,
+                    partition = p.partition,
+                    passed = ?p.passed,
+                    ?finished,
+                    "held back by the read-ahead bound"
+                );
                 self.held_back = true;
                 continue;
             }
@@ -618,6 +625,13 @@ impl<K, V> Reader<K, V> {
                         };
                         match outcome {
                             Ok(Some((epoch, released, feed_time))) => {
+                                tracing::debug!(
+                                    topic = %p.topic,
+                                    partition = p.partition,
+                                    epoch,
+                                    records = released.len(),
+                                    "epoch passed"
+                                );
                                 let entry = out.entry(epoch).or_default();
                                 handle.count(|s| s.applied += released.len() as u64);
                                 entry.records.extend(released);
