@@ -208,7 +208,7 @@ pub fn run(
     let guards = timely::execute(timely_config, move |worker| {
         let handle = handle.clone();
         let config = config.clone();
-        let mut finished = ProbeHandle::new();
+        let finished = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
             let status_source = SourceConfig {
                 dead_letter_topic: config.dead_letter_topic.clone(),
@@ -255,7 +255,7 @@ pub fn run(
                 PostcodeRecordEncoder,
                 handle.sink.clone(),
             )
-            .probe_with(&mut finished);
+            .probe_with(&finished);
         });
         let mut reported = None;
         while !finished.done() {

@@ -11,6 +11,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+/// Upserts of one time, waiting for the frontier to pass it.
+type Pending<K, V> = (Capability<Epoch>, Vec<(K, Option<V>)>);
+
 /// The collection of the current value of every key: each `(key, value,
 /// epoch)` replaces the key's value at that epoch (`None` removes it), so
 /// the output retracts the old value and inserts the new one. An upsert
@@ -30,7 +33,8 @@ use timely::dataflow::Stream;
 /// let out = Arc::new(Mutex::new(Vec::new()));
 /// let sink = out.clone();
 /// timely::example(move |scope| {
-///     let upserts = vec![("a", Some(1), 1u64), ("a", Some(2), 2), ("a", Some(2), 3), ("a", None, 4)];
+///     let a = || "a".to_string();
+///     let upserts = vec![(a(), Some(1), 1u64), (a(), Some(2), 2), (a(), Some(2), 3), (a(), None, 4)];
 ///     upsert(upserts.to_stream(scope))
 ///         .inspect(move |x| sink.lock().unwrap().push(*x));
 /// });
@@ -51,8 +55,7 @@ where
             "Upsert",
             |_capability, _info| {
                 let mut current: HashMap<K, V> = HashMap::new();
-                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<(K, Option<V>)>)> =
-                    BTreeMap::new();
+                let mut pending: BTreeMap<Epoch, Pending<K, V>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
                         for (key, value, time) in data.drain(..) {

@@ -228,6 +228,9 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
 pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
     let ctx = Ctx::new(FeedKind::StationStatus);
     let raw = parse_payload(ctx.feed, bytes)?;
+    if !raw.is_object() {
+        return Err(ctx.wrong("(station record)", "an object", &raw));
+    }
     let v3 = raw.get("num_vehicles_available").is_some();
     parse_station_status(&ctx, 0, &raw, v3)
 }

@@ -88,10 +88,10 @@ impl DecodeError {
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::Header { .. } => "bad_header",
-            DecodeError::Key { .. } => "bad_key",
+            DecodeError::Header { .. } => "invalid_header",
+            DecodeError::Key { .. } => "invalid_key",
             DecodeError::MissingValue => "missing_value",
-            DecodeError::Json { .. } => "bad_json",
+            DecodeError::Json { .. } => "invalid_json",
             DecodeError::Feed(e) => e.reason(),
             DecodeError::KeyMismatch { .. } => "key_mismatch",
         }
@@ -230,7 +230,7 @@ impl RecordDecoder for StationStatusDecoder {
 ///
 /// let record = RawRecord { topic: "velib-directory", partition: 0, offset: 9, key: Some(b"7"), value: Some(b"{}") };
 /// let error = DirectoryEntryDecoder.decode(&record).unwrap_err();
-/// assert_eq!(error.reason(), "bad_json");
+/// assert_eq!(error.reason(), "invalid_json");
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DirectoryEntryDecoder;

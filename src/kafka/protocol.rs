@@ -288,7 +288,8 @@ mod tests {
 
     #[test]
     fn broken_framing_is_an_error_naming_the_header() {
-        let cases: Vec<(Vec<(&'static str, &str)>, Option<&[u8]>, &str)> = vec![
+        type Case<'a> = (Vec<(&'static str, &'a str)>, Option<&'a [u8]>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
             (vec![(EPOCH_HEADER, "3")], None, ATTEMPT_HEADER),
             (vec![(ATTEMPT_HEADER, "a")], None, EPOCH_HEADER),
             (

@@ -339,6 +339,9 @@ impl<D: RecordDecoder> KafkaSource<D> {
     }
 }
 
+/// Keyed upserts, in the order read.
+type Upserts<K, V> = Vec<(K, Option<V>)>;
+
 /// One epoch's worth of a worker's records, ready to be released.
 struct Released<K, V> {
     records: Vec<(K, Option<V>)>,
@@ -369,7 +372,7 @@ struct PartitionState<K, V> {
     /// librdkafka said it reached the end, and nothing came since.
     caught_up: bool,
     /// Records of epochs not yet passed, by epoch and attempt.
-    open: BTreeMap<(Epoch, String), Vec<(K, Option<V>)>>,
+    open: BTreeMap<(Epoch, String), Upserts<K, V>>,
 }
 
 /// Records read per partition per activation before yielding to other
