@@ -111,7 +111,8 @@ pub trait RecordDecoder: 'static {
     ) -> Result<(Self::Key, Option<Self::Value>), DecodeError>;
 }
 
-fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
+/// Refuses a record larger than [`MAX_RECORD_BYTES`] (key and value).
+pub(crate) fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
     let size = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
     if size > MAX_RECORD_BYTES {
         return Err(DecodeError::TooLarge {

@@ -26,7 +26,7 @@
 //! the dead-letter topic ([`super::dead_letter`]) and are counted.
 
 use super::dead_letter::DeadLetterWriter;
-use super::decode::{DecodeError, RawRecord, RecordDecoder, MAX_RECORD_BYTES};
+use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
 use super::protocol::{framing, Framed, RecordHeaders};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
 use crate::dataflow::Epoch;
@@ -728,17 +728,6 @@ fn headers<'a>(message: &'a BorrowedMessage<'a>) -> RecordHeaders<'a> {
     )
 }
 
-fn size_check(record: &RawRecord<'_>) -> Result<(), DecodeError> {
-    let size = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
-    if size > MAX_RECORD_BYTES {
-        return Err(DecodeError::TooLarge {
-            size,
-            limit: MAX_RECORD_BYTES,
-        });
-    }
-    Ok(())
-}
-
 /// A released epoch from one partition: its epoch, records and feed time.
 type PartitionRelease<K, V> = (Epoch, Vec<(K, Option<V>)>, Option<FeedTime>);
 
@@ -750,7 +739,7 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
     handle: &SourceHandle,
 ) -> Result<Option<PartitionRelease<K, V>>, DecodeError> {
     let record = raw(message);
-    size_check(&record)?;
+    check_size(&record)?;
     match framing(&headers(message), record.value)? {
         Framed::Unframed => Err(DecodeError::Header {
             header: EPOCH_HEADER,
@@ -807,7 +796,7 @@ fn ingest<K, V, D: RecordDecoder<Key = K, Value = V>>(
     ingestion: &mut Ingestion<K, V>,
 ) -> Result<(), DecodeError> {
     let record = raw(message);
-    size_check(&record)?;
+    check_size(&record)?;
     if let Framed::Marker(_) = framing(&headers(message), record.value)? {
         return Ok(());
     }
