@@ -17,6 +17,8 @@
 //! Stops cleanly on Ctrl-C: the epochs already read are finished and
 //! written, none half-written.
 
+mod common;
+
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +29,6 @@ use velib_dataflow::aggregator::{
 };
 use velib_dataflow::cluster::cluster_config;
 use velib_dataflow::kafka::source::Framing;
-use velib_dataflow::kafka::KafkaConfig;
-use velib_dataflow::postcode::PostcodeTable;
 
 /// Keep per-postcode bike counts from a Kafka topic of station statuses.
 ///
@@ -40,9 +40,8 @@ use velib_dataflow::postcode::PostcodeTable;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None, disable_help_flag = true)]
 struct Args {
-    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…].
-    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT")]
-    brokers: String,
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
 
     /// Topic of station statuses.
     #[arg(long, default_value = DEFAULT_INPUT_TOPIC, value_name = "TOPIC")]
@@ -71,22 +70,6 @@ struct Args {
     /// `stationCode` and/or `station_id` [default: the shipped Vélib' table]
     #[arg(long, value_name = "FILE")]
     postcodes: Option<PathBuf>,
-
-    /// librdkafka property for every client (repeatable), as kcat's -X.
-    #[arg(short = 'X', value_name = "KEY=VALUE")]
-    properties: Vec<String>,
-
-    /// Partitions of the topics created when missing.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    partitions: i32,
-
-    /// Replication factor of the topics created when missing.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    replication: i32,
-
-    /// Do not create missing topics; fail if one is missing.
-    #[arg(long)]
-    no_create_topics: bool,
 
     /// The output producer's transactional.id [default: velib-aggregator-<output topic>]
     #[arg(long, value_name = "ID")]
@@ -122,12 +105,7 @@ enum InputFormat {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logging();
     let args = Args::parse();
     let (timely_config, config) = match configure(args) {
         Ok(configured) => configured,
@@ -161,17 +139,8 @@ fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
         args.hostfile.as_deref(),
     )
     .map_err(|e| e.to_string())?;
-    if args.partitions < 1 {
-        return Err("--partitions must be at least 1".into());
-    }
-    let mut kafka = KafkaConfig::new(args.brokers);
-    for property in &args.properties {
-        kafka = kafka.with_property(property).map_err(|e| e.to_string())?;
-    }
-    let postcodes = match &args.postcodes {
-        Some(path) => PostcodeTable::from_path(path).map_err(|e| e.to_string())?,
-        None => PostcodeTable::velib(),
-    };
+    let kafka = args.kafka.kafka_config()?;
+    let postcodes = common::postcode_table(args.postcodes.as_deref())?;
     let mut config = AggregatorConfig::new(kafka);
     config.transactional_id = args
         .transactional_id
@@ -185,7 +154,7 @@ fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
         InputFormat::Seed => Framing::Ingestion,
     };
     config.postcodes = Arc::new(postcodes);
-    config.create_partitions = (!args.no_create_topics).then_some(args.partitions);
-    config.replication = args.replication;
+    config.create_partitions = args.kafka.create_partitions();
+    config.replication = args.kafka.replication;
     Ok((timely_config, config))
 }

@@ -21,7 +21,8 @@
 // The data path, in order: feed -> postcode/directory -> snapshot -> dataflow
 // (counts) -> changes -> output. `replay` and `recorded` drive it in-process;
 // `aggregator` runs it between Kafka topics (`kafka::source` -> `upsert` ->
-// dataflow -> `kafka::sink`).
+// dataflow -> `kafka::sink`). Upstream of Kafka, `producer` runs `fetch` ->
+// `poll` -> `snapshot` -> `kafka::publish`.
 pub mod aggregator;
 pub mod changes;
 pub mod cluster;
@@ -29,9 +30,12 @@ pub mod counts;
 pub mod dataflow;
 pub mod directory;
 pub mod feed;
+pub mod fetch;
 pub mod kafka;
 pub mod output;
+pub mod poll;
 pub mod postcode;
+pub mod producer;
 pub mod recorded;
 pub mod reference;
 pub mod replay;

@@ -7,7 +7,7 @@
 
 use crate::directory::DirectoryResolver;
 use crate::feed::{
-    gbfs, opendata_paris, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
+    gbfs, payload, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
 };
 use crate::snapshot::{Snapshot, StationSelection};
 use std::io::Read;
@@ -66,26 +66,7 @@ impl RecordedSnapshot {
         resolver: &DirectoryResolver,
         selection: &StationSelection,
     ) -> Snapshot {
-        let statuses: Vec<_> = self
-            .status
-            .stations
-            .into_iter()
-            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
-            .collect();
-        let infos: Vec<_> = self
-            .information
-            .map(|i| i.stations)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
-            .collect();
-        let directory = resolver.resolve(&infos, &statuses);
-        Snapshot {
-            feed_time: self.status.feed_time,
-            feed_time_kind: self.status.feed_time_kind,
-            statuses,
-            directory: Some(directory),
-        }
+        Snapshot::assemble(self.status, self.information.as_ref(), resolver, selection)
     }
 }
 
@@ -172,15 +153,14 @@ pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
         path: path.to_owned(),
         source,
     };
-    if looks_like_opendata(&bytes) {
-        let (status, information) = opendata_paris::parse(&bytes).map_err(feed)?;
+    let (status, information) = payload::parse_status(&bytes).map_err(feed)?;
+    if information.is_some() {
         return Ok(RecordedSnapshot {
             path: path.to_owned(),
             status,
-            information: Some(information),
+            information,
         });
     }
-    let status = gbfs::parse_status(&bytes).map_err(feed)?;
     let beside = path.with_file_name("station_information.json");
     let information = if beside.is_file() && beside != path {
         let bytes = read_bounded(&beside)?;
@@ -198,22 +178,4 @@ pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
         status,
         information,
     })
-}
-
-/// The Paris export is a JSON array, or an object with `results`; GBFS is an
-/// object with `data`.
-fn looks_like_opendata(bytes: &[u8]) -> bool {
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => true,
-        Some(b'{') => {
-            #[derive(serde::Deserialize)]
-            struct Probe {
-                results: Option<serde::de::IgnoredAny>,
-                data: Option<serde::de::IgnoredAny>,
-            }
-            serde_json::from_slice::<Probe>(bytes)
-                .is_ok_and(|p| p.results.is_some() && p.data.is_none())
-        }
-        _ => false,
-    }
 }

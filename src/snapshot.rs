@@ -8,8 +8,10 @@
 //! last accepted one, and produces nothing for a snapshot that changes nothing.
 
 use crate::dataflow::Epoch;
-use crate::directory::DirectoryEntry;
-use crate::feed::{FeedTime, FeedTimeKind, StationId, StationStatus};
+use crate::directory::{DirectoryEntry, DirectoryResolver};
+use crate::feed::{
+    FeedTime, FeedTimeKind, InformationSnapshot, StationId, StationStatus, StatusSnapshot,
+};
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -171,6 +173,39 @@ pub struct Snapshot {
     pub directory: Option<Vec<DirectoryEntry>>,
 }
 
+impl Snapshot {
+    /// The snapshot of the selected stations of a status payload, with
+    /// their directory resolved from `information` (when there is none, each
+    /// station gets an entry from its status, so every station is counted
+    /// somewhere).
+    pub fn assemble(
+        status: StatusSnapshot,
+        information: Option<&InformationSnapshot>,
+        resolver: &DirectoryResolver,
+        selection: &StationSelection,
+    ) -> Snapshot {
+        let statuses: Vec<_> = status
+            .stations
+            .into_iter()
+            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+            .collect();
+        let infos: Vec<_> = information
+            .map(|i| i.stations.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+            .cloned()
+            .collect();
+        let directory = resolver.resolve(&infos, &statuses);
+        Snapshot {
+            feed_time: status.feed_time,
+            feed_time_kind: status.feed_time_kind,
+            statuses,
+            directory: Some(directory),
+        }
+    }
+}
+
 /// The updates of one epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochUpdates {
@@ -215,6 +250,44 @@ impl SnapshotSequencer {
     /// A sequencer whose first epoch will be 1.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sequencer that goes on from a state already published: `statuses`
+    /// and `directory` as of epoch `last_epoch`, whose snapshot had
+    /// `last_feed_time`. The next epoch is `last_epoch + 1`, only what
+    /// differs from this state is published, and a snapshot older than
+    /// `last_feed_time` is refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::feed::FeedTimeKind;
+    /// use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
+    ///
+    /// let mut seq = SnapshotSequencer::resume(41, Some(1000), vec![], vec![]);
+    /// let snapshot = |feed_time| Snapshot {
+    ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![], directory: None,
+    /// };
+    /// assert!(seq.advance(snapshot(999)).is_err());
+    /// assert_eq!(seq.advance(snapshot(1000)).unwrap(), None);
+    /// assert_eq!(seq.last_epoch(), 41);
+    /// ```
+    pub fn resume(
+        last_epoch: Epoch,
+        last_feed_time: Option<FeedTime>,
+        statuses: Vec<StationStatus>,
+        directory: Vec<DirectoryEntry>,
+    ) -> Self {
+        let mut sequencer = SnapshotSequencer {
+            last_time: last_feed_time,
+            last_epoch,
+            seen_codes: statuses.iter().any(|s| s.code.is_some()),
+            seen_types: statuses.iter().any(|s| s.bike_types.is_some()),
+            ..Self::default()
+        };
+        sequencer.statuses.diff(statuses);
+        sequencer.directory.diff(directory);
+        sequencer
     }
 
     /// The last epoch produced (0 before the first).
@@ -283,6 +356,40 @@ impl SnapshotSequencer {
             directory,
         }))
     }
+}
+
+/// What a list of updates leaves for each key: its new row, or `None` when
+/// the key is gone. This is what is published for an epoch: one record per
+/// changed key, a tombstone for a key that went.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::snapshot::{net_changes, Keyed};
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Row(u32, &'static str);
+/// impl Keyed for Row {
+///     type Key = u32;
+///     fn key(&self) -> &u32 { &self.0 }
+///     fn same_as(&self, other: &Self) -> bool { self == other }
+/// }
+/// let updates = vec![(Row(1, "a"), -1), (Row(1, "c"), 1), (Row(2, "b"), -1)];
+/// let net = net_changes(&updates);
+/// assert_eq!(net.get(&1), Some(&Some(&Row(1, "c"))));
+/// assert_eq!(net.get(&2), Some(&None));
+/// ```
+pub fn net_changes<V: Keyed>(
+    updates: &[Update<V>],
+) -> std::collections::BTreeMap<V::Key, Option<&V>> {
+    let mut net = std::collections::BTreeMap::new();
+    for (row, diff) in updates {
+        let slot = net.entry(row.key().clone()).or_insert(None);
+        if *diff > 0 {
+            *slot = Some(row);
+        }
+    }
+    net
 }
 
 /// Which stations to keep (the seeds kept two: `--stations 16107,32017`).

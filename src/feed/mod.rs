@@ -11,11 +11,13 @@
 //! |---|---|
 //! | [`gbfs`] | GBFS v1.x, v2.x, v3.0 `gbfs.json`, `station_information.json`, `station_status.json`, including Vélib's quirks |
 //! | [`opendata_paris`] | the City of Paris `velib-disponibilite-en-temps-reel` export |
+//! | [`payload`] | a status payload of either format, told by its content |
 
 mod error;
 pub mod gbfs;
 mod json;
 pub mod opendata_paris;
+pub mod payload;
 mod timestamp;
 
 pub use error::{FeedError, FeedKind, Problem};

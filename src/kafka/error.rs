@@ -32,3 +32,11 @@ impl KafkaError {
         move |source| KafkaError::Client { context, source }
     }
 }
+
+impl KafkaError {
+    /// Whether retrying cannot help: the producer was fenced by a newer one
+    /// with the same `transactional.id`, or librdkafka gave up on it.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, KafkaError::Client { source, .. } if super::transaction::is_fatal(source))
+    }
+}

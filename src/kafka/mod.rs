@@ -7,6 +7,8 @@
 //! | [`config`] | brokers and `-X key=value` librdkafka properties, as kcat takes them |
 //! | [`topics`] | creating missing topics and checking existing ones |
 //! | [`protocol`] | the epoch protocol: headers, markers, station keys |
+//! | [`publish`] | the producer's side: one transaction per epoch, markers, restart |
+//! | [`recovery`] | reading back what was published, to restart from it |
 //! | [`decode`] | decoders from records to keyed upserts |
 //! | [`source`] | the source operator |
 //! | [`dead_letter`] | where records that cannot be read go |
@@ -17,9 +19,12 @@ pub mod dead_letter;
 pub mod decode;
 mod error;
 pub mod protocol;
+pub mod publish;
+pub mod recovery;
 pub mod sink;
 pub mod source;
 pub mod topics;
+mod transaction;
 
 pub use config::KafkaConfig;
 pub use decode::DecodeError;

@@ -242,6 +242,131 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
     }
 }
 
+/// One partition's epochs as a reader follows them: records are held by
+/// (epoch, attempt) until the epoch's marker, which releases those of the
+/// attempt it names and drops the others. The source operator and the
+/// producer's recovery both read partitions through it, so they agree on
+/// what an epoch holds.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+///
+/// let stamp = |epoch, attempt: &str| EpochStamp { epoch, attempt: attempt.into() };
+/// let mut p = PartitionEpochs::new();
+/// assert!(p.data(stamp(1, "dead"), "a"));
+/// assert!(p.data(stamp(1, "live"), "b"));
+/// let marker = EpochMarker { epoch: 1, attempt: "live".into(), feed_time: None };
+/// let passed = p.marker(&marker).unwrap();
+/// assert_eq!(passed.released, vec!["b"]);
+/// assert_eq!(passed.dropped, vec![(stamp(1, "dead"), 1)]);
+/// // Anything of epoch 1 from now on is late.
+/// assert!(!p.data(stamp(1, "live"), "c"));
+/// assert!(p.marker(&marker).is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct PartitionEpochs<T> {
+    passed: Option<Epoch>,
+    open: std::collections::BTreeMap<(Epoch, String), Vec<T>>,
+}
+
+/// What a marker released on one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassedEpoch<T> {
+    /// The records of the completing attempt, in the order read.
+    pub released: Vec<T>,
+    /// The epochs and attempts whose records were dropped, and how many.
+    pub dropped: Vec<(EpochStamp, usize)>,
+}
+
+impl<T> Default for PartitionEpochs<T> {
+    fn default() -> Self {
+        PartitionEpochs {
+            passed: None,
+            open: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> PartitionEpochs<T> {
+    /// A partition read from its start.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last epoch whose marker this partition has passed.
+    pub fn passed(&self) -> Option<Epoch> {
+        self.passed
+    }
+
+    /// Holds a data record until its epoch's marker. Returns `false`, and
+    /// keeps nothing, for a record of an epoch already passed.
+    pub fn data(&mut self, stamp: EpochStamp, record: T) -> bool {
+        if self.passed.is_some_and(|e| e >= stamp.epoch) {
+            return false;
+        }
+        self.open
+            .entry((stamp.epoch, stamp.attempt))
+            .or_default()
+            .push(record);
+        true
+    }
+
+    /// Passes a marker: releases its attempt's records and drops those of
+    /// other attempts of this epoch or earlier. `None` for a marker of an
+    /// epoch already passed (the first marker of an epoch decides).
+    pub fn marker(&mut self, marker: &EpochMarker) -> Option<PassedEpoch<T>> {
+        if self.passed.is_some_and(|e| e >= marker.epoch) {
+            return None;
+        }
+        let released = self
+            .open
+            .remove(&(marker.epoch, marker.attempt.clone()))
+            .unwrap_or_default();
+        let later = self.open.split_off(&(marker.epoch + 1, String::new()));
+        let dropped = std::mem::replace(&mut self.open, later)
+            .into_iter()
+            .map(|((epoch, attempt), records)| (EpochStamp { epoch, attempt }, records.len()))
+            .collect();
+        self.passed = Some(marker.epoch);
+        Some(PassedEpoch { released, dropped })
+    }
+}
+
+/// A station record's value: the feed's own fields for the station (so a
+/// reader of the raw feed format still understands it), and under
+/// [`NORMALISED_FIELD`] the epoch and the normalised status.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::gbfs;
+/// use velib_dataflow::kafka::protocol::station_value;
+///
+/// let raw = br#"{"station_id": 7, "num_bikes_available": 2, "num_docks_available": 5,
+///     "is_installed": 1, "is_renting": 1, "is_returning": 1}"#;
+/// let status = gbfs::parse_station_record(raw)?;
+/// let fields = serde_json::from_slice(raw).unwrap();
+/// let value: serde_json::Value = serde_json::from_slice(&station_value(Some(&fields), 3, &status)).unwrap();
+/// assert_eq!(value["num_bikes_available"], 2);
+/// assert_eq!(value["velib"]["epoch"], 3);
+/// assert_eq!(value["velib"]["status"]["bikes_available"], 2);
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
+pub fn station_value(
+    feed_fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    epoch: Epoch,
+    status: &crate::feed::StationStatus,
+) -> Vec<u8> {
+    let mut value = feed_fields.cloned().unwrap_or_default();
+    value.insert(
+        NORMALISED_FIELD.to_owned(),
+        serde_json::json!({ "epoch": epoch, "status": status }),
+    );
+    serde_json::to_vec(&value).expect("a JSON map always serialises")
+}
+
 /// The key of a station's records: its id as JSON.
 pub fn station_key(id: &StationId) -> Vec<u8> {
     serde_json::to_vec(id).expect("a station id always serialises")

@@ -17,15 +17,14 @@
 //! what the dataflow reads.
 
 use super::source::SourcePosition;
+use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::changes::{key_changes, KeyChange};
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
 use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -294,7 +293,7 @@ impl<K, V> OpenEpoch<K, V> {
 
 /// The transactional producer of worker 0.
 struct Writer {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: TransactionalProducer,
     partitions: i32,
 }
 
@@ -303,48 +302,15 @@ const ATTEMPTS: u32 = 5;
 
 impl Writer {
     fn connect(config: &SinkConfig) -> Result<Self, KafkaError> {
-        let timeout_ms = config.timeout.as_millis().to_string();
-        let producer: ThreadedProducer<DefaultProducerContext> = config
-            .kafka
-            .client_config(&[
-                ("transactional.id", &config.transactional_id),
-                ("enable.idempotence", "true"),
-                (
-                    "transaction.timeout.ms",
-                    &(config.timeout.as_millis() * 2).to_string(),
-                ),
-                ("message.timeout.ms", &timeout_ms),
-            ])
-            .create()
-            .map_err(KafkaError::client(format!(
-                "creating the producer for {}",
-                config.topic
-            )))?;
-        producer
-            .init_transactions(config.timeout)
-            .map_err(KafkaError::client(format!(
-                "initialising transactions as {:?}",
-                config.transactional_id
-            )))?;
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(&config.topic), config.timeout)
-            .map_err(KafkaError::client(format!(
-                "reading the partitions of {}",
-                config.topic
-            )))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| KafkaError::Topic {
-                topic: config.topic.clone(),
-                problem: "it does not exist or has no partitions; create it first".into(),
-            })?;
+        let producer = TransactionalProducer::connect(
+            &config.kafka,
+            &config.transactional_id,
+            config.timeout,
+        )?;
+        let partitions = producer.partitions(&config.topic)?;
         Ok(Writer {
             producer,
-            partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+            partitions,
         })
     }
 
@@ -364,7 +330,7 @@ impl Writer {
             let Err(e) = self.try_write_epoch(config, encoder, changes, progress) else {
                 return Ok(());
             };
-            let _ = self.producer.abort_transaction(config.timeout);
+            self.producer.abort();
             if attempt == ATTEMPTS || is_fatal(&e) {
                 return Err(KafkaError::Client {
                     context: format!(
@@ -388,14 +354,8 @@ impl Writer {
         changes: &[KeyChange<K, V>],
         progress: &EpochProgress,
     ) -> Result<(), RdKafkaError> {
-        let epoch_text = progress.epoch.to_string();
-        let headers = || {
-            OwnedHeaders::new().insert(Header {
-                key: EPOCH_HEADER,
-                value: Some(epoch_text.as_bytes()),
-            })
-        };
-        self.producer.begin_transaction()?;
+        let epoch_header = [(EPOCH_HEADER, progress.epoch.to_string())];
+        self.producer.begin()?;
         for change in changes {
             let (key, value) = match change {
                 KeyChange::Upsert(k, v) => (encoder.key(k), Some(encoder.value(k, v, progress))),
@@ -403,50 +363,26 @@ impl Writer {
             };
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&config.topic)
                 .key(&key[..])
-                .headers(headers());
+                .headers(owned_headers(&epoch_header));
             if let Some(value) = &value {
                 record = record.payload(&value[..]);
             }
-            self.send(record)?;
+            self.producer.send(record)?;
         }
         let progress = serde_json::to_string(progress)
             .expect("progress of integers and strings always serialises");
+        let progress_headers = [
+            (EPOCH_HEADER, epoch_header[0].1.clone()),
+            (KIND_HEADER, "progress".to_owned()),
+        ];
         for partition in 0..self.partitions {
-            let headers = headers().insert(Header {
-                key: KIND_HEADER,
-                value: Some("progress".as_bytes()),
-            });
             let record: BaseRecord<'_, str, str> = BaseRecord::to(&config.topic)
                 .partition(partition)
                 .key(PROGRESS_KEY)
                 .payload(progress.as_str())
-                .headers(headers);
-            self.send(record)?;
+                .headers(owned_headers(&progress_headers));
+            self.producer.send(record)?;
         }
-        self.producer.commit_transaction(config.timeout)
-    }
-
-    /// Sends, waiting while librdkafka's queue is full.
-    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
-        &self,
-        mut record: BaseRecord<'_, K, P>,
-    ) -> Result<(), RdKafkaError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    }
-}
-
-fn is_fatal(e: &RdKafkaError) -> bool {
-    match e {
-        RdKafkaError::Transaction(t) => t.is_fatal(),
-        _ => false,
+        self.producer.commit()
     }
 }

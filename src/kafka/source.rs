@@ -27,7 +27,7 @@
 
 use super::dead_letter::DeadLetterWriter;
 use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
-use super::protocol::{framing, Framed, RecordHeaders};
+use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
@@ -339,9 +339,6 @@ impl<D: RecordDecoder> KafkaSource<D> {
     }
 }
 
-/// Keyed upserts, in the order read.
-type Upserts<K, V> = Vec<(K, Option<V>)>;
-
 /// One epoch's worth of a worker's records, ready to be released.
 struct Released<K, V> {
     records: Vec<(K, Option<V>)>,
@@ -366,13 +363,11 @@ struct OwnedPartition<K, V> {
 struct PartitionState<K, V> {
     topic: String,
     partition: i32,
-    /// The last epoch whose marker this partition has passed.
-    passed: Option<Epoch>,
     next_offset: i64,
     /// librdkafka said it reached the end, and nothing came since.
     caught_up: bool,
     /// Records of epochs not yet passed, by epoch and attempt.
-    open: BTreeMap<(Epoch, String), Upserts<K, V>>,
+    epochs: PartitionEpochs<(K, Option<V>)>,
 }
 
 /// Records read per partition per activation before yielding to other
@@ -493,10 +488,9 @@ impl<K, V> Reader<K, V> {
                 state: PartitionState {
                     topic,
                     partition,
-                    passed: None,
                     next_offset: 0,
                     caught_up: false,
-                    open: BTreeMap::new(),
+                    epochs: PartitionEpochs::new(),
                 },
             });
         }
@@ -535,7 +529,7 @@ impl<K, V> Reader<K, V> {
         }
         self.partitions
             .iter()
-            .map(|p| p.state.passed.map_or(0, |e| e + 1))
+            .map(|p| p.state.epochs.passed().map_or(0, |e| e + 1))
             .min()
             .unwrap_or(Epoch::MAX)
     }
@@ -595,14 +589,17 @@ impl<K, V> Reader<K, V> {
         for OwnedPartition { queue, state: p } in &mut self.partitions {
             let ahead = match (&self.ingestion, limit) {
                 (Some(_), _) => ingestion_full,
-                (None, Some(limit)) => p.passed.is_some_and(|e| e.saturating_add(1) >= limit),
+                (None, Some(limit)) => p
+                    .epochs
+                    .passed()
+                    .is_some_and(|e| e.saturating_add(1) >= limit),
                 (None, None) => false,
             };
             if ahead {
                 tracing::trace!(
                     topic = %p.topic,
                     partition = p.partition,
-                    passed = ?p.passed,
+                    passed = ?p.epochs.passed(),
                     ?finished,
                     "held back by the read-ahead bound"
                 );
@@ -748,43 +745,33 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
                 .into(),
         }),
         Framed::Data(stamp) => {
-            if p.passed.is_some_and(|e| e >= stamp.epoch) {
+            if p.epochs.passed().is_some_and(|e| e >= stamp.epoch) {
                 handle.count(|s| s.discarded += 1);
                 return Ok(None);
             }
             let update = decoder.decode(&record)?;
-            p.open
-                .entry((stamp.epoch, stamp.attempt))
-                .or_default()
-                .push(update);
+            p.epochs.data(stamp, update);
             Ok(None)
         }
         Framed::Marker(marker) => {
-            if p.passed.is_some_and(|e| e >= marker.epoch) {
+            let Some(passed) = p.epochs.marker(&marker) else {
                 return Ok(None);
+            };
+            let mut dropped = 0;
+            for (stamp, records) in passed.dropped {
+                tracing::warn!(
+                    epoch = stamp.epoch,
+                    attempt = stamp.attempt,
+                    "{}[{}]: dropped {records} records of an attempt that did not complete epoch {} (attempt {} did)",
+                    p.topic,
+                    p.partition,
+                    marker.epoch,
+                    marker.attempt
+                );
+                dropped += records as u64;
             }
-            let completing = (marker.epoch, marker.attempt.clone());
-            let released = p.open.remove(&completing).unwrap_or_default();
-            let later = p.open.split_off(&(marker.epoch + 1, String::new()));
-            let dropped: usize = std::mem::replace(&mut p.open, later)
-                .into_iter()
-                .map(|((epoch, attempt), records)| {
-                    tracing::warn!(
-                        epoch,
-                        attempt,
-                        "{}[{}]: dropped {} records of an attempt that did not complete epoch {} (attempt {} did)",
-                        p.topic,
-                        p.partition,
-                        records.len(),
-                        marker.epoch,
-                        marker.attempt
-                    );
-                    records.len()
-                })
-                .sum();
-            handle.count(|s| s.discarded += dropped as u64);
-            p.passed = Some(marker.epoch);
-            Ok(Some((marker.epoch, released, marker.feed_time)))
+            handle.count(|s| s.discarded += dropped);
+            Ok(Some((marker.epoch, passed.released, marker.feed_time)))
         }
     }
 }

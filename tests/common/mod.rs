@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod epochs;
+pub mod http;
 pub mod output;
 
 use std::collections::BTreeMap;

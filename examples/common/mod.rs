@@ -1,0 +1,102 @@
+//! What the example binaries share: logging and flag parsing.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A duration flag: `500ms`, `10s`, `2m`, `1h`, or a bare number of
+/// seconds (`2.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 10s, 2m, 1h)"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !number.is_finite() || number < 0.0 || number * scale > 86_400.0 * 365.0 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(number * scale))
+}
+
+/// The Kafka flags every binary takes.
+#[derive(clap::Args, Debug)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…].
+    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT")]
+    pub brokers: String,
+
+    /// librdkafka property for every client (repeatable), as kcat's -X:
+    /// e.g. -X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+
+    /// Partitions of the topics created when missing.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub partitions: i32,
+
+    /// Replication factor of the topics created when missing.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub replication: i32,
+
+    /// Do not create missing topics; fail if one is missing.
+    #[arg(long)]
+    pub no_create_topics: bool,
+}
+
+impl KafkaArgs {
+    /// The cluster, with the -X properties.
+    pub fn kafka_config(&self) -> Result<velib_dataflow::kafka::KafkaConfig, String> {
+        if self.partitions < 1 {
+            return Err("--partitions must be at least 1".into());
+        }
+        if self.replication < 1 {
+            return Err("--replication must be at least 1".into());
+        }
+        let mut kafka = velib_dataflow::kafka::KafkaConfig::new(self.brokers.clone());
+        for property in &self.properties {
+            kafka = kafka.with_property(property).map_err(|e| e.to_string())?;
+        }
+        Ok(kafka)
+    }
+
+    /// How many partitions to create missing topics with, if any.
+    pub fn create_partitions(&self) -> Option<i32> {
+        (!self.no_create_topics).then_some(self.partitions)
+    }
+}
+
+/// The postcode table: the file given, or the shipped Vélib' one.
+pub fn postcode_table(
+    path: Option<&std::path::Path>,
+) -> Result<velib_dataflow::postcode::PostcodeTable, String> {
+    match path {
+        Some(path) => {
+            velib_dataflow::postcode::PostcodeTable::from_path(path).map_err(|e| e.to_string())
+        }
+        None => Ok(velib_dataflow::postcode::PostcodeTable::velib()),
+    }
+}

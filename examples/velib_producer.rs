@@ -1,0 +1,172 @@
+//! Polls a GBFS feed (Vélib' Métropole by default) and publishes what
+//! changed to Kafka, one transaction per snapshot: station statuses keyed
+//! by station id, directory entries on a compacted topic, and an epoch
+//! marker on every partition of both.
+//!
+//! ```sh
+//! cargo run --example velib_producer -- --brokers 127.0.0.1:9092
+//! # only two stations, as the seeds did:
+//! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 --stations 16107,32017
+//! # another GBFS system, polled every 5 s:
+//! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 \
+//!     --feed https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json --interval 5s
+//! ```
+//!
+//! Restarting it is safe: it reads back the last epoch it published and
+//! goes on from there. Stops cleanly on Ctrl-C.
+
+mod common;
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use velib_dataflow::directory::DirectoryResolver;
+use velib_dataflow::kafka::publish::{
+    PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
+};
+use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
+use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
+use velib_dataflow::snapshot::StationSelection;
+
+/// Poll a GBFS bike-share feed and publish each snapshot's changes to Kafka,
+/// one atomic epoch per snapshot.
+///
+/// Logs one line per epoch published (stations changed, bikes, time taken)
+/// and one per response refused, with its reason; a refused response never
+/// stops it.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The feed: a GBFS gbfs.json, or directly a station_status URL (GBFS or
+    /// the City of Paris export).
+    #[arg(long, env = "VELIB_FEED", default_value = VELIB_FEED, value_name = "URL")]
+    feed: String,
+
+    /// The discovery language [default: the first listed].
+    #[arg(long, value_name = "LANG")]
+    language: Option<String>,
+
+    /// Poll this station_status URL instead of discovering it.
+    #[arg(long, value_name = "URL")]
+    status_url: Option<String>,
+
+    /// With --status-url: this station_information URL.
+    #[arg(long, value_name = "URL", requires = "status_url")]
+    information_url: Option<String>,
+
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
+
+    /// Topic of station statuses.
+    #[arg(long, default_value = DEFAULT_STATUS_TOPIC, value_name = "TOPIC")]
+    topic: String,
+
+    /// Topic of directory entries (compacted).
+    #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
+    directory_topic: String,
+
+    /// Keep only these stations, by code or id [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "CODE,CODE…")]
+    stations: Vec<String>,
+
+    /// Poll this often (500ms, 10s, 1m…) [default: the feed's ttl, within 1–60 s].
+    #[arg(long, value_parser = common::parse_duration, value_name = "DURATION")]
+    interval: Option<Duration>,
+
+    /// Refresh station information this often (also when a station is new).
+    #[arg(long, value_parser = common::parse_duration, default_value = "1h", value_name = "DURATION")]
+    information_interval: Duration,
+
+    /// Give up on a request after this long, body included.
+    #[arg(long, value_parser = common::parse_duration, default_value = "30s", value_name = "DURATION")]
+    timeout: Duration,
+
+    /// Refuse response bodies larger than this many bytes.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_body_bytes: usize,
+
+    /// Station -> postcode CSV, with a header naming `postcode` and
+    /// `stationCode` and/or `station_id` [default: the shipped Vélib' table]
+    #[arg(long, value_name = "FILE")]
+    postcodes: Option<PathBuf>,
+
+    /// Do not infer a missing postcode from the nearest station (count it
+    /// under `unknown`).
+    #[arg(long)]
+    no_infer: bool,
+
+    /// The producer's transactional.id [default: velib-producer-<topic>]
+    #[arg(long, value_name = "ID")]
+    transactional_id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    common::init_logging();
+    let config = match configure(Args::parse()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("velib_producer: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = ProducerHandle::default();
+    let stopper = handle.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("stopping");
+        stopper.stop();
+    }) {
+        tracing::warn!("Ctrl-C will not stop cleanly: {e}");
+    }
+    match run(config, handle) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("velib_producer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn configure(args: Args) -> Result<ProducerConfig, String> {
+    if args.interval.is_some_and(|i| i.is_zero()) {
+        return Err("--interval must be more than 0".into());
+    }
+    if args.max_body_bytes == 0 {
+        return Err("--max-body-bytes must be more than 0".into());
+    }
+    let kafka = args.kafka.kafka_config()?;
+    let postcodes = common::postcode_table(args.postcodes.as_deref())?;
+    let location = match args.status_url {
+        Some(status) => FeedLocation::Explicit {
+            status,
+            information: args.information_url,
+        },
+        None => FeedLocation::Discover {
+            url: args.feed,
+            language: args.language,
+        },
+    };
+    let mut poll = PollConfig::new(location);
+    poll.interval = args.interval;
+    poll.information_interval = args.information_interval;
+    poll.fetch.timeout = args.timeout;
+    poll.fetch.max_bytes = args.max_body_bytes;
+    if !args.stations.is_empty() {
+        poll.selection = StationSelection::only(args.stations);
+    }
+    let mut publish = PublisherConfig::new(kafka);
+    publish.transactional_id = args
+        .transactional_id
+        .unwrap_or_else(|| format!("velib-producer-{}", args.topic));
+    publish.status_topic = args.topic;
+    publish.directory_topic = args.directory_topic;
+    publish.create_partitions = args.kafka.create_partitions();
+    publish.replication = args.kafka.replication;
+    Ok(ProducerConfig {
+        poll,
+        publish,
+        resolver: DirectoryResolver::new(postcodes, !args.no_infer),
+        retry_base: Duration::from_secs(1),
+        retry_max: Duration::from_secs(60),
+    })
+}

@@ -1,0 +1,251 @@
+//! The producer's side of the epoch protocol: each epoch's records and its
+//! markers in one transaction, a new attempt id for every try, and a start
+//! that reads back what was published so that a restart neither goes back
+//! in time nor republishes everything.
+
+use super::protocol::{station_key, EpochMarker, MARKER_KEY};
+use super::recovery::{recover, Recovered};
+use super::topics::{ensure_topics, TopicSpec};
+use super::transaction::{owned_headers, TransactionalProducer};
+use super::{KafkaConfig, KafkaError};
+use crate::dataflow::Epoch;
+use crate::feed::{FeedTime, StationId};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::producer::BaseRecord;
+use std::time::Duration;
+
+/// The producer's default station status topic (the seeds' topic).
+pub const DEFAULT_STATUS_TOPIC: &str = "velib-projet";
+/// The producer's default directory topic.
+pub const DEFAULT_DIRECTORY_TOPIC: &str = "velib-directory";
+
+/// Where and how the producer publishes.
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// Station statuses, keyed by station id.
+    pub status_topic: String,
+    /// Directory entries, keyed by station id (compacted).
+    pub directory_topic: String,
+    /// The producer's `transactional.id`: the same across restarts, so that
+    /// a restarted producer fences a zombie one.
+    pub transactional_id: String,
+    /// Create missing topics with this many partitions (`None`: create
+    /// nothing, and fail clearly when a topic is missing).
+    pub create_partitions: Option<i32>,
+    /// The replication factor of created topics.
+    pub replication: i32,
+    /// Bounds each broker round trip, and reading back at start.
+    pub timeout: Duration,
+}
+
+impl PublisherConfig {
+    /// The default topics on `kafka`, created with 3 partitions if missing.
+    pub fn new(kafka: KafkaConfig) -> Self {
+        PublisherConfig {
+            kafka,
+            status_topic: DEFAULT_STATUS_TOPIC.into(),
+            directory_topic: DEFAULT_DIRECTORY_TOPIC.into(),
+            transactional_id: format!("velib-producer-{DEFAULT_STATUS_TOPIC}"),
+            create_partitions: Some(3),
+            replication: 1,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The topics the producer writes, as they should be created.
+    pub fn topics(&self, partitions: i32) -> Vec<TopicSpec> {
+        vec![
+            TopicSpec::new(&self.status_topic, partitions).replication(self.replication),
+            TopicSpec::new(&self.directory_topic, partitions)
+                .compacted()
+                .replication(self.replication),
+        ]
+    }
+}
+
+/// Which of the producer's topics a record goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishedTopic {
+    /// The status topic.
+    Status,
+    /// The directory topic.
+    Directory,
+}
+
+/// One record of an epoch: a station's new value, or `None` when it went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StationRecord {
+    /// Its topic.
+    pub topic: PublishedTopic,
+    /// The station.
+    pub station: StationId,
+    /// The value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Publishes epochs, one transaction each.
+#[derive(Debug)]
+pub struct EpochPublisher {
+    producer: TransactionalProducer,
+    config: PublisherConfig,
+    partitions: Vec<(String, i32)>,
+    run: String,
+    tries: u64,
+}
+
+impl EpochPublisher {
+    /// Creates missing topics, connects as the configured
+    /// `transactional.id` (fencing an older producer), reads back what was
+    /// published, and completes an epoch whose markers are only partly
+    /// visible (a producer that died while committing). Returns the
+    /// publisher and what it read back.
+    pub fn connect(config: PublisherConfig) -> Result<(Self, Recovered), KafkaError> {
+        if let Some(partitions) = config.create_partitions {
+            for (topic, outcome) in
+                ensure_topics(&config.kafka, &config.topics(partitions), config.timeout)?
+            {
+                tracing::debug!(topic, ?outcome, "topic ready");
+            }
+        }
+        let producer = TransactionalProducer::connect(
+            &config.kafka,
+            &config.transactional_id,
+            config.timeout,
+        )?;
+        let partitions = vec![
+            (
+                config.status_topic.clone(),
+                producer.partitions(&config.status_topic)?,
+            ),
+            (
+                config.directory_topic.clone(),
+                producer.partitions(&config.directory_topic)?,
+            ),
+        ];
+        let recovered = recover(
+            &config.kafka,
+            &partitions,
+            &config.directory_topic,
+            config.timeout * 4,
+        )?;
+        let mut publisher = EpochPublisher {
+            producer,
+            config,
+            partitions,
+            run: new_run_id(),
+            tries: 0,
+        };
+        if let (Some(last), false) = (&recovered.last, recovered.unmarked.is_empty()) {
+            tracing::warn!(
+                epoch = last.epoch,
+                attempt = last.attempt,
+                partitions = ?recovered.unmarked,
+                "epoch's markers only partly visible: completing it as its attempt wrote it"
+            );
+            publisher.in_transaction(|p| p.markers(last, &recovered.unmarked))?;
+        }
+        Ok((publisher, recovered))
+    }
+
+    /// The attempt id the next try will write under.
+    pub fn next_attempt(&self) -> String {
+        format!("{}.{}", self.run, self.tries + 1)
+    }
+
+    /// The topics and their partition counts.
+    pub fn partitions(&self) -> &[(String, i32)] {
+        &self.partitions
+    }
+
+    /// Publishes `epoch`: its records, then a marker on every partition of
+    /// both topics, in one transaction. A failed try is aborted; trying
+    /// again writes under a new attempt id, so that a reader who saw the
+    /// failed try's records drops them. An error for which
+    /// [`KafkaError::is_fatal`] holds means this publisher can go no further.
+    pub fn publish(
+        &mut self,
+        epoch: Epoch,
+        feed_time: FeedTime,
+        records: &[StationRecord],
+    ) -> Result<String, KafkaError> {
+        let marker = EpochMarker {
+            epoch,
+            attempt: self.next_attempt(),
+            feed_time: Some(feed_time),
+        };
+        let everywhere: Vec<(String, i32)> = self
+            .partitions
+            .iter()
+            .flat_map(|(topic, count)| (0..*count).map(move |p| (topic.clone(), p)))
+            .collect();
+        self.in_transaction(|p| {
+            let headers = marker.stamp().headers();
+            for record in records {
+                let topic = match record.topic {
+                    PublishedTopic::Status => &p.config.status_topic,
+                    PublishedTopic::Directory => &p.config.directory_topic,
+                };
+                let key = station_key(&record.station);
+                let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                    .key(&key[..])
+                    .headers(owned_headers(&headers));
+                if let Some(value) = &record.value {
+                    out = out.payload(&value[..]);
+                }
+                p.producer.send(out)?;
+            }
+            // Every record is on the log before any marker is: a marker
+            // never precedes a record of its own epoch.
+            p.producer.flush()?;
+            p.markers(&marker, &everywhere)
+        })?;
+        Ok(marker.attempt)
+    }
+
+    fn markers(&self, marker: &EpochMarker, on: &[(String, i32)]) -> Result<(), RdKafkaError> {
+        let value = marker.to_json();
+        for (topic, partition) in on {
+            let out: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+                .partition(*partition)
+                .key(MARKER_KEY)
+                .payload(&value[..])
+                .headers(owned_headers(&marker.headers()));
+            self.producer.send(out)?;
+        }
+        Ok(())
+    }
+
+    fn in_transaction(
+        &mut self,
+        body: impl FnOnce(&Self) -> Result<(), RdKafkaError>,
+    ) -> Result<(), KafkaError> {
+        self.tries += 1;
+        let result = self
+            .producer
+            .begin()
+            .and_then(|()| body(self))
+            .and_then(|()| self.producer.commit());
+        result.map_err(|source| {
+            self.producer.abort();
+            KafkaError::Client {
+                context: format!(
+                    "publishing to {} and {} as attempt {}.{}",
+                    self.config.status_topic, self.config.directory_topic, self.run, self.tries
+                ),
+                source,
+            }
+        })
+    }
+}
+
+/// A new id for this run of the producer: the time and randomness, so that
+/// two runs never share one.
+fn new_run_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{millis:x}-{:08x}", fastrand::u32(..))
+}

@@ -1,0 +1,238 @@
+//! What a restarting producer reads back: the last epoch it completed and
+//! the state as of that epoch, from its own topics.
+//!
+//! The topics are read from their start to their end, with
+//! `isolation.level=read_committed`, through the same per-partition epoch
+//! rules a reader applies ([`PartitionEpochs`]). The result is therefore the
+//! state every reader has once it has read the same records, including on a
+//! broker that shows aborted records.
+
+use super::decode::{DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder};
+use super::protocol::{framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders};
+use super::{KafkaConfig, KafkaError};
+use crate::dataflow::Epoch;
+use crate::directory::DirectoryEntry;
+use crate::feed::{StationId, StationStatus};
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// What was read back.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The marker of the last epoch any partition completed; `None` when
+    /// nothing was ever published.
+    pub last: Option<EpochMarker>,
+    /// The station statuses as of that epoch.
+    pub statuses: Vec<StationStatus>,
+    /// The directory as of that epoch.
+    pub directory: Vec<DirectoryEntry>,
+    /// The partitions that have not passed that epoch's marker: a producer
+    /// died after some of its markers became visible. They must get the
+    /// same marker before anything else is written, or their readers would
+    /// wait for it forever.
+    pub unmarked: Vec<(String, i32)>,
+    /// Records read.
+    pub records: u64,
+    /// Records that could not be read (left out, and logged).
+    pub unreadable: u64,
+}
+
+/// A value read back: a station's status or its directory entry.
+enum Row {
+    Status(Option<StationStatus>),
+    Directory(Option<DirectoryEntry>),
+}
+
+/// Reads `status_topic` and `directory_topic`, with `partitions` each,
+/// back to their current end. `timeout` bounds the whole read.
+pub fn recover(
+    kafka: &KafkaConfig,
+    topics: &[(String, i32)],
+    directory_topic: &str,
+    timeout: Duration,
+) -> Result<Recovered, KafkaError> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Recovered::default();
+    let mut released: Vec<(Epoch, StationId, Row)> = Vec::new();
+    let mut passed: Vec<(String, i32, Option<Epoch>)> = Vec::new();
+    let mut last: Option<EpochMarker> = None;
+    for (topic, count) in topics {
+        let read = read_topic(kafka, topic, *count, topic == directory_topic, deadline)?;
+        out.records += read.records;
+        out.unreadable += read.unreadable;
+        released.extend(read.released);
+        for (partition, epochs) in read.partitions.iter().enumerate() {
+            passed.push((topic.clone(), partition as i32, epochs.passed()));
+        }
+        if let Some(marker) = read.last {
+            if last.as_ref().is_none_or(|l| l.epoch < marker.epoch) {
+                last = Some(marker);
+            }
+        }
+    }
+    // Partitions are read one after another: apply in epoch order (stable,
+    // so each partition's own order holds).
+    released.sort_by_key(|(epoch, _, _)| *epoch);
+    let mut statuses: BTreeMap<StationId, StationStatus> = BTreeMap::new();
+    let mut directory: BTreeMap<StationId, DirectoryEntry> = BTreeMap::new();
+    for (_, id, row) in released {
+        match row {
+            Row::Status(Some(s)) => {
+                statuses.insert(id, s);
+            }
+            Row::Status(None) => {
+                statuses.remove(&id);
+            }
+            Row::Directory(Some(d)) => {
+                directory.insert(id, d);
+            }
+            Row::Directory(None) => {
+                directory.remove(&id);
+            }
+        }
+    }
+    if let Some(last) = &last {
+        out.unmarked = passed
+            .into_iter()
+            .filter(|(_, _, passed)| passed.is_none_or(|e| e < last.epoch))
+            .map(|(topic, partition, _)| (topic, partition))
+            .collect();
+    }
+    out.last = last;
+    out.statuses = statuses.into_values().collect();
+    out.directory = directory.into_values().collect();
+    Ok(out)
+}
+
+/// One topic read back.
+struct TopicRead {
+    partitions: Vec<PartitionEpochs<(StationId, Row)>>,
+    released: Vec<(Epoch, StationId, Row)>,
+    last: Option<EpochMarker>,
+    records: u64,
+    unreadable: u64,
+}
+
+/// Reads one topic to its end. One consumer per topic, because librdkafka's
+/// end-of-partition event names the partition but not the topic.
+fn read_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    count: i32,
+    directory: bool,
+    deadline: Instant,
+) -> Result<TopicRead, KafkaError> {
+    let consumer: BaseConsumer<DefaultConsumerContext> = kafka
+        .client_config(&[
+            ("group.id", "velib-producer-recovery"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("isolation.level", "read_committed"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .create()
+        .map_err(KafkaError::client("creating the recovery consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..count {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(KafkaError::client("assigning partitions for recovery"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(KafkaError::client("assigning partitions for recovery"))?;
+    let mut read = TopicRead {
+        partitions: (0..count).map(|_| PartitionEpochs::new()).collect(),
+        released: Vec::new(),
+        last: None,
+        records: 0,
+        unreadable: 0,
+    };
+    let mut at_end: HashSet<i32> = HashSet::new();
+    while at_end.len() < count as usize {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Topic {
+                topic: topic.to_owned(),
+                problem: format!(
+                    "could not read it back to its end in time ({} of {count} partitions done); \
+                     is the broker reachable?",
+                    at_end.len()
+                ),
+            });
+        }
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(RdKafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+                continue;
+            }
+            Some(Err(e)) => return Err(KafkaError::client(format!("reading {topic} back"))(e)),
+            Some(Ok(message)) => message,
+        };
+        let partition = message.partition();
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| read.partitions.get_mut(i))
+        else {
+            continue;
+        };
+        // A record after the end event means the partition is not done.
+        at_end.remove(&partition);
+        read.records += 1;
+        let pairs: Vec<(&str, Option<&[u8]>)> = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let record = RawRecord {
+            topic,
+            partition,
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload(),
+        };
+        let framed = framing(&RecordHeaders::new(pairs), record.value).and_then(|framed| {
+            if let Framed::Data(stamp) = framed {
+                let row = if directory {
+                    DirectoryEntryDecoder
+                        .decode(&record)
+                        .map(|(id, v)| (id, Row::Directory(v)))?
+                } else {
+                    StationStatusDecoder
+                        .decode(&record)
+                        .map(|(id, v)| (id, Row::Status(v)))?
+                };
+                p.data(stamp, row);
+                return Ok(None);
+            }
+            Ok(Some(framed))
+        });
+        match framed {
+            Ok(Some(Framed::Marker(marker))) => {
+                if let Some(passed) = p.marker(&marker) {
+                    read.released.extend(
+                        passed
+                            .released
+                            .into_iter()
+                            .map(|(id, row)| (marker.epoch, id, row)),
+                    );
+                    if read.last.as_ref().is_none_or(|l| l.epoch < marker.epoch) {
+                        read.last = Some(marker);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                read.unreadable += 1;
+                tracing::warn!(
+                    "recovery: {topic}[{partition}] offset {}: left out: {e}",
+                    record.offset
+                );
+            }
+        }
+    }
+    Ok(read)
+}

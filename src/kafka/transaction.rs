@@ -1,0 +1,138 @@
+//! The transactional producer both writers use: the producer publishing
+//! input epochs and the sink writing output epochs.
+
+use super::{KafkaConfig, KafkaError};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Header, OwnedHeaders, ToBytes};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// An idempotent producer with a `transactional.id`, its transactions
+/// initialised (which fences any older producer with the same id and aborts
+/// its open transaction).
+pub(crate) struct TransactionalProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for TransactionalProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionalProducer")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransactionalProducer {
+    /// Connects as `transactional_id`; `timeout` bounds each broker round
+    /// trip (initialising, committing, reading metadata).
+    pub(crate) fn connect(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let timeout_ms = timeout.as_millis().to_string();
+        let producer: ThreadedProducer<DefaultProducerContext> = kafka
+            .client_config(&[
+                ("transactional.id", transactional_id),
+                ("enable.idempotence", "true"),
+                (
+                    "transaction.timeout.ms",
+                    &(timeout.as_millis() * 2).to_string(),
+                ),
+                ("message.timeout.ms", &timeout_ms),
+            ])
+            .create()
+            .map_err(KafkaError::client(format!(
+                "creating a producer for {}",
+                kafka.brokers()
+            )))?;
+        producer
+            .init_transactions(timeout)
+            .map_err(KafkaError::client(format!(
+                "initialising transactions as {transactional_id:?} on {}",
+                kafka.brokers()
+            )))?;
+        Ok(TransactionalProducer { producer, timeout })
+    }
+
+    /// How many partitions `topic` has; an error when it does not exist.
+    pub(crate) fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(KafkaError::client(format!(
+                "reading the partitions of {topic}"
+            )))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| KafkaError::Topic {
+                topic: topic.to_owned(),
+                problem: "it does not exist or has no partitions; create it first".into(),
+            })?;
+        Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+    }
+
+    pub(crate) fn begin(&self) -> Result<(), RdKafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    /// Waits for every record sent to be acknowledged.
+    pub(crate) fn flush(&self) -> Result<(), RdKafkaError> {
+        self.producer.flush(self.timeout)
+    }
+
+    pub(crate) fn commit(&self) -> Result<(), RdKafkaError> {
+        self.producer.commit_transaction(self.timeout)
+    }
+
+    /// Aborts the open transaction, if any; a failure to abort is only
+    /// logged, since the next `begin` or the broker's timeout ends it.
+    pub(crate) fn abort(&self) {
+        if let Err(e) = self.producer.abort_transaction(self.timeout) {
+            tracing::debug!("aborting the transaction: {e}");
+        }
+    }
+
+    /// Sends, waiting while librdkafka's queue is full.
+    pub(crate) fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+        &self,
+        mut record: BaseRecord<'_, K, P>,
+    ) -> Result<(), RdKafkaError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a producer error ends the producer for good (fenced by a newer
+/// producer with the same `transactional.id`, or a broken configuration).
+pub(crate) fn is_fatal(e: &RdKafkaError) -> bool {
+    match e {
+        RdKafkaError::Transaction(t) => t.is_fatal(),
+        _ => false,
+    }
+}
+
+/// Record headers from `(name, value)` pairs.
+pub(crate) fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
+    pairs.iter().fold(OwnedHeaders::new(), |headers, (k, v)| {
+        headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        })
+    })
+}

@@ -1,0 +1,422 @@
+//! Polling a bike-share feed: from a `gbfs.json` (or a status URL) to one
+//! [`Snapshot`] per poll, with the station information refreshed less often
+//! than the status, and whenever the status names a station it lacks.
+
+use crate::directory::DirectoryResolver;
+use crate::feed::{gbfs, payload, FeedError, InformationSnapshot, StationId, StatusSnapshot};
+use crate::fetch::{FeedFetcher, FetchConfig, FetchError, Fetched};
+use crate::snapshot::{Snapshot, StationSelection};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// The Vélib' Métropole GBFS discovery file.
+pub const VELIB_FEED: &str =
+    "https://velib-metropole-opendata.smovengo.cloud/opendata/Velib_Metropole/gbfs.json";
+
+/// The poll interval when the feed's `ttl` says nothing usable.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest interval a feed's `ttl` can set (an explicit interval may be
+/// shorter).
+pub const MIN_TTL_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest interval a feed's `ttl` can set: Vélib' says 3600 s, and
+/// changes every minute.
+pub const MAX_TTL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where the feed is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedLocation {
+    /// A URL fetched first: a `gbfs.json` discovery file (its
+    /// `station_status` and `station_information` are then polled, in
+    /// `language`, or the first language listed), or directly a station
+    /// status payload (GBFS or the City of Paris export).
+    Discover {
+        /// The URL.
+        url: String,
+        /// The discovery language to use.
+        language: Option<String>,
+    },
+    /// Explicit URLs.
+    Explicit {
+        /// `station_status.json` (or a City of Paris export).
+        status: String,
+        /// `station_information.json`, if there is one.
+        information: Option<String>,
+    },
+}
+
+/// How to poll.
+#[derive(Clone, Debug)]
+pub struct PollConfig {
+    /// Where the feed is.
+    pub location: FeedLocation,
+    /// Poll this often, whatever the feed's `ttl` says.
+    pub interval: Option<Duration>,
+    /// Refresh station information at least this often.
+    pub information_interval: Duration,
+    /// Refresh station information when the status names a station it
+    /// lacks, but not more often than this (some feeds list stations in
+    /// their status that their information never has).
+    pub unknown_station_refresh: Duration,
+    /// The stations to keep.
+    pub selection: StationSelection,
+    /// HTTP settings.
+    pub fetch: FetchConfig,
+}
+
+impl PollConfig {
+    /// Polls `location` with the defaults: the feed's `ttl` bounded to
+    /// 1–60 s, information every hour (or after a minute when a station is
+    /// unknown), every station.
+    pub fn new(location: FeedLocation) -> Self {
+        PollConfig {
+            location,
+            interval: None,
+            information_interval: Duration::from_secs(3600),
+            unknown_station_refresh: Duration::from_secs(60),
+            selection: StationSelection::all(),
+            fetch: FetchConfig::default(),
+        }
+    }
+}
+
+/// Why a poll gave no snapshot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PollError {
+    /// The request failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The payload was rejected.
+    #[error("{url}: {source}")]
+    Feed {
+        /// Where it came from.
+        url: String,
+        /// Why it was rejected.
+        #[source]
+        source: FeedError,
+    },
+    /// The discovery file lists no `station_status`.
+    #[error("{url}: the discovery file lists no station_status feed{}", language_text(.language))]
+    NoStatusFeed {
+        /// The discovery file.
+        url: String,
+        /// The language asked for.
+        language: Option<String>,
+    },
+}
+
+fn language_text(language: &Option<String>) -> String {
+    language
+        .as_ref()
+        .map_or_else(String::new, |l| format!(" in language {l:?}"))
+}
+
+impl PollError {
+    /// A short, stable name for the kind of failure, for logs and counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PollError::Fetch(e) => e.reason(),
+            PollError::Feed { source, .. } => source.reason(),
+            PollError::NoStatusFeed { .. } => "no_status_feed",
+        }
+    }
+
+    /// How long the server asked to wait before the next request.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Fetch(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot polled from the feed.
+#[derive(Debug)]
+pub struct PolledSnapshot {
+    /// The selected stations, their directory resolved.
+    pub snapshot: Snapshot,
+    /// Each selected station's own JSON object from the payload.
+    pub feed_fields: HashMap<StationId, Map<String, Value>>,
+    /// Why the station information could not be refreshed, if it could not
+    /// (the snapshot then uses the information held, or none).
+    pub information_error: Option<PollError>,
+}
+
+/// What one poll gave.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum PollOutcome {
+    /// A new snapshot.
+    Snapshot(PolledSnapshot),
+    /// The server said nothing changed since the last poll.
+    NotModified,
+}
+
+/// The URLs in use, once discovered.
+#[derive(Clone, Debug)]
+struct Urls {
+    status: String,
+    information: Option<String>,
+}
+
+/// Polls a feed.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::directory::DirectoryResolver;
+/// use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
+/// use velib_dataflow::postcode::PostcodeTable;
+///
+/// let mut config = PollConfig::new(FeedLocation::Discover {
+///     url: "http://127.0.0.1:9/gbfs.json".into(), language: None,
+/// });
+/// config.fetch.connect_timeout = Duration::from_secs(1);
+/// let mut poller = FeedPoller::new(config, DirectoryResolver::new(PostcodeTable::velib(), true))?;
+/// // Nothing listens there: the poll says so, and the next poll tries again.
+/// assert_eq!(poller.poll().unwrap_err().reason(), "connect");
+/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// ```
+#[derive(Debug)]
+pub struct FeedPoller {
+    config: PollConfig,
+    resolver: DirectoryResolver,
+    fetcher: FeedFetcher,
+    urls: Option<Urls>,
+    discovery_ttl: Option<u32>,
+    status_ttl: Option<u32>,
+    information: Option<InformationSnapshot>,
+    information_at: Option<Instant>,
+    known: HashSet<StationId>,
+}
+
+impl FeedPoller {
+    /// A poller that has fetched nothing yet.
+    pub fn new(config: PollConfig, resolver: DirectoryResolver) -> Result<Self, FetchError> {
+        let fetcher = FeedFetcher::new(config.fetch.clone())?;
+        let urls = match &config.location {
+            FeedLocation::Discover { .. } => None,
+            FeedLocation::Explicit {
+                status,
+                information,
+            } => Some(Urls {
+                status: status.clone(),
+                information: information.clone(),
+            }),
+        };
+        Ok(FeedPoller {
+            config,
+            resolver,
+            fetcher,
+            urls,
+            discovery_ttl: None,
+            status_ttl: None,
+            information: None,
+            information_at: None,
+            known: HashSet::new(),
+        })
+    }
+
+    /// How long to wait between polls: the explicit interval, else the
+    /// feed's `ttl` bounded to [`MIN_TTL_INTERVAL`]–[`MAX_TTL_INTERVAL`],
+    /// else [`DEFAULT_INTERVAL`].
+    pub fn interval(&self) -> Duration {
+        if let Some(interval) = self.config.interval {
+            return interval;
+        }
+        match self.status_ttl.or(self.discovery_ttl) {
+            Some(ttl) if ttl > 0 => {
+                Duration::from_secs(ttl.into()).clamp(MIN_TTL_INTERVAL, MAX_TTL_INTERVAL)
+            }
+            _ => DEFAULT_INTERVAL,
+        }
+    }
+
+    /// The status URL polled, once known.
+    pub fn status_url(&self) -> Option<&str> {
+        self.urls.as_ref().map(|u| u.status.as_str())
+    }
+
+    /// The information URL, once known, if the feed has one.
+    pub fn information_url(&self) -> Option<&str> {
+        self.urls.as_ref().and_then(|u| u.information.as_deref())
+    }
+
+    /// Polls once: finds the feed's URLs if not known yet, fetches the
+    /// status (and the information when due), and assembles the snapshot.
+    pub fn poll(&mut self) -> Result<PollOutcome, PollError> {
+        let urls = match &self.urls {
+            Some(urls) => urls.clone(),
+            None => {
+                let urls = self.discover()?;
+                self.urls = Some(urls.clone());
+                urls
+            }
+        };
+        let bytes = match self.fetcher.fetch(&urls.status)? {
+            Fetched::NotModified => return Ok(PollOutcome::NotModified),
+            Fetched::Body(bytes) => bytes,
+        };
+        let rejected = |source| PollError::Feed {
+            url: urls.status.clone(),
+            source,
+        };
+        let (status, own_information) = match payload::parse_status(&bytes) {
+            Ok(parsed) => parsed,
+            Err(source) => {
+                // Ask for the whole body again next time, even if unchanged:
+                // a body that was cut short may carry the same validators.
+                self.fetcher.forget(&urls.status);
+                return Err(rejected(source));
+            }
+        };
+        self.status_ttl = status.ttl;
+        let feed_fields = self.feed_fields(&bytes, &status);
+        let information_error = match own_information {
+            Some(information) => {
+                self.information = Some(information);
+                None
+            }
+            None => self.refresh_information(&urls, &status).err(),
+        };
+        let snapshot = Snapshot::assemble(
+            status,
+            self.information.as_ref(),
+            &self.resolver,
+            &self.config.selection,
+        );
+        Ok(PollOutcome::Snapshot(PolledSnapshot {
+            snapshot,
+            feed_fields,
+            information_error,
+        }))
+    }
+
+    /// Reads the discovery file, or takes the URL as the status itself.
+    fn discover(&mut self) -> Result<Urls, PollError> {
+        let FeedLocation::Discover { url, language } = &self.config.location else {
+            unreachable!("explicit URLs are known from the start")
+        };
+        let (url, language) = (url.clone(), language.clone());
+        // Whatever it is, the next fetch of this URL must get a body.
+        self.fetcher.forget(&url);
+        let bytes = match self.fetcher.fetch(&url)? {
+            Fetched::Body(bytes) => bytes,
+            Fetched::NotModified => unreachable!("an unconditional request is never 304"),
+        };
+        self.fetcher.forget(&url);
+        match gbfs::parse_discovery(&bytes) {
+            Ok(discovery) => {
+                self.discovery_ttl = discovery.ttl;
+                let status = discovery
+                    .feed_url("station_status", language.as_deref())
+                    .ok_or_else(|| PollError::NoStatusFeed {
+                        url: url.clone(),
+                        language: language.clone(),
+                    })?;
+                let information = discovery
+                    .feed_url("station_information", language.as_deref())
+                    .map(str::to_owned);
+                tracing::info!(discovery = url, status, information, "feed discovered");
+                Ok(Urls {
+                    status: status.to_owned(),
+                    information,
+                })
+            }
+            Err(discovery_error) => match payload::parse_status(&bytes) {
+                Ok(_) => {
+                    tracing::info!(
+                        status = url,
+                        "not a discovery file but a station status: polling it"
+                    );
+                    Ok(Urls {
+                        status: url,
+                        information: None,
+                    })
+                }
+                Err(_) => Err(PollError::Feed {
+                    url,
+                    source: discovery_error,
+                }),
+            },
+        }
+    }
+
+    /// Refreshes the station information when it is due: never fetched,
+    /// older than the information interval, or lacking a station of
+    /// `status` (at most once per `unknown_station_refresh`).
+    fn refresh_information(
+        &mut self,
+        urls: &Urls,
+        status: &StatusSnapshot,
+    ) -> Result<(), PollError> {
+        let Some(url) = &urls.information else {
+            return Ok(());
+        };
+        let due = match self.information_at {
+            None => true,
+            Some(at) => {
+                let age = at.elapsed();
+                age >= self.config.information_interval
+                    || (age >= self.config.unknown_station_refresh
+                        && status
+                            .stations
+                            .iter()
+                            .any(|s| !self.known.contains(&s.station_id)))
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        // Whatever happens, do not ask again before the next due time.
+        self.information_at = Some(Instant::now());
+        match self.fetcher.fetch(url)? {
+            Fetched::NotModified => Ok(()),
+            Fetched::Body(bytes) => match gbfs::parse_information(&bytes) {
+                Ok(information) => {
+                    self.known = information
+                        .stations
+                        .iter()
+                        .map(|s| s.station_id.clone())
+                        .collect();
+                    self.information = Some(information);
+                    Ok(())
+                }
+                Err(source) => {
+                    self.fetcher.forget(url);
+                    Err(PollError::Feed {
+                        url: url.clone(),
+                        source,
+                    })
+                }
+            },
+        }
+    }
+
+    /// Each selected station's own JSON object, by id.
+    fn feed_fields(
+        &self,
+        bytes: &[u8],
+        status: &StatusSnapshot,
+    ) -> HashMap<StationId, Map<String, Value>> {
+        let Some(objects) = payload::station_objects(bytes) else {
+            return HashMap::new();
+        };
+        if objects.len() != status.stations.len() {
+            return HashMap::new();
+        }
+        status
+            .stations
+            .iter()
+            .zip(objects)
+            .filter(|(s, _)| {
+                self.config
+                    .selection
+                    .keeps(s.code.as_deref(), &s.station_id)
+            })
+            .map(|(s, fields)| (s.station_id.clone(), fields))
+            .collect()
+    }
+}

@@ -1,0 +1,287 @@
+//! The producer: polls a GBFS feed and publishes what changed to Kafka, one
+//! atomic epoch per snapshot (see `DESIGN.md`, "Time and progress").
+//!
+//! Each poll goes `poll` (fetch, parse, assemble) → [`SnapshotSequencer`]
+//! (refuse older or broken snapshots, skip identical ones, number the
+//! epoch) → [`EpochPublisher`] (one transaction). A response that is
+//! refused is logged with its reason and counted, and polling goes on.
+
+use crate::dataflow::Epoch;
+use crate::directory::DirectoryResolver;
+use crate::fetch::{Backoff, FetchError};
+use crate::kafka::protocol::station_value;
+use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
+use crate::kafka::KafkaError;
+use crate::poll::{FeedPoller, PollConfig, PollOutcome, PolledSnapshot};
+use crate::snapshot::{net_changes, EpochUpdates, SnapshotError, SnapshotSequencer};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the producer needs.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// What to poll, and how.
+    pub poll: PollConfig,
+    /// Where to publish.
+    pub publish: PublisherConfig,
+    /// How stations get their postcodes.
+    pub resolver: DirectoryResolver,
+    /// The first wait after a failed poll or publish; it doubles with each
+    /// failure in a row.
+    pub retry_base: Duration,
+    /// The longest wait after failures.
+    pub retry_max: Duration,
+}
+
+/// Why the producer stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// Kafka refused something that retrying cannot fix (at start, or a
+    /// fenced producer).
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// What the producer did so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Polls made.
+    pub polls: u64,
+    /// Epochs published (not counting the ones read back at start).
+    pub epochs_published: u64,
+    /// The last epoch published or read back.
+    pub last_epoch: Epoch,
+    /// Station status records published.
+    pub status_records: u64,
+    /// Directory records published.
+    pub directory_records: u64,
+    /// Snapshots identical to the last published (or `304 Not Modified`).
+    pub unchanged: u64,
+    /// Responses and snapshots refused, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Transactions that failed and were tried again.
+    pub publish_retries: u64,
+}
+
+/// Watches and stops a running producer; clones share the state.
+#[derive(Clone, Debug, Default)]
+pub struct ProducerHandle {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<ProducerStats>>,
+}
+
+impl ProducerHandle {
+    /// Asks the producer to stop; an epoch being published is finished.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> ProducerStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut ProducerStats)) {
+        if let Ok(mut stats) = self.stats.lock() {
+            f(&mut stats);
+        }
+    }
+
+    /// Sleeps for `duration`, or less if asked to stop.
+    fn sleep(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        while !self.is_stopped() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// Runs the producer until [`ProducerHandle::stop`], or an error that
+/// retrying cannot fix.
+pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), ProducerError> {
+    let mut poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?;
+    let (mut publisher, recovered) = EpochPublisher::connect(config.publish.clone())?;
+    let mut sequencer = match &recovered.last {
+        Some(last) => {
+            tracing::info!(
+                epoch = last.epoch,
+                stations = recovered.statuses.len(),
+                directory = recovered.directory.len(),
+                records = recovered.records,
+                "read back what was published: going on from epoch {}",
+                last.epoch
+            );
+            SnapshotSequencer::resume(
+                last.epoch,
+                last.feed_time,
+                recovered.statuses,
+                recovered.directory,
+            )
+        }
+        None => SnapshotSequencer::new(),
+    };
+    handle.count(|s| s.last_epoch = sequencer.last_epoch());
+    let mut backoff = Backoff::new(config.retry_base, config.retry_max);
+    while !handle.is_stopped() {
+        let started = Instant::now();
+        handle.count(|s| s.polls += 1);
+        let wait = match poller.poll() {
+            Ok(PollOutcome::NotModified) => {
+                tracing::debug!("not modified");
+                handle.count(|s| s.unchanged += 1);
+                backoff.reset();
+                None
+            }
+            Ok(PollOutcome::Snapshot(polled)) => {
+                backoff.reset();
+                if let Some(e) = &polled.information_error {
+                    reject(&handle, e.reason(), e);
+                }
+                sequence(&mut sequencer, polled, &mut publisher, &handle, &config)?;
+                None
+            }
+            Err(e) => {
+                reject(&handle, e.reason(), &e);
+                let delay = backoff
+                    .next_delay()
+                    .max(e.retry_after().unwrap_or_default());
+                tracing::info!("next try in {:.1} s", delay.as_secs_f64());
+                Some(delay)
+            }
+        };
+        handle.sleep(wait.unwrap_or_else(|| poller.interval().saturating_sub(started.elapsed())));
+    }
+    Ok(())
+}
+
+fn reject(handle: &ProducerHandle, reason: &'static str, error: &dyn std::fmt::Display) {
+    tracing::warn!(reason, "rejected: {error}");
+    handle.count(|s| *s.rejected.entry(reason).or_default() += 1);
+}
+
+/// Sequences a polled snapshot and publishes its epoch, if it has one.
+fn sequence(
+    sequencer: &mut SnapshotSequencer,
+    polled: PolledSnapshot,
+    publisher: &mut EpochPublisher,
+    handle: &ProducerHandle,
+    config: &ProducerConfig,
+) -> Result<(), ProducerError> {
+    let started = Instant::now();
+    let PolledSnapshot {
+        snapshot,
+        feed_fields,
+        ..
+    } = polled;
+    let updates = match sequencer.advance(snapshot) {
+        Ok(Some(updates)) => updates,
+        Ok(None) => {
+            tracing::debug!("snapshot identical to the last published: nothing to publish");
+            handle.count(|s| s.unchanged += 1);
+            return Ok(());
+        }
+        Err(e) => {
+            let reason = match e {
+                SnapshotError::Older { .. } => "older_snapshot",
+                _ => "upstream_outage",
+            };
+            reject(handle, reason, &e);
+            return Ok(());
+        }
+    };
+    let records = epoch_records(&updates, &feed_fields);
+    let statuses = records
+        .iter()
+        .filter(|r| r.topic == PublishedTopic::Status)
+        .count();
+    let directory = records.len() - statuses;
+    // The sequencer has moved on: this epoch must be published before any
+    // other, so a failed transaction is tried again until it goes through.
+    let mut backoff = Backoff::new(config.retry_base, config.retry_max);
+    let attempt = loop {
+        match publisher.publish(updates.epoch, updates.feed_time, &records) {
+            Ok(attempt) => break attempt,
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(e) => {
+                handle.count(|s| s.publish_retries += 1);
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    epoch = updates.epoch,
+                    "publishing failed, trying again in {:.1} s: {e}",
+                    delay.as_secs_f64()
+                );
+                handle.sleep(delay);
+                if handle.is_stopped() {
+                    tracing::warn!(
+                        epoch = updates.epoch,
+                        "stopped before the epoch could be published; a restart takes it up"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let bikes: u64 = sequencer
+        .statuses()
+        .map(|s| u64::from(s.bikes_available))
+        .sum();
+    tracing::info!(
+        epoch = updates.epoch,
+        feed_time = updates.feed_time,
+        attempt,
+        "epoch {} published: {statuses} stations changed, {directory} directory changes, {bikes} bikes in {} stations, {} ms",
+        updates.epoch,
+        sequencer.statuses().count(),
+        started.elapsed().as_millis()
+    );
+    handle.count(|s| {
+        s.epochs_published += 1;
+        s.last_epoch = updates.epoch;
+        s.status_records += statuses as u64;
+        s.directory_records += directory as u64;
+    });
+    Ok(())
+}
+
+/// The records of one epoch: each changed station's status (the feed's own
+/// fields plus the normalised status) or a tombstone, and each changed
+/// directory entry or a tombstone.
+pub fn epoch_records(
+    updates: &EpochUpdates,
+    feed_fields: &std::collections::HashMap<
+        crate::feed::StationId,
+        serde_json::Map<String, serde_json::Value>,
+    >,
+) -> Vec<StationRecord> {
+    let statuses = net_changes(&updates.statuses)
+        .into_iter()
+        .map(|(station, status)| StationRecord {
+            topic: PublishedTopic::Status,
+            value: status.map(|s| station_value(feed_fields.get(&station), updates.epoch, s)),
+            station,
+        });
+    let directory = net_changes(&updates.directory)
+        .into_iter()
+        .map(|(station, entry)| StationRecord {
+            topic: PublishedTopic::Directory,
+            value: entry
+                .map(|e| serde_json::to_vec(e).expect("a directory entry always serialises")),
+            station,
+        });
+    statuses.chain(directory).collect()
+}

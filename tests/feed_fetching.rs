@@ -1,0 +1,260 @@
+//! Fetching and polling real recorded feeds from a local HTTP server, and
+//! every way a server can misbehave: each gives a specific error, and the
+//! next request works.
+
+mod common;
+
+use common::http::{FeedServer, Reply};
+use std::time::Duration;
+use velib_dataflow::directory::DirectoryResolver;
+use velib_dataflow::feed::StationId;
+use velib_dataflow::fetch::{FeedFetcher, FetchConfig, FetchError, Fetched};
+use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig, PollError, PollOutcome};
+use velib_dataflow::postcode::PostcodeTable;
+use velib_dataflow::snapshot::StationSelection;
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(common::fixtures().join(path)).unwrap()
+}
+
+fn quick() -> FetchConfig {
+    FetchConfig {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(800),
+        max_bytes: 4 << 20,
+        ..FetchConfig::default()
+    }
+}
+
+const STATUS: &str = "gbfs/velib/2024-11-19/station_status.json";
+
+#[test]
+fn every_kind_of_bad_response_gives_its_own_error_and_the_next_request_works() {
+    let server = FeedServer::start();
+    let good = fixture(STATUS);
+    server.script(
+        "/s",
+        [
+            Reply::Status(500, vec![]),
+            Reply::Status(503, vec![]),
+            Reply::Status(404, vec![]),
+            Reply::Status(429, vec![("Retry-After".into(), "3".into())]),
+            Reply::Slow(Duration::from_secs(3), good.clone()),
+            Reply::Cut(good.clone()),
+            Reply::Declared(5 << 20),
+            Reply::Endless(8 << 20),
+            Reply::Gzip(good.clone()),
+            Reply::ok(good.clone()),
+        ],
+    );
+    let mut fetcher = FeedFetcher::new(quick()).unwrap();
+    let url = server.url("/s");
+    let mut reasons = Vec::new();
+    for _ in 0..8 {
+        let e = fetcher.fetch(&url).unwrap_err();
+        if let FetchError::RateLimited { retry_after, .. } = &e {
+            assert_eq!(*retry_after, Some(Duration::from_secs(3)));
+        }
+        assert!(e.to_string().contains(&url), "{e} names the URL");
+        reasons.push(e.reason());
+    }
+    assert_eq!(
+        reasons,
+        [
+            "server_error",
+            "server_error",
+            "client_error",
+            "rate_limited",
+            "timeout",
+            "truncated_body",
+            "too_large",
+            "too_large"
+        ]
+    );
+    // gzip is decoded, and a plain body too.
+    assert_eq!(fetcher.fetch(&url).unwrap(), Fetched::Body(good.clone()));
+    assert_eq!(fetcher.fetch(&url).unwrap(), Fetched::Body(good));
+    let seen = server.seen("/s");
+    assert!(seen[0].headers["accept-encoding"].contains("gzip"));
+}
+
+#[test]
+fn conditional_requests_use_the_etag_and_an_unchanged_feed_is_not_modified() {
+    let server = FeedServer::start();
+    let body = fixture(STATUS);
+    server.script(
+        "/s",
+        [
+            Reply::Etag("\"v1\"".into(), body.clone()),
+            Reply::Etag("\"v1\"".into(), body.clone()),
+            Reply::Body(
+                body.clone(),
+                vec![(
+                    "Last-Modified".into(),
+                    "Tue, 19 Nov 2024 08:22:18 GMT".into(),
+                )],
+            ),
+            Reply::ok(body.clone()),
+        ],
+    );
+    let mut fetcher = FeedFetcher::new(quick()).unwrap();
+    let url = server.url("/s");
+    assert_eq!(fetcher.fetch(&url).unwrap(), Fetched::Body(body.clone()));
+    assert_eq!(fetcher.fetch(&url).unwrap(), Fetched::NotModified);
+    assert_eq!(fetcher.fetch(&url).unwrap(), Fetched::Body(body));
+    fetcher.fetch(&url).unwrap();
+    let seen = server.seen("/s");
+    assert!(!seen[0].headers.contains_key("if-none-match"));
+    assert_eq!(seen[1].headers["if-none-match"], "\"v1\"");
+    assert_eq!(
+        seen[3].headers["if-modified-since"],
+        "Tue, 19 Nov 2024 08:22:18 GMT"
+    );
+}
+
+fn resolver() -> DirectoryResolver {
+    DirectoryResolver::new(PostcodeTable::velib(), true)
+}
+
+fn snapshot(outcome: Result<PollOutcome, PollError>) -> velib_dataflow::poll::PolledSnapshot {
+    match outcome {
+        Ok(PollOutcome::Snapshot(s)) => s,
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+/// A discovery file pointing at this server, as the Oslo one points at
+/// Oslo's.
+fn discovery(server: &FeedServer) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "last_updated": 1666551803, "ttl": 15, "version": "2.2",
+        "data": {
+            "nb": {"feeds": [
+                {"name": "station_status", "url": server.url("/nb/station_status.json")},
+                {"name": "station_information", "url": server.url("/nb/station_information.json")},
+            ]},
+            "en": {"feeds": [
+                {"name": "station_status", "url": server.url("/en/station_status.json")},
+            ]},
+        }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn oslo_through_discovery_with_information_refreshed_on_an_unknown_station() {
+    let server = FeedServer::start();
+    server.script("/gbfs.json", [Reply::ok(discovery(&server))]);
+    let mut series: Vec<_> = std::fs::read_dir(common::fixtures().join("gbfs/oslo/series"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    series.sort();
+    server.script(
+        "/nb/station_status.json",
+        series
+            .iter()
+            .take(3)
+            .map(|p| Reply::ok(std::fs::read(p).unwrap())),
+    );
+    // The information first lacks one station of the status.
+    let information = fixture("gbfs/oslo/station_information.json");
+    let mut partial: serde_json::Value = serde_json::from_slice(&information).unwrap();
+    let removed = partial["data"]["stations"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
+    server.script(
+        "/nb/station_information.json",
+        [
+            Reply::ok(serde_json::to_vec(&partial).unwrap()),
+            Reply::ok(information),
+        ],
+    );
+    let mut config = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/gbfs.json"),
+        language: Some("nb".into()),
+    });
+    config.fetch = quick();
+    config.unknown_station_refresh = Duration::ZERO;
+    let mut poller = FeedPoller::new(config, resolver()).unwrap();
+    let first = snapshot(poller.poll());
+    assert_eq!(
+        poller.status_url(),
+        Some(server.url("/nb/station_status.json").as_str())
+    );
+    // The status's ttl (10 s) sets the interval.
+    assert_eq!(poller.interval(), Duration::from_secs(10));
+    assert_eq!(first.snapshot.statuses.len(), 260);
+    let missing = StationId::Text(removed["station_id"].as_str().unwrap().to_owned());
+    let entry = |s: &velib_dataflow::poll::PolledSnapshot| {
+        s.snapshot
+            .directory
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|d| d.station_id == missing)
+            .cloned()
+            .unwrap()
+    };
+    // Known from its status only: no name yet.
+    assert_eq!(entry(&first).name, "");
+    assert!(first.feed_fields[&missing].contains_key("num_docks_available"));
+    let second = snapshot(poller.poll());
+    assert_eq!(entry(&second).name, removed["name"].as_str().unwrap());
+    assert_eq!(server.seen("/nb/station_information.json").len(), 2);
+    // Every station is known now: no third information request.
+    snapshot(poller.poll());
+    assert_eq!(server.seen("/nb/station_information.json").len(), 2);
+}
+
+#[test]
+fn a_status_url_given_as_the_feed_is_polled_and_a_selection_keeps_its_stations() {
+    let server = FeedServer::start();
+    server.script(
+        "/paris.json",
+        [Reply::ok(fixture(
+            "opendata-paris/velib-series/velib_data_20241105_093001.json",
+        ))],
+    );
+    let mut config = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/paris.json"),
+        language: None,
+    });
+    config.fetch = quick();
+    config.selection = StationSelection::only(["16107", "32017"]);
+    let mut poller = FeedPoller::new(config, resolver()).unwrap();
+    let polled = snapshot(poller.poll());
+    let codes: Vec<_> = polled
+        .snapshot
+        .statuses
+        .iter()
+        .map(|s| s.code.clone().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 2, "{codes:?}");
+    assert!(codes.contains(&"16107".to_owned()));
+    assert_eq!(polled.snapshot.directory.unwrap().len(), 2);
+    assert_eq!(polled.feed_fields.len(), 2);
+}
+
+#[test]
+fn a_discovery_without_the_language_or_a_status_says_so() {
+    let server = FeedServer::start();
+    server.script("/gbfs.json", [Reply::ok(discovery(&server))]);
+    server.script("/junk", [Reply::ok(&b"<html>maintenance</html>"[..])]);
+    let poll = |url: String, language: Option<&str>| {
+        let mut config = PollConfig::new(FeedLocation::Discover {
+            url,
+            language: language.map(str::to_owned),
+        });
+        config.fetch = quick();
+        FeedPoller::new(config, resolver()).unwrap().poll()
+    };
+    let e = poll(server.url("/gbfs.json"), Some("fr")).unwrap_err();
+    assert_eq!(e.reason(), "no_status_feed");
+    assert!(e.to_string().contains("\"fr\""), "{e}");
+    let e = poll(server.url("/junk"), None).unwrap_err();
+    assert_eq!(e.reason(), "invalid_json");
+    let e = poll("http://127.0.0.1:9/gbfs.json".into(), None).unwrap_err();
+    assert_eq!(e.reason(), "connect");
+}
