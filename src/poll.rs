@@ -190,6 +190,9 @@ pub struct FeedPoller {
     information: Option<InformationSnapshot>,
     information_at: Option<Instant>,
     known: HashSet<StationId>,
+    /// A status body already fetched (the feed URL was a status, not a
+    /// discovery file), to be used by the next poll.
+    pending: Option<Vec<u8>>,
 }
 
 impl FeedPoller {
@@ -216,6 +219,7 @@ impl FeedPoller {
             information: None,
             information_at: None,
             known: HashSet::new(),
+            pending: None,
         })
     }
 
@@ -255,9 +259,12 @@ impl FeedPoller {
                 urls
             }
         };
-        let bytes = match self.fetcher.fetch(&urls.status)? {
-            Fetched::NotModified => return Ok(PollOutcome::NotModified),
-            Fetched::Body(bytes) => bytes,
+        let bytes = match self.pending.take() {
+            Some(bytes) => bytes,
+            None => match self.fetcher.fetch(&urls.status)? {
+                Fetched::NotModified => return Ok(PollOutcome::NotModified),
+                Fetched::Body(bytes) => bytes,
+            },
         };
         let rejected = |source| PollError::Feed {
             url: urls.status.clone(),
@@ -300,15 +307,15 @@ impl FeedPoller {
             unreachable!("explicit URLs are known from the start")
         };
         let (url, language) = (url.clone(), language.clone());
-        // Whatever it is, the next fetch of this URL must get a body.
+        // Discovery is fetched whole each time it is needed.
         self.fetcher.forget(&url);
         let bytes = match self.fetcher.fetch(&url)? {
             Fetched::Body(bytes) => bytes,
             Fetched::NotModified => unreachable!("an unconditional request is never 304"),
         };
-        self.fetcher.forget(&url);
         match gbfs::parse_discovery(&bytes) {
             Ok(discovery) => {
+                self.fetcher.forget(&url);
                 self.discovery_ttl = discovery.ttl;
                 let status = discovery
                     .feed_url("station_status", language.as_deref())
@@ -331,15 +338,21 @@ impl FeedPoller {
                         status = url,
                         "not a discovery file but a station status: polling it"
                     );
+                    // This body is the first snapshot: the next poll uses it
+                    // rather than asking again.
+                    self.pending = Some(bytes);
                     Ok(Urls {
                         status: url,
                         information: None,
                     })
                 }
-                Err(_) => Err(PollError::Feed {
-                    url,
-                    source: discovery_error,
-                }),
+                Err(_) => {
+                    self.fetcher.forget(&url);
+                    Err(PollError::Feed {
+                        url,
+                        source: discovery_error,
+                    })
+                }
             },
         }
     }

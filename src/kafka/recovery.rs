@@ -57,20 +57,36 @@ pub fn recover(
 ) -> Result<Recovered, KafkaError> {
     let deadline = Instant::now() + timeout;
     let mut out = Recovered::default();
-    let mut released: Vec<(Epoch, StationId, Row)> = Vec::new();
-    let mut passed: Vec<(String, i32, Option<Epoch>)> = Vec::new();
-    let mut last: Option<EpochMarker> = None;
+    let mut reads = Vec::new();
     for (topic, count) in topics {
         let read = read_topic(kafka, topic, *count, topic == directory_topic, deadline)?;
         out.records += read.records;
         out.unreadable += read.unreadable;
+        reads.push((topic, read));
+    }
+    let last = reads
+        .iter()
+        .filter_map(|(_, read)| read.last.clone())
+        .max_by_key(|marker| marker.epoch);
+    let mut released: Vec<(Epoch, StationId, Row)> = Vec::new();
+    for (topic, read) in reads {
         released.extend(read.released);
-        for (partition, epochs) in read.partitions.iter().enumerate() {
-            passed.push((topic.clone(), partition as i32, epochs.passed()));
-        }
-        if let Some(marker) = read.last {
-            if last.as_ref().is_none_or(|l| l.epoch < marker.epoch) {
-                last = Some(marker);
+        let Some(last) = &last else { continue };
+        for (partition, mut epochs) in read.partitions.into_iter().enumerate() {
+            if epochs.passed().is_some_and(|e| e >= last.epoch) {
+                continue;
+            }
+            // This partition lacks the last epoch's marker, which the
+            // producer is about to write: its readers will then apply the
+            // records of the marker's attempt, and so must this state.
+            out.unmarked.push((topic.clone(), partition as i32));
+            if let Some(passed) = epochs.marker(last) {
+                released.extend(
+                    passed
+                        .released
+                        .into_iter()
+                        .map(|(id, row)| (last.epoch, id, row)),
+                );
             }
         }
     }
@@ -94,13 +110,6 @@ pub fn recover(
                 directory.remove(&id);
             }
         }
-    }
-    if let Some(last) = &last {
-        out.unmarked = passed
-            .into_iter()
-            .filter(|(_, _, passed)| passed.is_none_or(|e| e < last.epoch))
-            .map(|(topic, partition, _)| (topic, partition))
-            .collect();
     }
     out.last = last;
     out.statuses = statuses.into_values().collect();

@@ -85,29 +85,38 @@ impl EpochWriter {
     }
 
     pub fn markers(&self, epoch: Epoch, feed_time: FeedTime) {
+        for (topic, partitions) in &self.topics {
+            for partition in 0..*partitions {
+                self.marker_on(epoch, feed_time, topic, partition);
+            }
+        }
+    }
+
+    /// The marker of `epoch` on one partition only.
+    pub fn marker_on(&self, epoch: Epoch, feed_time: FeedTime, topic: &str, partition: i32) {
         let marker = EpochMarker {
             epoch,
             attempt: self.attempt.clone(),
             feed_time: Some(feed_time),
         };
         let value = marker.to_json();
-        for (topic, partitions) in &self.topics {
-            for partition in 0..*partitions {
-                let mut headers = OwnedHeaders::new();
-                for (k, v) in &marker.headers() {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v.as_str()),
-                    });
-                }
-                let out: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
-                    .partition(partition)
-                    .key(MARKER_KEY)
-                    .payload(&value[..])
-                    .headers(headers);
-                self.producer.send(out).map_err(|(e, _)| e).expect("send");
-            }
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &marker.headers() {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
         }
+        let out: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+            .partition(partition)
+            .key(MARKER_KEY)
+            .payload(&value[..])
+            .headers(headers);
+        self.producer.send(out).map_err(|(e, _)| e).expect("send");
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(TIMEOUT).expect("flush");
     }
 
     pub fn commit(&self) {

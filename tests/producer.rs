@@ -1,0 +1,455 @@
+//! The producer end to end: recorded feeds served one snapshot per request
+//! by a local HTTP server (with every kind of bad response in between), a
+//! real broker, the aggregator reading what the producer publishes, and
+//! kcat checking what is on the topics.
+
+mod common;
+
+use common::broker::Broker;
+use common::http::{FeedServer, Reply};
+use common::output::{assert_epochs_on_topic, header};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorHandle};
+use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::directory::DirectoryResolver;
+use velib_dataflow::fetch::FetchConfig;
+use velib_dataflow::kafka::publish::PublisherConfig;
+use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::poll::{FeedLocation, PollConfig};
+use velib_dataflow::postcode::PostcodeTable;
+use velib_dataflow::producer::{run, ProducerConfig, ProducerError, ProducerHandle};
+use velib_dataflow::snapshot::net_changes;
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> ProducerConfig {
+    let mut poll = PollConfig::new(FeedLocation::Discover {
+        url: feed,
+        language: None,
+    });
+    poll.interval = Some(Duration::from_millis(50));
+    poll.fetch = FetchConfig {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+        max_bytes: 4 << 20,
+        ..FetchConfig::default()
+    };
+    let mut publish = PublisherConfig::new(KafkaConfig::new(broker));
+    publish.status_topic = topic.to_owned();
+    publish.directory_topic = directory.to_owned();
+    publish.transactional_id = format!("test-producer-{topic}");
+    ProducerConfig {
+        poll,
+        publish,
+        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+    }
+}
+
+fn start(config: ProducerConfig) -> (ProducerHandle, JoinHandle<Result<(), ProducerError>>) {
+    init_logging();
+    let handle = ProducerHandle::default();
+    let running = handle.clone();
+    (handle, std::thread::spawn(move || run(config, running)))
+}
+
+fn stop(handle: ProducerHandle, thread: JoinHandle<Result<(), ProducerError>>) {
+    handle.stop();
+    thread
+        .join()
+        .expect("the producer does not panic")
+        .expect("the producer stops cleanly");
+}
+
+/// Waits for `done`, failing the test (with the broker's log) after two
+/// minutes: a bound on a hang, not a performance assertion.
+fn wait_for(what: &str, broker: &Broker, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn paris_files() -> Vec<Vec<u8>> {
+    let dir = common::fixtures().join("opendata-paris/velib-series");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+/// kcat's records of a producer topic, by epoch: the markers' attempts and
+/// the data records.
+#[derive(Default, Debug)]
+struct PublishedEpoch {
+    marker_attempts: BTreeSet<String>,
+    markers: usize,
+    data: Vec<Value>,
+}
+
+fn published(records: &[Value]) -> BTreeMap<Epoch, PublishedEpoch> {
+    let mut epochs: BTreeMap<Epoch, PublishedEpoch> = BTreeMap::new();
+    for r in records {
+        let epoch: Epoch = header(r, "velib-epoch")
+            .expect("every record carries its epoch")
+            .parse()
+            .unwrap();
+        let attempt = header(r, "velib-attempt")
+            .expect("every record carries its attempt")
+            .to_owned();
+        let e = epochs.entry(epoch).or_default();
+        if header(r, "velib-kind") == Some("marker") {
+            e.marker_attempts.insert(attempt);
+            e.markers += 1;
+        } else {
+            e.data.push(r.clone());
+        }
+    }
+    epochs
+}
+
+#[test]
+fn paris_series_through_bad_responses_and_a_restart_equals_the_reference() {
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let files = paris_files();
+    let expected = common::sequence(common::paris_series(true));
+    let last = expected.last().unwrap().0.epoch;
+    // Epochs of the first run: the snapshots up to the fifth file.
+    let first_run_epochs = common::sequence(common::paris_series(true)[..5].to_vec()).len() as u64;
+
+    server.script(
+        "/paris.json",
+        [
+            Reply::ok(files[0].clone()),
+            Reply::Status(500, vec![]),
+            Reply::ok(files[1].clone()),
+            Reply::Status(429, vec![("Retry-After".into(), "1".into())]),
+            Reply::ok(files[2].clone()),
+            Reply::Slow(Duration::from_secs(5), files[3].clone()),
+            Reply::ok(files[3].clone()),
+            Reply::Cut(files[4].clone()),
+            Reply::Declared(64 << 20),
+            Reply::Endless(6 << 20),
+            Reply::ok(&b"[{\"stationcode\": \"16107\", \"numbikesavai"[..]),
+            Reply::ok(files[4].clone()),
+        ],
+    );
+    let config = producer_config(
+        &broker.address,
+        server.url("/paris.json"),
+        "velib-projet",
+        "velib-directory",
+    );
+    let (handle, thread) = start(config.clone());
+    wait_for("the first run's epochs", &broker, || {
+        handle.stats().last_epoch == first_run_epochs && server.left("/paris.json") == 1
+    });
+    // The aggregator reads what the producer publishes, directory included.
+    let mut aggregator_config = AggregatorConfig::new(KafkaConfig::new(&broker.address));
+    aggregator_config.directory_topic = Some("velib-directory".into());
+    aggregator_config.transactional_id = "test-aggregator-producer".into();
+    let aggregator = AggregatorHandle::default();
+    let running = aggregator.clone();
+    let aggregator_thread = std::thread::spawn(move || {
+        aggregator::run(timely::Config::thread(), aggregator_config, running)
+    });
+    // Let a few identical polls go by, then stop.
+    let polls = handle.stats().polls;
+    wait_for("more polls", &broker, || handle.stats().polls >= polls + 3);
+    let first = handle.stats();
+    stop(handle, thread);
+    let rejected: Vec<(&str, u64)> = first.rejected.clone().into_iter().collect();
+    assert_eq!(
+        rejected,
+        vec![
+            ("invalid_json", 1),
+            ("rate_limited", 1),
+            ("server_error", 1),
+            ("timeout", 1),
+            ("too_large", 2),
+            ("truncated_body", 1),
+        ],
+        "{first:?}"
+    );
+    assert_eq!(first.epochs_published, first_run_epochs);
+
+    // The second run: the fifth file again (what was published: nothing to
+    // do), then the rest of the series.
+    server.script(
+        "/paris.json",
+        files[4..].iter().map(|f| Reply::ok(f.clone())),
+    );
+    let (handle, thread) = start(config);
+    wait_for("the last epoch", &broker, || {
+        handle.stats().last_epoch == last && server.left("/paris.json") == 1
+    });
+    let second = handle.stats();
+    stop(handle, thread);
+    assert_eq!(second.epochs_published, last - first_run_epochs);
+    assert!(second.rejected.is_empty(), "{second:?}");
+
+    wait_for("the aggregator's last epoch", &broker, || {
+        aggregator.committed() == Some(last)
+    });
+    aggregator.stop();
+    aggregator_thread.join().unwrap().unwrap();
+
+    // Every epoch's output equals a from-scratch computation on its snapshot.
+    assert_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), &expected);
+
+    // On the status topic: each epoch once, by one attempt, a marker on
+    // each of the 3 partitions, and exactly the changed stations.
+    let statuses = published(&broker.kcat_read("velib-projet"));
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    let runs: BTreeSet<&str> = statuses
+        .values()
+        .flat_map(|e| &e.marker_attempts)
+        .map(|a| a.split('.').next().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "two runs: {runs:?}");
+    for ((epoch, on_topic), (updates, _)) in statuses.iter().zip(&expected) {
+        assert_eq!(*epoch, updates.epoch);
+        assert_eq!(on_topic.marker_attempts.len(), 1, "epoch {epoch}");
+        assert_eq!(on_topic.markers, 3, "epoch {epoch}");
+        let keys: BTreeSet<&str> = on_topic
+            .data
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys.len(),
+            on_topic.data.len(),
+            "epoch {epoch}: no duplicate"
+        );
+        assert_eq!(
+            keys.len(),
+            net_changes(&updates.statuses).len(),
+            "epoch {epoch}: exactly the changed stations"
+        );
+    }
+    // The value keeps the feed's own fields, plus the normalised status.
+    let record = &statuses[&1].data[0];
+    let value: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+    assert!(value["stationcode"].is_string(), "{value}");
+    assert_eq!(value["velib"]["epoch"], 1);
+    assert!(value["velib"]["status"]["bikes_available"].is_u64());
+    // The directory topic has every station once in epoch 1, and markers.
+    let directory = published(&broker.kcat_read("velib-directory"));
+    assert_eq!(directory[&1].data.len(), expected[0].0.directory.len());
+    assert!(directory.values().all(|e| e.markers == 3));
+}
+
+fn velib_status() -> Value {
+    serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("gbfs/velib/2024-11-19/station_status.json"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn with_time(mut status: Value, time: i64) -> Vec<u8> {
+    status["lastUpdatedOther"] = time.into();
+    serde_json::to_vec(&status).unwrap()
+}
+
+#[test]
+fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let status = velib_status();
+    let t0 = status["lastUpdatedOther"].as_i64().unwrap();
+    // A later snapshot where station 0 has one bike fewer.
+    let mut changed = status.clone();
+    let station = &mut changed["data"]["stations"][0];
+    let bikes = station["num_bikes_available"].as_i64().unwrap();
+    let mechanical = station["num_bikes_available_types"][0]["mechanical"]
+        .as_i64()
+        .unwrap();
+    assert!(mechanical > 0, "the fixture's first station has a bike");
+    station["num_bikes_available"] = (bikes - 1).into();
+    station["numBikesAvailable"] = (bikes - 1).into();
+    station["num_bikes_available_types"][0]["mechanical"] = (mechanical - 1).into();
+    // A snapshot where every station lost its bike types.
+    let mut typeless = status.clone();
+    for s in typeless["data"]["stations"].as_array_mut().unwrap() {
+        s.as_object_mut()
+            .unwrap()
+            .remove("num_bikes_available_types");
+    }
+    server.script(
+        "/station_status.json",
+        [
+            Reply::ok(with_time(status.clone(), t0)),
+            Reply::ok(with_time(changed.clone(), t0 + 60)),
+            Reply::ok(with_time(status.clone(), t0 + 30)),
+            Reply::ok(with_time(changed.clone(), t0 + 60)),
+            Reply::ok(with_time(typeless, t0 + 90)),
+            Reply::ok(with_time(status.clone(), t0 + 120)),
+        ],
+    );
+    let config = producer_config(
+        &broker.address,
+        server.url("/station_status.json"),
+        "gbfs-status",
+        "gbfs-directory",
+    );
+    let (handle, thread) = start(config);
+    wait_for("the script served", &broker, || {
+        server.left("/station_status.json") == 1 && handle.stats().last_epoch == 3
+    });
+    let stats = handle.stats();
+    stop(handle, thread);
+    assert_eq!(stats.epochs_published, 3, "{stats:?}");
+    let rejected: Vec<(&str, u64)> = stats.rejected.into_iter().collect();
+    assert_eq!(
+        rejected,
+        vec![("older_snapshot", 1), ("upstream_outage", 1)]
+    );
+    assert!(stats.unchanged >= 1);
+    let on_topic = published(&broker.kcat_read("gbfs-status"));
+    let counts: Vec<(Epoch, usize)> = on_topic.iter().map(|(e, p)| (*e, p.data.len())).collect();
+    // Epoch 1: every station; 2: the one that changed; 3: it changed back.
+    assert_eq!(
+        counts,
+        vec![
+            (1, status["data"]["stations"].as_array().unwrap().len()),
+            (2, 1),
+            (3, 1)
+        ]
+    );
+    let feed_time = |epoch: Epoch| {
+        let marker = broker
+            .kcat_read("gbfs-status")
+            .into_iter()
+            .find(|r| {
+                header(r, "velib-kind") == Some("marker")
+                    && header(r, "velib-epoch") == Some(&epoch.to_string())
+            })
+            .unwrap();
+        let value: Value = serde_json::from_str(marker["payload"].as_str().unwrap()).unwrap();
+        value["feed_time"].as_i64().unwrap()
+    };
+    assert_eq!(feed_time(3), t0 + 120);
+}
+
+/// A producer died while committing epoch 2: its markers are visible on
+/// one partition only (a broker that shows aborted records does that). The
+/// next producer completes epoch 2 as that attempt wrote it, goes on from
+/// its state, and publishes nothing for a snapshot equal to it.
+#[test]
+fn a_restart_completes_a_half_visible_epoch_and_goes_on_from_it() {
+    use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+    use velib_dataflow::kafka::topics::ensure_topics;
+
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let files = paris_files();
+    let expected = common::sequence(common::paris_series(true));
+    let config = producer_config(
+        &broker.address,
+        server.url("/paris.json"),
+        STATUS_TOPIC,
+        DIRECTORY_TOPIC,
+    );
+    ensure_topics(
+        &config.publish.kafka,
+        &config.publish.topics(3),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let dead = EpochWriter::new(
+        &broker.address,
+        "dead-run.1",
+        &[(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)],
+    );
+    let (first, _) = &expected[0];
+    dead.write_epoch(
+        first.epoch,
+        first.feed_time,
+        &epoch_records(first, true, &by_id(3)),
+    );
+    let (second, _) = &expected[1];
+    dead.begin();
+    for record in epoch_records(second, true, &by_id(3)) {
+        dead.send(second.epoch, &record);
+    }
+    dead.flush();
+    dead.marker_on(second.epoch, second.feed_time, STATUS_TOPIC, 0);
+    dead.commit();
+
+    // The feed serves the snapshot of epoch 2 again, then the next one.
+    server.script(
+        "/paris.json",
+        [Reply::ok(files[1].clone()), Reply::ok(files[2].clone())],
+    );
+    let (handle, thread) = start(config);
+    wait_for("epoch 3", &broker, || handle.stats().last_epoch == 3);
+    let stats = handle.stats();
+    stop(handle, thread);
+    assert_eq!(stats.epochs_published, 1, "{stats:?}");
+
+    // Every partition of both topics now has epoch 2's marker, naming the
+    // dead attempt; epoch 3 is the new run's, with exactly its changes.
+    for topic in [STATUS_TOPIC, DIRECTORY_TOPIC] {
+        let on_topic = published(&broker.kcat_read(topic));
+        assert_eq!(on_topic[&2].markers, 3, "{topic}");
+        assert_eq!(
+            on_topic[&2].marker_attempts,
+            BTreeSet::from(["dead-run.1".to_owned()])
+        );
+        assert_eq!(
+            on_topic.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3],
+            "{topic}: {:?}",
+            on_topic
+                .iter()
+                .map(|(e, p)| (e, p.markers, &p.marker_attempts, p.data.len()))
+                .collect::<Vec<_>>()
+        );
+        assert!(!on_topic[&3].marker_attempts.contains("dead-run.1"));
+    }
+    let statuses = published(&broker.kcat_read(STATUS_TOPIC));
+    assert_eq!(
+        statuses[&3].data.len(),
+        net_changes(&expected[2].0.statuses).len()
+    );
+
+    // And the aggregator agrees with the reference for all three epochs.
+    let mut aggregator_config = AggregatorConfig::new(KafkaConfig::new(&broker.address));
+    aggregator_config.directory_topic = Some(DIRECTORY_TOPIC.into());
+    aggregator_config.transactional_id = "test-aggregator-restart".into();
+    let aggregator = AggregatorHandle::default();
+    let running = aggregator.clone();
+    let aggregator_thread = std::thread::spawn(move || {
+        aggregator::run(timely::Config::thread(), aggregator_config, running)
+    });
+    wait_for("the aggregator's epoch 3", &broker, || {
+        aggregator.committed() == Some(3)
+    });
+    aggregator.stop();
+    aggregator_thread.join().unwrap().unwrap();
+    assert_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), &expected[..3]);
+}
