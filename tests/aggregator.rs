@@ -474,50 +474,35 @@ fn two_workers_and_two_processes_write_the_same_output() {
 
 #[test]
 fn velib_aggregator_explains_its_flags_and_refuses_bad_ones() {
-    let binary = common::example_binary("velib_aggregator");
-    let help = std::process::Command::new(&binary)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--brokers",
-        "--input-topic",
-        "--output-topic",
-        "--directory-topic",
-        "--input-format",
-        "-X",
-        "-w",
-        "-n",
-        "-p",
-        "-h",
-    ] {
-        assert!(text.contains(flag), "--help mentions {flag}:\n{text}");
-    }
-    for (args, expected) in [
-        (
-            vec!["--brokers", "x:1", "-X", "no-equals"],
-            "expected key=value",
-        ),
-        (
-            vec!["--brokers", "x:1", "-n", "2", "-p", "2"],
-            "-p (process index)",
-        ),
-        (vec!["--brokers", "x:1", "-w", "0"], "-w (workers)"),
-        (
-            vec!["--brokers", "x:1", "--postcodes", "/nonexistent.csv"],
-            "/nonexistent.csv",
-        ),
-        (vec!["--brokers", "x:1", "--input-format", "avro"], "avro"),
-    ] {
-        let out = std::process::Command::new(&binary)
-            .args(&args)
-            .env_remove("KAFKA_BROKERS")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-    }
+    common::assert_cli(
+        "velib_aggregator",
+        &[
+            "--brokers",
+            "--input-topic",
+            "--output-topic",
+            "--directory-topic",
+            "--input-format",
+            "-X",
+            "-w",
+            "-n",
+            "-p",
+            "-h",
+        ],
+        &[
+            (
+                vec!["--brokers", "x:1", "-X", "no-equals"],
+                "expected key=value",
+            ),
+            (
+                vec!["--brokers", "x:1", "-n", "2", "-p", "2"],
+                "-p (process index)",
+            ),
+            (vec!["--brokers", "x:1", "-w", "0"], "-w (workers)"),
+            (
+                vec!["--brokers", "x:1", "--postcodes", "/nonexistent.csv"],
+                "/nonexistent.csv",
+            ),
+            (vec!["--brokers", "x:1", "--input-format", "avro"], "avro"),
+        ],
+    );
 }

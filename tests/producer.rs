@@ -340,6 +340,21 @@ fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
             (3, 1)
         ]
     );
+    // The value is the feed's own station object plus the normalised
+    // status (the README shows this record).
+    let record = on_topic[&1]
+        .data
+        .iter()
+        .find(|r| r["key"] == "213688169")
+        .unwrap();
+    let mut want = status["data"]["stations"][0].clone();
+    want["velib"] = serde_json::json!({"epoch": 1, "status": {
+        "station_id": 213688169u64, "code": "16107", "bikes_available": 1,
+        "bike_types": {"mechanical": 1, "ebike": 0, "other": 0}, "docks_available": 34,
+        "is_installed": true, "is_renting": true, "is_returning": true,
+        "last_reported": 1732001704}});
+    let got: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(got, want);
     let feed_time = |epoch: Epoch| {
         let marker = broker
             .kcat_read("gbfs-status")
@@ -452,4 +467,84 @@ fn a_restart_completes_a_half_visible_epoch_and_goes_on_from_it() {
     aggregator.stop();
     aggregator_thread.join().unwrap().unwrap();
     assert_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), &expected[..3]);
+}
+
+#[test]
+fn velib_producer_explains_its_flags_and_refuses_bad_ones() {
+    common::assert_cli(
+        "velib_producer",
+        &[
+            "--feed",
+            "--brokers",
+            "--topic",
+            "--directory-topic",
+            "--stations",
+            "--interval",
+            "-X",
+            "KAFKA_BROKERS",
+        ],
+        &[
+            (
+                vec!["--brokers", "x:1", "-X", "no-equals"],
+                "expected key=value",
+            ),
+            (vec!["--brokers", "x:1", "--interval", "0"], "--interval"),
+            (vec!["--brokers", "x:1", "--interval", "soon"], "soon"),
+            (vec!["--brokers", "x:1", "--interval", "5 parsecs"], "unit"),
+            (
+                vec!["--brokers", "x:1", "--partitions", "0"],
+                "--partitions",
+            ),
+            (
+                vec!["--brokers", "x:1", "--postcodes", "/nonexistent.csv"],
+                "/nonexistent.csv",
+            ),
+            (vec!["--interval", "1s"], "--brokers"),
+        ],
+    );
+}
+
+/// The feed cannot be reached: the binary says so, in one line, and keeps
+/// trying with backoff until stopped; Ctrl-C stops it cleanly.
+#[test]
+fn an_unreachable_feed_is_reported_and_retried_until_stopped() {
+    use std::io::{BufRead, BufReader};
+    let broker = Broker::start();
+    let mut child = std::process::Command::new(common::example_binary("velib_producer"))
+        .args(["--feed", "http://127.0.0.1:9/gbfs.json"])
+        .args(["--brokers", &broker.address])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    // A bound on a hang, not a performance assertion: stop it after two
+    // minutes whatever it printed.
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+    });
+    let mut refused = 0;
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("reason=\"connect\"") {
+            assert!(line.contains("cannot connect"), "{line}");
+            refused += 1;
+            if refused == 2 {
+                let status = std::process::Command::new("kill")
+                    .args(["-INT", &child.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", lines.join("\n"));
+    assert!(refused >= 2, "{}", lines.join("\n"));
 }

@@ -204,3 +204,28 @@ pub fn example_binary(name: &str) -> PathBuf {
     }
     dir.join("examples").join(name)
 }
+
+/// An example binary's `--help` mentions each of `flags`, and each of `bad`
+/// command lines exits with status 2 and a message containing its text.
+pub fn assert_cli(name: &str, flags: &[&str], bad: &[(Vec<&str>, &str)]) {
+    let binary = example_binary(name);
+    let help = std::process::Command::new(&binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in flags {
+        assert!(text.contains(flag), "--help mentions {flag}:\n{text}");
+    }
+    for (args, expected) in bad {
+        let out = std::process::Command::new(&binary)
+            .args(args)
+            .env_remove("KAFKA_BROKERS")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
