@@ -123,28 +123,10 @@ fn snapshot(outcome: Result<PollOutcome, PollError>) -> velib_dataflow::poll::Po
     }
 }
 
-/// A discovery file pointing at this server, as the Oslo one points at
-/// Oslo's.
-fn discovery(server: &FeedServer) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "last_updated": 1666551803, "ttl": 15, "version": "2.2",
-        "data": {
-            "nb": {"feeds": [
-                {"name": "station_status", "url": server.url("/nb/station_status.json")},
-                {"name": "station_information", "url": server.url("/nb/station_information.json")},
-            ]},
-            "en": {"feeds": [
-                {"name": "station_status", "url": server.url("/en/station_status.json")},
-            ]},
-        }
-    }))
-    .unwrap()
-}
-
 #[test]
 fn oslo_through_discovery_with_information_refreshed_on_an_unknown_station() {
     let server = FeedServer::start();
-    server.script("/gbfs.json", [Reply::ok(discovery(&server))]);
+    server.script("/gbfs.json", [Reply::ok(common::http::discovery(&server))]);
     let mut series: Vec<_> = std::fs::read_dir(common::fixtures().join("gbfs/oslo/series"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -240,7 +222,7 @@ fn a_status_url_given_as_the_feed_is_polled_and_a_selection_keeps_its_stations()
 #[test]
 fn a_discovery_without_the_language_or_a_status_says_so() {
     let server = FeedServer::start();
-    server.script("/gbfs.json", [Reply::ok(discovery(&server))]);
+    server.script("/gbfs.json", [Reply::ok(common::http::discovery(&server))]);
     server.script("/junk", [Reply::ok(&b"<html>maintenance</html>"[..])]);
     let poll = |url: String, language: Option<&str>| {
         let mut config = PollConfig::new(FeedLocation::Discover {

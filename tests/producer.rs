@@ -548,3 +548,86 @@ fn an_unreachable_feed_is_reported_and_retried_until_stopped() {
     assert!(status.success(), "{status}: {}", lines.join("\n"));
     assert!(refused >= 2, "{}", lines.join("\n"));
 }
+
+/// The Oslo series through its discovery file (status and information in
+/// Norwegian): each epoch publishes exactly the stations that changed, and
+/// the directory carries the names from the information feed.
+#[test]
+fn oslo_series_through_discovery_publishes_exactly_each_change() {
+    use velib_dataflow::feed::{gbfs, payload};
+    use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer, StationSelection};
+
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let oslo = common::fixtures().join("gbfs/oslo");
+    let mut series: Vec<PathBuf> = std::fs::read_dir(oslo.join("series"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    series.sort();
+    let information = std::fs::read(oslo.join("station_information.json")).unwrap();
+    server.script("/gbfs.json", [Reply::ok(common::http::discovery(&server))]);
+    server.script(
+        "/nb/station_status.json",
+        series.iter().map(|p| Reply::ok(std::fs::read(p).unwrap())),
+    );
+    server.script(
+        "/nb/station_information.json",
+        [Reply::ok(information.clone())],
+    );
+
+    // What should be published, from the same files.
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
+    let info = gbfs::parse_information(&information).unwrap();
+    let mut sequencer = SnapshotSequencer::new();
+    let expected: Vec<(Epoch, usize, usize)> = series
+        .iter()
+        .filter_map(|p| {
+            let (status, _) = payload::parse_status(&std::fs::read(p).unwrap()).unwrap();
+            let snapshot =
+                Snapshot::assemble(status, Some(&info), &resolver, &StationSelection::all());
+            sequencer.advance(snapshot).unwrap().map(|u| {
+                (
+                    u.epoch,
+                    net_changes(&u.statuses).len(),
+                    net_changes(&u.directory).len(),
+                )
+            })
+        })
+        .collect();
+    let last = expected.last().unwrap().0;
+
+    let config = producer_config(
+        &broker.address,
+        server.url("/gbfs.json"),
+        "oslo-status",
+        "oslo-directory",
+    );
+    let (handle, thread) = start(config);
+    wait_for("the series published", &broker, || {
+        handle.stats().last_epoch == last && server.left("/nb/station_status.json") == 1
+    });
+    let stats = handle.stats();
+    stop(handle, thread);
+    assert!(stats.rejected.is_empty(), "{stats:?}");
+
+    let statuses = published(&broker.kcat_read("oslo-status"));
+    let directory = published(&broker.kcat_read("oslo-directory"));
+    let on_topics: Vec<(Epoch, usize, usize)> = statuses
+        .iter()
+        .map(|(epoch, p)| {
+            (
+                *epoch,
+                p.data.len(),
+                directory.get(epoch).map_or(0, |d| d.data.len()),
+            )
+        })
+        .collect();
+    assert_eq!(on_topics, expected);
+    let entry: Value =
+        serde_json::from_str(directory[&1].data[0]["payload"].as_str().unwrap()).unwrap();
+    assert!(
+        !entry["name"].as_str().unwrap().is_empty(),
+        "named from the information feed: {entry}"
+    );
+}

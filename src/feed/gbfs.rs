@@ -488,3 +488,19 @@ fn localized(ctx: &Ctx, field: &str, v: &Value) -> Result<String, FeedError> {
         other => Err(ctx.wrong(field, "a string or a list of translations", other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_language_is_the_first_in_the_file() {
+        let d = parse_discovery(
+            br#"{"data": {"nb": {"feeds": [{"name": "station_status", "url": "nb"}]},
+                          "en": {"feeds": [{"name": "station_status", "url": "en"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.feed_url("station_status", None), Some("nb"));
+        assert_eq!(d.feed_url("station_status", Some("en")), Some("en"));
+    }
+}

@@ -216,6 +216,24 @@ fn serve(stream: TcpStream, routes: &Mutex<Routes>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A discovery file pointing at this server, as the Oslo one points at
+/// Oslo's.
+pub fn discovery(server: &FeedServer) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "last_updated": 1666551803, "ttl": 15, "version": "2.2",
+        "data": {
+            "nb": {"feeds": [
+                {"name": "station_status", "url": server.url("/nb/station_status.json")},
+                {"name": "station_information", "url": server.url("/nb/station_information.json")},
+            ]},
+            "en": {"feeds": [
+                {"name": "station_status", "url": server.url("/en/station_status.json")},
+            ]},
+        }
+    }))
+    .unwrap()
+}
+
 /// A gzip member with stored (uncompressed) deflate blocks: valid gzip,
 /// without a compression crate.
 fn gzip(data: &[u8]) -> Vec<u8> {
