@@ -1960,6 +1960,14 @@ fn parse_all(bytes: &[u8]) {
     check(gbfs::parse_information(bytes), FeedKind::StationInformation);
     check(gbfs::parse_discovery(bytes), FeedKind::Discovery);
     check(opendata_paris::parse(bytes), FeedKind::OpenDataParis);
+    // The producer's path: either format, and each station's own object,
+    // one for one with the parsed stations.
+    if let (Ok((status, _)), Some(objects)) = (
+        velib_dataflow::feed::payload::parse_status(bytes),
+        velib_dataflow::feed::payload::station_objects(bytes),
+    ) {
+        assert_eq!(status.stations.len(), objects.len());
+    }
 }
 
 /// Small real payloads to mutate: the whole of the small fixtures, and the

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use velib_dataflow::feed::{gbfs, opendata_paris};
+use velib_dataflow::feed::{gbfs, opendata_paris, payload};
 
 fuzz_target!(|data: &[u8]| {
     let _ = gbfs::parse_discovery(data);
@@ -21,4 +21,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = opendata_paris::parse(data);
+    // The producer keeps each station's own object next to its status.
+    if let (Ok((status, _)), Some(objects)) =
+        (payload::parse_status(data), payload::station_objects(data))
+    {
+        assert_eq!(status.stations.len(), objects.len());
+    }
 });
