@@ -87,16 +87,6 @@ fn wait_for(what: &str, broker: &Broker, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn paris_files() -> Vec<Vec<u8>> {
-    let dir = common::fixtures().join("opendata-paris/velib-series");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
-}
-
 /// kcat's records of a producer topic, by epoch: the markers' attempts and
 /// the data records.
 #[derive(Default, Debug)]
@@ -131,7 +121,7 @@ fn published(records: &[Value]) -> BTreeMap<Epoch, PublishedEpoch> {
 fn paris_series_through_bad_responses_and_a_restart_equals_the_reference() {
     let broker = Broker::start();
     let server = FeedServer::start();
-    let files = paris_files();
+    let files = common::paris_files();
     let expected = common::sequence(common::paris_series(true));
     let last = expected.last().unwrap().0.epoch;
     // Epochs of the first run: the snapshots up to the fifth file.
@@ -381,7 +371,7 @@ fn a_restart_completes_a_half_visible_epoch_and_goes_on_from_it() {
 
     let broker = Broker::start();
     let server = FeedServer::start();
-    let files = paris_files();
+    let files = common::paris_files();
     let expected = common::sequence(common::paris_series(true));
     let config = producer_config(
         &broker.address,

@@ -86,6 +86,22 @@ pub struct StationRecord {
 }
 
 /// Publishes epochs, one transaction each.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::publish::{EpochPublisher, PublisherConfig};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let mut config = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9"));
+/// config.timeout = Duration::from_secs(1);
+/// // With a broker: `let (mut publisher, recovered) = EpochPublisher::connect(config)?;`
+/// // then `publisher.publish(recovered.last.map_or(1, |m| m.epoch + 1), feed_time, &records)?`.
+/// // Without one, connecting fails within the timeout, saying what it was doing.
+/// let error = EpochPublisher::connect(config).unwrap_err();
+/// assert!(!error.is_fatal(), "{error}");
+/// ```
 #[derive(Debug)]
 pub struct EpochPublisher {
     producer: TransactionalProducer,
@@ -128,7 +144,7 @@ impl EpochPublisher {
             &config.kafka,
             &partitions,
             &config.directory_topic,
-            config.timeout * 4,
+            config.timeout,
         )?;
         let mut publisher = EpochPublisher {
             producer,

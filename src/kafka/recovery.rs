@@ -47,19 +47,33 @@ enum Row {
     Directory(Option<DirectoryEntry>),
 }
 
-/// Reads `status_topic` and `directory_topic`, with `partitions` each,
-/// back to their current end. `timeout` bounds the whole read.
+/// Reads `topics` (name and partition count; `directory_topic` among them
+/// holds directory entries, the others statuses) back to their current end.
+/// It fails when no record arrives for `timeout`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::recovery::recover;
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// // No broker listens there: the read stalls, and says so.
+/// let topics = [("velib-projet".to_owned(), 3), ("velib-directory".to_owned(), 3)];
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = recover(&kafka, &topics, "velib-directory", Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains("stalled"), "{error}");
+/// ```
 pub fn recover(
     kafka: &KafkaConfig,
     topics: &[(String, i32)],
     directory_topic: &str,
     timeout: Duration,
 ) -> Result<Recovered, KafkaError> {
-    let deadline = Instant::now() + timeout;
     let mut out = Recovered::default();
     let mut reads = Vec::new();
     for (topic, count) in topics {
-        let read = read_topic(kafka, topic, *count, topic == directory_topic, deadline)?;
+        let read = read_topic(kafka, topic, *count, topic == directory_topic, timeout)?;
         out.records += read.records;
         out.unreadable += read.unreadable;
         reads.push((topic, read));
@@ -133,7 +147,7 @@ fn read_topic(
     topic: &str,
     count: i32,
     directory: bool,
-    deadline: Instant,
+    stall: Duration,
 ) -> Result<TopicRead, KafkaError> {
     let consumer: BaseConsumer<DefaultConsumerContext> = kafka
         .client_config(&[
@@ -162,24 +176,34 @@ fn read_topic(
         unreadable: 0,
     };
     let mut at_end: HashSet<i32> = HashSet::new();
+    // A long log takes as long as it takes; only a stall is an error.
+    let mut last_progress = Instant::now();
+    let mut last_error: Option<String> = None;
     while at_end.len() < count as usize {
-        if Instant::now() > deadline {
+        if last_progress.elapsed() > stall {
             return Err(KafkaError::Topic {
                 topic: topic.to_owned(),
                 problem: format!(
-                    "could not read it back to its end in time ({} of {count} partitions done); \
-                     is the broker reachable?",
-                    at_end.len()
+                    "reading it back stalled for {stall:?} ({} of {count} partitions done): {}",
+                    at_end.len(),
+                    last_error.as_deref().unwrap_or("is the broker reachable?")
                 ),
             });
         }
         let message = match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Err(RdKafkaError::PartitionEOF(partition))) => {
+                last_progress = Instant::now();
                 at_end.insert(partition);
                 continue;
             }
-            Some(Err(e)) => return Err(KafkaError::client(format!("reading {topic} back"))(e)),
+            // librdkafka reports a broker going away and retries by itself:
+            // keep the error for the message if it ends in a stall.
+            Some(Err(e)) => {
+                tracing::debug!("reading {topic} back: {e}");
+                last_error = Some(e.to_string());
+                continue;
+            }
             Some(Ok(message)) => message,
         };
         let partition = message.partition();
@@ -189,6 +213,7 @@ fn read_topic(
         else {
             continue;
         };
+        last_progress = Instant::now();
         // A record after the end event means the partition is not done.
         at_end.remove(&partition);
         read.records += 1;

@@ -229,3 +229,14 @@ pub fn assert_cli(name: &str, flags: &[&str], bad: &[(Vec<&str>, &str)]) {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// The raw bytes of the Paris series' files, in time order.
+pub fn paris_files() -> Vec<Vec<u8>> {
+    let dir = fixtures().join("opendata-paris/velib-series");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}

@@ -1,0 +1,134 @@
+//! The producer on librdkafka's mock cluster, with faults: a transaction
+//! whose records the broker refuses, and every broker down for a while.
+//! The producer tries each epoch again under a new attempt, and what the
+//! aggregator computes from the topics is what it is without faults.
+
+mod common;
+
+use common::http::{FeedServer, Reply};
+use common::output::assert_epochs_on_topic;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorHandle};
+use velib_dataflow::directory::DirectoryResolver;
+use velib_dataflow::kafka::publish::PublisherConfig;
+use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::poll::{FeedLocation, PollConfig};
+use velib_dataflow::postcode::PostcodeTable;
+use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn failed_transactions_are_tried_again_under_a_new_attempt() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mock = MockCluster::new(3).expect("librdkafka's mock cluster");
+    let address = mock.bootstrap_servers();
+    for (topic, partitions) in [
+        ("velib-projet", 3),
+        ("velib-directory", 3),
+        ("velib-projet-clean", 3),
+        ("velib-projet-dead-letters", 1),
+    ] {
+        mock.create_topic(topic, partitions, 1).unwrap();
+    }
+    let server = FeedServer::start();
+    let files = common::paris_files();
+    server.script("/paris.json", [Reply::ok(files[0].clone())]);
+
+    let mut poll = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/paris.json"),
+        language: None,
+    });
+    poll.interval = Some(Duration::from_millis(50));
+    let mut publish = PublisherConfig::new(KafkaConfig::new(&address));
+    // The mock cluster has no CreateTopics: they were made above.
+    publish.create_partitions = None;
+    publish.timeout = Duration::from_secs(10);
+    let config = ProducerConfig {
+        poll,
+        publish,
+        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+    };
+    let handle = ProducerHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(config, running));
+    wait_for("epoch 1", || handle.stats().last_epoch == 1);
+
+    // The next produce requests are refused for good: the transaction
+    // must be aborted and the epoch published again.
+    use RDKafkaRespErr::*;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RD_KAFKA_RESP_ERR_INVALID_RECORD,
+            RD_KAFKA_RESP_ERR_INVALID_RECORD,
+        ],
+    );
+    server.script("/paris.json", [Reply::ok(files[1].clone())]);
+    wait_for("epoch 2", || handle.stats().last_epoch == 2);
+    // Then every broker goes away for two seconds while polling goes on.
+    mock.broker_down(-1).unwrap();
+    server.script(
+        "/paris.json",
+        files[2..].iter().map(|f| Reply::ok(f.clone())),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    mock.broker_up(-1).unwrap();
+
+    let expected = common::sequence(common::paris_series(true));
+    let last = expected.last().unwrap().0.epoch;
+    wait_for("the last epoch", || {
+        handle.stats().last_epoch == last && server.left("/paris.json") == 1
+    });
+    let stats = handle.stats();
+    handle.stop();
+    thread.join().unwrap().expect("the producer stops cleanly");
+    assert!(stats.publish_retries >= 1, "{stats:?}");
+    assert_eq!(stats.epochs_published, last);
+
+    let mut config = AggregatorConfig::new(KafkaConfig::new(&address));
+    config.directory_topic = Some("velib-directory".into());
+    config.create_partitions = None;
+    let aggregator = AggregatorHandle::default();
+    let running = aggregator.clone();
+    let aggregator_thread =
+        std::thread::spawn(move || aggregator::run(timely::Config::thread(), config, running));
+    wait_for("the aggregator's last epoch", || {
+        aggregator.committed() == Some(last)
+    });
+    let source = aggregator.source_stats();
+    aggregator.stop();
+    aggregator_thread.join().unwrap().unwrap();
+    let out = Command::new("kcat")
+        .args([
+            "-b",
+            &address,
+            "-C",
+            "-t",
+            "velib-projet-clean",
+            "-e",
+            "-q",
+            "-J",
+        ])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat runs");
+    assert_epochs_on_topic(&common::json_lines("kcat", &out), &expected);
+    println!("aggregator source: {source:?}");
+}
