@@ -40,6 +40,10 @@ use velib_dataflow::kafka::source::Framing;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None, disable_help_flag = true)]
 struct Args {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "VELIB_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     kafka: common::KafkaArgs,
 
@@ -107,6 +111,7 @@ enum InputFormat {
 fn main() -> ExitCode {
     common::init_logging();
     let args = Args::parse();
+    let metrics_addr = args.metrics_addr;
     let (timely_config, config) = match configure(args) {
         Ok(configured) => configured,
         Err(message) => {
@@ -115,13 +120,15 @@ fn main() -> ExitCode {
         }
     };
     let handle = AggregatorHandle::default();
-    let stopper = handle.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        tracing::info!("stopping: finishing the epochs already read");
-        stopper.stop();
-    }) {
-        tracing::warn!("Ctrl-C will not stop cleanly: {e}");
+    let metrics = velib_dataflow::metrics::Metrics::default().aggregator(handle.clone());
+    if let Err(message) = common::serve_metrics(metrics_addr, metrics) {
+        eprintln!("velib_aggregator: {message}");
+        return ExitCode::from(2);
     }
+    let stopper = handle.clone();
+    common::on_ctrl_c("stopping: finishing the epochs already read", move || {
+        stopper.stop()
+    });
     match run(timely_config, config, handle) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -55,6 +55,10 @@ struct Args {
     #[arg(long, value_name = "URL", requires = "status_url")]
     information_url: Option<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "VELIB_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     kafka: common::KafkaArgs,
 
@@ -103,7 +107,9 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let config = match configure(Args::parse()) {
+    let args = Args::parse();
+    let metrics_addr = args.metrics_addr;
+    let config = match configure(args) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("velib_producer: {message}");
@@ -111,13 +117,15 @@ fn main() -> ExitCode {
         }
     };
     let handle = ProducerHandle::default();
-    let stopper = handle.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        tracing::info!("stopping");
-        stopper.stop();
-    }) {
-        tracing::warn!("Ctrl-C will not stop cleanly: {e}");
+    let metrics = velib_dataflow::metrics::Metrics::default().producer(handle.clone());
+    if let Err(message) = common::serve_metrics(metrics_addr, metrics) {
+        eprintln!("velib_producer: {message}");
+        return ExitCode::from(2);
     }
+    let stopper = handle.clone();
+    common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
+        stopper.stop()
+    });
     match run(config, handle) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

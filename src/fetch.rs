@@ -62,7 +62,7 @@ pub enum Fetched {
 #[non_exhaustive]
 pub enum FetchError {
     /// No connection could be made (DNS, refused, TLS, connect timeout).
-    #[error("{url}: cannot connect: {source}")]
+    #[error("cannot connect to {url}: {}", root_cause(.source))]
     Connect {
         /// The URL.
         url: String,
@@ -115,7 +115,7 @@ pub enum FetchError {
         source: std::io::Error,
     },
     /// Any other failure of the request.
-    #[error("{url}: request failed: {source}")]
+    #[error("{url}: request failed: {}", root_cause(.source))]
     Request {
         /// The URL.
         url: String,
@@ -123,6 +123,16 @@ pub enum FetchError {
         #[source]
         source: reqwest::Error,
     },
+}
+
+/// The innermost cause of an error: reqwest's own message only repeats the
+/// URL, the cause says what went wrong (no such host, refused, TLS…).
+fn root_cause(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {

@@ -32,6 +32,7 @@ pub mod directory;
 pub mod feed;
 pub mod fetch;
 pub mod kafka;
+pub mod metrics;
 pub mod output;
 pub mod poll;
 pub mod postcode;

@@ -96,6 +96,9 @@ pub enum PollError {
         #[source]
         source: FeedError,
     },
+    /// A recorded file could not be used.
+    #[error(transparent)]
+    Recorded(Box<crate::recorded::RecordedError>),
     /// The discovery file lists no `station_status`.
     #[error("{url}: the discovery file lists no station_status feed{}", language_text(.language))]
     NoStatusFeed {
@@ -104,6 +107,12 @@ pub enum PollError {
         /// The language asked for.
         language: Option<String>,
     },
+}
+
+impl From<crate::recorded::RecordedError> for PollError {
+    fn from(e: crate::recorded::RecordedError) -> Self {
+        PollError::Recorded(Box::new(e))
+    }
 }
 
 fn language_text(language: &Option<String>) -> String {
@@ -118,6 +127,7 @@ impl PollError {
         match self {
             PollError::Fetch(e) => e.reason(),
             PollError::Feed { source, .. } => source.reason(),
+            PollError::Recorded(e) => e.reason(),
             PollError::NoStatusFeed { .. } => "no_status_feed",
         }
     }
@@ -136,7 +146,7 @@ impl PollError {
 pub struct PolledSnapshot {
     /// The selected stations, their directory resolved.
     pub snapshot: Snapshot,
-    /// Each selected station's own JSON object from the payload.
+    /// Each station's own JSON object from the payload.
     pub feed_fields: HashMap<StationId, Map<String, Value>>,
     /// Why the station information could not be refreshed, if it could not
     /// (the snapshot then uses the information held, or none).
@@ -151,6 +161,26 @@ pub enum PollOutcome {
     Snapshot(PolledSnapshot),
     /// The server said nothing changed since the last poll.
     NotModified,
+    /// There will be no more snapshots (the end of a recording).
+    Exhausted,
+}
+
+/// Where the producer's snapshots come from: a live feed ([`FeedPoller`])
+/// or recorded files ([`RecordedSource`](crate::recorded::RecordedSource)).
+pub trait SnapshotSource {
+    /// The next snapshot, or why there is none this time.
+    fn poll(&mut self) -> Result<PollOutcome, PollError>;
+    /// How long to wait before the next poll.
+    fn interval(&self) -> Duration;
+}
+
+impl SnapshotSource for FeedPoller {
+    fn poll(&mut self) -> Result<PollOutcome, PollError> {
+        FeedPoller::poll(self)
+    }
+    fn interval(&self) -> Duration {
+        FeedPoller::interval(self)
+    }
 }
 
 /// The URLs in use, once discovered.
@@ -280,7 +310,7 @@ impl FeedPoller {
             }
         };
         self.status_ttl = status.ttl;
-        let feed_fields = self.feed_fields(&bytes, &status);
+        let feed_fields = payload::station_fields(&bytes, &status);
         let information_error = match own_information {
             Some(information) => {
                 self.information = Some(information);
@@ -406,30 +436,5 @@ impl FeedPoller {
                 }
             },
         }
-    }
-
-    /// Each selected station's own JSON object, by id.
-    fn feed_fields(
-        &self,
-        bytes: &[u8],
-        status: &StatusSnapshot,
-    ) -> HashMap<StationId, Map<String, Value>> {
-        let Some(objects) = payload::station_objects(bytes) else {
-            return HashMap::new();
-        };
-        if objects.len() != status.stations.len() {
-            return HashMap::new();
-        }
-        status
-            .stations
-            .iter()
-            .zip(objects)
-            .filter(|(s, _)| {
-                self.config
-                    .selection
-                    .keeps(s.code.as_deref(), &s.station_id)
-            })
-            .map(|(s, fields)| (s.station_id.clone(), fields))
-            .collect()
     }
 }

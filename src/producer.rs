@@ -12,7 +12,7 @@ use crate::fetch::{Backoff, FetchError};
 use crate::kafka::protocol::station_value;
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaError;
-use crate::poll::{FeedPoller, PollConfig, PollOutcome, PolledSnapshot};
+use crate::poll::{FeedPoller, PollConfig, PollOutcome, PolledSnapshot, SnapshotSource};
 use crate::snapshot::{net_changes, EpochUpdates, SnapshotError, SnapshotSequencer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,10 +111,21 @@ impl ProducerHandle {
     }
 }
 
-/// Runs the producer until [`ProducerHandle::stop`], or an error that
-/// retrying cannot fix.
+/// Runs the producer on the live feed of `config.poll` until
+/// [`ProducerHandle::stop`], or an error that retrying cannot fix.
 pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), ProducerError> {
-    let mut poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?;
+    let poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?;
+    run_with_source(poller, &config, handle)
+}
+
+/// Runs the producer on snapshots from `source` (`config.poll` is not
+/// used) until [`ProducerHandle::stop`], the end of the source, or an error
+/// that retrying cannot fix.
+pub fn run_with_source(
+    mut poller: impl SnapshotSource,
+    config: &ProducerConfig,
+    handle: ProducerHandle,
+) -> Result<(), ProducerError> {
     let (mut publisher, recovered) = EpochPublisher::connect(config.publish.clone())?;
     let mut sequencer = match &recovered.last {
         Some(last) => {
@@ -141,6 +152,10 @@ pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), Produce
         let started = Instant::now();
         handle.count(|s| s.polls += 1);
         let wait = match poller.poll() {
+            Ok(PollOutcome::Exhausted) => {
+                tracing::info!("no more snapshots: the producer stops");
+                break;
+            }
             Ok(PollOutcome::NotModified) => {
                 tracing::debug!("not modified");
                 handle.count(|s| s.unchanged += 1);
@@ -152,15 +167,16 @@ pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), Produce
                 if let Some(e) = &polled.information_error {
                     reject(&handle, e.reason(), e);
                 }
-                sequence(&mut sequencer, polled, &mut publisher, &handle, &config)?;
+                sequence(&mut sequencer, polled, &mut publisher, &handle, config)?;
                 None
             }
             Err(e) => {
-                reject(&handle, e.reason(), &e);
                 let delay = backoff
                     .next_delay()
                     .max(e.retry_after().unwrap_or_default());
-                tracing::info!("next try in {:.1} s", delay.as_secs_f64());
+                let reason = e.reason();
+                tracing::warn!(reason, "{e}; trying again in {:.1} s", delay.as_secs_f64());
+                handle.count(|s| *s.rejected.entry(reason).or_default() += 1);
                 Some(delay)
             }
         };

@@ -216,7 +216,9 @@ fn a_status_url_given_as_the_feed_is_polled_and_a_selection_keeps_its_stations()
     assert_eq!(codes.len(), 2, "{codes:?}");
     assert!(codes.contains(&"16107".to_owned()));
     assert_eq!(polled.snapshot.directory.unwrap().len(), 2);
-    assert_eq!(polled.feed_fields.len(), 2);
+    for status in &polled.snapshot.statuses {
+        assert!(polled.feed_fields[&status.station_id].contains_key("stationcode"));
+    }
 }
 
 #[test]

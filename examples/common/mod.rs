@@ -101,3 +101,26 @@ pub fn postcode_table(
         None => Ok(velib_dataflow::postcode::PostcodeTable::velib()),
     }
 }
+
+/// Calls `stop` on Ctrl-C (SIGINT or SIGTERM), saying `what` it does.
+pub fn on_ctrl_c(what: &'static str, stop: impl Fn() + Send + 'static) {
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("{what}");
+        stop();
+    }) {
+        tracing::warn!("Ctrl-C will not stop cleanly: {e}");
+    }
+}
+
+/// Serves Prometheus metrics at `addr`, if given, and says where.
+pub fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    metrics: velib_dataflow::metrics::Metrics,
+) -> Result<(), String> {
+    if let Some(addr) = addr {
+        let bound = velib_dataflow::metrics::serve(addr, metrics)
+            .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        tracing::info!("Prometheus metrics at http://{bound}/metrics");
+    }
+    Ok(())
+}

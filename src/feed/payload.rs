@@ -61,6 +61,23 @@ pub fn station_objects(bytes: &[u8]) -> Option<Vec<Map<String, Value>>> {
         .collect()
 }
 
+/// Each station's own JSON object in a status payload, by station id;
+/// empty when the payload's objects do not match `status` one for one.
+pub fn station_fields(
+    bytes: &[u8],
+    status: &StatusSnapshot,
+) -> std::collections::HashMap<super::StationId, Map<String, Value>> {
+    match station_objects(bytes) {
+        Some(objects) if objects.len() == status.stations.len() => status
+            .stations
+            .iter()
+            .map(|s| s.station_id.clone())
+            .zip(objects)
+            .collect(),
+        _ => std::collections::HashMap::new(),
+    }
+}
+
 /// The Paris export is a JSON array, or an object with `results`; GBFS is an
 /// object with `data`.
 fn looks_like_opendata(bytes: &[u8]) -> bool {

@@ -68,3 +68,23 @@ impl KafkaConfig {
         config
     }
 }
+
+/// The librdkafka context of this crate's consumers: the end of a partition
+/// is how they learn they are caught up, not an error, so it is not logged
+/// as one (librdkafka's default context logs it at error level).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match error {
+            rdkafka::error::KafkaError::PartitionEOF(_)
+            | rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!("{reason}")
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}

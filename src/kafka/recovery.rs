@@ -7,13 +7,14 @@
 //! state every reader has once it has read the same records, including on a
 //! broker that shows aborted records.
 
+use super::config::ReaderContext;
 use super::decode::{DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder};
 use super::protocol::{framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders};
 use super::{KafkaConfig, KafkaError};
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -149,7 +150,7 @@ fn read_topic(
     directory: bool,
     stall: Duration,
 ) -> Result<TopicRead, KafkaError> {
-    let consumer: BaseConsumer<DefaultConsumerContext> = kafka
+    let consumer: BaseConsumer<ReaderContext> = kafka
         .client_config(&[
             ("group.id", "velib-producer-recovery"),
             ("enable.auto.commit", "false"),
@@ -157,7 +158,7 @@ fn read_topic(
             ("isolation.level", "read_committed"),
             ("auto.offset.reset", "earliest"),
         ])
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(KafkaError::client("creating the recovery consumer"))?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..count {

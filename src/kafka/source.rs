@@ -25,6 +25,7 @@
 //! waits in Kafka rather than in memory. Records that cannot be read go to
 //! the dead-letter topic ([`super::dead_letter`]) and are counted.
 
+use super::config::ReaderContext;
 use super::dead_letter::DeadLetterWriter;
 use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
 use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
@@ -32,7 +33,7 @@ use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -356,7 +357,7 @@ impl<K, V> Default for Released<K, V> {
 
 /// A partition a worker owns: librdkafka's queue for it, and where it stands.
 struct OwnedPartition<K, V> {
-    queue: PartitionQueue<DefaultConsumerContext>,
+    queue: PartitionQueue<ReaderContext>,
     state: PartitionState<K, V>,
 }
 
@@ -380,7 +381,7 @@ const TICK: Duration = Duration::from_millis(50);
 const MAX_INGESTION_BYTES: usize = 64 << 20;
 
 struct Reader<K, V> {
-    consumer: Arc<BaseConsumer<DefaultConsumerContext>>,
+    consumer: Arc<BaseConsumer<ReaderContext>>,
     partitions: Vec<OwnedPartition<K, V>>,
     dead_letters: Option<DeadLetterWriter>,
     /// Epochs released and not yet seen finished.
@@ -412,7 +413,7 @@ impl<K, V> Reader<K, V> {
         activator: &SyncActivator,
     ) -> Result<Self, KafkaError> {
         let topics = config.topics.join(",");
-        let mut consumer: BaseConsumer<DefaultConsumerContext> = config
+        let mut consumer: BaseConsumer<ReaderContext> = config
             .kafka
             .client_config(&[
                 ("group.id", &config.group_id),
@@ -424,7 +425,7 @@ impl<K, V> Reader<K, V> {
                 // The read-ahead bound: what librdkafka prefetches per partition.
                 ("queued.max.messages.kbytes", "16384"),
             ])
-            .create()
+            .create_with_context(ReaderContext)
             .map_err(KafkaError::client(format!(
                 "creating the consumer of {topics}"
             )))?;

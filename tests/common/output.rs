@@ -72,14 +72,7 @@ pub fn assert_epochs_on_topic(
                 "epoch {epoch}: {key} written twice"
             );
         }
-        let changed: Vec<String> = expected
-            .keys()
-            .chain(previous.keys())
-            .filter(|p| expected.get(*p) != previous.get(*p))
-            .map(|p| p.to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let changed = changed_postcodes(&previous, expected);
         assert_eq!(
             written.keys().cloned().collect::<Vec<_>>(),
             changed,
@@ -109,4 +102,15 @@ pub fn assert_epochs_on_topic(
         "nothing outside the epochs"
     );
     progress_values
+}
+
+/// The postcodes whose counts differ between two states, in order.
+pub fn changed_postcodes(previous: &State, next: &State) -> Vec<String> {
+    next.keys()
+        .chain(previous.keys())
+        .filter(|p| next.get(*p) != previous.get(*p))
+        .map(|p| p.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }

@@ -1,0 +1,295 @@
+//! Prometheus metrics: the producer's and the aggregator's counters in the
+//! text exposition format, served at `/metrics` by a small HTTP endpoint.
+//!
+//! The endpoint reads the jobs' handles when scraped; nothing is counted
+//! twice, and a job that is not running in this process is left out.
+
+use crate::aggregator::AggregatorHandle;
+use crate::producer::ProducerHandle;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// What a scrape reports: the jobs running in this process.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::metrics::Metrics;
+/// use velib_dataflow::producer::ProducerHandle;
+///
+/// let metrics = Metrics::default().producer(ProducerHandle::default());
+/// let text = metrics.render();
+/// assert!(text.contains("# TYPE velib_producer_epochs_published_total counter"));
+/// assert!(text.contains("velib_producer_epochs_published_total 0"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    producer: Option<ProducerHandle>,
+    aggregator: Option<AggregatorHandle>,
+}
+
+impl Metrics {
+    /// Also reports this producer.
+    pub fn producer(mut self, handle: ProducerHandle) -> Self {
+        self.producer = Some(handle);
+        self
+    }
+
+    /// Also reports this aggregator.
+    pub fn aggregator(mut self, handle: AggregatorHandle) -> Self {
+        self.aggregator = Some(handle);
+        self
+    }
+
+    /// The metrics, in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Exposition::default();
+        if let Some(producer) = &self.producer {
+            let s = producer.stats();
+            out.counter("velib_producer_polls_total", "Polls of the feed.", s.polls);
+            out.counter(
+                "velib_producer_epochs_published_total",
+                "Epochs published by this run.",
+                s.epochs_published,
+            );
+            out.gauge(
+                "velib_producer_last_epoch",
+                "The last epoch published (or read back at start).",
+                s.last_epoch,
+            );
+            out.counter(
+                "velib_producer_station_updates_total",
+                "Station status records published.",
+                s.status_records,
+            );
+            out.counter(
+                "velib_producer_directory_updates_total",
+                "Directory records published.",
+                s.directory_records,
+            );
+            out.counter(
+                "velib_producer_unchanged_total",
+                "Polls whose snapshot was identical to the last (or not modified).",
+                s.unchanged,
+            );
+            out.labelled(
+                "velib_producer_responses_rejected_total",
+                "Responses and snapshots refused, by reason.",
+                "counter",
+                "reason",
+                s.rejected.iter().map(|(k, v)| (*k, *v)),
+            );
+            out.counter(
+                "velib_producer_publish_retries_total",
+                "Epoch transactions that failed and were tried again.",
+                s.publish_retries,
+            );
+        }
+        if let Some(aggregator) = &self.aggregator {
+            let s = aggregator.source_stats();
+            out.gauge(
+                "velib_aggregator_last_epoch_committed",
+                "The last epoch whose output is committed.",
+                aggregator.committed().unwrap_or(0),
+            );
+            out.counter(
+                "velib_aggregator_records_read_total",
+                "Input records read.",
+                s.records,
+            );
+            out.counter(
+                "velib_aggregator_station_updates_total",
+                "Input records applied to the dataflow.",
+                s.applied,
+            );
+            out.counter(
+                "velib_aggregator_records_discarded_total",
+                "Input records of attempts that did not complete their epoch, or late.",
+                s.discarded,
+            );
+            out.labelled(
+                "velib_aggregator_dead_letters_total",
+                "Input records that could not be read, by reason.",
+                "counter",
+                "reason",
+                s.dead_letters.iter().map(|(k, v)| (*k, *v)),
+            );
+            out.counter(
+                "velib_aggregator_records_written_total",
+                "Output records committed.",
+                aggregator.records_written(),
+            );
+        }
+        out.text
+    }
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.head(name, help, "counter");
+        let _ = writeln!(self.text, "{name} {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.head(name, help, "gauge");
+        let _ = writeln!(self.text, "{name} {value}");
+    }
+
+    fn labelled<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        label: &str,
+        values: impl Iterator<Item = (&'a str, u64)>,
+    ) {
+        self.head(name, help, kind);
+        for (key, value) in values {
+            // Label values here are this crate's own reason names; escape
+            // anyway, as the format requires.
+            let key = key
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(self.text, "{name}{{{label}=\"{key}\"}} {value}");
+        }
+    }
+}
+
+/// Requests larger than this are answered `431` without being read further.
+const MAX_REQUEST_BYTES: usize = 8 << 10;
+/// Clients served at once.
+const MAX_CLIENTS: usize = 16;
+/// A client that sends nothing for this long is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `metrics` at `http://addr/metrics` from a background thread, for
+/// as long as the process runs. Returns the address bound (useful with port
+/// 0).
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use velib_dataflow::metrics::{serve, Metrics};
+/// use velib_dataflow::producer::ProducerHandle;
+///
+/// let addr = serve("127.0.0.1:0".parse().unwrap(), Metrics::default().producer(ProducerHandle::default()))?;
+/// let mut client = std::net::TcpStream::connect(addr)?;
+/// client.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+/// let mut answer = String::new();
+/// client.read_to_string(&mut answer)?;
+/// assert!(answer.starts_with("HTTP/1.1 200 OK"));
+/// assert!(answer.contains("velib_producer_polls_total 0"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("velib-metrics".into())
+        .spawn(move || {
+            let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for stream in listener.incoming().flatten() {
+                // A thread per client, so that a slow one delays nobody;
+                // at most MAX_CLIENTS at once, the others are dropped.
+                if busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CLIENTS {
+                    busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
+                let (metrics, busy) = (metrics.clone(), std::sync::Arc::clone(&busy));
+                std::thread::spawn(move || {
+                    if let Err(e) = answer(stream, &metrics) {
+                        tracing::debug!("metrics request: {e}");
+                    }
+                    busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?).take(MAX_REQUEST_BYTES as u64);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Read the headers to their end, within the size bound.
+    let mut complete = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        if line == "\r\n" || line == "\n" {
+            complete = true;
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = if !complete {
+        ("431 Request Header Fields Too Large", String::new())
+    } else if method != "GET" {
+        ("405 Method Not Allowed", String::new())
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        ("200 OK", metrics.render())
+    } else {
+        ("404 Not Found", "metrics are at /metrics\n".to_owned())
+    };
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn ask(addr: SocketAddr, request: &[u8]) -> String {
+        let mut client = TcpStream::connect(addr).unwrap();
+        // The server may answer and close before reading all of a large
+        // request: a failed write is part of the exchange.
+        let _ = client.write_all(request);
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn bad_requests_get_clear_statuses_and_the_endpoint_keeps_serving() {
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Metrics::default().aggregator(AggregatorHandle::default()),
+        )
+        .unwrap();
+        assert!(ask(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        assert!(ask(addr, b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 64 << 10));
+        assert!(ask(addr, &huge).starts_with("HTTP/1.1 431"));
+        // A client that connects and says nothing does not block the next.
+        let _idle = TcpStream::connect(addr).unwrap();
+        let answer = ask(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.contains("velib_aggregator_last_epoch_committed 0"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `velib_live` as a newcomer runs it: offline, replaying the recorded
+//! Paris series on the embedded broker, printing JSON lines.
+
+mod common;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use velib_dataflow::output::PostcodeRecord;
+
+#[test]
+fn velib_live_replays_the_paris_series_on_its_embedded_broker() {
+    let out = std::process::Command::new(common::example_binary("velib_live"))
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series"))
+        .args(["--interval", "100ms", "--format", "json"])
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("embedded Kafka-compatible broker")
+            && stderr.contains("kcat -b 127.0.0.1:"),
+        "it says where its broker is: {stderr}"
+    );
+    let lines = common::json_lines("velib_live", &out);
+
+    // Printed per epoch: exactly the postcodes that changed, with the
+    // values of a from-scratch computation on that epoch's snapshot.
+    let expected = common::sequence(common::paris_series(true));
+    let mut by_epoch: BTreeMap<u64, BTreeMap<String, Value>> = BTreeMap::new();
+    for line in lines {
+        let epoch = line["epoch"].as_u64().unwrap();
+        let postcode = line["postcode"].as_str().unwrap().to_owned();
+        assert!(
+            by_epoch
+                .entry(epoch)
+                .or_default()
+                .insert(postcode, line)
+                .is_none(),
+            "a postcode printed twice in one epoch"
+        );
+    }
+    let mut previous = common::State::new();
+    for (updates, state) in &expected {
+        let printed = by_epoch.remove(&updates.epoch).unwrap_or_default();
+        let changed = common::output::changed_postcodes(&previous, state);
+        assert_eq!(
+            printed.keys().cloned().collect::<Vec<_>>(),
+            changed,
+            "epoch {}",
+            updates.epoch
+        );
+        for (postcode, line) in printed {
+            match state.iter().find(|(p, _)| p.as_str() == postcode) {
+                Some((p, counts)) => {
+                    let got: PostcodeRecord = serde_json::from_value(line).unwrap();
+                    assert_eq!(
+                        got,
+                        PostcodeRecord::new(p, counts, updates.epoch, updates.feed_time)
+                    );
+                }
+                None => assert_eq!(line["deleted"], true),
+            }
+        }
+        previous = state.clone();
+    }
+    assert!(by_epoch.is_empty(), "nothing printed outside the epochs");
+}
+
+#[test]
+fn velib_live_explains_its_flags() {
+    common::assert_cli(
+        "velib_live",
+        &[
+            "--replay",
+            "--feed",
+            "--brokers",
+            "KAFKA_BROKERS",
+            "-X",
+            "-w",
+            "--format",
+        ],
+        &[
+            (vec!["--interval", "never"], "never"),
+            (vec!["--format", "xml"], "xml"),
+        ],
+    );
+}
+
+/// While `velib_live` runs, its Prometheus endpoint answers with the
+/// producer's and the aggregator's metrics.
+#[test]
+fn velib_live_serves_its_metrics_while_it_runs() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(common::example_binary("velib_live"))
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series"))
+        .args(["--interval", "700ms", "--format", "json"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut scraped = None;
+    for line in stdout.lines() {
+        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if scraped.is_none() && line["epoch"].as_u64().unwrap() >= 3 {
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).unwrap();
+            scraped = Some(answer);
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let answer = scraped.expect("epoch 3 was printed");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let value = |name: &str| {
+        answer
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {answer}"))
+    };
+    assert!(value("velib_producer_epochs_published_total") >= 3);
+    assert!(value("velib_producer_station_updates_total") >= 1485);
+    assert!(value("velib_aggregator_last_epoch_committed") >= 2);
+    assert!(value("velib_aggregator_station_updates_total") >= 1485);
+    for family in [
+        "velib_producer_responses_rejected_total",
+        "velib_aggregator_dead_letters_total",
+        "velib_aggregator_records_written_total",
+    ] {
+        assert!(
+            answer.contains(&format!("# TYPE {family} counter")),
+            "{family}"
+        );
+    }
+}
