@@ -146,3 +146,35 @@ fn velib_live_serves_its_metrics_while_it_runs() {
         );
     }
 }
+
+/// Every example answers `--help` with what it is and its flags.
+#[test]
+fn every_example_explains_itself() {
+    let examples: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_owned();
+            let is_example =
+                p.extension().is_some_and(|e| e == "rs") || p.join("main.rs").is_file();
+            is_example.then_some(name)
+        })
+        .collect();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for name in examples {
+        let out = std::process::Command::new(common::example_binary(&name))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name} --help: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Usage:") && text.contains("--"),
+            "{name} --help:\n{text}"
+        );
+    }
+}
