@@ -127,6 +127,12 @@ impl AggregatorHandle {
         self.sources.stop();
     }
 
+    /// The time from each epoch's close (the producer's marker) to its
+    /// output committed.
+    pub fn close_to_commit(&self) -> crate::kafka::sink::LatencyHistogram {
+        self.sink.close_to_commit()
+    }
+
     /// The last epoch whose output is committed.
     pub fn committed(&self) -> Option<Epoch> {
         self.sink.committed()

@@ -121,6 +121,39 @@ impl Metrics {
                 "Output records committed.",
                 aggregator.records_written(),
             );
+            out.head(
+                "velib_aggregator_consumer_lag",
+                "Records between each input partition's read position and its end (librdkafka).",
+                "gauge",
+            );
+            for (topic, partitions) in &s.consumer_lag {
+                for (partition, lag) in partitions {
+                    let _ = writeln!(
+                        out.text,
+                        "velib_aggregator_consumer_lag{{topic=\"{}\",partition=\"{partition}\"}} {lag}",
+                        escape(topic)
+                    );
+                }
+            }
+            let (messages, bytes) = s
+                .received
+                .values()
+                .fold((0, 0), |(m, b), (m2, b2)| (m + m2, b + b2));
+            out.counter(
+                "velib_kafka_consumer_received_messages_total",
+                "Messages the aggregator's consumers received (librdkafka rxmsgs).",
+                messages,
+            );
+            out.counter(
+                "velib_kafka_consumer_received_bytes_total",
+                "Message bytes the aggregator's consumers received (librdkafka rxmsg_bytes).",
+                bytes,
+            );
+            out.histogram(
+                "velib_aggregator_epoch_close_to_commit_seconds",
+                "Time from an epoch's close (the producer's marker) to its output committed.",
+                &aggregator.close_to_commit(),
+            );
         }
         out.text
     }
@@ -146,6 +179,16 @@ impl Exposition {
         let _ = writeln!(self.text, "{name} {value}");
     }
 
+    fn histogram(&mut self, name: &str, help: &str, h: &crate::kafka::sink::LatencyHistogram) {
+        self.head(name, help, "histogram");
+        for (bound, count) in h.cumulative() {
+            let _ = writeln!(self.text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(self.text, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+        let _ = writeln!(self.text, "{name}_sum {}", h.sum());
+        let _ = writeln!(self.text, "{name}_count {}", h.count());
+    }
+
     fn labelled<'a>(
         &mut self,
         name: &str,
@@ -156,15 +199,17 @@ impl Exposition {
     ) {
         self.head(name, help, kind);
         for (key, value) in values {
-            // Label values here are this crate's own reason names; escape
-            // anyway, as the format requires.
-            let key = key
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = writeln!(self.text, "{name}{{{label}=\"{key}\"}} {value}");
+            let _ = writeln!(self.text, "{name}{{{label}=\"{}\"}} {value}", escape(key));
         }
     }
+}
+
+/// A label value as the text format requires it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Requests larger than this are answered `431` without being read further.

@@ -52,6 +52,7 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
                 partition: 0,
                 next_offset: epoch as i64 * 10,
                 feed_time: Some(updates.feed_time),
+                closed_at_ms: None,
             });
             positions.advance_to(epoch + 1);
             statuses.advance_to(epoch);

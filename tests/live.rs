@@ -135,6 +135,9 @@ fn velib_live_serves_its_metrics_while_it_runs() {
     assert!(value("velib_producer_station_updates_total") >= 1485);
     assert!(value("velib_aggregator_last_epoch_committed") >= 2);
     assert!(value("velib_aggregator_station_updates_total") >= 1485);
+    // Every committed epoch's latency was observed.
+    assert!(value("velib_aggregator_epoch_close_to_commit_seconds_count") >= 2);
+    assert!(answer.contains("velib_aggregator_epoch_close_to_commit_seconds_bucket{le=\"+Inf\"}"));
     for family in [
         "velib_producer_responses_rejected_total",
         "velib_aggregator_dead_letters_total",

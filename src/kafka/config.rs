@@ -72,10 +72,27 @@ impl KafkaConfig {
 /// The librdkafka context of this crate's consumers: the end of a partition
 /// is how they learn they are caught up, not an error, so it is not logged
 /// as one (librdkafka's default context logs it at error level).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ReaderContext;
+///
+/// With `on_stats`, it also hands librdkafka's statistics (emitted every
+/// `statistics.interval.ms`) to it.
+#[derive(Clone, Default)]
+pub(crate) struct ReaderContext {
+    pub(crate) on_stats: Option<std::sync::Arc<dyn Fn(rdkafka::Statistics) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ReaderContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderContext").finish_non_exhaustive()
+    }
+}
 
 impl rdkafka::ClientContext for ReaderContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(on_stats) = &self.on_stats {
+            on_stats(statistics);
+        }
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         match error {
             rdkafka::error::KafkaError::PartitionEOF(_)

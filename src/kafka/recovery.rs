@@ -158,7 +158,7 @@ fn read_topic(
             ("isolation.level", "read_committed"),
             ("auto.offset.reset", "earliest"),
         ])
-        .create_with_context(ReaderContext)
+        .create_with_context(ReaderContext::default())
         .map_err(KafkaError::client("creating the recovery consumer"))?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..count {

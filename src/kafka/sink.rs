@@ -118,12 +118,85 @@ struct SinkState {
     committed: Option<Epoch>,
     records: u64,
     error: Option<String>,
+    close_to_commit: LatencyHistogram,
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How long epochs took from their close (the producer's marker) to their
+/// output committed: a histogram, as Prometheus keeps them.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::sink::LatencyHistogram;
+///
+/// let mut h = LatencyHistogram::default();
+/// h.observe(0.3);
+/// h.observe(12.0);
+/// assert_eq!(h.count(), 2);
+/// // Cumulative counts per bucket: 0.3 s is under 0.5 s, 12 s under 30 s.
+/// assert_eq!(h.cumulative()[5], (0.5, 1));
+/// assert_eq!(h.cumulative()[10], (30.0, 2));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencyHistogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl LatencyHistogram {
+    /// Counts one observation of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Their sum, in seconds.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// `(upper bound, observations at most that)` per bucket; the count is
+    /// the `+Inf` bucket.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        LATENCY_BUCKETS
+            .iter()
+            .zip(self.buckets)
+            .map(|(bound, n)| {
+                total += n;
+                (*bound, total)
+            })
+            .collect()
+    }
 }
 
 impl SinkHandle {
     /// The last epoch whose output is committed.
     pub fn committed(&self) -> Option<Epoch> {
         self.state.lock().map(|s| s.committed).unwrap_or(None)
+    }
+
+    /// The time from each epoch's close to its output committed.
+    pub fn close_to_commit(&self) -> LatencyHistogram {
+        self.state
+            .lock()
+            .map(|s| s.close_to_commit.clone())
+            .unwrap_or_default()
     }
 
     /// Records written in committed epochs (progress records excluded).
@@ -250,9 +323,17 @@ where
                         let changes = key_changes(open.updates);
                         match w.write_epoch(&config, &encoder, &changes, &progress) {
                             Ok(()) => {
+                                // The epoch closed when its last marker was
+                                // written.
+                                let closed =
+                                    open.positions.iter().filter_map(|p| p.closed_at_ms).max();
                                 if let Ok(mut s) = handle.state.lock() {
                                     s.committed = Some(epoch);
                                     s.records += changes.len() as u64;
+                                    if let Some(closed) = closed {
+                                        s.close_to_commit
+                                            .observe((now_ms() - closed) as f64 / 1000.0);
+                                    }
                                 }
                                 output.session(&open.capability).give(epoch);
                             }
@@ -385,4 +466,10 @@ impl Writer {
         }
         self.producer.commit()
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

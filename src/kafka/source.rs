@@ -126,6 +126,11 @@ pub struct SourcePosition {
     /// The feed's time of the epoch's snapshot (the marker's; for ingestion
     /// epochs, the time the epoch was closed).
     pub feed_time: Option<FeedTime>,
+    /// When the epoch was closed, in ms since the Unix epoch: the Kafka
+    /// timestamp of its marker on this partition (for ingestion epochs,
+    /// the time the source closed it). The sink measures from it the time
+    /// from an epoch's close to its output committed.
+    pub closed_at_ms: Option<i64>,
 }
 
 /// The source's two streams.
@@ -167,6 +172,12 @@ pub struct SourceStats {
     pub dead_letters: BTreeMap<&'static str, u64>,
     /// Why a source stopped, if one did.
     pub error: Option<String>,
+    /// How far each partition read is behind its end, by topic and
+    /// partition, as librdkafka last reported it (every 5 s).
+    pub consumer_lag: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Per consumer (librdkafka client name): messages and bytes received,
+    /// as librdkafka last reported them.
+    pub received: BTreeMap<String, (u64, u64)>,
 }
 
 impl SourceHandle {
@@ -204,6 +215,35 @@ impl SourceHandle {
         if let Ok(mut stats) = self.shared.stats.lock() {
             f(&mut stats);
         }
+    }
+
+    /// Keeps what librdkafka's statistics say of lag and traffic.
+    fn record_client_stats(&self, stats: rdkafka::Statistics) {
+        self.count(|s| {
+            s.received.insert(
+                stats.name.clone(),
+                (stats.rxmsgs.max(0) as u64, stats.rxmsg_bytes.max(0) as u64),
+            );
+            for (topic, t) in &stats.topics {
+                for (partition, p) in &t.partitions {
+                    // Partition -1 is librdkafka's internal one; a partition
+                    // this consumer does not fetch has no lag to report.
+                    // librdkafka's own `consumer_lag` counts from committed
+                    // offsets, and this source commits none: measure from
+                    // the application's position to the end a read
+                    // committed consumer can reach (the last stable offset).
+                    if *partition < 0 || p.fetch_state != "active" {
+                        continue;
+                    }
+                    if p.ls_offset >= 0 && p.app_offset >= 0 {
+                        s.consumer_lag
+                            .entry(topic.clone())
+                            .or_default()
+                            .insert(*partition, (p.ls_offset - p.app_offset).max(0));
+                    }
+                }
+            }
+        });
     }
 
     fn fail(&self, error: String) {
@@ -293,13 +333,14 @@ impl<D: RecordDecoder> KafkaSource<D> {
         }
 
         builder.build(move |capabilities| {
-            let mut reader = match Reader::connect(&config, index, peers, &sync_activator) {
-                Ok(reader) => Some((reader, capabilities)),
-                Err(e) => {
-                    handle.fail(e.to_string());
-                    None
-                }
-            };
+            let mut reader =
+                match Reader::connect(&config, index, peers, &sync_activator, handle.clone()) {
+                    Ok(reader) => Some((reader, capabilities)),
+                    Err(e) => {
+                        handle.fail(e.to_string());
+                        None
+                    }
+                };
             move |_frontiers| {
                 let Some((r, caps)) = reader.as_mut() else {
                     return;
@@ -411,6 +452,7 @@ impl<K, V> Reader<K, V> {
         index: usize,
         peers: usize,
         activator: &SyncActivator,
+        handle: SourceHandle,
     ) -> Result<Self, KafkaError> {
         let topics = config.topics.join(",");
         let mut consumer: BaseConsumer<ReaderContext> = config
@@ -424,8 +466,12 @@ impl<K, V> Reader<K, V> {
                 ("auto.offset.reset", "earliest"),
                 // The read-ahead bound: what librdkafka prefetches per partition.
                 ("queued.max.messages.kbytes", "16384"),
+                // Consumer lag and traffic for the metrics.
+                ("statistics.interval.ms", "5000"),
             ])
-            .create_with_context(ReaderContext)
+            .create_with_context(ReaderContext {
+                on_stats: Some(Arc::new(move |stats| handle.record_client_stats(stats))),
+            })
             .map_err(KafkaError::client(format!(
                 "creating the consumer of {topics}"
             )))?;
@@ -641,6 +687,7 @@ impl<K, V> Reader<K, V> {
                                     partition: p.partition,
                                     next_offset: p.next_offset,
                                     feed_time,
+                                    closed_at_ms: message.timestamp().to_millis(),
                                 });
                                 // A partition past the read-ahead bound waits.
                                 if limit.is_some_and(|l| epoch.saturating_add(1) >= l) {
@@ -689,6 +736,7 @@ impl<K, V> Reader<K, V> {
                             partition: p.partition,
                             next_offset: p.next_offset,
                             feed_time,
+                            closed_at_ms: Some(now_ms() as i64),
                         })
                         .collect(),
                 };
