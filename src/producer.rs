@@ -11,8 +11,12 @@ use crate::directory::DirectoryResolver;
 use crate::fetch::{Backoff, FetchError};
 use crate::kafka::protocol::station_value;
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
+use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
-use crate::poll::{FeedPoller, PollConfig, PollOutcome, PolledSnapshot, SnapshotSource};
+use crate::poll::{
+    FeedLocation, FeedPoller, PollConfig, PollOutcome, PolledSnapshot, SnapshotSource,
+};
+use crate::postcode::PostcodeTable;
 use crate::snapshot::{net_changes, EpochUpdates, SnapshotError, SnapshotSequencer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +37,21 @@ pub struct ProducerConfig {
     pub retry_base: Duration,
     /// The longest wait after failures.
     pub retry_max: Duration,
+}
+
+impl ProducerConfig {
+    /// Polls `location` and publishes to the default topics on `kafka`, with
+    /// the shipped Vélib' postcode table (inferring missing postcodes) and
+    /// retries from 1 s doubling to 60 s.
+    pub fn new(location: FeedLocation, kafka: KafkaConfig) -> Self {
+        ProducerConfig {
+            poll: PollConfig::new(location),
+            publish: PublisherConfig::new(kafka),
+            resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why the producer stopped.
@@ -113,6 +132,21 @@ impl ProducerHandle {
 
 /// Runs the producer on the live feed of `config.poll` until
 /// [`ProducerHandle::stop`], or an error that retrying cannot fix.
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::poll::{FeedLocation, VELIB_FEED};
+/// use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
+///
+/// let location = FeedLocation::Discover { url: VELIB_FEED.into(), language: None };
+/// let config = ProducerConfig::new(location, KafkaConfig::new("127.0.0.1:9092"));
+/// let handle = ProducerHandle::default();
+/// // Another thread may call `handle.stop()`; `handle.stats()` says what it did.
+/// run(config, handle)?;
+/// # Ok::<(), velib_dataflow::producer::ProducerError>(())
+/// ```
 pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), ProducerError> {
     let poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?;
     run_with_source(poller, &config, handle)

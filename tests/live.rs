@@ -181,3 +181,76 @@ fn every_example_explains_itself() {
         );
     }
 }
+
+/// Ctrl-C in the middle of a replay: it stops cleanly, and every epoch it
+/// printed is whole (each postcode once, all of one epoch).
+#[test]
+fn velib_live_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(common::example_binary("velib_live"))
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series"))
+        .args(["--interval", "1s", "--format", "json"])
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut epochs: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut interrupted = false;
+    for line in stdout.lines() {
+        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let epoch = line["epoch"].as_u64().unwrap();
+        *epochs.entry(epoch).or_default() += 1;
+        if epoch >= 2 && !interrupted {
+            interrupted = true;
+            let status = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    assert!(child.wait().unwrap().success(), "exit status 0 on Ctrl-C");
+    let expected = common::sequence(common::paris_series(true));
+    let last = *epochs.keys().last().unwrap();
+    assert!(
+        last < expected.last().unwrap().0.epoch,
+        "stopped before the end"
+    );
+    let mut previous = common::State::new();
+    for (updates, state) in expected.iter().take_while(|(u, _)| u.epoch <= last) {
+        let changed = common::output::changed_postcodes(&previous, state).len();
+        assert_eq!(
+            epochs.get(&updates.epoch),
+            Some(&changed),
+            "epoch {} whole",
+            updates.epoch
+        );
+        previous = state.clone();
+    }
+}
+
+#[test]
+fn velib_live_draws_a_table_on_a_terminal() {
+    let out = std::process::Command::new(common::example_binary("velib_live"))
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series/velib_data_20241105_093001.json"))
+        .args(["--format", "table"])
+        .env("COLUMNS", "80")
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("velib-dataflow · epoch 1 · feed time 2024-11-05"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains("75016"))
+        .expect("75016 is shown");
+    assert!(row.len() <= 80 + 8, "fits the terminal: {row:?}");
+}
