@@ -91,26 +91,16 @@ fn velib_live_explains_its_flags() {
 /// producer's and the aggregator's metrics.
 #[test]
 fn velib_live_serves_its_metrics_while_it_runs() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(common::example_binary("velib_live"))
-        .arg("--replay")
-        .arg(common::fixtures().join("opendata-paris/velib-series"))
-        .args(["--interval", "700ms", "--format", "json"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env_remove("KAFKA_BROKERS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, lines) =
+        replay_lines("700ms", &["--metrics-addr", &format!("127.0.0.1:{port}")]);
     let mut scraped = None;
-    for line in stdout.lines() {
-        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+    for line in lines {
         if scraped.is_none() && line["epoch"].as_u64().unwrap() >= 3 {
             let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             client
@@ -186,21 +176,10 @@ fn every_example_explains_itself() {
 /// printed is whole (each postcode once, all of one epoch).
 #[test]
 fn velib_live_stops_cleanly_on_ctrl_c() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(common::example_binary("velib_live"))
-        .arg("--replay")
-        .arg(common::fixtures().join("opendata-paris/velib-series"))
-        .args(["--interval", "1s", "--format", "json"])
-        .env_remove("KAFKA_BROKERS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, lines) = replay_lines("1s", &[]);
     let mut epochs: BTreeMap<u64, usize> = BTreeMap::new();
     let mut interrupted = false;
-    for line in stdout.lines() {
-        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+    for line in lines {
         let epoch = line["epoch"].as_u64().unwrap();
         *epochs.entry(epoch).or_default() += 1;
         if epoch >= 2 && !interrupted {
@@ -253,4 +232,28 @@ fn velib_live_draws_a_table_on_a_terminal() {
         .find(|l| l.contains("75016"))
         .expect("75016 is shown");
     assert!(row.len() <= 80 + 8, "fits the terminal: {row:?}");
+}
+
+/// Starts `velib_live` replaying the Paris series as JSON lines, `interval`
+/// apart, and returns it with its lines as they come.
+fn replay_lines(
+    interval: &str,
+    extra: &[&str],
+) -> (std::process::Child, impl Iterator<Item = Value>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(common::example_binary("velib_live"))
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series"))
+        .args(["--interval", interval, "--format", "json"])
+        .args(extra)
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap());
+    (child, lines)
 }

@@ -90,9 +90,22 @@ struct Args {
     #[arg(long, default_value_t = 3, value_name = "N")]
     partitions: i32,
 
-    /// Timely worker threads.
+    /// Timely worker threads per process.
     #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
     workers: usize,
+
+    /// Timely processes (needs --brokers): process 0 runs the producer and
+    /// the view, every process runs aggregator workers.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    processes: usize,
+
+    /// This process's index, 0 to N-1.
+    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
+    process: usize,
+
+    /// File of host:port, one line per process [default: localhost:2101+i].
+    #[arg(short = 'h', long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
 
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
@@ -101,7 +114,12 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    match live(Args::parse()) {
+    let args = Args::parse();
+    if let Err(message) = check(&args) {
+        eprintln!("velib_live: {message}");
+        return ExitCode::from(2);
+    }
+    match live(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("velib_live: {message}");
@@ -110,11 +128,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn live(args: Args) -> Result<(), String> {
+/// Flags that cannot work together: refused before anything starts.
+fn check(args: &Args) -> Result<(), String> {
     if args.partitions < 1 {
         return Err("--partitions must be at least 1".into());
     }
-    let timely_config = cluster_config(args.workers, 1, 0, None).map_err(|e| e.to_string())?;
+    if args.processes > 1 && args.brokers.is_none() {
+        return Err(
+            "-n above 1 needs --brokers: the processes must share a Kafka cluster, \
+             and the embedded broker lives in one process"
+                .into(),
+        );
+    }
+    cluster_config(
+        args.workers,
+        args.processes,
+        args.process,
+        args.hostfile.as_deref(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+fn live(args: Args) -> Result<(), String> {
+    let timely_config = cluster_config(
+        args.workers,
+        args.processes,
+        args.process,
+        args.hostfile.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     let postcodes = common::postcode_table(args.postcodes.as_deref())?;
     let resolver = DirectoryResolver::new(postcodes.clone(), true);
     let selection = if args.stations.is_empty() {
@@ -183,6 +226,15 @@ fn live(args: Args) -> Result<(), String> {
             .producer(producer_handle.clone())
             .aggregator(aggregator_handle.clone()),
     )?;
+    if args.process > 0 {
+        // Aggregator workers only: process 0 polls, publishes and shows.
+        let stopper = aggregator_handle.clone();
+        common::on_ctrl_c("stopping: finishing the epochs already read", move || {
+            stopper.stop()
+        });
+        return aggregator::run(timely_config, aggregator_config, aggregator_handle)
+            .map_err(|e| format!("aggregator: {e}"));
+    }
     let stopper = producer_handle.clone();
     common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
         stopper.stop()
