@@ -27,7 +27,6 @@ use velib_dataflow::aggregator::{
     run, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_INPUT_TOPIC,
     DEFAULT_OUTPUT_TOPIC,
 };
-use velib_dataflow::cluster::cluster_config;
 use velib_dataflow::kafka::source::Framing;
 
 /// Keep per-postcode bike counts from a Kafka topic of station statuses.
@@ -79,21 +78,8 @@ struct Args {
     #[arg(long, value_name = "ID")]
     transactional_id: Option<String>,
 
-    /// Timely worker threads per process.
-    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
-    workers: usize,
-
-    /// Timely processes.
-    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
-    processes: usize,
-
-    /// This process's index, 0 to N-1.
-    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
-    process: usize,
-
-    /// File of host:port, one line per process [default: localhost:2101+i].
-    #[arg(short = 'h', long, value_name = "FILE")]
-    hostfile: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
 
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
@@ -139,13 +125,7 @@ fn main() -> ExitCode {
 }
 
 fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
-    let timely_config = cluster_config(
-        args.workers,
-        args.processes,
-        args.process,
-        args.hostfile.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let timely_config = args.cluster.timely_config()?;
     let kafka = args.kafka.kafka_config()?;
     let postcodes = common::postcode_table(args.postcodes.as_deref())?;
     let mut config = AggregatorConfig::new(kafka);

@@ -124,3 +124,36 @@ pub fn serve_metrics(
     }
     Ok(())
 }
+
+/// timely's cluster flags, as its own examples take them.
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// Timely worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+
+    /// Timely processes.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    pub processes: usize,
+
+    /// This process's index, 0 to N-1.
+    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
+    pub process: usize,
+
+    /// File of host:port, one line per process [default: localhost:2101+i].
+    #[arg(short = 'h', long, value_name = "FILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The timely configuration, or what is wrong with the flags.
+    pub fn timely_config(&self) -> Result<timely::Config, String> {
+        velib_dataflow::cluster::cluster_config(
+            self.workers,
+            self.processes,
+            self.process,
+            self.hostfile.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::{
     self, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_OUTPUT_TOPIC,
 };
-use velib_dataflow::cluster::cluster_config;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::kafka::publish::{
     PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
@@ -90,22 +89,10 @@ struct Args {
     #[arg(long, default_value_t = 3, value_name = "N")]
     partitions: i32,
 
-    /// Timely worker threads per process.
-    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
-    workers: usize,
-
-    /// Timely processes (needs --brokers): process 0 runs the producer and
-    /// the view, every process runs aggregator workers.
-    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
-    processes: usize,
-
-    /// This process's index, 0 to N-1.
-    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
-    process: usize,
-
-    /// File of host:port, one line per process [default: localhost:2101+i].
-    #[arg(short = 'h', long, value_name = "FILE")]
-    hostfile: Option<PathBuf>,
+    /// Timely's -w/-n/-p/-h. With -n above 1 (and --brokers), process 0
+    /// runs the producer and the view; every process runs aggregator workers.
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
 
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
@@ -133,31 +120,18 @@ fn check(args: &Args) -> Result<(), String> {
     if args.partitions < 1 {
         return Err("--partitions must be at least 1".into());
     }
-    if args.processes > 1 && args.brokers.is_none() {
+    if args.cluster.processes > 1 && args.brokers.is_none() {
         return Err(
             "-n above 1 needs --brokers: the processes must share a Kafka cluster, \
              and the embedded broker lives in one process"
                 .into(),
         );
     }
-    cluster_config(
-        args.workers,
-        args.processes,
-        args.process,
-        args.hostfile.as_deref(),
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    args.cluster.timely_config().map(|_| ())
 }
 
 fn live(args: Args) -> Result<(), String> {
-    let timely_config = cluster_config(
-        args.workers,
-        args.processes,
-        args.process,
-        args.hostfile.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let timely_config = args.cluster.timely_config()?;
     let postcodes = common::postcode_table(args.postcodes.as_deref())?;
     let resolver = DirectoryResolver::new(postcodes.clone(), true);
     let selection = if args.stations.is_empty() {
@@ -226,7 +200,7 @@ fn live(args: Args) -> Result<(), String> {
             .producer(producer_handle.clone())
             .aggregator(aggregator_handle.clone()),
     )?;
-    if args.process > 0 {
+    if args.cluster.process > 0 {
         // Aggregator workers only: process 0 polls, publishes and shows.
         let stopper = aggregator_handle.clone();
         common::on_ctrl_c("stopping: finishing the epochs already read", move || {
