@@ -96,7 +96,7 @@ fn main() -> Result<(), String> {
                 SinkConfig::new(
                     kafka.clone(),
                     args.output_topic.clone(),
-                    "embed-city-totals".to_owned(),
+                    "embed-city-totals",
                 ),
                 velib_dataflow::output::PostcodeRecordEncoder,
                 sink.clone(),

@@ -36,6 +36,23 @@ pub const DEFAULT_OUTPUT_TOPIC: &str = "velib-projet-clean";
 pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 
 /// What the aggregator reads and writes.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::aggregator::AggregatorConfig;
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let mut config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// config.directory_topic = Some("velib-directory".into());
+/// let topics: Vec<_> = config.topics(3).into_iter().map(|t| (t.name, t.compacted)).collect();
+/// assert_eq!(topics, [
+///     ("velib-projet".to_owned(), false),
+///     ("velib-directory".to_owned(), true),
+///     ("velib-projet-clean".to_owned(), true),
+///     ("velib-projet-dead-letters".to_owned(), false),
+/// ]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct AggregatorConfig {
     /// The cluster.
@@ -115,6 +132,18 @@ pub enum AggregatorError {
 }
 
 /// Watches and stops a running aggregator; clones share the state.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::aggregator::AggregatorHandle;
+///
+/// let handle = AggregatorHandle::default();
+/// // Pass a clone to `aggregator::run`; watch and stop it with this one.
+/// assert_eq!(handle.committed(), None);
+/// assert_eq!(handle.source_stats().records, 0);
+/// handle.stop();
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct AggregatorHandle {
     sources: SourceHandle,

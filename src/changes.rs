@@ -8,6 +8,16 @@
 //! change at all.
 
 /// The change of one key in one epoch.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::changes::KeyChange;
+///
+/// let changes: Vec<KeyChange<&str, i64>> = vec![KeyChange::Upsert("75016", 12), KeyChange::Delete("75116")];
+/// let keys: Vec<_> = changes.iter().map(|c| *c.key()).collect();
+/// assert_eq!(keys, ["75016", "75116"]);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeyChange<K, V> {
     /// The key has this new value.

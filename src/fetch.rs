@@ -19,6 +19,16 @@ use reqwest::header::{
 use reqwest::StatusCode;
 
 /// How the fetcher talks to the feed's server.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::fetch::FetchConfig;
+///
+/// let config = FetchConfig { timeout: Duration::from_secs(10), ..FetchConfig::default() };
+/// assert_eq!(config.max_bytes, 16 << 20);
+/// ```
 #[derive(Clone, Debug)]
 pub struct FetchConfig {
     /// How long to wait for a connection.

@@ -46,6 +46,22 @@ pub enum FeedLocation {
 }
 
 /// How to poll.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::poll::{FeedLocation, PollConfig};
+/// use velib_dataflow::snapshot::StationSelection;
+///
+/// let mut config = PollConfig::new(FeedLocation::Explicit {
+///     status: "https://example.org/station_status.json".into(),
+///     information: Some("https://example.org/station_information.json".into()),
+/// });
+/// config.interval = Some(Duration::from_secs(5));
+/// config.selection = StationSelection::only(["16107", "32017"]);
+/// config.fetch.max_bytes = 4 << 20;
+/// ```
 #[derive(Clone, Debug)]
 pub struct PollConfig {
     /// Where the feed is.

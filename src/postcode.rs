@@ -160,6 +160,20 @@ impl PostcodeTable {
     }
 
     /// Reads a CSV table from any reader (see [`PostcodeTable::from_path`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::feed::StationId;
+    /// use velib_dataflow::postcode::PostcodeTable;
+    ///
+    /// let csv = "stationCode,station_id,postcode\n16107,213688169,75016\n";
+    /// let table = PostcodeTable::from_reader(csv.as_bytes())?;
+    /// let found = table.lookup(Some("16107"), &StationId::Num(213688169)).unwrap();
+    /// assert_eq!(found.as_str(), "75016");
+    /// assert!(PostcodeTable::from_reader(&b"no,header,here\n"[..]).is_err());
+    /// # Ok::<(), velib_dataflow::postcode::PostcodeTableError>(())
+    /// ```
     pub fn from_reader(reader: impl Read) -> Result<PostcodeTable, PostcodeTableError> {
         let mut bytes = Vec::new();
         reader

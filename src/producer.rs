@@ -89,6 +89,19 @@ pub struct ProducerStats {
 }
 
 /// Watches and stops a running producer; clones share the state.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::producer::ProducerHandle;
+///
+/// let handle = ProducerHandle::default();
+/// // Pass a clone to `producer::run`; this one watches and stops it.
+/// let stats = handle.stats();
+/// assert_eq!((stats.polls, stats.epochs_published), (0, 0));
+/// handle.stop();
+/// assert!(handle.is_stopped());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ProducerHandle {
     stop: Arc<AtomicBool>,

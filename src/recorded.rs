@@ -158,6 +158,20 @@ pub fn read_bounded(path: &Path) -> Result<Vec<u8>, RecordedError> {
 }
 
 /// Reads one recorded snapshot.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::recorded::load;
+///
+/// let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+///     .join("tests/fixtures/gbfs/velib/2024-11-19/station_status.json");
+/// let recorded = load(&path)?;
+/// assert_eq!(recorded.status.stations.len(), 1485);
+/// // The station_information.json beside it is read too.
+/// assert!(recorded.information.is_some());
+/// # Ok::<(), velib_dataflow::recorded::RecordedError>(())
+/// ```
 pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
     let bytes = read_bounded(path)?;
     let feed = |source| RecordedError::Feed {

@@ -178,6 +178,24 @@ impl Snapshot {
     /// their directory resolved from `information` (when there is none, each
     /// station gets an entry from its status, so every station is counted
     /// somewhere).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::directory::DirectoryResolver;
+    /// use velib_dataflow::feed::payload;
+    /// use velib_dataflow::postcode::PostcodeTable;
+    /// use velib_dataflow::snapshot::{Snapshot, StationSelection};
+    ///
+    /// let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"),
+    ///     "/tests/fixtures/gbfs/velib/2024-11-19/station_status.json")).unwrap();
+    /// let (status, information) = payload::parse_status(&bytes)?;
+    /// let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
+    /// let snapshot = Snapshot::assemble(status, information.as_ref(), &resolver, &StationSelection::only(["16107"]));
+    /// assert_eq!(snapshot.statuses.len(), 1);
+    /// assert_eq!(snapshot.directory.unwrap()[0].postcode.as_str(), "75016");
+    /// # Ok::<(), velib_dataflow::feed::FeedError>(())
+    /// ```
     pub fn assemble(
         status: StatusSnapshot,
         information: Option<&InformationSnapshot>,

@@ -134,6 +134,20 @@ pub struct BikeTypes {
 }
 
 /// One station's status at one instant, normalised.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{gbfs, StationId};
+///
+/// let status = gbfs::parse_station_record(br#"{"station_id": 213688169, "stationCode": "16107",
+///     "num_bikes_available": 3, "num_bikes_available_types": [{"mechanical": 2}, {"ebike": 1}],
+///     "num_docks_available": 32, "is_installed": 1, "is_renting": 1, "is_returning": 1}"#)?;
+/// assert_eq!(status.station_id, StationId::Num(213688169));
+/// assert_eq!(status.bike_types.unwrap().ebike, 1);
+/// assert!(status.is_rentable());
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StationStatus {
     /// The feed's identifier of the station.

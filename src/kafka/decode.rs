@@ -99,6 +99,34 @@ impl DecodeError {
 }
 
 /// Turns a data record into a keyed upsert.
+///
+/// # Examples
+///
+/// A decoder of your own: plain-text counters keyed by name.
+///
+/// ```
+/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder};
+/// use velib_dataflow::kafka::DecodeError;
+///
+/// struct Counter;
+/// impl RecordDecoder for Counter {
+///     type Key = String;
+///     type Value = u64;
+///     fn decode(&self, record: &RawRecord<'_>) -> Result<(String, Option<u64>), DecodeError> {
+///         let key = record.key.and_then(|k| std::str::from_utf8(k).ok())
+///             .ok_or(DecodeError::Key { problem: "not UTF-8 text".into() })?;
+///         let value = match record.value {
+///             None => None,
+///             Some(v) => Some(std::str::from_utf8(v).ok().and_then(|t| t.parse().ok())
+///                 .ok_or(DecodeError::MissingValue)?),
+///         };
+///         Ok((key.to_owned(), value))
+///     }
+/// }
+/// let record = RawRecord { topic: "t", partition: 0, offset: 0, key: Some(b"bikes"), value: Some(b"42") };
+/// assert_eq!(Counter.decode(&record)?, ("bikes".to_owned(), Some(42)));
+/// # Ok::<(), DecodeError>(())
+/// ```
 pub trait RecordDecoder: 'static {
     /// What records are keyed by.
     type Key;

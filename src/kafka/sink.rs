@@ -76,6 +76,21 @@ impl EpochProgress {
 }
 
 /// Where and how the sink writes.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::sink::SinkConfig;
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let mut config = SinkConfig::new(
+///     KafkaConfig::new("127.0.0.1:9092"),
+///     "velib-projet-clean",
+///     "velib-aggregator-velib-projet-clean",
+/// );
+/// config.timeout = Duration::from_secs(10);
+/// ```
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
     /// The cluster.

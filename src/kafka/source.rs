@@ -64,6 +64,19 @@ pub enum Framing {
 }
 
 /// Where the source reads, and how.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::source::{Framing, SourceConfig};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"])
+///     .framing(Framing::Ingestion)
+///     .dead_letters("velib-projet-dead-letters");
+/// assert_eq!(config.read_ahead, 8);
+/// assert_eq!(config.dead_letter_topic.as_deref(), Some("velib-projet-dead-letters"));
+/// ```
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     /// The cluster.
@@ -145,6 +158,18 @@ pub struct SourceStreams<'s, K, V> {
 
 /// What the sources of a dataflow have done, shared by all workers; and the
 /// switch that stops them.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::source::SourceHandle;
+///
+/// let handle = SourceHandle::default();
+/// assert!(!handle.is_stopped());
+/// handle.stop(); // every source built with a clone drops its capabilities
+/// assert!(handle.is_stopped());
+/// assert_eq!(handle.stats().dead_letters.len(), 0);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SourceHandle {
     shared: Arc<SourceShared>,

@@ -8,6 +8,16 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// A topic as a job wants it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::topics::TopicSpec;
+///
+/// let spec = TopicSpec::new("velib-directory", 3).compacted().replication(3);
+/// assert!(spec.compacted);
+/// assert_eq!((spec.partitions, spec.replication), (3, 3));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicSpec {
     /// Its name.
@@ -62,6 +72,19 @@ pub enum TopicOutcome {
 /// exist fit: a topic that must be compacted and is not is an error that says
 /// how to fix it. Some Kafka-compatible brokers do not answer DescribeConfigs;
 /// then the check is skipped with a warning.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::topics::{ensure_topics, TopicSpec};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// // No broker listens there: the error says what was being done.
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = ensure_topics(&kafka, &[TopicSpec::new("t", 1)], Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+/// ```
 pub fn ensure_topics(
     config: &KafkaConfig,
     specs: &[TopicSpec],
