@@ -15,6 +15,19 @@ use serde::{Deserialize, Serialize};
 /// Bikes count only where a rider can take them: at stations installed and
 /// renting. Docks count only where a rider can return a bike: at stations
 /// installed and returning.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::PostcodeCounts;
+///
+/// let a = PostcodeCounts { bikes: 3, mechanical: 2, ebikes: 1, stations: 1, stations_renting: 1, ..Default::default() };
+/// let b = PostcodeCounts { bikes: 5, mechanical: 5, stations: 2, stations_renting: 1, ..Default::default() };
+/// // Counts are the dataflow's difference type: they add up.
+/// let mut sum = a;
+/// sum += &b;
+/// assert_eq!((sum.bikes, sum.stations, sum.stations_not_renting()), (8, 3, 1));
+/// ```
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

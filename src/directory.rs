@@ -40,6 +40,19 @@ impl PostcodeSource {
 }
 
 /// One station's directory entry: what it is, where, and its postcode.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
+///
+/// let entry: DirectoryEntry = serde_json::from_str(r#"{"station_id":"10011","code":"10011",
+///     "name":"Bourse du Travail","position":{"lat":48.868976638826,"lon":2.3623438552022},
+///     "capacity":17,"postcode":"75010","postcode_source":"table"}"#)?;
+/// assert_eq!(entry.postcode_source, PostcodeSource::Table);
+/// assert_eq!(entry.postcode.as_str(), "75010");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DirectoryEntry {
     /// The feed's identifier of the station.

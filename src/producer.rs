@@ -324,6 +324,25 @@ fn sequence(
 /// The records of one epoch: each changed station's status (the feed's own
 /// fields plus the normalised status) or a tombstone, and each changed
 /// directory entry or a tombstone.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::HashMap;
+/// use velib_dataflow::feed::{gbfs, StationId};
+/// use velib_dataflow::kafka::publish::PublishedTopic;
+/// use velib_dataflow::producer::epoch_records;
+/// use velib_dataflow::snapshot::EpochUpdates;
+///
+/// let old = gbfs::parse_station_record(br#"{"station_id": 7, "num_bikes_available": 2,
+///     "num_docks_available": 5, "is_installed": 1, "is_renting": 1, "is_returning": 1}"#)?;
+/// let new = velib_dataflow::feed::StationStatus { bikes_available: 1, ..old.clone() };
+/// let updates = EpochUpdates { epoch: 2, feed_time: 60, statuses: vec![(old, -1), (new, 1)], directory: vec![] };
+/// let records = epoch_records(&updates, &HashMap::new());
+/// assert_eq!(records.len(), 1);
+/// assert_eq!((records[0].topic, &records[0].station), (PublishedTopic::Status, &StationId::Num(7)));
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 pub fn epoch_records(
     updates: &EpochUpdates,
     feed_fields: &std::collections::HashMap<

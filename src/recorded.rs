@@ -96,6 +96,18 @@ const NOT_STATUS: &[&str] = &[
 /// The snapshot files `paths` name, in order: a file as itself, a directory
 /// as its `*.json` status files sorted by name (not recursing). Paths that
 /// cannot be listed are returned as errors, in place.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::recorded::snapshot_files;
+///
+/// let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gbfs/velib/2024-11-19");
+/// // station_information.json is not a status file: it is read beside one.
+/// let files: Vec<_> = snapshot_files(&[dir]).into_iter().map(Result::unwrap).collect();
+/// assert_eq!(files.len(), 1);
+/// assert!(files[0].ends_with("station_status.json"));
+/// ```
 pub fn snapshot_files(paths: &[PathBuf]) -> Vec<Result<PathBuf, RecordedError>> {
     let mut out = Vec::new();
     for path in paths {

@@ -141,6 +141,19 @@ impl<V: Keyed + Clone> SnapshotDiffer<V> {
 }
 
 /// A snapshot that was refused. Nothing of it was applied.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::FeedTimeKind;
+/// use velib_dataflow::snapshot::{Snapshot, SnapshotError, SnapshotSequencer};
+///
+/// let mut seq = SnapshotSequencer::resume(4, Some(1_000), vec![], vec![]);
+/// let older = Snapshot { feed_time: 900, feed_time_kind: FeedTimeKind::Published, statuses: vec![], directory: None };
+/// let error = seq.advance(older).unwrap_err();
+/// assert!(matches!(error, SnapshotError::Older { feed_time: 900, last_accepted: 1_000 }));
+/// assert!(error.to_string().contains("older than the last accepted"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {

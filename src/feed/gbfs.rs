@@ -161,6 +161,22 @@ fn relocate(e: FeedError, at: &str, field: &str) -> FeedError {
 /// any station is invalid; and as an [`FeedError::UpstreamOutage`] if it has no
 /// stations, or, for a Vélib' payload, if every station lacks its code or its
 /// bike types (what the Vélib' API serves when its back end is down).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{gbfs, FeedTimeKind};
+///
+/// let status = gbfs::parse_status(br#"{"last_updated": 1666551803, "ttl": 10, "version": "2.2",
+///     "data": {"stations": [{"station_id": "2351", "num_bikes_available": 10, "num_docks_available": 2,
+///     "is_installed": 1, "is_renting": 1, "is_returning": 1, "last_reported": 1666551803}]}}"#)?;
+/// assert_eq!((status.feed_time, status.feed_time_kind), (1666551803, FeedTimeKind::Published));
+/// assert_eq!(status.stations[0].bikes_available, 10);
+/// // A truncated payload is refused whole, saying where.
+/// let error = gbfs::parse_status(br#"{"last_updated": 1, "data": {"stations": [{"station_id""#).unwrap_err();
+/// assert_eq!(error.reason(), "invalid_json");
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationStatus);
     let root = parse_payload(ctx.feed, bytes)?;
@@ -236,6 +252,18 @@ pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
 }
 
 /// Parses a `station_information.json` payload.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::gbfs;
+///
+/// let info = gbfs::parse_information(r#"{"last_updated": 1, "ttl": 0, "data": {"stations": [
+///     {"station_id": "2351", "name": "Ulsrudløkka", "lat": 59.91, "lon": 10.80, "capacity": 12}]}}"#.as_bytes())?;
+/// assert_eq!(info.stations[0].name, "Ulsrudløkka");
+/// assert_eq!(info.stations[0].capacity, Some(12));
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 pub fn parse_information(bytes: &[u8]) -> Result<InformationSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationInformation);
     let root = parse_payload(ctx.feed, bytes)?;

@@ -44,6 +44,18 @@ pub type FeedTime = i64;
 /// In JSON it is written as the feed wrote it (a number or a string); in
 /// timely's binary exchange it is a tagged enum, since bincode cannot read
 /// untagged data.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::StationId;
+///
+/// let vélib: StationId = serde_json::from_str("19335882998")?;
+/// let oslo: StationId = serde_json::from_str(r#""2351""#)?;
+/// assert_eq!(vélib, StationId::Num(19_335_882_998));
+/// assert_eq!(serde_json::to_string(&oslo)?, r#""2351""#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StationId {
     /// A numeric identifier (Vélib').
@@ -207,6 +219,17 @@ pub struct Position {
 
 impl Position {
     /// Great-circle distance to `other`, in metres.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::feed::Position;
+    ///
+    /// let chatelet = Position { lat: 48.8584, lon: 2.3470 };
+    /// let louvre = Position { lat: 48.8606, lon: 2.3376 };
+    /// let d = chatelet.distance_m(&louvre);
+    /// assert!((700.0..750.0).contains(&d), "{d}");
+    /// ```
     pub fn distance_m(&self, other: &Position) -> f64 {
         const EARTH_RADIUS_M: f64 = 6_371_008.8;
         let (la1, la2) = (self.lat.to_radians(), other.lat.to_radians());

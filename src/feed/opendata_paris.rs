@@ -32,6 +32,18 @@ use serde_json::Value;
 use std::collections::HashSet;
 
 /// Parses one export into the status and the directory it carries.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::opendata_paris;
+///
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"),
+///     "/tests/fixtures/opendata-paris/velib-series/velib_data_20241105_093001.json");
+/// let (status, directory) = opendata_paris::parse(&std::fs::read(path).unwrap())?;
+/// assert_eq!(status.stations.len(), directory.stations.len());
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), FeedError> {
     let ctx = Ctx::new(FeedKind::OpenDataParis);
     let root = parse_payload(ctx.feed, bytes)?;

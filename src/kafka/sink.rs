@@ -36,6 +36,24 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
 
 /// How a key and its value become a Kafka record.
+///
+/// # Examples
+///
+/// An encoder of your own: plain text.
+///
+/// ```
+/// use velib_dataflow::kafka::sink::{EpochProgress, RecordEncoder};
+///
+/// struct Text;
+/// impl RecordEncoder<String, i64> for Text {
+///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
+///     fn value(&self, _: &String, value: &i64, progress: &EpochProgress) -> Vec<u8> {
+///         format!("{value} at epoch {}", progress.epoch).into_bytes()
+///     }
+/// }
+/// let progress = EpochProgress { epoch: 3, ..Default::default() };
+/// assert_eq!(Text.value(&"75016".into(), &12, &progress), b"12 at epoch 3");
+/// ```
 pub trait RecordEncoder<K, V>: 'static {
     /// The record's key.
     fn key(&self, key: &K) -> Vec<u8>;
@@ -48,6 +66,17 @@ pub trait RecordEncoder<K, V>: 'static {
 /// its snapshot, and where each source partition stood once the epoch was
 /// read (the offset of its first record not in this or an earlier epoch).
 /// A restart reads it to know where it stands.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::sink::EpochProgress;
+///
+/// let progress: EpochProgress = serde_json::from_str(
+///     r#"{"epoch":42,"feed_time":1732004538,"positions":{"velib-projet":{"0":1290,"1":1187}}}"#)?;
+/// assert_eq!(progress.positions["velib-projet"][&1], 1187);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochProgress {
     /// The epoch.
