@@ -24,6 +24,21 @@ pub const MIN_TTL_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_TTL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where the feed is.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::poll::{FeedLocation, VELIB_FEED};
+///
+/// // Discover the feeds from gbfs.json, in French:
+/// let velib = FeedLocation::Discover { url: VELIB_FEED.into(), language: Some("fr".into()) };
+/// // Or poll a status URL directly (GBFS, or the City of Paris export):
+/// let paris = FeedLocation::Discover {
+///     url: "https://opendata.paris.fr/api/explore/v2.1/catalog/datasets/velib-disponibilite-en-temps-reel/exports/json".into(),
+///     language: None,
+/// };
+/// assert_ne!(velib, paris);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedLocation {
     /// A URL fetched first: a `gbfs.json` discovery file (its
@@ -97,6 +112,25 @@ impl PollConfig {
 }
 
 /// Why a poll gave no snapshot.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::directory::DirectoryResolver;
+/// use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
+/// use velib_dataflow::postcode::PostcodeTable;
+///
+/// let mut config = PollConfig::new(FeedLocation::Explicit { status: "http://127.0.0.1:9/s.json".into(), information: None });
+/// config.fetch.connect_timeout = Duration::from_secs(1);
+/// let mut poller = FeedPoller::new(config, DirectoryResolver::new(PostcodeTable::empty(), false))?;
+/// let error = poller.poll().unwrap_err();
+/// // A stable reason for counters, a sentence for people, and how long to wait.
+/// assert_eq!(error.reason(), "connect");
+/// assert!(error.to_string().starts_with("cannot connect to http://127.0.0.1:9/s.json"));
+/// assert_eq!(error.retry_after(), None);
+/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PollError {
@@ -183,6 +217,37 @@ pub enum PollOutcome {
 
 /// Where the producer's snapshots come from: a live feed ([`FeedPoller`])
 /// or recorded files ([`RecordedSource`](crate::recorded::RecordedSource)).
+///
+/// # Examples
+///
+/// A source of your own: snapshots from anywhere (a message queue, a
+/// database), published by the producer as epochs.
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::feed::FeedTimeKind;
+/// use velib_dataflow::poll::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
+/// use velib_dataflow::snapshot::Snapshot;
+///
+/// struct Once(Option<Snapshot>);
+/// impl SnapshotSource for Once {
+///     fn poll(&mut self) -> Result<PollOutcome, PollError> {
+///         Ok(match self.0.take() {
+///             Some(snapshot) => PollOutcome::Snapshot(PolledSnapshot {
+///                 snapshot, feed_fields: Default::default(), information_error: None,
+///             }),
+///             None => PollOutcome::Exhausted,
+///         })
+///     }
+///     fn interval(&self) -> Duration { Duration::ZERO }
+/// }
+/// let empty = Snapshot { feed_time: 1, feed_time_kind: FeedTimeKind::Published, statuses: vec![], directory: None };
+/// let mut source = Once(Some(empty));
+/// assert!(matches!(source.poll()?, PollOutcome::Snapshot(_)));
+/// assert!(matches!(source.poll()?, PollOutcome::Exhausted));
+/// // `producer::run_with_source(source, &config, handle)` publishes them.
+/// # Ok::<(), PollError>(())
+/// ```
 pub trait SnapshotSource {
     /// The next snapshot, or why there is none this time.
     fn poll(&mut self) -> Result<PollOutcome, PollError>;

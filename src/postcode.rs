@@ -113,6 +113,19 @@ pub enum PostcodeTableError {
 ///
 /// A row with an empty postcode says the station is known but has no
 /// postcode, so that it is inferred or counted as `unknown`.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::StationId;
+/// use velib_dataflow::postcode::PostcodeTable;
+///
+/// let table = PostcodeTable::velib();
+/// assert!(table.len() > 1400);
+/// // By station code, or by station id when the code is unknown.
+/// assert_eq!(table.lookup(Some("16107"), &StationId::Num(0)).unwrap().as_str(), "75016");
+/// assert_eq!(table.lookup(None, &StationId::Num(213688169)).unwrap().as_str(), "75016");
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PostcodeTable {
     by_code: HashMap<String, Option<Postcode>>,

@@ -24,6 +24,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Everything the producer needs.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::poll::{FeedLocation, VELIB_FEED};
+/// use velib_dataflow::producer::ProducerConfig;
+/// use velib_dataflow::snapshot::StationSelection;
+///
+/// let location = FeedLocation::Discover { url: VELIB_FEED.into(), language: None };
+/// let mut config = ProducerConfig::new(location, KafkaConfig::new("127.0.0.1:9092"));
+/// config.poll.selection = StationSelection::only(["16107", "32017"]);
+/// config.poll.interval = Some(Duration::from_secs(5));
+/// config.publish.status_topic = "velib-projet".into();
+/// ```
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
     /// What to poll, and how.

@@ -61,6 +61,21 @@ impl fmt::Display for Problem {
 }
 
 /// A payload that was rejected whole. Nothing of it was used.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{gbfs, FeedError};
+///
+/// let error = gbfs::parse_status(br#"{"last_updated": 1, "data": {"stations": [{"station_id": 7,
+///     "num_bikes_available": -1, "num_docks_available": 0,
+///     "is_installed": 1, "is_renting": 1, "is_returning": 1}]}}"#).unwrap_err();
+/// assert!(matches!(error, FeedError::Field { .. }));
+/// assert_eq!(error.reason(), "invalid_field");
+/// // It names the feed, the station and the field.
+/// let text = error.to_string();
+/// assert!(text.contains("station_status") && text.contains("station 7") && text.contains("num_bikes_available"), "{text}");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FeedError {

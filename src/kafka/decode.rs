@@ -32,6 +32,17 @@ pub struct RawRecord<'a> {
 
 /// Why a record could not be read. Such a record goes to the dead-letter
 /// topic with [`DecodeError::reason`] in a header; the pipeline goes on.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, StationStatusDecoder};
+///
+/// let record = RawRecord { topic: "velib-projet", partition: 2, offset: 17, key: Some(b"7"), value: Some(b"{\"station_id\": 7") };
+/// let error = StationStatusDecoder.decode(&record).unwrap_err();
+/// // The dead-letter topic's `velib-dlq-reason` header.
+/// assert_eq!(error.reason(), "invalid_json");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {

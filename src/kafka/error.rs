@@ -1,4 +1,14 @@
 /// A Kafka operation that failed, with what was being done.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::{KafkaConfig, KafkaError};
+///
+/// let error = KafkaConfig::new("127.0.0.1:9092").with_property("security.protocol").unwrap_err();
+/// assert!(matches!(error, KafkaError::BadProperty(_)));
+/// assert!(!error.is_fatal());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KafkaError {

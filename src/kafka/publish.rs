@@ -20,6 +20,18 @@ pub const DEFAULT_STATUS_TOPIC: &str = "velib-projet";
 pub const DEFAULT_DIRECTORY_TOPIC: &str = "velib-directory";
 
 /// Where and how the producer publishes.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::publish::PublisherConfig;
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let config = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// assert_eq!(config.transactional_id, "velib-producer-velib-projet");
+/// let compacted: Vec<_> = config.topics(3).into_iter().map(|t| (t.name, t.compacted)).collect();
+/// assert_eq!(compacted, [("velib-projet".to_owned(), false), ("velib-directory".to_owned(), true)]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
     /// The cluster.

@@ -152,6 +152,17 @@ impl SinkConfig {
 /// What the sink has done: the last committed epoch, or why it stopped.
 ///
 /// Cloned handles share the state; the driver of the dataflow reads it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::sink::SinkHandle;
+///
+/// let handle = SinkHandle::default();
+/// // Pass a clone to `kafka_sink`; read what it did from this one.
+/// assert_eq!((handle.committed(), handle.records(), handle.error()), (None, 0, None));
+/// assert_eq!(handle.close_to_commit().count(), 0);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SinkHandle {
     state: Arc<Mutex<SinkState>>,

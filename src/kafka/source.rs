@@ -50,6 +50,17 @@ use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
 /// How the records of the source's topics mark their epochs.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::source::{Framing, SourceConfig};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// // The seeds' producer.py writes unkeyed station JSON without epochs:
+/// let seeds = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]).framing(Framing::Ingestion);
+/// assert_eq!(seeds.framing, Framing::Ingestion);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Framing {
     /// This crate's epoch protocol: epoch and attempt headers, and a marker
