@@ -117,6 +117,18 @@ impl AggregatorConfig {
 }
 
 /// Why the aggregator stopped.
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::aggregator::{run, AggregatorConfig, AggregatorError, AggregatorHandle};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// if let Err(AggregatorError::Stopped(why)) = run(timely::Config::thread(), config, AggregatorHandle::default()) {
+///     eprintln!("a source or the sink stopped: {why}");
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AggregatorError {

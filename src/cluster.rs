@@ -4,6 +4,15 @@
 use std::path::Path;
 
 /// A cluster description that does not make sense.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::cluster::{cluster_config, ClusterError};
+///
+/// let error = cluster_config(1, 2, 5, None).unwrap_err();
+/// assert!(matches!(error, ClusterError::Invalid(_)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {

@@ -15,6 +15,19 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 // Externally tagged: timely exchanges data with bincode, which cannot read
 // internally tagged enums.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::directory::PostcodeSource;
+/// use velib_dataflow::feed::StationId;
+///
+/// let inferred = PostcodeSource::Inferred { from: StationId::Num(7), distance_m: 140 };
+/// assert!(inferred.is_inferred());
+/// assert_eq!(serde_json::to_string(&inferred)?, r#"{"inferred":{"from":7,"distance_m":140}}"#);
+/// assert_eq!(serde_json::to_string(&PostcodeSource::Table)?, r#""table""#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[serde(rename_all = "snake_case")]
 pub enum PostcodeSource {
     /// The feed's own `post_code`.

@@ -68,6 +68,19 @@ pub enum Fetched {
 }
 
 /// Why a fetch failed. Nothing of the response was used.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::fetch::{FeedFetcher, FetchConfig};
+///
+/// let mut fetcher = FeedFetcher::new(FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() })?;
+/// let error = fetcher.fetch("http://127.0.0.1:9/station_status.json").unwrap_err();
+/// assert_eq!(error.reason(), "connect");
+/// assert!(error.to_string().starts_with("cannot connect to http://127.0.0.1:9/station_status.json"));
+/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {

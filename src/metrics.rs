@@ -86,6 +86,16 @@ impl Metrics {
                 "Epoch transactions that failed and were tried again.",
                 s.publish_retries,
             );
+            out.counter(
+                "velib_kafka_producer_sent_messages_total",
+                "Messages the producer's Kafka client sent (librdkafka txmsgs).",
+                s.kafka_sent.0,
+            );
+            out.counter(
+                "velib_kafka_producer_sent_bytes_total",
+                "Message bytes the producer's Kafka client sent (librdkafka txmsg_bytes).",
+                s.kafka_sent.1,
+            );
         }
         if let Some(aggregator) = &self.aggregator {
             let s = aggregator.source_stats();

@@ -71,6 +71,22 @@ impl ProducerConfig {
 }
 
 /// Why the producer stopped.
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::poll::{FeedLocation, VELIB_FEED};
+/// use velib_dataflow::producer::{run, ProducerConfig, ProducerError, ProducerHandle};
+///
+/// let location = FeedLocation::Discover { url: VELIB_FEED.into(), language: None };
+/// match run(ProducerConfig::new(location, KafkaConfig::new("127.0.0.1:9092")), ProducerHandle::default()) {
+///     Ok(()) => println!("stopped"),
+///     // Fenced by a newer producer, or Kafka unusable at start: retrying cannot help.
+///     Err(ProducerError::Kafka(e)) => eprintln!("{e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProducerError {
@@ -102,6 +118,9 @@ pub struct ProducerStats {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Transactions that failed and were tried again.
     pub publish_retries: u64,
+    /// Messages and bytes the Kafka producer sent, as librdkafka last
+    /// reported them (every 5 s).
+    pub kafka_sent: (u64, u64),
 }
 
 /// Watches and stops a running producer; clones share the state.
@@ -189,7 +208,15 @@ pub fn run_with_source(
     config: &ProducerConfig,
     handle: ProducerHandle,
 ) -> Result<(), ProducerError> {
-    let (mut publisher, recovered) = EpochPublisher::connect(config.publish.clone())?;
+    let observed = handle.clone();
+    let (mut publisher, recovered) = EpochPublisher::connect_observed(
+        config.publish.clone(),
+        Some(std::sync::Arc::new(move |stats: rdkafka::Statistics| {
+            observed.count(|s| {
+                s.kafka_sent = (stats.txmsgs.max(0) as u64, stats.txmsg_bytes.max(0) as u64)
+            })
+        })),
+    )?;
     let mut sequencer = match &recovered.last {
         Some(last) => {
             tracing::info!(

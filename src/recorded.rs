@@ -14,6 +14,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A recorded file that could not be used. The replay goes on without it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::recorded::{load, RecordedError};
+///
+/// let error = load(std::path::Path::new("/nonexistent/station_status.json")).unwrap_err();
+/// assert!(matches!(error, RecordedError::Io { .. }));
+/// assert_eq!(error.reason(), "unreadable_file");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordedError {

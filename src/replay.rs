@@ -30,6 +30,17 @@ pub struct EpochOutput {
 }
 
 /// A replay that could not run to its end.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::replay::{run, ReplayError};
+/// use velib_dataflow::snapshot::EpochUpdates;
+///
+/// let epochs = vec![EpochUpdates { epoch: 2, ..Default::default() }, EpochUpdates { epoch: 1, ..Default::default() }];
+/// let error = run(timely::Config::thread(), epochs, |_| {}).unwrap_err();
+/// assert!(matches!(error, ReplayError::EpochOrder { epoch: 1, previous: 2 }));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {

@@ -238,6 +238,27 @@ impl Snapshot {
 }
 
 /// The updates of one epoch.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{FeedTimeKind, StationId, StationStatus};
+/// use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
+///
+/// let station = |bikes| StationStatus {
+///     station_id: StationId::Num(7), code: None, bikes_available: bikes, bike_types: None,
+///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None,
+/// };
+/// let snapshot = |t, bikes| Snapshot {
+///     feed_time: t, feed_time_kind: FeedTimeKind::Published, statuses: vec![station(bikes)], directory: None,
+/// };
+/// let mut seq = SnapshotSequencer::new();
+/// seq.advance(snapshot(1, 2)).unwrap();
+/// let updates = seq.advance(snapshot(2, 3)).unwrap().unwrap();
+/// // One station changed: its old row out, its new row in.
+/// assert_eq!(updates.epoch, 2);
+/// assert_eq!(updates.statuses, vec![(station(2), -1), (station(3), 1)]);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochUpdates {
     /// The epoch, strictly greater than every earlier one.

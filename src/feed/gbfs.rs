@@ -43,6 +43,18 @@ pub struct FeedLink {
 }
 
 /// A parsed `gbfs.json`: the feeds a system publishes, per language.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::gbfs;
+///
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gbfs/velib/2022-02/gbfs.json");
+/// let discovery = gbfs::parse_discovery(&std::fs::read(path).unwrap())?;
+/// assert_eq!(discovery.ttl, Some(3600));
+/// assert!(discovery.feed_url("station_status", Some("en")).unwrap().ends_with("/station_status.json"));
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Discovery {
     /// The GBFS version declared, if any.

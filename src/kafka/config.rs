@@ -69,9 +69,10 @@ impl KafkaConfig {
     }
 }
 
-/// The librdkafka context of this crate's consumers: the end of a partition
-/// is how they learn they are caught up, not an error, so it is not logged
-/// as one (librdkafka's default context logs it at error level).
+/// The librdkafka context of this crate's clients. For consumers, the end
+/// of a partition is how they learn they are caught up, not an error, so it
+/// is not logged as one (librdkafka's default context logs it at error
+/// level).
 ///
 /// With `on_stats`, it also hands librdkafka's statistics (emitted every
 /// `statistics.interval.ms`) to it.
@@ -105,3 +106,9 @@ impl rdkafka::ClientContext for ReaderContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+impl rdkafka::producer::ProducerContext for ReaderContext {
+    type DeliveryOpaque = ();
+    // Failed deliveries fail the transaction's commit, where they are handled.
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}

@@ -118,6 +118,17 @@ pub enum Framed {
 }
 
 /// A record's headers, as name and value.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::protocol::RecordHeaders;
+///
+/// let headers = RecordHeaders::new(vec![("velib-epoch", Some(b"3".as_slice())), ("velib-epoch", Some(b"4".as_slice()))]);
+/// // The last header of a name wins, as Kafka clients read them.
+/// assert_eq!(headers.get("velib-epoch"), Some(Some(b"4".as_slice())));
+/// assert_eq!(headers.get("velib-attempt"), None);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct RecordHeaders<'a> {
     headers: Vec<(&'a str, Option<&'a [u8]>)>,

@@ -130,6 +130,15 @@ impl EpochPublisher {
     /// visible (a producer that died while committing). Returns the
     /// publisher and what it read back.
     pub fn connect(config: PublisherConfig) -> Result<(Self, Recovered), KafkaError> {
+        Self::connect_observed(config, None)
+    }
+
+    /// As [`EpochPublisher::connect`], handing librdkafka's statistics of
+    /// the producer (every 5 s) to `on_stats`.
+    pub fn connect_observed(
+        config: PublisherConfig,
+        on_stats: Option<std::sync::Arc<dyn Fn(rdkafka::Statistics) + Send + Sync>>,
+    ) -> Result<(Self, Recovered), KafkaError> {
         if let Some(partitions) = config.create_partitions {
             for (topic, outcome) in
                 ensure_topics(&config.kafka, &config.topics(partitions), config.timeout)?
@@ -137,10 +146,11 @@ impl EpochPublisher {
                 tracing::debug!(topic, ?outcome, "topic ready");
             }
         }
-        let producer = TransactionalProducer::connect(
+        let producer = TransactionalProducer::connect_with(
             &config.kafka,
             &config.transactional_id,
             config.timeout,
+            super::config::ReaderContext { on_stats },
         )?;
         let partitions = vec![
             (

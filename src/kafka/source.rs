@@ -194,6 +194,17 @@ struct SourceShared {
 }
 
 /// Counters of the sources sharing a [`SourceHandle`].
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::source::SourceHandle;
+///
+/// let stats = SourceHandle::default().stats();
+/// // What the metrics report: read, applied, discarded, dead letters by reason, lag.
+/// assert_eq!((stats.records, stats.applied, stats.discarded), (0, 0, 0));
+/// assert!(stats.dead_letters.is_empty() && stats.consumer_lag.is_empty());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SourceStats {

@@ -56,6 +56,24 @@ impl TopicSpec {
 }
 
 /// What [`ensure_topics`] found or did for one topic.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9092");
+/// for (topic, outcome) in ensure_topics(&kafka, &[TopicSpec::new("velib-projet", 3)], Duration::from_secs(30))? {
+///     match outcome {
+///         TopicOutcome::Created => println!("{topic}: created"),
+///         TopicOutcome::Exists { partitions } => println!("{topic}: {partitions} partitions"),
+///         _ => {}
+///     }
+/// }
+/// # Ok::<(), velib_dataflow::kafka::KafkaError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TopicOutcome {

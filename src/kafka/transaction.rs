@@ -1,10 +1,11 @@
 //! The transactional producer both writers use: the producer publishing
 //! input epochs and the sink writing output epochs.
 
+use super::config::ReaderContext;
 use super::{KafkaConfig, KafkaError};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 /// initialised (which fences any older producer with the same id and aborts
 /// its open transaction).
 pub(crate) struct TransactionalProducer {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<ReaderContext>,
     timeout: Duration,
 }
 
@@ -32,9 +33,26 @@ impl TransactionalProducer {
         transactional_id: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
+        Self::connect_with(kafka, transactional_id, timeout, ReaderContext::default())
+    }
+
+    /// As [`Self::connect`], handing librdkafka's statistics (every 5 s) to
+    /// the context's callback.
+    pub(crate) fn connect_with(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        timeout: Duration,
+        context: ReaderContext,
+    ) -> Result<Self, KafkaError> {
         let timeout_ms = timeout.as_millis().to_string();
-        let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        let interval = if context.on_stats.is_some() {
+            "5000"
+        } else {
+            "0"
+        };
+        let producer: ThreadedProducer<ReaderContext> = kafka
             .client_config(&[
+                ("statistics.interval.ms", interval),
                 ("transactional.id", transactional_id),
                 ("enable.idempotence", "true"),
                 (
@@ -43,7 +61,7 @@ impl TransactionalProducer {
                 ),
                 ("message.timeout.ms", &timeout_ms),
             ])
-            .create()
+            .create_with_context(context)
             .map_err(KafkaError::client(format!(
                 "creating a producer for {}",
                 kafka.brokers()
