@@ -176,7 +176,8 @@ impl FetchError {
             FetchError::Timeout { .. } => "timeout",
             FetchError::RateLimited { .. } => "rate_limited",
             FetchError::Status { status, .. } if *status >= 500 => "server_error",
-            FetchError::Status { .. } => "client_error",
+            FetchError::Status { status, .. } if *status >= 400 => "client_error",
+            FetchError::Status { .. } => "unexpected_status",
             FetchError::TooLarge { .. } => "too_large",
             FetchError::Body { .. } => "truncated_body",
             FetchError::Request { .. } => "request",
@@ -265,9 +266,12 @@ impl FeedFetcher {
                 request = request.header(IF_MODIFIED_SINCE, modified.clone());
             }
         }
+        let conditional = self.validators.contains_key(url);
         let response = request.send().map_err(|e| self.request_error(url, e))?;
         let status = response.status();
-        if status == StatusCode::NOT_MODIFIED {
+        // A 304 answers a conditional request only; to any other it is a
+        // server that says nothing, not "unchanged".
+        if status == StatusCode::NOT_MODIFIED && conditional {
             return Ok(Fetched::NotModified);
         }
         if status == StatusCode::TOO_MANY_REQUESTS {

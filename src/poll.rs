@@ -420,9 +420,9 @@ impl FeedPoller {
         let (url, language) = (url.clone(), language.clone());
         // Discovery is fetched whole each time it is needed.
         self.fetcher.forget(&url);
-        let bytes = match self.fetcher.fetch(&url)? {
-            Fetched::Body(bytes) => bytes,
-            Fetched::NotModified => unreachable!("an unconditional request is never 304"),
+        // Unconditional (validators forgotten above), so always a body.
+        let Fetched::Body(bytes) = self.fetcher.fetch(&url)? else {
+            return Err(PollError::Fetch(FetchError::Status { url, status: 304 }));
         };
         match gbfs::parse_discovery(&bytes) {
             Ok(discovery) => {

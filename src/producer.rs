@@ -17,7 +17,7 @@ use crate::poll::{
     FeedLocation, FeedPoller, PollConfig, PollOutcome, PolledSnapshot, SnapshotSource,
 };
 use crate::postcode::PostcodeTable;
-use crate::snapshot::{net_changes, EpochUpdates, SnapshotError, SnapshotSequencer};
+use crate::snapshot::{net_changes, EpochUpdates, SnapshotSequencer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -302,11 +302,7 @@ fn sequence(
             return Ok(());
         }
         Err(e) => {
-            let reason = match e {
-                SnapshotError::Older { .. } => "older_snapshot",
-                _ => "upstream_outage",
-            };
-            reject(handle, reason, &e);
+            reject(handle, e.reason(), &e);
             return Ok(());
         }
     };

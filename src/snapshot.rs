@@ -172,6 +172,16 @@ pub enum SnapshotError {
     Outage(String),
 }
 
+impl SnapshotError {
+    /// A short, stable name for the kind of refusal, for logs and counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SnapshotError::Older { .. } => "older_snapshot",
+            SnapshotError::Outage(_) => "upstream_outage",
+        }
+    }
+}
+
 /// One full snapshot: statuses, and the directory when this snapshot has one
 /// (when it has none, the directory stays as it was).
 #[derive(Clone, Debug)]

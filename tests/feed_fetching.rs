@@ -242,3 +242,31 @@ fn a_discovery_without_the_language_or_a_status_says_so() {
     let e = poll("http://127.0.0.1:9/gbfs.json".into(), None).unwrap_err();
     assert_eq!(e.reason(), "connect");
 }
+
+/// A 304 to a request that asked for nothing conditional is not "unchanged":
+/// it is an error, for a plain fetch and for discovery, and no panic.
+#[test]
+fn a_304_to_an_unconditional_request_is_an_error() {
+    let server = FeedServer::start();
+    server.script(
+        "/s",
+        [Reply::Status(304, vec![]), Reply::ok(fixture(STATUS))],
+    );
+    server.script("/gbfs.json", [Reply::Status(304, vec![])]);
+    let mut fetcher = FeedFetcher::new(quick()).unwrap();
+    let url = server.url("/s");
+    let e = fetcher.fetch(&url).unwrap_err();
+    assert_eq!(e.reason(), "unexpected_status", "{e}");
+    assert!(matches!(fetcher.fetch(&url).unwrap(), Fetched::Body(_)));
+
+    let mut config = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/gbfs.json"),
+        language: None,
+    });
+    config.fetch = quick();
+    let e = FeedPoller::new(config, resolver())
+        .unwrap()
+        .poll()
+        .unwrap_err();
+    assert_eq!(e.reason(), "unexpected_status", "{e}");
+}

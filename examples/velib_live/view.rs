@@ -103,7 +103,14 @@ impl LiveView {
         let mut wait = timeout;
         while let Some(result) = self.consumer.poll(wait) {
             wait = Duration::ZERO;
-            let Ok(message) = result else { continue };
+            let message = match result {
+                Ok(message) => message,
+                Err(e) => {
+                    // librdkafka retries by itself; the view just waits.
+                    tracing::debug!("view: {e}");
+                    continue;
+                }
+            };
             let header = |name: &str| {
                 message.headers().and_then(|h| {
                     h.iter()

@@ -529,22 +529,9 @@ impl<K, V> Reader<K, V> {
         let consumer = Arc::new(consumer);
         let mut all = Vec::new();
         for topic in &config.topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), config.metadata_timeout)
-                .map_err(KafkaError::client(format!(
-                    "reading the partitions of {topic}"
-                )))?;
-            let count = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map(|t| t.partitions().len())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| KafkaError::Topic {
-                    topic: topic.clone(),
-                    problem: "it does not exist or has no partitions; create it first".into(),
-                })?;
-            all.extend((0..count).map(|p| (topic.clone(), p as i32)));
+            let count =
+                super::topics::partition_count(consumer.client(), topic, config.metadata_timeout)?;
+            all.extend((0..count).map(|p| (topic.clone(), p)));
         }
         let mine: Vec<(String, i32)> = all
             .into_iter()

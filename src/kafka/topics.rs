@@ -231,6 +231,31 @@ fn compaction_verdict(topic: &str, policy: Option<&str>) -> Result<bool, KafkaEr
     }
 }
 
+/// How many partitions `topic` has, as `client`'s broker says; an error
+/// naming the topic when it does not exist or has none.
+pub(crate) fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(KafkaError::client(format!(
+            "reading the partitions of {topic}"
+        )))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| KafkaError::Topic {
+            topic: topic.to_owned(),
+            problem: "it does not exist or has no partitions; create it first".into(),
+        })?;
+    Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::compaction_verdict;

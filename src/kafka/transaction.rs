@@ -77,24 +77,7 @@ impl TransactionalProducer {
 
     /// How many partitions `topic` has; an error when it does not exist.
     pub(crate) fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), self.timeout)
-            .map_err(KafkaError::client(format!(
-                "reading the partitions of {topic}"
-            )))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().len())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| KafkaError::Topic {
-                topic: topic.to_owned(),
-                problem: "it does not exist or has no partitions; create it first".into(),
-            })?;
-        Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+        super::topics::partition_count(self.producer.client(), topic, self.timeout)
     }
 
     pub(crate) fn begin(&self) -> Result<(), RdKafkaError> {
