@@ -160,7 +160,7 @@ fn seeds_format_gives_the_rider_totals_of_the_fixtures_readme() {
     };
     wait_for(
         "the rider totals on the output topic",
-        || broker.log(),
+        || broker.log_tail(),
         || matches(&latest(&broker.kcat_read(OUTPUT))),
     );
     stop(handle, thread);
@@ -217,7 +217,7 @@ fn epoch_series_with_idle_partitions_and_bad_records() {
     let (handle, thread) = start(config, timely::Config::thread());
     wait_for(
         "the last epoch committed",
-        || broker.log(),
+        || broker.log_tail(),
         || handle.committed() == Some(last),
     );
     let stats = handle.source_stats();
@@ -272,10 +272,28 @@ fn epoch_series_with_idle_partitions_and_bad_records() {
     assert_eq!(stats.dead_letters.values().sum::<u64>(), 2);
 }
 
+/// Apache Kafka hides the aborted transaction from read_committed readers:
+/// the attempt protocol is not even needed there.
 #[test]
 fn a_dead_attempt_is_ignored_and_the_new_attempt_counts() {
+    dead_attempt("read_committed");
+}
+
+/// At read_uncommitted Apache Kafka shows the aborted transaction's records,
+/// as some Kafka-compatible services show them to every reader: the attempt
+/// protocol must leave them out.
+#[test]
+fn a_dead_attempt_shown_to_the_reader_is_left_out() {
+    dead_attempt("read_uncommitted");
+}
+
+fn dead_attempt(isolation: &str) {
     let broker = Broker::start();
-    let config = config(&broker.address, Framing::Epochs, true, OUTPUT);
+    let mut config = config(&broker.address, Framing::Epochs, true, OUTPUT);
+    config.kafka = config
+        .kafka
+        .with_property(&format!("isolation.level={isolation}"))
+        .unwrap();
     create_topics(&broker.address, &config);
     let epochs: Vec<_> = paris().into_iter().take(4).collect();
     let topics = [(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)];
@@ -288,8 +306,8 @@ fn a_dead_attempt_is_ignored_and_the_new_attempt_counts() {
         );
     }
     // Attempt 1 dies in epoch 3 after writing wrong counts for every station
-    // that changes, and tombstones for some that do not: the test broker
-    // keeps these records visible to read_committed readers.
+    // that changes, and tombstones for some that do not; attempt 2's
+    // producer fences it, and the broker aborts its transaction.
     let mut wrong = epochs[2].0.clone();
     for (status, diff) in wrong.statuses.iter_mut() {
         if *diff > 0 {
@@ -322,16 +340,31 @@ fn a_dead_attempt_is_ignored_and_the_new_attempt_counts() {
     let (handle, thread) = start(config, timely::Config::thread());
     wait_for(
         "epoch 4 committed",
-        || broker.log(),
+        || broker.log_tail(),
         || handle.committed() == Some(4),
     );
     let stats = handle.source_stats();
     stop(handle, thread);
     assert_epochs_on_topic(&broker.kcat_read(OUTPUT), &epochs);
-    assert!(
-        stats.discarded >= dying.len() as u64,
-        "the dead attempt's records were read and left out: {stats:?}"
-    );
+    // The aborted records are on the log, and kcat sees them only when it
+    // reads uncommitted.
+    let attempt_1 = |records: Vec<Value>| {
+        records
+            .iter()
+            .filter(|r| header(r, "velib-attempt") == Some("attempt-1") && header(r, "velib-epoch") == Some("3"))
+            .count()
+    };
+    assert_eq!(attempt_1(broker.kcat_read(STATUS_TOPIC)), 0);
+    let shown = attempt_1(broker.kcat_read_uncommitted(STATUS_TOPIC));
+    assert_eq!(shown, dying.iter().filter(|r| r.topic == STATUS_TOPIC).count());
+    if isolation == "read_uncommitted" {
+        assert!(
+            stats.discarded >= dying.len() as u64,
+            "the dead attempt's records were read and left out: {stats:?}"
+        );
+    } else {
+        assert_eq!(stats.discarded, 0, "read_committed never sees them: {stats:?}");
+    }
 }
 
 /// The output of one run: per epoch, the (key, value) records, sorted.
@@ -375,7 +408,7 @@ fn two_workers_and_two_processes_write_the_same_output() {
             config(&broker.address, Framing::Epochs, true, output),
             timely_config,
         );
-        wait_for(output, || broker.log(), || handle.committed() == Some(last));
+        wait_for(output, || broker.log_tail(), || handle.committed() == Some(last));
         stop(handle, thread);
     }
 
@@ -438,7 +471,7 @@ fn two_workers_and_two_processes_write_the_same_output() {
             "process 0:\n{}\nprocess 1:\n{}\n{}",
             logs[0],
             logs[1],
-            broker.log()
+            broker.log_tail()
         )
     };
     wait_for("out-2p", process_logs, || {

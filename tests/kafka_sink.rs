@@ -85,7 +85,7 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
         &[TopicSpec::new(TOPIC, 3).compacted()],
         Duration::from_secs(30),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", broker.log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", broker.log_tail()));
     assert_eq!(outcome, vec![(TOPIC.to_string(), TopicOutcome::Created)]);
     // A second start finds it and says so.
     let again = ensure_topics(
@@ -101,7 +101,7 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
 
     let epochs = common::sequence(common::paris_series(true));
     let (committed, error) = run_into_sink(kafka, epochs.iter().map(|(u, _)| u.clone()).collect());
-    assert_eq!(error, None, "{}", broker.log());
+    assert_eq!(error, None, "{}", broker.log_tail());
     assert_eq!(committed, Some(epochs.len() as Epoch));
 
     let progress = common::output::assert_epochs_on_topic(&broker.kcat_read(TOPIC), &epochs);
@@ -117,29 +117,53 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
 }
 
 #[test]
-fn existing_topics_are_found_even_where_the_broker_hides_their_settings() {
-    // Nisshi answers DescribeConfigs with no entries: the compaction check
-    // cannot be made there (it is unit-tested in `kafka::topics`), and must
-    // not block the job.
+fn existing_topics_are_checked_for_compaction_through_describe_configs() {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(&broker.address);
     let created = ensure_topics(
         &kafka,
-        &[TopicSpec::new("plain", 2)],
+        &[
+            TopicSpec::new("plain", 2),
+            TopicSpec::new("compacted", 2).compacted(),
+        ],
         Duration::from_secs(30),
     )
     .unwrap();
-    assert_eq!(created, vec![("plain".to_string(), TopicOutcome::Created)]);
+    assert_eq!(
+        created,
+        vec![
+            ("plain".to_string(), TopicOutcome::Created),
+            ("compacted".to_string(), TopicOutcome::Created)
+        ]
+    );
+    // The broker reports the compacted topic's cleanup.policy: it passes.
     let checked = ensure_topics(
         &kafka,
-        &[TopicSpec::new("plain", 1).compacted()],
+        &[TopicSpec::new("compacted", 1).compacted()],
         Duration::from_secs(30),
     )
     .unwrap();
     assert_eq!(
         checked,
-        vec![("plain".to_string(), TopicOutcome::Exists { partitions: 2 })]
+        vec![("compacted".to_string(), TopicOutcome::Exists { partitions: 2 })]
     );
+    // An existing topic that must be compacted and is not is refused, with
+    // the command that fixes it.
+    let e = ensure_topics(
+        &kafka,
+        &[TopicSpec::new("plain", 1).compacted()],
+        Duration::from_secs(30),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("plain") && e.contains("\"delete\"") && e.contains("cleanup.policy=compact"),
+        "{e}"
+    );
+    // kcat, on its own, sees what was created.
+    let out = broker.kcat().args(["-L", "-t", "compacted"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("topic \"compacted\" with 2 partitions"), "{listing}");
 }
 
 #[test]

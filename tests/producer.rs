@@ -81,7 +81,7 @@ fn wait_for(what: &str, broker: &Broker, mut done: impl FnMut() -> bool) {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}\n{}",
-            broker.log()
+            broker.log_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

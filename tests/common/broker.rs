@@ -1,91 +1,255 @@
-//! A real Kafka-API broker (Nisshi, formerly Tansu) on a free port of
-//! 127.0.0.1, started by the test and stopped when dropped; and kcat, an
-//! independent client, to read what is on the topics.
+//! A real Apache Kafka broker for the tests, and kcat, an independent client,
+//! to read what is on its topics.
+//!
+//! [`Broker::start`] runs `scripts/apache-kafka run` (the script users start
+//! a local Kafka with): one KRaft node, broker and controller in one JVM, on
+//! two free ports of 127.0.0.1, with its own temporary log directory. It
+//! takes about 4 to 6 seconds to answer metadata on this project's
+//! machines (most of it the JVM and the KRaft controller starting), so the
+//! tests of one file share one broker ([`Broker::shared`]) and use topics of
+//! their own; a test that stops, restarts or kills its broker starts its own.
+//!
+//! The broker runs as a child that the kernel kills when the thread that
+//! started it ends (`PR_SET_PDEATHSIG`), so none outlives a test binary, even
+//! one that crashed; the shared broker is started from a thread that lives as
+//! long as the test binary.
+//!
+//! kcat runs with Debian's own librdkafka: `LD_LIBRARY_PATH` is cleared for
+//! it, so that it can never load the crate's.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// One Apache Kafka node on 127.0.0.1.
 pub struct Broker {
-    child: Child,
+    child: Mutex<Option<Child>>,
+    /// `127.0.0.1:PORT`, its bootstrap address.
     pub address: String,
-    log: PathBuf,
+    port: u16,
+    controller_port: u16,
+    settings: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
-fn nisshi() -> PathBuf {
-    if let Some(path) = std::env::var_os("NISSHI") {
-        return path.into();
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-    let path = home.join("bin/nisshi");
-    assert!(
-        path.exists(),
-        "the Nisshi broker is not installed at {}: run \
-         `cargo install nisshi@0.7.0-pre.2 --locked --features dynostore,libsql` (.ci/run does)",
-        path.display()
-    );
-    path
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/apache-kafka")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Broker {
+    /// A new broker of this test's own.
     pub fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("nisshi-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(nisshi())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
+        Broker::start_with(&[])
+    }
+
+    /// A new broker with extra server properties (`key=value`).
+    pub fn start_with(settings: &[&str]) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("velib-apache-kafka-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let broker = Broker {
+            child: Mutex::new(None),
+            address: format!("127.0.0.1:{port}"),
+            port,
+            controller_port: free_port(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        broker.run();
+        broker
+    }
+
+    /// The broker all tests of this binary share, started by the first that
+    /// asks. Use topic names of your own.
+    pub fn shared() -> &'static Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            // Started from a thread that never ends, so that the broker's
+            // parent-death signal fires only when the test binary exits.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tx.send(Broker::start()).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("the shared broker starts")
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// The log directory, kept across restarts.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut command = Command::new(script());
+        command
+            .arg("run")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()]);
+        for setting in &self.settings {
+            command.args(["--set", setting]);
+        }
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
-            .expect("nisshi starts");
-        let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&address).is_err() {
+            .unwrap_or_else(|e| panic!("{} runs: {e}", script().display()));
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_until_ready();
+    }
+
+    /// Waits until the broker answers a metadata request naming itself.
+    fn wait_until_ready(&self) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(90);
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .set("log_level", "0")
+            .create()
+            .unwrap();
+        loop {
+            if let Some(status) = self.child.lock().unwrap().as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "Apache Kafka exited ({status}) before answering on {}\n{}",
+                    self.address,
+                    self.log_tail()
+                );
+            }
+            if let Ok(metadata) = client.fetch_metadata(None, Duration::from_millis(500)) {
+                if !metadata.brokers().is_empty() {
+                    eprintln!(
+                        "Apache Kafka on {} answered after {:.1} s",
+                        self.address,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
-                "nisshi did not listen on {address}; see {}",
-                log.display()
+                "Apache Kafka did not answer on {}\n{}",
+                self.address,
+                self.log_tail()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Broker {
-            child,
-            address,
-            log,
+    }
+
+    fn signal(&self, signal: &str) {
+        let mut child = self.child.lock().unwrap();
+        if let Some(mut child) = child.take() {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            let _ = child.wait();
         }
+    }
+
+    /// Stops the broker cleanly (SIGTERM), waiting for it to exit.
+    pub fn stop(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Kills the broker (SIGKILL): no clean shutdown.
+    pub fn kill(&self) {
+        self.signal("-KILL");
+    }
+
+    /// Starts the broker again on the same ports and log directory.
+    pub fn restart(&self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Starts a stopped or killed broker again on the same ports and log
+    /// directory.
+    pub fn start_again(&self) {
+        assert!(self.child.lock().unwrap().is_none(), "already running");
+        self.run();
+    }
+
+    /// kcat with Debian's librdkafka, on this broker.
+    pub fn kcat(&self) -> Command {
+        let mut command = Command::new("kcat");
+        command
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_PRELOAD")
+            .args(["-b", &self.address]);
+        command
     }
 
     /// kcat's JSON envelope of every record on `topic`, read committed.
     pub fn kcat_read(&self, topic: &str) -> Vec<serde_json::Value> {
-        let out = Command::new("kcat")
-            .args(["-b", &self.address, "-C", "-t", topic, "-e", "-q", "-J"])
-            .args(["-X", "isolation.level=read_committed"])
+        self.kcat_read_at(topic, "read_committed")
+    }
+
+    /// kcat's JSON envelope of every record on `topic`, aborted transactions
+    /// included (what some Kafka-compatible services show every reader).
+    pub fn kcat_read_uncommitted(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.kcat_read_at(topic, "read_uncommitted")
+    }
+
+    fn kcat_read_at(&self, topic: &str, isolation: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .kcat()
+            .args(["-C", "-t", topic, "-e", "-q", "-J"])
+            .args(["-X", &format!("isolation.level={isolation}")])
             .output()
             .expect("kcat runs (apt-get install kcat)");
+        if !out.status.success() {
+            panic!(
+                "kcat -C -t {topic}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
         super::json_lines("kcat", &out)
     }
 
     /// Writes `lines` to `topic` with kcat, one unkeyed message per line.
     pub fn kcat_write(&self, topic: &str, lines: &str) {
-        use std::io::Write;
-        let mut child = Command::new("kcat")
-            .args(["-b", &self.address, "-P", "-t", topic])
+        let mut child = self
+            .kcat()
+            .args(["-P", "-t", topic])
             .stdin(Stdio::piped())
             .spawn()
             .expect("kcat runs (apt-get install kcat)");
@@ -96,21 +260,38 @@ impl Broker {
             .write_all(lines.as_bytes())
             .unwrap();
         let status = child.wait().unwrap();
-        assert!(status.success(), "kcat -P failed\n{}", self.log());
+        assert!(status.success(), "kcat -P failed\n{}", self.log_tail());
     }
 
+    /// The broker's whole log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last 150 lines of the broker's log, for a failed test's message.
+    pub fn log_tail(&self) -> String {
+        let Ok(file) = std::fs::File::open(self.log_path()) else {
+            return String::new();
+        };
+        let lines: Vec<String> = std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let from = lines.len().saturating_sub(150);
+        format!(
+            "--- Apache Kafka log ({}), last {} lines ---\n{}",
+            self.log_path().display(),
+            lines.len() - from,
+            lines[from..].join("\n")
+        )
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Keep the broker's log for a failed test; drop it otherwise.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
         }
+        self.kill();
     }
 }
