@@ -2,8 +2,10 @@
 //! compacted Kafka topic, one transaction per epoch.
 //!
 //! ```sh
+//! # what velib_producer publishes (statuses, and the directory that places stations):
 //! cargo run --example velib_aggregator -- --brokers 127.0.0.1:9092
-//! # the seeds' producer.py format (unkeyed raw GBFS station JSON):
+//! # the seeds' producer.py format (unkeyed raw GBFS station JSON) is told
+//! # by its records; to say it anyway:
 //! cargo run --example velib_aggregator -- --brokers 127.0.0.1:9092 --input-format seed
 //! # TLS + SASL, as kcat takes them:
 //! cargo run --example velib_aggregator -- --brokers broker:9093 \
@@ -27,6 +29,7 @@ use velib_dataflow::aggregator::{
     run, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_INPUT_TOPIC,
     DEFAULT_OUTPUT_TOPIC,
 };
+use velib_dataflow::kafka::publish::DEFAULT_DIRECTORY_TOPIC;
 use velib_dataflow::kafka::source::Framing;
 
 /// Keep per-postcode bike counts from a Kafka topic of station statuses.
@@ -50,10 +53,16 @@ struct Args {
     #[arg(long, default_value = DEFAULT_INPUT_TOPIC, value_name = "TOPIC")]
     input_topic: String,
 
-    /// Topic of directory entries written by velib_producer; without it,
-    /// stations are placed by the postcode table.
-    #[arg(long, value_name = "TOPIC")]
-    directory_topic: Option<String>,
+    /// Topic of directory entries written by velib_producer: stations get
+    /// the postcodes the producer gave them (the feed's, the table's, or
+    /// inferred), so both agree.
+    #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
+    directory_topic: String,
+
+    /// Place stations with the postcode table (--postcodes) instead of the
+    /// directory topic; stations not in it count under `unknown`.
+    #[arg(long)]
+    no_directory: bool,
 
     /// Topic of per-postcode counts.
     #[arg(long, default_value = DEFAULT_OUTPUT_TOPIC, value_name = "TOPIC")]
@@ -63,14 +72,16 @@ struct Args {
     #[arg(long, default_value = DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
     dead_letter_topic: String,
 
-    /// How the input marks its epochs: `epochs` for velib_producer's epoch
-    /// protocol, `seed` for the seeds' producer.py (unkeyed station JSON;
-    /// an epoch closes whenever the input is caught up).
-    #[arg(long, value_enum, default_value_t = InputFormat::Epochs)]
+    /// How the input marks its epochs: `auto` tells by its first records,
+    /// `epochs` for velib_producer's epoch protocol, `seed` for the seeds'
+    /// producer.py (unkeyed station JSON; an epoch closes whenever the
+    /// input is caught up; stations placed by the postcode table).
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
     input_format: InputFormat,
 
     /// Station -> postcode CSV, with a header naming `postcode` and
-    /// `stationCode` and/or `station_id` [default: the shipped Vélib' table]
+    /// `stationCode` and/or `station_id`, used with --no-directory or the
+    /// seeds' format [default: the shipped Vélib' table]
     #[arg(long, value_name = "FILE")]
     postcodes: Option<PathBuf>,
 
@@ -88,6 +99,8 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum InputFormat {
+    /// Told by the input's first records.
+    Auto,
     /// velib_producer's epoch protocol.
     Epochs,
     /// The seeds' producer.py: unkeyed raw GBFS station JSON.
@@ -133,12 +146,13 @@ fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
         .transactional_id
         .unwrap_or_else(|| format!("velib-aggregator-{}", args.output_topic));
     config.input_topic = args.input_topic;
-    config.directory_topic = args.directory_topic;
+    config.directory_topic = (!args.no_directory).then_some(args.directory_topic);
     config.output_topic = args.output_topic;
     config.dead_letter_topic = Some(args.dead_letter_topic).filter(|t| !t.is_empty());
     config.framing = match args.input_format {
-        InputFormat::Epochs => Framing::Epochs,
-        InputFormat::Seed => Framing::Ingestion,
+        InputFormat::Auto => None,
+        InputFormat::Epochs => Some(Framing::Epochs),
+        InputFormat::Seed => Some(Framing::Ingestion),
     };
     config.postcodes = Arc::new(postcodes);
     config.create_partitions = args.kafka.create_partitions();

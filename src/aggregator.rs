@@ -14,6 +14,7 @@ use crate::counts::PostcodeCounts;
 use crate::dataflow::{postcode_counts, Epoch};
 use crate::directory::{DirectoryEntry, PostcodeSource};
 use crate::feed::StationStatus;
+use crate::kafka::as_of::read_as_of;
 use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
 use crate::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
 use crate::kafka::source::{Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats};
@@ -43,8 +44,9 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 /// use velib_dataflow::aggregator::AggregatorConfig;
 /// use velib_dataflow::kafka::KafkaConfig;
 ///
-/// let mut config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
-/// config.directory_topic = Some("velib-directory".into());
+/// let config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// // Stations are placed by the producer's directory topic, by default.
+/// assert_eq!(config.directory_topic.as_deref(), Some("velib-directory"));
 /// let topics: Vec<_> = config.topics(3).into_iter().map(|t| (t.name, t.compacted)).collect();
 /// assert_eq!(topics, [
 ///     ("velib-projet".to_owned(), false),
@@ -59,14 +61,19 @@ pub struct AggregatorConfig {
     pub kafka: KafkaConfig,
     /// Station statuses.
     pub input_topic: String,
-    /// Directory entries; `None` to place stations with [`Self::postcodes`].
+    /// Directory entries, as the producer publishes them (so that producer
+    /// and aggregator agree on every station's postcode); `None` to place
+    /// stations with [`Self::postcodes`]. Input in the seeds' format has no
+    /// directory: it is placed with the table whatever this says.
     pub directory_topic: Option<String>,
     /// Per-postcode counts.
     pub output_topic: String,
     /// Records that cannot be read; `None` to only log and count them.
     pub dead_letter_topic: Option<String>,
-    /// How the input marks its epochs.
-    pub framing: Framing,
+    /// How the input marks its epochs; `None` to tell by the input's first
+    /// records (the epoch protocol if they have epoch headers, else the
+    /// seeds' format).
+    pub framing: Option<Framing>,
     /// The station → postcode table used without a directory topic.
     pub postcodes: Arc<PostcodeTable>,
     /// The output producer's `transactional.id`.
@@ -87,10 +94,10 @@ impl AggregatorConfig {
         AggregatorConfig {
             kafka,
             input_topic: DEFAULT_INPUT_TOPIC.into(),
-            directory_topic: None,
+            directory_topic: Some(crate::kafka::publish::DEFAULT_DIRECTORY_TOPIC.into()),
             output_topic: DEFAULT_OUTPUT_TOPIC.into(),
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.into()),
-            framing: Framing::Epochs,
+            framing: None,
             postcodes: Arc::new(PostcodeTable::velib()),
             transactional_id: format!("velib-aggregator-{DEFAULT_OUTPUT_TOPIC}"),
             create_partitions: Some(3),
@@ -114,6 +121,68 @@ impl AggregatorConfig {
             .map(|t| t.replication(self.replication))
             .collect()
     }
+}
+
+/// Reads the start of the input topics and decides, saying why in the log:
+/// their framing (unless configured), the epoch the sources start at
+/// ([`crate::kafka::as_of`]), and where stations get their postcodes.
+fn where_to_start(
+    config: &AggregatorConfig,
+) -> Result<(Framing, Epoch, Option<String>), AggregatorError> {
+    let mut topics = vec![config.input_topic.clone()];
+    topics.extend(config.directory_topic.clone());
+    let start = read_as_of(&config.kafka, &topics, Duration::from_secs(60))?;
+    let framing = match (config.framing, start.framing()) {
+        (Some(framing), _) => framing,
+        (None, Some(Framing::Ingestion)) => {
+            tracing::warn!(
+                topic = config.input_topic,
+                "the input's records have no epoch headers: reading them as the seeds' producer.py \
+                 format (unkeyed station JSON), an epoch closing whenever the input is caught up"
+            );
+            Framing::Ingestion
+        }
+        (None, _) => Framing::Epochs,
+    };
+    if framing == Framing::Epochs && !start.unframed.is_empty() {
+        tracing::warn!(
+            partitions = ?start.unframed,
+            "these partitions start with records without epoch headers; they go to the dead-letter topic"
+        );
+    }
+    let directory_topic = match (&config.directory_topic, framing) {
+        (Some(topic), Framing::Ingestion) => {
+            tracing::info!(
+                directory_topic = topic,
+                "the seeds' format has no directory: stations are placed by the postcode table"
+            );
+            None
+        }
+        (topic, _) => topic.clone(),
+    };
+    match &directory_topic {
+        Some(topic) => tracing::info!(
+            directory_topic = topic,
+            "stations' postcodes: from the producer's directory topic"
+        ),
+        None => tracing::info!("stations' postcodes: from the postcode table, none inferred"),
+    }
+    let as_of = match framing {
+        Framing::Epochs => start.as_of,
+        Framing::Ingestion => 0,
+    };
+    for (topic, partition, epoch) in &start.compacted {
+        tracing::info!(
+            "{topic}[{partition}] was compacted: its epochs up to {epoch} are read as one"
+        );
+    }
+    if as_of > 1 {
+        tracing::info!(
+            as_of,
+            "starting at epoch {as_of}: the state of the epochs up to it is applied at once"
+        );
+    }
+    Ok((framing, as_of, directory_topic))
 }
 
 /// Why the aggregator stopped.
@@ -251,6 +320,7 @@ pub fn run(
             tracing::info!(topic, ?outcome, "topic ready");
         }
     }
+    let (framing, as_of, directory_topic) = where_to_start(&config)?;
     let watched = handle.clone();
     let guards = timely::execute(timely_config, move |worker| {
         let handle = handle.clone();
@@ -259,20 +329,22 @@ pub fn run(
         worker.dataflow::<Epoch, _, _>(|scope| {
             let status_source = SourceConfig {
                 dead_letter_topic: config.dead_letter_topic.clone(),
-                framing: config.framing,
+                framing,
                 read_ahead: config.read_ahead,
+                as_of,
                 ..SourceConfig::new(config.kafka.clone(), [config.input_topic.clone()])
             };
             let statuses = KafkaSource::new(status_source, StationStatusDecoder)
                 .finished(finished.clone())
                 .build(scope, handle.sources.clone());
             let status_collection = upsert(statuses.updates);
-            let (directory, positions) = match &config.directory_topic {
+            let (directory, positions) = match &directory_topic {
                 Some(topic) => {
                     let directory_source = SourceConfig {
                         dead_letter_topic: config.dead_letter_topic.clone(),
-                        framing: config.framing,
+                        framing,
                         read_ahead: config.read_ahead,
+                        as_of,
                         ..SourceConfig::new(config.kafka.clone(), [topic.clone()])
                     };
                     let entries = KafkaSource::new(directory_source, DirectoryEntryDecoder)

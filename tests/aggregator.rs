@@ -25,7 +25,7 @@ const DEAD: &str = "velib-projet-dead-letters";
 
 fn config(address: &str, framing: Framing, directory: bool, output: &str) -> AggregatorConfig {
     let mut config = AggregatorConfig::new(KafkaConfig::new(address));
-    config.framing = framing;
+    config.framing = Some(framing);
     config.directory_topic = directory.then(|| DIRECTORY_TOPIC.to_owned());
     config.output_topic = output.to_owned();
     config.dead_letter_topic = Some(DEAD.to_owned());
@@ -351,19 +351,28 @@ fn dead_attempt(isolation: &str) {
     let attempt_1 = |records: Vec<Value>| {
         records
             .iter()
-            .filter(|r| header(r, "velib-attempt") == Some("attempt-1") && header(r, "velib-epoch") == Some("3"))
+            .filter(|r| {
+                header(r, "velib-attempt") == Some("attempt-1")
+                    && header(r, "velib-epoch") == Some("3")
+            })
             .count()
     };
     assert_eq!(attempt_1(broker.kcat_read(STATUS_TOPIC)), 0);
     let shown = attempt_1(broker.kcat_read_uncommitted(STATUS_TOPIC));
-    assert_eq!(shown, dying.iter().filter(|r| r.topic == STATUS_TOPIC).count());
+    assert_eq!(
+        shown,
+        dying.iter().filter(|r| r.topic == STATUS_TOPIC).count()
+    );
     if isolation == "read_uncommitted" {
         assert!(
             stats.discarded >= dying.len() as u64,
             "the dead attempt's records were read and left out: {stats:?}"
         );
     } else {
-        assert_eq!(stats.discarded, 0, "read_committed never sees them: {stats:?}");
+        assert_eq!(
+            stats.discarded, 0,
+            "read_committed never sees them: {stats:?}"
+        );
     }
 }
 
@@ -408,7 +417,11 @@ fn two_workers_and_two_processes_write_the_same_output() {
             config(&broker.address, Framing::Epochs, true, output),
             timely_config,
         );
-        wait_for(output, || broker.log_tail(), || handle.committed() == Some(last));
+        wait_for(
+            output,
+            || broker.log_tail(),
+            || handle.committed() == Some(last),
+        );
         stop(handle, thread);
     }
 

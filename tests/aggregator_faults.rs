@@ -69,7 +69,7 @@ fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
     );
 
     let mut config = AggregatorConfig::new(KafkaConfig::new(&address));
-    config.framing = Framing::Epochs;
+    config.framing = Some(Framing::Epochs);
     config.directory_topic = Some(DIRECTORY_TOPIC.into());
     config.dead_letter_topic = Some(DEAD.into());
     // The mock cluster has no CreateTopics: they were made above.

@@ -1,14 +1,20 @@
 //! The live view: reads the output topic as any client would (read
-//! committed, each epoch applied once its progress record is on every
-//! partition), and shows the postcodes after each epoch.
+//! committed, each epoch applied once every partition has a progress record
+//! of it or of a later epoch), and shows the postcodes after each epoch.
+//!
+//! Later progress counts because the topic is compacted: all progress
+//! records of a partition share one key, so once the cleaner has run only
+//! the latest survives, while older epochs' postcode records remain. Everything
+//! before a partition's progress record is complete.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::kafka::progress::OutputEpochs;
 use velib_dataflow::kafka::{KafkaConfig, EPOCH_HEADER, KIND_HEADER};
 use velib_dataflow::output::{PostcodeDeletion, PostcodeRecord};
 
@@ -23,19 +29,14 @@ pub enum Format {
     Json,
 }
 
-#[derive(Default)]
-struct OpenEpoch {
-    /// Postcode → its new record, or `None` for a tombstone; the last write
-    /// of a key wins (an aborted attempt's records come before the retry's).
-    changes: BTreeMap<String, Option<PostcodeRecord>>,
-    progress: BTreeSet<i32>,
-    feed_time: Option<i64>,
-}
+/// One postcode's new record (`None` for a tombstone) in an epoch.
+type Change = (String, Option<PostcodeRecord>);
 
 pub struct LiveView {
     consumer: BaseConsumer,
-    partitions: i32,
-    open: BTreeMap<Epoch, OpenEpoch>,
+    output: OutputEpochs<Change>,
+    /// The feed time of each epoch not yet shown, from its progress records.
+    feed_times: BTreeMap<Epoch, i64>,
     current: BTreeMap<String, PostcodeRecord>,
     last: Option<Epoch>,
     table: bool,
@@ -85,8 +86,8 @@ impl LiveView {
         };
         Ok(LiveView {
             consumer,
-            partitions,
-            open: BTreeMap::new(),
+            output: OutputEpochs::new(partitions),
+            feed_times: BTreeMap::new(),
             current: BTreeMap::new(),
             last: None,
             table,
@@ -127,13 +128,15 @@ impl LiveView {
             if self.last.is_some_and(|l| l >= epoch) {
                 continue;
             }
-            let open = self.open.entry(epoch).or_default();
             if header(KIND_HEADER).as_deref() == Some("progress") {
-                open.progress.insert(message.partition());
-                open.feed_time = message
+                self.output.progress(message.partition(), epoch);
+                if let Some(feed_time) = message
                     .payload()
                     .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                    .and_then(|v| v["feed_time"].as_i64());
+                    .and_then(|v| v["feed_time"].as_i64())
+                {
+                    self.feed_times.insert(epoch, feed_time);
+                }
                 continue;
             }
             let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
@@ -142,20 +145,31 @@ impl LiveView {
             let record = message
                 .payload()
                 .and_then(|p| serde_json::from_slice::<PostcodeRecord>(p).ok());
-            open.changes.insert(key.to_owned(), record);
+            self.output.record(epoch, (key.to_owned(), record));
         }
-        while let Some(entry) = self.open.first_entry() {
-            if entry.get().progress.len() < self.partitions as usize {
-                break;
-            }
-            let (epoch, open) = entry.remove_entry();
-            self.show(epoch, open);
+        for (epoch, changes) in self.output.complete() {
+            // The last write of a key wins.
+            let changes: BTreeMap<String, Option<PostcodeRecord>> = changes.into_iter().collect();
+            let feed_time = self
+                .feed_times
+                .get(&epoch)
+                .copied()
+                .or_else(|| changes.values().flatten().map(|r| r.feed_time).max());
+            self.show(epoch, &changes, feed_time);
+        }
+        if let Some(through) = self.output.complete_through() {
+            self.feed_times = self.feed_times.split_off(&through.saturating_add(1));
         }
     }
 
-    fn show(&mut self, epoch: Epoch, open: OpenEpoch) {
+    fn show(
+        &mut self,
+        epoch: Epoch,
+        changes: &BTreeMap<String, Option<PostcodeRecord>>,
+        feed_time: Option<i64>,
+    ) {
         let mut before = BTreeMap::new();
-        for (postcode, record) in &open.changes {
+        for (postcode, record) in changes {
             let old = match record {
                 Some(r) => self.current.insert(postcode.clone(), r.clone()),
                 None => self.current.remove(postcode),
@@ -163,10 +177,10 @@ impl LiveView {
             before.insert(postcode.clone(), old);
         }
         self.last = Some(epoch);
-        let feed_time = open.feed_time.unwrap_or(0);
+        let feed_time = feed_time.unwrap_or(0);
         let mut out = std::io::stdout().lock();
         if !self.table {
-            for (postcode, record) in &open.changes {
+            for (postcode, record) in changes {
                 let line = match record {
                     Some(r) => serde_json::to_string(r),
                     None => serde_json::to_string(&PostcodeDeletion {
@@ -196,7 +210,7 @@ impl LiveView {
             "velib-dataflow · epoch {epoch} · feed time {} · {bikes} bikes ({meca} mechanical, {elec} e-bikes) · {} postcodes, {} changed",
             utc(feed_time),
             self.current.len(),
-            open.changes.len(),
+            changes.len(),
         );
         let _ = writeln!(
             out,
@@ -224,8 +238,7 @@ impl LiveView {
         for row in cells.chunks(columns) {
             let _ = writeln!(out, "{}", row.join(""));
         }
-        let gone: Vec<&String> = open
-            .changes
+        let gone: Vec<&String> = changes
             .iter()
             .filter(|(_, r)| r.is_none())
             .map(|(p, _)| p)

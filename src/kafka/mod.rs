@@ -13,14 +13,19 @@
 //! | [`source`] | the source operator |
 //! | [`dead_letter`] | where records that cannot be read go |
 //! | [`sink`] | the sink operator |
+//! | [`progress`] | reading a sink's output: which epochs are complete |
+//! | [`as_of`] | where sources start: the epoch compacted topics are exact from, the framing |
 
+pub mod as_of;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
 mod error;
+pub mod progress;
 pub mod protocol;
 pub mod publish;
 pub mod recovery;
+mod scan;
 pub mod sink;
 pub mod source;
 pub mod topics;

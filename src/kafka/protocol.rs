@@ -15,6 +15,17 @@
 //!   partition decides; later records or markers of an epoch already passed
 //!   are ignored. A producer therefore never writes a marker naming another
 //!   attempt than one already visible for that epoch.
+//! - **Compaction.** All markers of a partition share one key, so once the
+//!   log cleaner has run only the latest survives, while records of older
+//!   epochs survive as the latest of their key. A marker therefore also
+//!   closes every earlier epoch of its partition whose own marker the reader
+//!   never saw: everything before a partition's marker is complete. Their
+//!   records are applied with the marker's epoch. (A marker can only have
+//!   been removed by a cleaner pass over the offsets before it, and Apache
+//!   Kafka's cleaner removes aborted transactions' records in that same
+//!   pass, so what survives there was committed.) Epochs older than the
+//!   surviving marker cannot be told apart any more: see
+//!   [`super::as_of`] for where a fresh reader starts.
 //!
 //! Station records are keyed by the station id as JSON (`213688169`, or
 //! `"abc"` for a textual id); a null value (a tombstone) means the station is
@@ -275,6 +286,15 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
 /// // Anything of epoch 1 from now on is late.
 /// assert!(!p.data(stamp(1, "live"), "c"));
 /// assert!(p.marker(&marker).is_none());
+///
+/// // A compacted partition: epoch 2's and 3's markers are gone, their
+/// // records are not. Epoch 4's marker closes them too.
+/// p.data(stamp(2, "live"), "d");
+/// p.data(stamp(3, "live"), "e");
+/// p.data(stamp(4, "live"), "f");
+/// let passed = p.marker(&EpochMarker { epoch: 4, attempt: "live".into(), feed_time: None }).unwrap();
+/// assert_eq!(passed.released, vec!["d", "e", "f"]);
+/// assert_eq!(passed.compacted, vec![(stamp(2, "live"), 1), (stamp(3, "live"), 1)]);
 /// ```
 #[derive(Clone, Debug)]
 pub struct PartitionEpochs<T> {
@@ -285,10 +305,14 @@ pub struct PartitionEpochs<T> {
 /// What a marker released on one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassedEpoch<T> {
-    /// The records of the completing attempt, in the order read.
+    /// The records of the completing attempt, in the order read, after
+    /// those of earlier epochs whose markers were compacted away.
     pub released: Vec<T>,
     /// The epochs and attempts whose records were dropped, and how many.
     pub dropped: Vec<(EpochStamp, usize)>,
+    /// Earlier epochs whose markers this partition no longer has (the log
+    /// cleaner removed them), released with this one, and how many records.
+    pub compacted: Vec<(EpochStamp, usize)>,
 }
 
 impl<T> Default for PartitionEpochs<T> {
@@ -325,23 +349,37 @@ impl<T> PartitionEpochs<T> {
     }
 
     /// Passes a marker: releases its attempt's records and drops those of
-    /// other attempts of this epoch or earlier. `None` for a marker of an
+    /// other attempts of its epoch. Records of earlier epochs still open
+    /// had their markers compacted away: they are released first, in epoch
+    /// order (see the module's "Compaction"). `None` for a marker of an
     /// epoch already passed (the first marker of an epoch decides).
     pub fn marker(&mut self, marker: &EpochMarker) -> Option<PassedEpoch<T>> {
         if self.passed.is_some_and(|e| e >= marker.epoch) {
             return None;
         }
-        let released = self
-            .open
-            .remove(&(marker.epoch, marker.attempt.clone()))
-            .unwrap_or_default();
         let later = self.open.split_off(&(marker.epoch + 1, String::new()));
-        let dropped = std::mem::replace(&mut self.open, later)
-            .into_iter()
-            .map(|((epoch, attempt), records)| (EpochStamp { epoch, attempt }, records.len()))
-            .collect();
+        let this_epoch = self.open.split_off(&(marker.epoch, String::new()));
+        let earlier = std::mem::replace(&mut self.open, later);
+        let mut released = Vec::new();
+        let mut compacted = Vec::new();
+        for ((epoch, attempt), records) in earlier {
+            compacted.push((EpochStamp { epoch, attempt }, records.len()));
+            released.extend(records);
+        }
+        let mut dropped = Vec::new();
+        for ((epoch, attempt), records) in this_epoch {
+            if attempt == marker.attempt {
+                released.extend(records);
+            } else {
+                dropped.push((EpochStamp { epoch, attempt }, records.len()));
+            }
+        }
         self.passed = Some(marker.epoch);
-        Some(PassedEpoch { released, dropped })
+        Some(PassedEpoch {
+            released,
+            dropped,
+            compacted,
+        })
     }
 }
 

@@ -7,19 +7,16 @@
 //! state every reader has once it has read the same records, including on a
 //! broker that shows aborted records.
 
-use super::config::ReaderContext;
 use super::decode::{DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder};
 use super::protocol::{framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders};
+use super::scan::{scan_topic, Scan};
 use super::{KafkaConfig, KafkaError};
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// What was read back.
 #[derive(Clone, Debug, Default)]
@@ -150,25 +147,6 @@ fn read_topic(
     directory: bool,
     stall: Duration,
 ) -> Result<TopicRead, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> = kafka
-        .client_config(&[
-            ("group.id", "velib-producer-recovery"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        .create_with_context(ReaderContext::default())
-        .map_err(KafkaError::client("creating the recovery consumer"))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..count {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(KafkaError::client("assigning partitions for recovery"))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(KafkaError::client("assigning partitions for recovery"))?;
     let mut read = TopicRead {
         partitions: (0..count).map(|_| PartitionEpochs::new()).collect(),
         released: Vec::new(),
@@ -176,98 +154,70 @@ fn read_topic(
         records: 0,
         unreadable: 0,
     };
-    let mut at_end: HashSet<i32> = HashSet::new();
-    // A long log takes as long as it takes; only a stall is an error.
-    let mut last_progress = Instant::now();
-    let mut last_error: Option<String> = None;
-    while at_end.len() < count as usize {
-        if last_progress.elapsed() > stall {
-            return Err(KafkaError::Topic {
-                topic: topic.to_owned(),
-                problem: format!(
-                    "reading it back stalled for {stall:?} ({} of {count} partitions done): {}",
-                    at_end.len(),
-                    last_error.as_deref().unwrap_or("is the broker reachable?")
-                ),
-            });
+    read.records = scan_topic(kafka, "recovery", topic, count, stall, |message| {
+        read_record(&mut read, topic, directory, message);
+        Scan::More
+    })?;
+    Ok(read)
+}
+
+/// Applies one record read back to its partition's epochs.
+fn read_record(read: &mut TopicRead, topic: &str, directory: bool, message: &BorrowedMessage<'_>) {
+    let partition = message.partition();
+    let Some(p) = usize::try_from(partition)
+        .ok()
+        .and_then(|i| read.partitions.get_mut(i))
+    else {
+        return;
+    };
+    let pairs: Vec<(&str, Option<&[u8]>)> = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    let record = RawRecord {
+        topic,
+        partition,
+        offset: message.offset(),
+        key: message.key(),
+        value: message.payload(),
+    };
+    let framed = framing(&RecordHeaders::new(pairs), record.value).and_then(|framed| {
+        if let Framed::Data(stamp) = framed {
+            let row = if directory {
+                DirectoryEntryDecoder
+                    .decode(&record)
+                    .map(|(id, v)| (id, Row::Directory(v)))?
+            } else {
+                StationStatusDecoder
+                    .decode(&record)
+                    .map(|(id, v)| (id, Row::Status(v)))?
+            };
+            p.data(stamp, row);
+            return Ok(None);
         }
-        let message = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(RdKafkaError::PartitionEOF(partition))) => {
-                last_progress = Instant::now();
-                at_end.insert(partition);
-                continue;
-            }
-            // librdkafka reports a broker going away and retries by itself:
-            // keep the error for the message if it ends in a stall.
-            Some(Err(e)) => {
-                tracing::debug!("reading {topic} back: {e}");
-                last_error = Some(e.to_string());
-                continue;
-            }
-            Some(Ok(message)) => message,
-        };
-        let partition = message.partition();
-        let Some(p) = usize::try_from(partition)
-            .ok()
-            .and_then(|i| read.partitions.get_mut(i))
-        else {
-            continue;
-        };
-        last_progress = Instant::now();
-        // A record after the end event means the partition is not done.
-        at_end.remove(&partition);
-        read.records += 1;
-        let pairs: Vec<(&str, Option<&[u8]>)> = message
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
-        let record = RawRecord {
-            topic,
-            partition,
-            offset: message.offset(),
-            key: message.key(),
-            value: message.payload(),
-        };
-        let framed = framing(&RecordHeaders::new(pairs), record.value).and_then(|framed| {
-            if let Framed::Data(stamp) = framed {
-                let row = if directory {
-                    DirectoryEntryDecoder
-                        .decode(&record)
-                        .map(|(id, v)| (id, Row::Directory(v)))?
-                } else {
-                    StationStatusDecoder
-                        .decode(&record)
-                        .map(|(id, v)| (id, Row::Status(v)))?
-                };
-                p.data(stamp, row);
-                return Ok(None);
-            }
-            Ok(Some(framed))
-        });
-        match framed {
-            Ok(Some(Framed::Marker(marker))) => {
-                if let Some(passed) = p.marker(&marker) {
-                    read.released.extend(
-                        passed
-                            .released
-                            .into_iter()
-                            .map(|(id, row)| (marker.epoch, id, row)),
-                    );
-                    if read.last.as_ref().is_none_or(|l| l.epoch < marker.epoch) {
-                        read.last = Some(marker);
-                    }
+        Ok(Some(framed))
+    });
+    match framed {
+        Ok(Some(Framed::Marker(marker))) => {
+            if let Some(passed) = p.marker(&marker) {
+                read.released.extend(
+                    passed
+                        .released
+                        .into_iter()
+                        .map(|(id, row)| (marker.epoch, id, row)),
+                );
+                if read.last.as_ref().is_none_or(|l| l.epoch < marker.epoch) {
+                    read.last = Some(marker);
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                read.unreadable += 1;
-                tracing::warn!(
-                    "recovery: {topic}[{partition}] offset {}: left out: {e}",
-                    record.offset
-                );
-            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            read.unreadable += 1;
+            tracing::warn!(
+                "recovery: {topic}[{partition}] offset {}: left out: {e}",
+                record.offset
+            );
         }
     }
-    Ok(read)
 }

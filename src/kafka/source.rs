@@ -107,6 +107,12 @@ pub struct SourceConfig {
     pub dead_letter_topic: Option<String>,
     /// How long to wait for the topics' metadata at start.
     pub metadata_timeout: Duration,
+    /// The first epoch the source releases records at: records of earlier
+    /// epochs are released at this one, as the state they add up to. Every
+    /// source of a dataflow must have the same; [`super::as_of::read_as_of`]
+    /// finds the one that compacted topics can still be read exactly from.
+    /// 0: every epoch as it is on the log.
+    pub as_of: Epoch,
 }
 
 impl SourceConfig {
@@ -121,7 +127,14 @@ impl SourceConfig {
             read_ahead: 8,
             dead_letter_topic: None,
             metadata_timeout: Duration::from_secs(30),
+            as_of: 0,
         }
+    }
+
+    /// Releasing nothing before epoch `as_of` (see [`SourceConfig::as_of`]).
+    pub fn as_of(mut self, as_of: Epoch) -> Self {
+        self.as_of = as_of;
+        self
     }
 
     /// With `framing`.
@@ -215,6 +228,9 @@ pub struct SourceStats {
     /// Records of an attempt that did not complete its epoch, or of an epoch
     /// already passed: read and left out.
     pub discarded: u64,
+    /// Records released with a later epoch's marker because the log cleaner
+    /// had removed their own epoch's.
+    pub compacted: u64,
     /// Records that could not be read, by [`DecodeError::reason`].
     pub dead_letters: BTreeMap<&'static str, u64>,
     /// Why a source stopped, if one did.
@@ -479,6 +495,8 @@ struct Reader<K, V> {
     held_back: bool,
     /// A queue was left with records to read.
     more: bool,
+    /// See [`SourceConfig::as_of`].
+    as_of: Epoch,
 }
 
 struct Ingestion<K, V> {
@@ -600,6 +618,7 @@ impl<K, V> Reader<K, V> {
             ingestion,
             held_back: false,
             more: false,
+            as_of: config.as_of,
         })
     }
 
@@ -613,6 +632,7 @@ impl<K, V> Reader<K, V> {
             .map(|p| p.state.epochs.passed().map_or(0, |e| e + 1))
             .min()
             .unwrap_or(Epoch::MAX)
+            .max(self.as_of)
     }
 
     /// When to be scheduled again without a wake-up from librdkafka.
@@ -713,7 +733,8 @@ impl<K, V> Reader<K, V> {
                                     records = released.len(),
                                     "epoch passed"
                                 );
-                                let entry = out.entry(epoch).or_default();
+                                // Epochs before the as-of epoch add up to its state.
+                                let entry = out.entry(epoch.max(config.as_of)).or_default();
                                 handle.count(|s| s.applied += released.len() as u64);
                                 entry.records.extend(released);
                                 entry.positions.push(SourcePosition {
@@ -854,6 +875,20 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
                 dropped += records as u64;
             }
             handle.count(|s| s.discarded += dropped);
+            if let (Some((first, _)), Some((last, _))) =
+                (passed.compacted.first(), passed.compacted.last())
+            {
+                let records: usize = passed.compacted.iter().map(|(_, n)| n).sum();
+                tracing::info!(
+                    "{}[{}]: {records} records of epochs {} to {} whose markers were compacted away, applied with epoch {}",
+                    p.topic,
+                    p.partition,
+                    first.epoch,
+                    last.epoch,
+                    marker.epoch
+                );
+                handle.count(|s| s.compacted += records as u64);
+            }
             Ok(Some((marker.epoch, passed.released, marker.feed_time)))
         }
     }

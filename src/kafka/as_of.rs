@@ -1,0 +1,296 @@
+//! Where the sources of a dataflow start: the first epoch whose state the
+//! topics still hold exactly, and how the records mark their epochs.
+//!
+//! A topic read from its start holds every epoch only while nothing has
+//! been removed from it. Once the log cleaner has compacted a partition,
+//! only the latest record of each key and the latest marker before the
+//! cleaned offsets survive (see [`super::protocol`], "Compaction"): the
+//! epochs before that marker can no longer be told apart, and the state at
+//! the surviving marker may itself lack a record that a later, already
+//! cleaned record replaced. The state at the partition's last marker is
+//! exact, whatever the cleaner did: so a fresh reader starts there.
+//!
+//! [`read_as_of`] reads the start of each partition:
+//! - a partition whose first marker closes only records of its own epoch is
+//!   intact from that epoch: it starts there (epoch 1 for a topic that was
+//!   never cleaned);
+//! - a partition with records of an epoch before its first marker lost that
+//!   epoch's marker: it is read to its end, and starts at its last marker.
+//!
+//! The sources start at the latest of these over all partitions of all
+//! their topics ([`super::source::SourceConfig::as_of`]): records of earlier
+//! epochs are released there, as the state they add up to, and every later
+//! epoch is released as it is. On topics that were never cleaned that is
+//! their first epoch, and nothing changes.
+//!
+//! The same read tells the records' framing: a partition whose first record
+//! has no epoch headers is in the seeds' format.
+
+use super::protocol::{framing, Framed, RecordHeaders};
+use super::scan::{scan_topic, Scan};
+use super::source::Framing;
+use super::{KafkaConfig, KafkaError};
+use crate::dataflow::Epoch;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where sources start on their topics, as [`read_as_of`] found it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::as_of::StartPoint;
+/// use velib_dataflow::kafka::source::Framing;
+///
+/// let start = StartPoint::default();
+/// assert_eq!(start.as_of, 0);
+/// // Nothing on the topics yet: nothing to tell the framing by.
+/// assert_eq!(start.framing(), None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StartPoint {
+    /// The epoch to release the first records at (0: no partition holds a
+    /// marker yet).
+    pub as_of: Epoch,
+    /// Partitions whose first record is in the epoch protocol.
+    pub framed: Vec<(String, i32)>,
+    /// Partitions whose first record has no epoch headers (the seeds'
+    /// format).
+    pub unframed: Vec<(String, i32)>,
+    /// Partitions that lost the markers of their first epochs (compacted,
+    /// or their start deleted), with the epoch they start at.
+    pub compacted: Vec<(String, i32, Epoch)>,
+}
+
+impl StartPoint {
+    /// The framing the partitions' first records show: the epoch protocol
+    /// if any partition has it, the seeds' format if every non-empty
+    /// partition has that, `None` when all are empty.
+    pub fn framing(&self) -> Option<Framing> {
+        if !self.framed.is_empty() {
+            Some(Framing::Epochs)
+        } else if !self.unframed.is_empty() {
+            Some(Framing::Ingestion)
+        } else {
+            None
+        }
+    }
+}
+
+/// What the start of one partition has shown so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartitionStart {
+    /// No record read.
+    Empty,
+    /// Framed records before any marker, the oldest of this epoch.
+    Open { oldest: Epoch },
+    /// A marker closed only records of its own epoch: intact from there.
+    Intact { first: Epoch },
+    /// Records before the first marker had older epochs: read to the end,
+    /// the last marker seen.
+    Compacted { last: Epoch },
+    /// The first record has no epoch headers.
+    Unframed,
+}
+
+impl PartitionStart {
+    /// Moves on with one record's framing; says whether to read on.
+    fn next(self, framed: &Framed) -> (PartitionStart, Scan) {
+        use PartitionStart::*;
+        match (self, framed) {
+            (Empty, Framed::Unframed) => (Unframed, Scan::Done),
+            (Empty, Framed::Data(stamp)) => (
+                Open {
+                    oldest: stamp.epoch,
+                },
+                Scan::More,
+            ),
+            (Open { oldest }, Framed::Data(stamp)) => (
+                Open {
+                    oldest: oldest.min(stamp.epoch),
+                },
+                Scan::More,
+            ),
+            (Empty, Framed::Marker(m)) => (Intact { first: m.epoch }, Scan::Done),
+            (Open { oldest }, Framed::Marker(m)) if oldest >= m.epoch => {
+                (Intact { first: m.epoch }, Scan::Done)
+            }
+            (Open { .. }, Framed::Marker(m)) => (Compacted { last: m.epoch }, Scan::More),
+            (Compacted { last }, Framed::Marker(m)) => (
+                Compacted {
+                    last: last.max(m.epoch),
+                },
+                Scan::More,
+            ),
+            // Unframed records among framed ones go to the dead letters.
+            (state, _) => (state, Scan::More),
+        }
+    }
+}
+
+/// Reads the start of every partition of `topics` (at `read_committed`)
+/// and says where sources reading them must start. A partition that
+/// stalls for `stall` is an error.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::kafka::as_of::read_as_of;
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// // No broker listens there: the error says what was being done.
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = read_as_of(&kafka, &["velib-projet"], Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains("velib-projet"), "{error}");
+/// ```
+pub fn read_as_of(
+    kafka: &KafkaConfig,
+    topics: &[impl AsRef<str>],
+    stall: Duration,
+) -> Result<StartPoint, KafkaError> {
+    let metadata: BaseConsumer = kafka
+        .client_config(&[])
+        .create()
+        .map_err(KafkaError::client(format!(
+            "connecting to {}",
+            kafka.brokers()
+        )))?;
+    let mut start = StartPoint::default();
+    for topic in topics {
+        let topic = topic.as_ref();
+        let partitions = super::topics::partition_count(metadata.client(), topic, stall)?;
+        let mut states: BTreeMap<i32, PartitionStart> = BTreeMap::new();
+        scan_topic(
+            kafka,
+            "finding where to start",
+            topic,
+            partitions,
+            stall,
+            |message| {
+                let headers = RecordHeaders::new(
+                    message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                        .unwrap_or_default(),
+                );
+                let state = states
+                    .entry(message.partition())
+                    .or_insert(PartitionStart::Empty);
+                // A record that cannot be framed is the source's to report.
+                let Ok(framed) = framing(&headers, message.payload()) else {
+                    return Scan::More;
+                };
+                let (next, scan) = state.next(&framed);
+                *state = next;
+                scan
+            },
+        )?;
+        for (partition, state) in states {
+            let at = (topic.to_owned(), partition);
+            match state {
+                PartitionStart::Empty => {}
+                PartitionStart::Unframed => start.unframed.push(at),
+                PartitionStart::Open { .. } => start.framed.push(at),
+                PartitionStart::Intact { first } => {
+                    start.as_of = start.as_of.max(first);
+                    start.framed.push(at);
+                }
+                PartitionStart::Compacted { last } => {
+                    start.as_of = start.as_of.max(last);
+                    start.compacted.push((topic.to_owned(), partition, last));
+                    start.framed.push(at);
+                }
+            }
+        }
+    }
+    Ok(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::protocol::{EpochMarker, EpochStamp};
+
+    fn data(epoch: Epoch) -> Framed {
+        Framed::Data(EpochStamp {
+            epoch,
+            attempt: "a".into(),
+        })
+    }
+
+    fn marker(epoch: Epoch) -> Framed {
+        Framed::Marker(EpochMarker {
+            epoch,
+            attempt: "a".into(),
+            feed_time: None,
+        })
+    }
+
+    fn run(records: &[Framed]) -> PartitionStart {
+        let mut state = PartitionStart::Empty;
+        for record in records {
+            let (next, scan) = state.next(record);
+            state = next;
+            if scan == Scan::Done {
+                break;
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn an_intact_partition_starts_at_its_first_epoch() {
+        assert_eq!(
+            run(&[data(1), data(1), marker(1), data(2), marker(2)]),
+            PartitionStart::Intact { first: 1 }
+        );
+        // Only markers (an idle partition), or a start deleted by retention
+        // on an epoch boundary.
+        assert_eq!(
+            run(&[marker(4), marker(5)]),
+            PartitionStart::Intact { first: 4 }
+        );
+    }
+
+    #[test]
+    fn a_compacted_partition_starts_at_its_last_marker() {
+        // Epochs 1 to 3 lost their markers; 4 survived, 5 and 6 are in the
+        // part the cleaner has not reached.
+        let records = [
+            data(1),
+            data(3),
+            data(2),
+            marker(4),
+            data(5),
+            marker(5),
+            marker(6),
+        ];
+        assert_eq!(run(&records), PartitionStart::Compacted { last: 6 });
+    }
+
+    #[test]
+    fn seeds_records_and_open_epochs() {
+        assert_eq!(run(&[Framed::Unframed, data(1)]), PartitionStart::Unframed);
+        assert_eq!(run(&[data(7), data(7)]), PartitionStart::Open { oldest: 7 });
+        assert_eq!(run(&[]), PartitionStart::Empty);
+        // An unframed record after framed ones changes nothing.
+        assert_eq!(
+            run(&[data(1), Framed::Unframed, marker(1)]),
+            PartitionStart::Intact { first: 1 }
+        );
+    }
+
+    #[test]
+    fn the_framing_is_told_by_the_first_records() {
+        let mut start = StartPoint::default();
+        assert_eq!(start.framing(), None);
+        start.unframed.push(("t".into(), 0));
+        assert_eq!(start.framing(), Some(Framing::Ingestion));
+        start.framed.push(("t".into(), 1));
+        assert_eq!(start.framing(), Some(Framing::Epochs));
+    }
+}

@@ -1,0 +1,130 @@
+//! Reading a sink's output topic as a client: which epochs are complete.
+//!
+//! The sink ([`super::sink`]) writes an epoch's records, then a progress
+//! record on every partition, in one transaction. A reader applies an epoch
+//! once every partition has shown a progress record of that epoch **or of a
+//! later one**: the output topic is compacted and all progress records of a
+//! partition share one key, so once the log cleaner has run only the latest
+//! survives, while the records of older epochs remain. Everything before a
+//! partition's progress record is complete.
+//!
+//! # Examples
+//!
+//! ```
+//! use velib_dataflow::kafka::progress::OutputEpochs;
+//!
+//! let mut output = OutputEpochs::new(2);
+//! output.record(1, "a");
+//! output.progress(0, 1);
+//! assert!(output.complete().is_empty(), "partition 1 has not passed epoch 1");
+//! output.progress(1, 1);
+//! assert_eq!(output.complete(), vec![(1, vec!["a"])]);
+//!
+//! // After compaction: epoch 2's and 3's progress records are gone, epoch
+//! // 4's closes them too.
+//! output.record(2, "b");
+//! output.record(3, "c");
+//! output.progress(0, 4);
+//! output.progress(1, 4);
+//! assert_eq!(output.complete(), vec![(2, vec!["b"]), (3, vec!["c"])]);
+//! // Records of a complete epoch are late.
+//! assert!(!output.record(3, "again"));
+//! ```
+
+use crate::dataflow::Epoch;
+use std::collections::BTreeMap;
+
+/// The epochs of an output topic, as a reader follows them.
+#[derive(Clone, Debug)]
+pub struct OutputEpochs<T> {
+    partitions: usize,
+    /// The latest progress record's epoch on each partition.
+    progress: BTreeMap<i32, Epoch>,
+    /// Records of epochs not yet complete.
+    open: BTreeMap<Epoch, Vec<T>>,
+    /// Every epoch up to this one is complete and was handed out.
+    complete: Option<Epoch>,
+}
+
+impl<T> OutputEpochs<T> {
+    /// Following a topic of `partitions` partitions.
+    pub fn new(partitions: i32) -> Self {
+        OutputEpochs {
+            partitions: usize::try_from(partitions).unwrap_or(0),
+            progress: BTreeMap::new(),
+            open: BTreeMap::new(),
+            complete: None,
+        }
+    }
+
+    /// Holds a record of `epoch` until the epoch is complete. Returns
+    /// `false`, and keeps nothing, for an epoch already complete.
+    pub fn record(&mut self, epoch: Epoch, record: T) -> bool {
+        if self.complete.is_some_and(|c| c >= epoch) {
+            return false;
+        }
+        self.open.entry(epoch).or_default().push(record);
+        true
+    }
+
+    /// A progress record of `epoch` on `partition`.
+    pub fn progress(&mut self, partition: i32, epoch: Epoch) {
+        let latest = self.progress.entry(partition).or_insert(epoch);
+        *latest = (*latest).max(epoch);
+    }
+
+    /// Every epoch up to which all partitions have progress, if all have.
+    pub fn complete_through(&self) -> Option<Epoch> {
+        if self.partitions == 0 || self.progress.len() < self.partitions {
+            return None;
+        }
+        self.progress.values().min().copied()
+    }
+
+    /// The epochs newly complete, in order, each with its records in the
+    /// order they were read. An epoch with no records of its own (only
+    /// progress) is not listed; [`OutputEpochs::complete_through`] says how
+    /// far the output is complete.
+    pub fn complete(&mut self) -> Vec<(Epoch, Vec<T>)> {
+        let Some(through) = self.complete_through() else {
+            return Vec::new();
+        };
+        let later = self.open.split_off(&through.saturating_add(1));
+        let done = std::mem::replace(&mut self.open, later);
+        self.complete = Some(self.complete.map_or(through, |c| c.max(through)));
+        done.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_waits_for_every_partition() {
+        let mut output = OutputEpochs::new(3);
+        output.record(5, 'x');
+        output.progress(0, 5);
+        output.progress(2, 6);
+        assert_eq!(output.complete_through(), None);
+        assert!(output.complete().is_empty());
+        output.progress(1, 5);
+        assert_eq!(output.complete_through(), Some(5));
+        assert_eq!(output.complete(), vec![(5, vec!['x'])]);
+        // Epoch 6 waits for partitions 0 and 1.
+        output.record(6, 'y');
+        assert!(output.complete().is_empty());
+        // A progress record older than the latest changes nothing.
+        output.progress(0, 4);
+        output.progress(0, 6);
+        output.progress(1, 6);
+        assert_eq!(output.complete(), vec![(6, vec!['y'])]);
+    }
+
+    #[test]
+    fn an_empty_topic_is_never_complete() {
+        let mut output: OutputEpochs<()> = OutputEpochs::new(0);
+        output.progress(0, 1);
+        assert_eq!(output.complete_through(), None);
+    }
+}
