@@ -33,6 +33,18 @@ fn config(address: &str, framing: Framing, directory: bool, output: &str) -> Agg
     config
 }
 
+/// The aggregator as `velib_aggregator` runs with no flags: framing told by
+/// the records, stations placed by the producer's directory topic.
+fn default_config(address: &str, output: &str) -> AggregatorConfig {
+    let mut config = AggregatorConfig::new(KafkaConfig::new(address));
+    assert_eq!(config.framing, None);
+    assert_eq!(config.directory_topic.as_deref(), Some(DIRECTORY_TOPIC));
+    config.output_topic = output.to_owned();
+    config.dead_letter_topic = Some(DEAD.to_owned());
+    config.transactional_id = format!("test-aggregator-{output}");
+    config
+}
+
 fn start(
     config: AggregatorConfig,
     timely_config: timely::Config,
@@ -128,7 +140,9 @@ fn create_topics(address: &str, config: &AggregatorConfig) {
 #[test]
 fn seeds_format_gives_the_rider_totals_of_the_fixtures_readme() {
     let broker = Broker::start();
-    let config = config(&broker.address, Framing::Ingestion, false, OUTPUT);
+    // No flags: the seeds' records are told by their missing epoch headers,
+    // and, having no directory, placed by the postcode table.
+    let config = default_config(&broker.address, OUTPUT);
     create_topics(&broker.address, &config);
     // The seeds' producer.py: every station's raw GBFS record, unkeyed, one
     // message each, written here by kcat.
@@ -186,7 +200,8 @@ fn seeds_format_gives_the_rider_totals_of_the_fixtures_readme() {
 #[test]
 fn epoch_series_with_idle_partitions_and_bad_records() {
     let broker = Broker::start();
-    let config = config(&broker.address, Framing::Epochs, true, OUTPUT);
+    // No flags: the epoch protocol is told by the records.
+    let config = default_config(&broker.address, OUTPUT);
     create_topics(&broker.address, &config);
     let epochs = paris();
     // In epoch 3: a record that is not JSON, and one with no epoch headers.
@@ -527,6 +542,7 @@ fn velib_aggregator_explains_its_flags_and_refuses_bad_ones() {
             "--input-topic",
             "--output-topic",
             "--directory-topic",
+            "--no-directory",
             "--input-format",
             "-X",
             "-w",
