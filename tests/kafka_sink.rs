@@ -145,7 +145,10 @@ fn existing_topics_are_checked_for_compaction_through_describe_configs() {
     .unwrap();
     assert_eq!(
         checked,
-        vec![("compacted".to_string(), TopicOutcome::Exists { partitions: 2 })]
+        vec![(
+            "compacted".to_string(),
+            TopicOutcome::Exists { partitions: 2 }
+        )]
     );
     // An existing topic that must be compacted and is not is refused, with
     // the command that fixes it.
@@ -161,9 +164,16 @@ fn existing_topics_are_checked_for_compaction_through_describe_configs() {
         "{e}"
     );
     // kcat, on its own, sees what was created.
-    let out = broker.kcat().args(["-L", "-t", "compacted"]).output().unwrap();
+    let out = broker
+        .kcat()
+        .args(["-L", "-t", "compacted"])
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("topic \"compacted\" with 2 partitions"), "{listing}");
+    assert!(
+        listing.contains("topic \"compacted\" with 2 partitions"),
+        "{listing}"
+    );
 }
 
 #[test]

@@ -132,3 +132,108 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
     assert_epochs_on_topic(&common::json_lines("kcat", &out), &expected);
     println!("aggregator source: {source:?}");
 }
+
+/// The transaction coordinator does not complete an epoch's commit within
+/// the publisher's timeout (it answers `EndTxn` with a retriable error for
+/// a while, as one still loading after a restart does). librdkafka goes on
+/// with the commit in the background and accepts no other transactional
+/// call until it is asked again: the publisher must resume the commit, not
+/// abort it and try a new transaction (which librdkafka refuses forever,
+/// while the commit completes behind its back). The epoch is published
+/// once, and the producer goes on.
+#[test]
+fn a_commit_that_outlasts_the_timeout_is_resumed_not_abandoned() {
+    use common::output::header;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+    let address = mock.bootstrap_servers();
+    for topic in ["slow-commit-status", "slow-commit-directory"] {
+        mock.create_topic(topic, 3, 1).unwrap();
+    }
+    let server = FeedServer::start();
+    let files = common::paris_files();
+    server.script("/paris.json", [Reply::ok(files[0].clone())]);
+    let mut poll = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/paris.json"),
+        language: None,
+    });
+    poll.interval = Some(Duration::from_millis(50));
+    let mut publish = PublisherConfig::new(KafkaConfig::new(&address));
+    publish.status_topic = "slow-commit-status".into();
+    publish.directory_topic = "slow-commit-directory".into();
+    publish.create_partitions = None;
+    // Shorter than the coordinator takes to commit epoch 2 below.
+    publish.timeout = Duration::from_secs(2);
+    let config = ProducerConfig {
+        poll,
+        publish,
+        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+    };
+    let handle = ProducerHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(config, running));
+    wait_for("epoch 1", || handle.stats().last_epoch == 1);
+
+    // Ten retriable errors in a row take librdkafka's EndTxn retries (100
+    // ms doubling to 1 s) several seconds: longer than the 2 s timeout.
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS; 10],
+    );
+    server.script(
+        "/paris.json",
+        files[1..3].iter().map(|f| Reply::ok(f.clone())),
+    );
+    let expected = common::sequence(common::paris_series(true)[..3].to_vec());
+    let last = expected.last().unwrap().0.epoch;
+    wait_for("the epochs after the slow commit", || {
+        handle.stats().last_epoch == last
+    });
+    let stats = handle.stats();
+    handle.stop();
+    thread.join().unwrap().expect("the producer stops cleanly");
+    assert_eq!(stats.epochs_published, last, "{stats:?}");
+
+    // Each epoch is on the topic once, completed by one attempt.
+    let out = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
+        .args([
+            "-b",
+            &address,
+            "-C",
+            "-t",
+            "slow-commit-status",
+            "-e",
+            "-q",
+            "-J",
+        ])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat runs");
+    let mut attempts: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for record in common::json_lines("kcat", &out) {
+        if header(&record, "velib-kind") == Some("marker") {
+            attempts
+                .entry(header(&record, "velib-epoch").unwrap().parse().unwrap())
+                .or_default()
+                .insert(header(&record, "velib-attempt").unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        attempts.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    assert!(
+        attempts.values().all(|a| a.len() == 1),
+        "each epoch completed by one attempt: {attempts:?}"
+    );
+}

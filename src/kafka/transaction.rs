@@ -89,12 +89,35 @@ impl TransactionalProducer {
         self.producer.flush(self.timeout)
     }
 
+    /// Commits the open transaction, and says how it ended.
+    ///
+    /// A commit librdkafka could not finish within the timeout (its
+    /// `EndTxn` sent but not answered: a broker restarting, a coordinator
+    /// loading or moving) goes on in the background, and librdkafka then
+    /// refuses every other transactional call, an abort or the next
+    /// transaction included ("Conflicting commit_transaction API call is
+    /// already in progress"), until the application calls commit again to
+    /// learn its outcome. So a retriable error is resumed here until the
+    /// commit succeeds or fails for good (an abortable or fatal error).
+    /// Aborting instead would fail, as would every later transaction,
+    /// while the commit could well complete in the background.
     pub(crate) fn commit(&self) -> Result<(), RdKafkaError> {
-        self.producer.commit_transaction(self.timeout)
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Err(RdKafkaError::Transaction(e))
+                    if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() =>
+                {
+                    tracing::warn!("the transaction's commit is not done yet, resuming it: {e}");
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Aborts the open transaction, if any; a failure to abort is only
-    /// logged, since the next `begin` or the broker's timeout ends it.
+    /// logged: an abort that timed out goes on in the background, the next
+    /// `begin` fails until it is done, and the abort that follows that
+    /// failure resumes it.
     pub(crate) fn abort(&self) {
         if let Err(e) = self.producer.abort_transaction(self.timeout) {
             tracing::debug!("aborting the transaction: {e}");

@@ -147,7 +147,15 @@ impl Broker {
             .create()
             .unwrap();
         loop {
-            if let Some(status) = self.child.lock().unwrap().as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
                 panic!(
                     "Apache Kafka exited ({status}) before answering on {}\n{}",
                     self.address,
