@@ -1,7 +1,10 @@
 //! `velib_live` as a newcomer runs it: offline, replaying the recorded
-//! Paris series on the embedded broker, printing JSON lines.
+//! Paris series on the embedded broker, printing JSON lines; and as the
+//! README shows it on a local Apache Kafka.
 
 mod common;
+
+use common::broker::Broker;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -22,8 +25,41 @@ fn velib_live_replays_the_paris_series_on_its_embedded_broker() {
             && stderr.contains("kcat -b 127.0.0.1:"),
         "it says where its broker is: {stderr}"
     );
-    let lines = common::json_lines("velib_live", &out);
+    assert_printed_epochs_match_the_reference(common::json_lines("velib_live", &out));
+}
 
+/// The README's "A local Apache Kafka": velib_live with `--brokers` on a real
+/// broker, where producer and aggregator create the topics concurrently;
+/// what it prints, and what kcat reads on the output topic, equal the
+/// reference.
+#[test]
+fn velib_live_replays_the_paris_series_on_apache_kafka() {
+    let broker = Broker::start();
+    let out = std::process::Command::new(common::example_binary("velib_live"))
+        .args(["--brokers", &broker.address])
+        .arg("--replay")
+        .arg(common::fixtures().join("opendata-paris/velib-series"))
+        .args(["--interval", "100ms", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        broker.log_tail()
+    );
+    let printed = common::json_lines("velib_live", &out);
+    let records = broker.kcat_read("velib-projet-clean");
+    let written = records
+        .iter()
+        .filter(|r| common::output::header(r, "velib-kind").is_none())
+        .count();
+    assert_eq!(printed.len(), written, "the view shows what is committed");
+    common::output::assert_epochs_on_topic(&records, &common::sequence(common::paris_series(true)));
+    assert_printed_epochs_match_the_reference(printed);
+}
+
+fn assert_printed_epochs_match_the_reference(lines: Vec<Value>) {
     // Printed per epoch: exactly the postcodes that changed, with the
     // values of a from-scratch computation on that epoch's snapshot.
     let expected = common::sequence(common::paris_series(true));

@@ -159,6 +159,8 @@ pub fn ensure_topics(
         for result in results {
             match result {
                 Ok(name) => {
+                    // Usable only once every partition has a leader.
+                    visible_partitions(admin.inner(), &name, timeout)?;
                     tracing::info!(topic = %name, "topic created");
                     outcomes.push((name, TopicOutcome::Created));
                 }
@@ -179,16 +181,9 @@ pub fn ensure_topics(
         }
         let partitions = match existing(&spec.name) {
             Some(p) => p,
-            None => admin
-                .inner()
-                .fetch_metadata(Some(&spec.name), timeout)
-                .ok()
-                .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
-                .filter(|p| *p > 0)
-                .ok_or_else(|| KafkaError::Topic {
-                    topic: spec.name.clone(),
-                    problem: "it exists but has no partitions the client can see".into(),
-                })?,
+            // Created a moment ago, here or by another process: the broker
+            // lists it before its partitions have leaders.
+            None => visible_partitions(admin.inner(), &spec.name, timeout)?,
         };
         if spec.compacted {
             check_compacted(&admin, &options, &spec.name)?;
@@ -233,6 +228,45 @@ fn compaction_verdict(topic: &str, policy: Option<&str>) -> Result<bool, KafkaEr
 
 /// How many partitions `topic` has, as `client`'s broker says; an error
 /// naming the topic when it does not exist or has none.
+/// Waits, up to `timeout`, until `topic` shows partitions that all have a
+/// leader, and returns how many it has.
+fn visible_partitions<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let partitions = client
+            .fetch_metadata(Some(topic), timeout.min(Duration::from_secs(5)))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .first()
+                    .filter(|t| t.error().is_none())
+                    .filter(|t| {
+                        t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                    .map(|t| t.partitions().len())
+            })
+            .filter(|p| *p > 0);
+        if let Some(partitions) = partitions {
+            return Ok(partitions);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Topic {
+                topic: topic.to_owned(),
+                problem: format!(
+                    "it exists but has shown no partitions with a leader for {timeout:?}"
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub(crate) fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
