@@ -237,3 +237,105 @@ fn a_commit_that_outlasts_the_timeout_is_resumed_not_abandoned() {
         "each epoch completed by one attempt: {attempts:?}"
     );
 }
+
+/// The coordinator refuses an epoch's commit with an error librdkafka
+/// treats as fatal without a fencing (`INVALID_TXN_STATE`, what Apache
+/// Kafka answers to the abort of a transaction it never registered, after
+/// the broker was killed mid-epoch and the records timed out). The
+/// producer instance is then unusable; a new one as the same
+/// `transactional.id` takes over, publishes the epoch, and goes on, where
+/// the producer used to stop.
+#[test]
+fn a_producer_librdkafka_gives_up_on_is_replaced_and_goes_on() {
+    use common::output::header;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+    let address = mock.bootstrap_servers();
+    for topic in ["fatal-status", "fatal-directory"] {
+        mock.create_topic(topic, 3, 1).unwrap();
+    }
+    let server = FeedServer::start();
+    let files = common::paris_files();
+    server.script("/paris.json", [Reply::ok(files[0].clone())]);
+    let mut poll = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/paris.json"),
+        language: None,
+    });
+    poll.interval = Some(Duration::from_millis(50));
+    let mut publish = PublisherConfig::new(KafkaConfig::new(&address));
+    publish.status_topic = "fatal-status".into();
+    publish.directory_topic = "fatal-directory".into();
+    publish.create_partitions = None;
+    publish.timeout = Duration::from_secs(10);
+    let config = ProducerConfig {
+        poll,
+        publish,
+        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+    };
+    let handle = ProducerHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(config, running));
+    wait_for("epoch 1", || handle.stats().last_epoch == 1);
+
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
+    );
+    server.script(
+        "/paris.json",
+        files[1..3].iter().map(|f| Reply::ok(f.clone())),
+    );
+    let expected = common::sequence(common::paris_series(true)[..3].to_vec());
+    let last = expected.last().unwrap().0.epoch;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handle.stats().last_epoch != last {
+        assert!(
+            Instant::now() < deadline && !thread.is_finished(),
+            "the producer did not go on: {:?}",
+            handle.stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = handle.stats();
+    handle.stop();
+    thread.join().unwrap().expect("the producer stops cleanly");
+    assert_eq!(stats.epochs_published, last, "{stats:?}");
+    assert!(stats.publish_retries >= 1, "{stats:?}");
+
+    // Every epoch is on the topic, closed on every partition. (The mock
+    // cluster shows aborted transactions to read_committed readers too, so
+    // that the refused try is shown once is checked on Apache Kafka, in
+    // tests/broker_restart.rs.)
+    let out = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["-b", &address, "-C", "-t", "fatal-status", "-e", "-q", "-J"])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat runs");
+    let mut markers: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
+    for record in common::json_lines("kcat", &out) {
+        if header(&record, "velib-kind") == Some("marker") {
+            markers
+                .entry(header(&record, "velib-epoch").unwrap().parse().unwrap())
+                .or_default()
+                .insert(record["partition"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(
+        markers.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    assert!(
+        markers.values().all(|p| p.len() == 3),
+        "every epoch closed on every partition: {markers:?}"
+    );
+}

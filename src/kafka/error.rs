@@ -45,7 +45,8 @@ impl KafkaError {
 
 impl KafkaError {
     /// Whether retrying cannot help: the producer was fenced by a newer one
-    /// with the same `transactional.id`, or librdkafka gave up on it.
+    /// with the same `transactional.id`, or is not authorised. (Another
+    /// error librdkafka calls fatal is got past with a new producer.)
     pub fn is_fatal(&self) -> bool {
         matches!(self, KafkaError::Client { source, .. } if super::transaction::is_fatal(source))
     }

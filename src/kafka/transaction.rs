@@ -12,9 +12,16 @@ use std::time::Duration;
 /// An idempotent producer with a `transactional.id`, its transactions
 /// initialised (which fences any older producer with the same id and aborts
 /// its open transaction).
+///
+/// When librdkafka declares the producer unusable for a reason other than
+/// a fencing (see [`is_fatal`]), the next [`Self::begin`] replaces it with a
+/// new one as the same `transactional.id`, as a restarted process would.
 pub(crate) struct TransactionalProducer {
     producer: ThreadedProducer<ReaderContext>,
     timeout: Duration,
+    kafka: KafkaConfig,
+    transactional_id: String,
+    context: ReaderContext,
 }
 
 impl std::fmt::Debug for TransactionalProducer {
@@ -44,6 +51,24 @@ impl TransactionalProducer {
         timeout: Duration,
         context: ReaderContext,
     ) -> Result<Self, KafkaError> {
+        let producer = Self::create(kafka, transactional_id, timeout, context.clone())?;
+        Ok(TransactionalProducer {
+            producer,
+            timeout,
+            kafka: kafka.clone(),
+            transactional_id: transactional_id.to_owned(),
+            context,
+        })
+    }
+
+    /// A new librdkafka producer as `transactional_id`, its transactions
+    /// initialised.
+    fn create(
+        kafka: &KafkaConfig,
+        transactional_id: &str,
+        timeout: Duration,
+        context: ReaderContext,
+    ) -> Result<ThreadedProducer<ReaderContext>, KafkaError> {
         let timeout_ms = timeout.as_millis().to_string();
         let interval = if context.on_stats.is_some() {
             "5000"
@@ -72,7 +97,7 @@ impl TransactionalProducer {
                 "initialising transactions as {transactional_id:?} on {}",
                 kafka.brokers()
             )))?;
-        Ok(TransactionalProducer { producer, timeout })
+        Ok(producer)
     }
 
     /// How many partitions `topic` has; an error when it does not exist.
@@ -80,7 +105,36 @@ impl TransactionalProducer {
         super::topics::partition_count(self.producer.client(), topic, self.timeout)
     }
 
-    pub(crate) fn begin(&self) -> Result<(), RdKafkaError> {
+    /// Begins a transaction; first replaces the producer if librdkafka
+    /// gave up on it for a reason other than a fencing.
+    ///
+    /// Such an error is, for instance, the broker's `INVALID_TXN_STATE`
+    /// answer to the abort of a transaction whose records timed out while
+    /// the broker was away and whose partitions it never registered
+    /// (librdkafka 2.12 with Apache Kafka 3.9: a broker killed mid-epoch
+    /// and back after `message.timeout.ms`). No epoch was committed by the
+    /// failed tries (a commit fails only when the broker refused it, see
+    /// [`Self::commit`]), so the new producer writes it again.
+    pub(crate) fn begin(&mut self) -> Result<(), RdKafkaError> {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            if !is_final(code) {
+                tracing::warn!(
+                    "librdkafka gave up on the producer ({code:?}: {reason}): \
+                     a new one takes over as {:?}",
+                    self.transactional_id
+                );
+                self.producer = Self::create(
+                    &self.kafka,
+                    &self.transactional_id,
+                    self.timeout,
+                    self.context.clone(),
+                )
+                .map_err(|e| match e {
+                    KafkaError::Client { source, .. } => source,
+                    other => RdKafkaError::ClientCreation(other.to_string()),
+                })?;
+            }
+        }
         self.producer.begin_transaction()
     }
 
@@ -142,13 +196,29 @@ impl TransactionalProducer {
     }
 }
 
-/// Whether a producer error ends the producer for good (fenced by a newer
-/// producer with the same `transactional.id`, or a broken configuration).
+/// Whether a producer error ends the producer for good: fenced by a newer
+/// producer with the same `transactional.id`, or not authorised. Any other
+/// error librdkafka calls fatal is not: the next
+/// [`TransactionalProducer::begin`] replaces the producer.
 pub(crate) fn is_fatal(e: &RdKafkaError) -> bool {
     match e {
-        RdKafkaError::Transaction(t) => t.is_fatal(),
+        RdKafkaError::Transaction(t) => t.is_fatal() && is_final(t.code()),
         _ => false,
     }
+}
+
+/// Whether a fatal error of librdkafka's is one a new producer must not
+/// get past: another producer took over the `transactional.id` (replacing
+/// this one would fence it in turn), or the cluster refuses this one.
+fn is_final(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 /// Record headers from `(name, value)` pairs.

@@ -132,7 +132,7 @@ impl Broker {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{} runs: {e}", script().display()));
-        *self.child.lock().unwrap() = Some(child);
+        *self.child() = Some(child);
         self.wait_until_ready();
     }
 
@@ -147,15 +147,13 @@ impl Broker {
             .create()
             .unwrap();
         loop {
-            if let Some(status) = self
-                .child
-                .lock()
-                .unwrap()
+            // Read into a local: panicking with the lock held would poison it
+            // for `Drop`, and a second panic there aborts the test binary.
+            let exited = self
+                .child()
                 .as_mut()
-                .unwrap()
-                .try_wait()
-                .unwrap()
-            {
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 panic!(
                     "Apache Kafka exited ({status}) before answering on {}\n{}",
                     self.address,
@@ -182,9 +180,15 @@ impl Broker {
         }
     }
 
+    /// The running child, if any; a lock poisoned by a failed test is
+    /// still usable.
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn signal(&self, signal: &str) {
-        let mut child = self.child.lock().unwrap();
-        if let Some(mut child) = child.take() {
+        let taken = self.child().take();
+        if let Some(mut child) = taken {
             let _ = Command::new("kill")
                 .args([signal, &child.id().to_string()])
                 .status();
@@ -211,7 +215,7 @@ impl Broker {
     /// Starts a stopped or killed broker again on the same ports and log
     /// directory.
     pub fn start_again(&self) {
-        assert!(self.child.lock().unwrap().is_none(), "already running");
+        assert!(self.child().is_none(), "already running");
         self.run();
     }
 
