@@ -109,7 +109,9 @@ impl AggregatorConfig {
     /// The topics the aggregator uses, as they should be created.
     pub fn topics(&self, partitions: i32) -> Vec<TopicSpec> {
         let mut topics = vec![TopicSpec::new(&self.input_topic, partitions)];
-        if let Some(directory) = &self.directory_topic {
+        // The seeds' format has no directory: none is created for it.
+        let seeds = self.framing == Some(Framing::Ingestion);
+        if let Some(directory) = self.directory_topic.as_ref().filter(|_| !seeds) {
             topics.push(TopicSpec::new(directory, partitions).compacted());
         }
         topics.push(TopicSpec::new(&self.output_topic, partitions).compacted());
@@ -129,10 +131,11 @@ impl AggregatorConfig {
 fn where_to_start(
     config: &AggregatorConfig,
 ) -> Result<(Framing, Epoch, Option<String>), AggregatorError> {
-    let mut topics = vec![config.input_topic.clone()];
-    topics.extend(config.directory_topic.clone());
-    let start = read_as_of(&config.kafka, &topics, Duration::from_secs(60))?;
-    let framing = match (config.framing, start.framing()) {
+    let stall = Duration::from_secs(60);
+    // The framing is the input's: a directory topic left from another run
+    // says nothing of it.
+    let input = read_as_of(&config.kafka, &[&config.input_topic], stall)?;
+    let framing = match (config.framing, input.framing()) {
         (Some(framing), _) => framing,
         (None, Some(Framing::Ingestion)) => {
             tracing::warn!(
@@ -142,11 +145,25 @@ fn where_to_start(
             );
             Framing::Ingestion
         }
-        (None, _) => Framing::Epochs,
+        (None, Some(framing)) => {
+            tracing::info!(
+                topic = config.input_topic,
+                "the input is in the epoch protocol"
+            );
+            framing
+        }
+        (None, None) => {
+            tracing::info!(
+                topic = config.input_topic,
+                "the input is empty: reading it in the epoch protocol (velib_producer's); \
+                 for the seeds' producer.py, say --input-format seed"
+            );
+            Framing::Epochs
+        }
     };
-    if framing == Framing::Epochs && !start.unframed.is_empty() {
+    if framing == Framing::Epochs && !input.unframed.is_empty() {
         tracing::warn!(
-            partitions = ?start.unframed,
+            partitions = ?input.unframed,
             "these partitions start with records without epoch headers; they go to the dead-letter topic"
         );
     }
@@ -160,6 +177,20 @@ fn where_to_start(
         }
         (topic, _) => topic.clone(),
     };
+    let directory = match &directory_topic {
+        Some(topic) => read_as_of(&config.kafka, &[topic], stall)?,
+        None => Default::default(),
+    };
+    if let Some(topic) = &directory_topic {
+        if directory.framed.is_empty() && !input.framed.is_empty() {
+            tracing::warn!(
+                directory_topic = topic,
+                "the directory topic is empty while the input has epochs: nothing is written until \
+                 the producer publishes its directory (velib_producer does); --no-directory places \
+                 stations by the postcode table instead"
+            );
+        }
+    }
     match &directory_topic {
         Some(topic) => tracing::info!(
             directory_topic = topic,
@@ -168,10 +199,10 @@ fn where_to_start(
         None => tracing::info!("stations' postcodes: from the postcode table, none inferred"),
     }
     let as_of = match framing {
-        Framing::Epochs => start.as_of,
+        Framing::Epochs => input.as_of.max(directory.as_of),
         Framing::Ingestion => 0,
     };
-    for (topic, partition, epoch) in &start.compacted {
+    for (topic, partition, epoch) in input.compacted.iter().chain(&directory.compacted) {
         tracing::info!(
             "{topic}[{partition}] was compacted: its epochs up to {epoch} are read as one"
         );
@@ -183,6 +214,52 @@ fn where_to_start(
         );
     }
     Ok((framing, as_of, directory_topic))
+}
+
+/// Where every worker starts: worker 0 reads the input topics' start
+/// ([`where_to_start`]) once topics exist, and broadcasts its decision, so
+/// that all workers of all processes build the same dataflow and release
+/// from the same epoch (each process reading on its own could see the topics
+/// at different moments).
+fn agree_on_start(
+    worker: &mut timely::worker::Worker,
+    config: &AggregatorConfig,
+) -> Result<(Framing, Epoch, Option<String>), String> {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Inspect};
+    type Decision = Result<(bool, Epoch, Option<String>), String>;
+    let decided: std::rc::Rc<std::cell::RefCell<Option<Decision>>> = Default::default();
+    let seen = std::rc::Rc::clone(&decided);
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, decisions) = scope.new_input::<Vec<Decision>>();
+        decisions
+            .broadcast()
+            .inspect(move |d: &Decision| *seen.borrow_mut() = Some(d.clone()))
+            .probe_with(&probe);
+        input
+    });
+    if worker.index() == 0 {
+        let decision = where_to_start(config)
+            .map(|(framing, as_of, directory)| (framing == Framing::Ingestion, as_of, directory))
+            .map_err(|e| e.to_string());
+        input.send(decision);
+    }
+    input.close();
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(100)));
+    }
+    let decision = decided
+        .borrow_mut()
+        .take()
+        .unwrap_or_else(|| Err("worker 0 decided nothing about where to start".into()))?;
+    let (ingestion, as_of, directory) = decision;
+    let framing = if ingestion {
+        Framing::Ingestion
+    } else {
+        Framing::Epochs
+    };
+    Ok((framing, as_of, directory))
 }
 
 /// Why the aggregator stopped.
@@ -320,11 +397,17 @@ pub fn run(
             tracing::info!(topic, ?outcome, "topic ready");
         }
     }
-    let (framing, as_of, directory_topic) = where_to_start(&config)?;
     let watched = handle.clone();
     let guards = timely::execute(timely_config, move |worker| {
         let handle = handle.clone();
         let config = config.clone();
+        let (framing, as_of, directory_topic) = match agree_on_start(worker, &config) {
+            Ok(start) => start,
+            Err(error) => {
+                handle.sources.fail(error);
+                return;
+            }
+        };
         let finished = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
             let status_source = SourceConfig {

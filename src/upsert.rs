@@ -11,8 +11,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-/// Upserts of one time, waiting for the frontier to pass it.
-type Pending<K, V> = (Capability<Epoch>, Vec<(K, Option<V>)>);
+/// Upserts of one time, waiting for the frontier to pass it: only the last
+/// of each key is kept, which is all that applying them in order decides
+/// (a source starting at a later epoch releases a whole history at once).
+type Pending<K, V> = (Capability<Epoch>, HashMap<K, Option<V>>);
 
 /// The collection of the current value of every key: each `(key, value,
 /// epoch)` replaces the key's value at that epoch (`None` removes it), so
@@ -61,9 +63,9 @@ where
                         for (key, value, time) in data.drain(..) {
                             pending
                                 .entry(time)
-                                .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
+                                .or_insert_with(|| (capability.delayed(&time, 0), HashMap::new()))
                                 .1
-                                .push((key, value));
+                                .insert(key, value);
                         }
                     });
                     while let Some(entry) = pending.first_entry() {

@@ -147,14 +147,22 @@ impl LiveView {
                 .and_then(|p| serde_json::from_slice::<PostcodeRecord>(p).ok());
             self.output.record(epoch, (key.to_owned(), record));
         }
-        for (epoch, changes) in self.output.complete() {
+        // An epoch whose own progress records the cleaner removed is shown
+        // with the next one that has them: on a compacted topic it lacks the
+        // records later epochs replaced, and only the state once caught up
+        // is exact.
+        let complete = self.output.complete();
+        let last = complete.last().map(|(epoch, _)| *epoch);
+        let mut pending: BTreeMap<String, Option<PostcodeRecord>> = BTreeMap::new();
+        for (epoch, changes) in complete {
             // The last write of a key wins.
-            let changes: BTreeMap<String, Option<PostcodeRecord>> = changes.into_iter().collect();
-            let feed_time = self
-                .feed_times
-                .get(&epoch)
-                .copied()
-                .or_else(|| changes.values().flatten().map(|r| r.feed_time).max());
+            pending.extend(changes);
+            let own = self.feed_times.get(&epoch).copied();
+            if own.is_none() && Some(epoch) != last {
+                continue;
+            }
+            let changes = std::mem::take(&mut pending);
+            let feed_time = own.or_else(|| changes.values().flatten().map(|r| r.feed_time).max());
             self.show(epoch, &changes, feed_time);
         }
         if let Some(through) = self.output.complete_through() {

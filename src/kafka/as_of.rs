@@ -25,6 +25,15 @@
 //!
 //! The same read tells the records' framing: a partition whose first record
 //! has no epoch headers is in the seeds' format.
+//!
+//! Limits, all of which a later start from the aggregator's own committed
+//! state removes: a partition whose every record older than its first
+//! surviving marker was replaced reads as intact from that marker, although
+//! the cleaner's boundary may have fallen inside the next epoch's
+//! transaction (its state then lacks the keys that epoch rewrote before the
+//! boundary); a partition whose start retention deleted reads as intact
+//! too; and a cleaner pass while the sources read can remove the markers
+//! after the start, which the source reports.
 
 use super::protocol::{framing, Framed, RecordHeaders};
 use super::scan::{scan_topic, Scan};
@@ -60,8 +69,8 @@ pub struct StartPoint {
     /// Partitions whose first record has no epoch headers (the seeds'
     /// format).
     pub unframed: Vec<(String, i32)>,
-    /// Partitions that lost the markers of their first epochs (compacted,
-    /// or their start deleted), with the epoch they start at.
+    /// Partitions that lost the markers of their first epochs to the
+    /// cleaner, with the epoch they start at.
     pub compacted: Vec<(String, i32, Epoch)>,
 }
 
@@ -131,8 +140,9 @@ impl PartitionStart {
     }
 }
 
-/// Reads the start of every partition of `topics` (at `read_committed`)
-/// and says where sources reading them must start. A partition that
+/// Reads the start of every partition of `topics` (at `read_committed`,
+/// unless the configuration's `-X` says otherwise) and says where sources
+/// reading them must start. A partition that
 /// stalls for `stall` is an error.
 ///
 /// # Examples

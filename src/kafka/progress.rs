@@ -6,7 +6,9 @@
 //! later one**: the output topic is compacted and all progress records of a
 //! partition share one key, so once the log cleaner has run only the latest
 //! survives, while the records of older epochs remain. Everything before a
-//! partition's progress record is complete.
+//! partition's progress record is complete. On a compacted topic only the
+//! state once caught up is exact: an epoch whose own progress records are
+//! gone lacks the records later epochs replaced.
 //!
 //! # Examples
 //!
@@ -67,8 +69,12 @@ impl<T> OutputEpochs<T> {
         true
     }
 
-    /// A progress record of `epoch` on `partition`.
+    /// A progress record of `epoch` on `partition` (one beyond the topic's
+    /// partitions is ignored).
     pub fn progress(&mut self, partition: i32, epoch: Epoch) {
+        if usize::try_from(partition).map_or(true, |p| p >= self.partitions) {
+            return;
+        }
         let latest = self.progress.entry(partition).or_insert(epoch);
         *latest = (*latest).max(epoch);
     }

@@ -23,7 +23,12 @@
 //!   records are applied with the marker's epoch. (A marker can only have
 //!   been removed by a cleaner pass over the offsets before it, and Apache
 //!   Kafka's cleaner removes aborted transactions' records in that same
-//!   pass, so what survives there was committed.) Epochs older than the
+//!   pass, so what survives there was committed. That holds for what is on
+//!   the log, not for what a reader buffered before the pass: a reader at
+//!   `read_uncommitted`, or on a broker that shows aborted records, that
+//!   lags behind the cleaner can apply an aborted attempt's records of an
+//!   epoch whose deciding marker it never saw. Read compacted topics at
+//!   `read_committed` on a broker that honours it.) Epochs older than the
 //!   surviving marker cannot be told apart any more: see
 //!   [`super::as_of`] for where a fresh reader starts.
 //!
@@ -223,10 +228,15 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
             })
         }
     };
-    let epoch: Epoch = epoch.parse().map_err(|_| DecodeError::Header {
-        header: EPOCH_HEADER,
-        problem: format!("{epoch:?} is not an epoch number"),
-    })?;
+    let epoch: Epoch = epoch
+        .parse()
+        .ok()
+        // The largest value has no epoch after it: readers compute `epoch + 1`.
+        .filter(|e| *e < Epoch::MAX)
+        .ok_or_else(|| DecodeError::Header {
+            header: EPOCH_HEADER,
+            problem: format!("{epoch:?} is not an epoch number"),
+        })?;
     if attempt.is_empty() || attempt.len() > MAX_ATTEMPT_BYTES {
         return Err(DecodeError::Header {
             header: ATTEMPT_HEADER,
@@ -468,6 +478,14 @@ mod tests {
             (vec![(ATTEMPT_HEADER, "a")], None, EPOCH_HEADER),
             (
                 vec![(EPOCH_HEADER, "-1"), (ATTEMPT_HEADER, "a")],
+                None,
+                EPOCH_HEADER,
+            ),
+            (
+                vec![
+                    (EPOCH_HEADER, "18446744073709551615"),
+                    (ATTEMPT_HEADER, "a"),
+                ],
                 None,
                 EPOCH_HEADER,
             ),

@@ -2,10 +2,12 @@
 //! dataflow: what a restarting producer reads back ([`super::recovery`]) and
 //! where a source starts ([`super::as_of`]).
 //!
-//! The end of a partition is where librdkafka first reports having reached
-//! it (`enable.partition.eof`), at `read_committed`. A log takes as long as
-//! it takes to read; only a stall (no record and no end for the given time)
-//! is an error.
+//! A partition is done when the caller says so, or once librdkafka reports
+//! having reached its end (`enable.partition.eof`) and no record came after
+//! that report; the scan ends when every partition is done at once. It reads
+//! at `read_committed` unless the user's `-X` says otherwise. A log takes as
+//! long as it takes to read; only a stall (no record and no end for the
+//! given time) is an error.
 
 use super::config::ReaderContext;
 use super::{KafkaConfig, KafkaError};
@@ -44,6 +46,8 @@ pub(crate) fn scan_topic(
             ("isolation.level", "read_committed"),
             ("auto.offset.reset", "earliest"),
         ])
+        // The scan ends on these events: a user's -X cannot turn them off.
+        .set("enable.partition.eof", "true")
         .create_with_context(ReaderContext::default())
         .map_err(KafkaError::client(format!(
             "creating a consumer for {purpose}"

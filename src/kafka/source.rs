@@ -111,7 +111,9 @@ pub struct SourceConfig {
     /// epochs are released at this one, as the state they add up to. Every
     /// source of a dataflow must have the same; [`super::as_of::read_as_of`]
     /// finds the one that compacted topics can still be read exactly from.
-    /// 0: every epoch as it is on the log.
+    /// 0: every epoch as it is on the log, which on a compacted topic gives
+    /// torn epochs (its partitions' collapsed epochs differ). Ignored with
+    /// [`Framing::Ingestion`].
     pub as_of: Epoch,
 }
 
@@ -309,7 +311,7 @@ impl SourceHandle {
         });
     }
 
-    fn fail(&self, error: String) {
+    pub(crate) fn fail(&self, error: String) {
         tracing::error!("Kafka source stopped: {error}");
         self.count(|s| {
             s.error.get_or_insert(error);
@@ -722,7 +724,7 @@ impl<K, V> Reader<K, V> {
                         p.next_offset = message.offset() + 1;
                         let outcome = match self.ingestion.as_mut() {
                             Some(ingestion) => ingest(&message, decoder, ingestion).map(|()| None),
-                            None => frame(p, &message, decoder, handle),
+                            None => frame(p, &message, decoder, handle, config.as_of),
                         };
                         match outcome {
                             Ok(Some((epoch, released, feed_time))) => {
@@ -838,6 +840,7 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
     message: &BorrowedMessage<'_>,
     decoder: &D,
     handle: &SourceHandle,
+    as_of: Epoch,
 ) -> Result<Option<PartitionRelease<K, V>>, DecodeError> {
     let record = raw(message);
     check_size(&record)?;
@@ -888,6 +891,20 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
                     marker.epoch
                 );
                 handle.count(|s| s.compacted += records as u64);
+                if marker.epoch > as_of {
+                    // The cleaner removed markers after the epoch this
+                    // source started at, while it was reading: the epochs in
+                    // between are released at once here and one by one on
+                    // other partitions.
+                    tracing::warn!(
+                        "{}[{}] was compacted while being read: epochs {} to {} are torn in the output; \
+                         restart to start at a later epoch (or set min.compaction.lag.ms on the topic)",
+                        p.topic,
+                        p.partition,
+                        first.epoch,
+                        marker.epoch
+                    );
+                }
             }
             Ok(Some((marker.epoch, passed.released, marker.feed_time)))
         }

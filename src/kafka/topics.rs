@@ -226,8 +226,6 @@ fn compaction_verdict(topic: &str, policy: Option<&str>) -> Result<bool, KafkaEr
     }
 }
 
-/// How many partitions `topic` has, as `client`'s broker says; an error
-/// naming the topic when it does not exist or has none.
 /// Waits, up to `timeout`, until `topic` shows partitions that all have a
 /// leader, and returns how many it has.
 fn visible_partitions<C: rdkafka::ClientContext>(
@@ -259,7 +257,7 @@ fn visible_partitions<C: rdkafka::ClientContext>(
             return Err(KafkaError::Topic {
                 topic: topic.to_owned(),
                 problem: format!(
-                    "it exists but has shown no partitions with a leader for {timeout:?}"
+                    "it has shown no partitions with a leader for {timeout:?} (missing, or the broker unreachable?)"
                 ),
             });
         }
@@ -267,6 +265,8 @@ fn visible_partitions<C: rdkafka::ClientContext>(
     }
 }
 
+/// How many partitions `topic` has, as `client`'s broker says; an error
+/// naming the topic when it does not exist or has none.
 pub(crate) fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
