@@ -54,6 +54,11 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 ///     ("velib-projet-clean".to_owned(), true),
 ///     ("velib-projet-dead-letters".to_owned(), false),
 /// ]);
+///
+/// // The seeds' format has no directory: none is created or read.
+/// let mut seeds = config.clone();
+/// seeds.framing = Some(velib_dataflow::kafka::source::Framing::Ingestion);
+/// assert!(seeds.topics(3).iter().all(|t| t.name != "velib-directory"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct AggregatorConfig {
