@@ -6,9 +6,10 @@
 mod common;
 
 use common::http::{FeedServer, Reply};
-use common::output::assert_epochs_on_topic;
+use common::output::{assert_epochs_on_topic, header};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorHandle};
@@ -133,6 +134,117 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
     println!("aggregator source: {source:?}");
 }
 
+/// A producer polling a feed that serves the Paris series' first file, on
+/// a one-broker mock cluster with `<prefix>-status` and `<prefix>-directory`.
+struct MockRun {
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    server: FeedServer,
+    files: Vec<Vec<u8>>,
+    handle: ProducerHandle,
+    thread: Option<std::thread::JoinHandle<Result<(), velib_dataflow::producer::ProducerError>>>,
+}
+
+impl MockRun {
+    /// Starts the producer, publishing with `timeout`, and waits for epoch 1.
+    fn start(prefix: &str, timeout: Duration) -> MockRun {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+        for topic in ["status", "directory"] {
+            mock.create_topic(&format!("{prefix}-{topic}"), 3, 1)
+                .unwrap();
+        }
+        let server = FeedServer::start();
+        let files = common::paris_files();
+        server.script("/paris.json", [Reply::ok(files[0].clone())]);
+        let mut poll = PollConfig::new(FeedLocation::Discover {
+            url: server.url("/paris.json"),
+            language: None,
+        });
+        poll.interval = Some(Duration::from_millis(50));
+        let mut publish = PublisherConfig::new(KafkaConfig::new(mock.bootstrap_servers()));
+        publish.status_topic = format!("{prefix}-status");
+        publish.directory_topic = format!("{prefix}-directory");
+        publish.create_partitions = None;
+        publish.timeout = timeout;
+        let config = ProducerConfig {
+            poll,
+            publish,
+            resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(500),
+        };
+        let handle = ProducerHandle::default();
+        let running = handle.clone();
+        let thread = std::thread::spawn(move || run(config, running));
+        wait_for("epoch 1", || handle.stats().last_epoch == 1);
+        MockRun {
+            mock,
+            server,
+            files,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves the series' next two files and waits until the producer has
+    /// published their epochs, failing if it stops; then stops it. Returns
+    /// its stats and the last epoch.
+    fn publish_two_more(&mut self) -> (velib_dataflow::producer::ProducerStats, u64) {
+        self.server.script(
+            "/paris.json",
+            self.files[1..3].iter().map(|f| Reply::ok(f.clone())),
+        );
+        let expected = common::sequence(common::paris_series(true)[..3].to_vec());
+        let last = expected.last().unwrap().0.epoch;
+        let thread = self.thread.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.handle.stats().last_epoch != last {
+            assert!(
+                Instant::now() < deadline && !thread.is_finished(),
+                "the producer did not go on: {:?}",
+                self.handle.stats()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stats = self.handle.stats();
+        self.handle.stop();
+        thread.join().unwrap().expect("the producer stops cleanly");
+        assert_eq!(stats.epochs_published, last, "{stats:?}");
+        (stats, last)
+    }
+
+    /// The markers on `topic` (read committed by kcat), by epoch:
+    /// the attempt that wrote each, and the partition it closes.
+    fn markers(&self, topic: &str) -> BTreeMap<u64, Vec<(String, i64)>> {
+        let out = Command::new("kcat")
+            .env_remove("LD_LIBRARY_PATH")
+            .args(["-b", &self.mock.bootstrap_servers()])
+            .args(["-C", "-t", topic, "-e", "-q", "-J"])
+            .args(["-X", "isolation.level=read_committed"])
+            .output()
+            .expect("kcat runs");
+        let mut markers: BTreeMap<u64, Vec<(String, i64)>> = BTreeMap::new();
+        for record in common::json_lines("kcat", &out) {
+            if header(&record, "velib-kind") == Some("marker") {
+                markers
+                    .entry(header(&record, "velib-epoch").unwrap().parse().unwrap())
+                    .or_default()
+                    .push((
+                        header(&record, "velib-attempt").unwrap().to_owned(),
+                        record["partition"].as_i64().unwrap(),
+                    ));
+            }
+        }
+        markers
+    }
+}
+
 /// The transaction coordinator does not complete an epoch's commit within
 /// the publisher's timeout (it answers `EndTxn` with a retriable error for
 /// a while, as one still loading after a restart does). librdkafka goes on
@@ -143,99 +255,29 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
 /// once, and the producer goes on.
 #[test]
 fn a_commit_that_outlasts_the_timeout_is_resumed_not_abandoned() {
-    use common::output::header;
-    use std::collections::{BTreeMap, BTreeSet};
-
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
-    let address = mock.bootstrap_servers();
-    for topic in ["slow-commit-status", "slow-commit-directory"] {
-        mock.create_topic(topic, 3, 1).unwrap();
-    }
-    let server = FeedServer::start();
-    let files = common::paris_files();
-    server.script("/paris.json", [Reply::ok(files[0].clone())]);
-    let mut poll = PollConfig::new(FeedLocation::Discover {
-        url: server.url("/paris.json"),
-        language: None,
-    });
-    poll.interval = Some(Duration::from_millis(50));
-    let mut publish = PublisherConfig::new(KafkaConfig::new(&address));
-    publish.status_topic = "slow-commit-status".into();
-    publish.directory_topic = "slow-commit-directory".into();
-    publish.create_partitions = None;
     // Shorter than the coordinator takes to commit epoch 2 below.
-    publish.timeout = Duration::from_secs(2);
-    let config = ProducerConfig {
-        poll,
-        publish,
-        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
-        retry_base: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-    };
-    let handle = ProducerHandle::default();
-    let running = handle.clone();
-    let thread = std::thread::spawn(move || run(config, running));
-    wait_for("epoch 1", || handle.stats().last_epoch == 1);
-
+    let mut run = MockRun::start("slow-commit", Duration::from_secs(2));
     // Ten retriable errors in a row take librdkafka's EndTxn retries (100
     // ms doubling to 1 s) several seconds: longer than the 2 s timeout.
-    mock.request_errors(
+    run.mock.request_errors(
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS; 10],
     );
-    server.script(
-        "/paris.json",
-        files[1..3].iter().map(|f| Reply::ok(f.clone())),
-    );
-    let expected = common::sequence(common::paris_series(true)[..3].to_vec());
-    let last = expected.last().unwrap().0.epoch;
-    wait_for("the epochs after the slow commit", || {
-        handle.stats().last_epoch == last
-    });
-    let stats = handle.stats();
-    handle.stop();
-    thread.join().unwrap().expect("the producer stops cleanly");
-    assert_eq!(stats.epochs_published, last, "{stats:?}");
-
+    let (_, last) = run.publish_two_more();
     // Each epoch is on the topic once, completed by one attempt.
-    let out = Command::new("kcat")
-        .env_remove("LD_LIBRARY_PATH")
-        .args([
-            "-b",
-            &address,
-            "-C",
-            "-t",
-            "slow-commit-status",
-            "-e",
-            "-q",
-            "-J",
-        ])
-        .args(["-X", "isolation.level=read_committed"])
-        .output()
-        .expect("kcat runs");
-    let mut attempts: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for record in common::json_lines("kcat", &out) {
-        if header(&record, "velib-kind") == Some("marker") {
-            attempts
-                .entry(header(&record, "velib-epoch").unwrap().parse().unwrap())
-                .or_default()
-                .insert(header(&record, "velib-attempt").unwrap().to_owned());
-        }
-    }
+    let markers = run.markers("slow-commit-status");
     assert_eq!(
-        attempts.keys().copied().collect::<Vec<_>>(),
+        markers.keys().copied().collect::<Vec<_>>(),
         (1..=last).collect::<Vec<_>>()
     );
-    assert!(
-        attempts.values().all(|a| a.len() == 1),
-        "each epoch completed by one attempt: {attempts:?}"
-    );
+    for (epoch, closed) in &markers {
+        let attempts: BTreeSet<&String> = closed.iter().map(|(a, _)| a).collect();
+        assert_eq!(
+            attempts.len(),
+            1,
+            "epoch {epoch} completed by one attempt: {closed:?}"
+        );
+    }
 }
 
 /// The coordinator refuses an epoch's commit with an error librdkafka
@@ -247,95 +289,28 @@ fn a_commit_that_outlasts_the_timeout_is_resumed_not_abandoned() {
 /// the producer used to stop.
 #[test]
 fn a_producer_librdkafka_gives_up_on_is_replaced_and_goes_on() {
-    use common::output::header;
-    use std::collections::{BTreeMap, BTreeSet};
-
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
-    let address = mock.bootstrap_servers();
-    for topic in ["fatal-status", "fatal-directory"] {
-        mock.create_topic(topic, 3, 1).unwrap();
-    }
-    let server = FeedServer::start();
-    let files = common::paris_files();
-    server.script("/paris.json", [Reply::ok(files[0].clone())]);
-    let mut poll = PollConfig::new(FeedLocation::Discover {
-        url: server.url("/paris.json"),
-        language: None,
-    });
-    poll.interval = Some(Duration::from_millis(50));
-    let mut publish = PublisherConfig::new(KafkaConfig::new(&address));
-    publish.status_topic = "fatal-status".into();
-    publish.directory_topic = "fatal-directory".into();
-    publish.create_partitions = None;
-    publish.timeout = Duration::from_secs(10);
-    let config = ProducerConfig {
-        poll,
-        publish,
-        resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
-        retry_base: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-    };
-    let handle = ProducerHandle::default();
-    let running = handle.clone();
-    let thread = std::thread::spawn(move || run(config, running));
-    wait_for("epoch 1", || handle.stats().last_epoch == 1);
-
-    mock.request_errors(
+    let mut run = MockRun::start("fatal", Duration::from_secs(10));
+    run.mock.request_errors(
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
     );
-    server.script(
-        "/paris.json",
-        files[1..3].iter().map(|f| Reply::ok(f.clone())),
-    );
-    let expected = common::sequence(common::paris_series(true)[..3].to_vec());
-    let last = expected.last().unwrap().0.epoch;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while handle.stats().last_epoch != last {
-        assert!(
-            Instant::now() < deadline && !thread.is_finished(),
-            "the producer did not go on: {:?}",
-            handle.stats()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let stats = handle.stats();
-    handle.stop();
-    thread.join().unwrap().expect("the producer stops cleanly");
-    assert_eq!(stats.epochs_published, last, "{stats:?}");
+    let (stats, last) = run.publish_two_more();
     assert!(stats.publish_retries >= 1, "{stats:?}");
-
     // Every epoch is on the topic, closed on every partition. (The mock
     // cluster shows aborted transactions to read_committed readers too, so
     // that the refused try is shown once is checked on Apache Kafka, in
     // tests/broker_restart.rs.)
-    let out = Command::new("kcat")
-        .env_remove("LD_LIBRARY_PATH")
-        .args(["-b", &address, "-C", "-t", "fatal-status", "-e", "-q", "-J"])
-        .args(["-X", "isolation.level=read_committed"])
-        .output()
-        .expect("kcat runs");
-    let mut markers: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
-    for record in common::json_lines("kcat", &out) {
-        if header(&record, "velib-kind") == Some("marker") {
-            markers
-                .entry(header(&record, "velib-epoch").unwrap().parse().unwrap())
-                .or_default()
-                .insert(record["partition"].as_i64().unwrap());
-        }
-    }
+    let markers = run.markers("fatal-status");
     assert_eq!(
         markers.keys().copied().collect::<Vec<_>>(),
         (1..=last).collect::<Vec<_>>()
     );
-    assert!(
-        markers.values().all(|p| p.len() == 3),
-        "every epoch closed on every partition: {markers:?}"
-    );
+    for (epoch, closed) in &markers {
+        let partitions: BTreeSet<i64> = closed.iter().map(|(_, p)| *p).collect();
+        assert_eq!(
+            partitions.len(),
+            3,
+            "epoch {epoch} closed on every partition: {closed:?}"
+        );
+    }
 }
