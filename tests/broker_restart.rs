@@ -11,9 +11,8 @@ mod common;
 
 use common::broker::Broker;
 use common::http::{FeedServer, Reply};
-use common::output::{assert_epochs_on_topic, header};
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use common::output::{assert_epochs_on_topic, published};
+use std::collections::BTreeSet;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorError, AggregatorHandle};
@@ -189,36 +188,6 @@ impl Running {
             .expect("the aggregator does not panic")
             .expect("the aggregator stops cleanly");
     }
-}
-
-/// kcat's records of a producer topic, by epoch: the markers' attempts and
-/// the data records.
-#[derive(Default, Debug)]
-struct PublishedEpoch {
-    marker_attempts: BTreeSet<String>,
-    markers: usize,
-    data: Vec<Value>,
-}
-
-fn published(records: &[Value]) -> BTreeMap<Epoch, PublishedEpoch> {
-    let mut epochs: BTreeMap<Epoch, PublishedEpoch> = BTreeMap::new();
-    for r in records {
-        let epoch: Epoch = header(r, "velib-epoch")
-            .expect("every record carries its epoch")
-            .parse()
-            .unwrap();
-        let attempt = header(r, "velib-attempt")
-            .expect("every record carries its attempt")
-            .to_owned();
-        let e = epochs.entry(epoch).or_default();
-        if header(r, "velib-kind") == Some("marker") {
-            e.marker_attempts.insert(attempt);
-            e.markers += 1;
-        } else {
-            e.data.push(r.clone());
-        }
-    }
-    epochs
 }
 
 fn through_an_outage(outage: Outage) {

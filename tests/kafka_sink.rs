@@ -78,7 +78,7 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
 
 #[test]
 fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let kafka = KafkaConfig::new(&broker.address);
     let outcome = ensure_topics(
         &kafka,
@@ -118,7 +118,7 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
 
 #[test]
 fn existing_topics_are_checked_for_compaction_through_describe_configs() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let kafka = KafkaConfig::new(&broker.address);
     let created = ensure_topics(
         &kafka,

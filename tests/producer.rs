@@ -7,9 +7,9 @@ mod common;
 
 use common::broker::Broker;
 use common::http::{FeedServer, Reply};
-use common::output::{assert_epochs_on_topic, header};
+use common::output::{assert_epochs_on_topic, header, published};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -85,36 +85,6 @@ fn wait_for(what: &str, broker: &Broker, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// kcat's records of a producer topic, by epoch: the markers' attempts and
-/// the data records.
-#[derive(Default, Debug)]
-struct PublishedEpoch {
-    marker_attempts: BTreeSet<String>,
-    markers: usize,
-    data: Vec<Value>,
-}
-
-fn published(records: &[Value]) -> BTreeMap<Epoch, PublishedEpoch> {
-    let mut epochs: BTreeMap<Epoch, PublishedEpoch> = BTreeMap::new();
-    for r in records {
-        let epoch: Epoch = header(r, "velib-epoch")
-            .expect("every record carries its epoch")
-            .parse()
-            .unwrap();
-        let attempt = header(r, "velib-attempt")
-            .expect("every record carries its attempt")
-            .to_owned();
-        let e = epochs.entry(epoch).or_default();
-        if header(r, "velib-kind") == Some("marker") {
-            e.marker_attempts.insert(attempt);
-            e.markers += 1;
-        } else {
-            e.data.push(r.clone());
-        }
-    }
-    epochs
 }
 
 #[test]

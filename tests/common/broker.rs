@@ -4,10 +4,12 @@
 //! [`Broker::start`] runs `scripts/apache-kafka run` (the script users start
 //! a local Kafka with): one KRaft node, broker and controller in one JVM, on
 //! two free ports of 127.0.0.1, with its own temporary log directory. It
-//! takes about 4 to 6 seconds to answer metadata on this project's
-//! machines (most of it the JVM and the KRaft controller starting), so the
-//! tests of one file share one broker ([`Broker::shared`]) and use topics of
-//! their own; a test that stops, restarts or kills its broker starts its own.
+//! takes about 2 seconds to answer metadata on this project's machines
+//! (4 to 6 when they are busy; most of it the JVM and the KRaft controller
+//! starting). Tests of one file whose topics are their own share one broker
+//! ([`Broker::shared`], as `tests/kafka_sink.rs` does); a test that uses the
+//! default topic names, or stops, restarts or kills its broker, starts its
+//! own.
 //!
 //! The broker runs as a child that the kernel kills when the thread that
 //! started it ends (`PR_SET_PDEATHSIG`), so none outlives a test binary, even

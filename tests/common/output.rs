@@ -114,3 +114,33 @@ pub fn changed_postcodes(previous: &State, next: &State) -> Vec<String> {
         .into_iter()
         .collect()
 }
+
+/// kcat's records of a producer topic, by epoch: the markers' attempts and
+/// the data records.
+#[derive(Default, Debug)]
+pub struct PublishedEpoch {
+    pub marker_attempts: BTreeSet<String>,
+    pub markers: usize,
+    pub data: Vec<Value>,
+}
+
+pub fn published(records: &[Value]) -> BTreeMap<Epoch, PublishedEpoch> {
+    let mut epochs: BTreeMap<Epoch, PublishedEpoch> = BTreeMap::new();
+    for r in records {
+        let epoch: Epoch = header(r, "velib-epoch")
+            .expect("every record carries its epoch")
+            .parse()
+            .unwrap();
+        let attempt = header(r, "velib-attempt")
+            .expect("every record carries its attempt")
+            .to_owned();
+        let e = epochs.entry(epoch).or_default();
+        if header(r, "velib-kind") == Some("marker") {
+            e.marker_attempts.insert(attempt);
+            e.markers += 1;
+        } else {
+            e.data.push(r.clone());
+        }
+    }
+    epochs
+}
