@@ -17,7 +17,9 @@
 //! ```
 //!
 //! Stops cleanly on Ctrl-C: the epochs already read are finished and
-//! written, none half-written.
+//! written, none half-written. Killed at any point, it resumes at its last
+//! committed epoch: its state restored from the state topic, its input read
+//! from the committed positions, no committed epoch written again.
 
 mod common;
 
@@ -26,8 +28,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use velib_dataflow::aggregator::{
-    run, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_INPUT_TOPIC,
-    DEFAULT_OUTPUT_TOPIC,
+    run, AggregatorConfig, AggregatorHandle, StateTopic, DEFAULT_DEAD_LETTER_TOPIC,
+    DEFAULT_INPUT_TOPIC, DEFAULT_OUTPUT_TOPIC,
 };
 use velib_dataflow::kafka::publish::DEFAULT_DIRECTORY_TOPIC;
 use velib_dataflow::kafka::source::Framing;
@@ -67,6 +69,16 @@ struct Args {
     /// Topic of per-postcode counts.
     #[arg(long, default_value = DEFAULT_OUTPUT_TOPIC, value_name = "TOPIC")]
     output_topic: String,
+
+    /// Compacted topic of the state a restart restores from, written in each
+    /// epoch's transaction [default: <output topic>-state]
+    #[arg(long, value_name = "TOPIC")]
+    state_topic: Option<String>,
+
+    /// Keep no state topic: a restart reads the input from its start again
+    /// (it still writes no committed epoch twice).
+    #[arg(long, conflicts_with = "state_topic")]
+    no_state: bool,
 
     /// Topic for records that cannot be read ("" to only log and count them).
     #[arg(long, default_value = DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
@@ -148,6 +160,11 @@ fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
     config.input_topic = args.input_topic;
     config.directory_topic = (!args.no_directory).then_some(args.directory_topic);
     config.output_topic = args.output_topic;
+    config.state_topic = match (args.state_topic, args.no_state) {
+        (_, true) => StateTopic::None,
+        (Some(topic), false) => StateTopic::Named(topic),
+        (None, false) => StateTopic::BesideOutput,
+    };
     config.dead_letter_topic = Some(args.dead_letter_topic).filter(|t| !t.is_empty());
     config.framing = match args.input_format {
         InputFormat::Auto => None,

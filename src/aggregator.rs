@@ -16,18 +16,25 @@ use crate::directory::{DirectoryEntry, PostcodeSource};
 use crate::feed::StationStatus;
 use crate::kafka::as_of::read_as_of;
 use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
-use crate::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
+use crate::kafka::sink::{
+    committed_progress, kafka_sink_with_state, EpochProgress, SinkConfig, SinkHandle,
+};
 use crate::kafka::source::{Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats};
+use crate::kafka::state::{
+    restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
+};
 use crate::kafka::topics::{ensure_topics, TopicSpec};
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
-use crate::upsert::upsert;
+use crate::upsert::upsert_keyed;
 use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Concat, Probe};
+use timely::dataflow::Stream;
 
 /// The seeds' input topic.
 pub const DEFAULT_INPUT_TOPIC: &str = "velib-projet";
@@ -35,6 +42,46 @@ pub const DEFAULT_INPUT_TOPIC: &str = "velib-projet";
 pub const DEFAULT_OUTPUT_TOPIC: &str = "velib-projet-clean";
 /// Where records that cannot be read go, by default.
 pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
+/// The state a restart restores from, by default: the output topic's name
+/// and this suffix.
+pub const STATE_TOPIC_SUFFIX: &str = "-state";
+/// The default output topic's state topic.
+pub const DEFAULT_STATE_TOPIC: &str = "velib-projet-clean-state";
+
+/// Where the aggregator keeps the state a restart restores from
+/// ([`crate::kafka::state`]).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::aggregator::StateTopic;
+///
+/// assert_eq!(StateTopic::default().name("velib-projet-clean").as_deref(), Some("velib-projet-clean-state"));
+/// assert_eq!(StateTopic::Named("mine".into()).name("velib-projet-clean").as_deref(), Some("mine"));
+/// assert_eq!(StateTopic::None.name("velib-projet-clean"), None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StateTopic {
+    /// The output topic's name followed by [`STATE_TOPIC_SUFFIX`].
+    #[default]
+    BesideOutput,
+    /// This topic.
+    Named(String),
+    /// None: a restart reads the input from its start again (its cost grows
+    /// with the input's history) and still writes no committed epoch twice.
+    None,
+}
+
+impl StateTopic {
+    /// The state topic's name for the output topic `output`.
+    pub fn name(&self, output: &str) -> Option<String> {
+        match self {
+            StateTopic::BesideOutput => Some(format!("{output}{STATE_TOPIC_SUFFIX}")),
+            StateTopic::Named(topic) => Some(topic.clone()),
+            StateTopic::None => None,
+        }
+    }
+}
 
 /// What the aggregator reads and writes.
 ///
@@ -52,6 +99,7 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 ///     ("velib-projet".to_owned(), false),
 ///     ("velib-directory".to_owned(), true),
 ///     ("velib-projet-clean".to_owned(), true),
+///     ("velib-projet-clean-state".to_owned(), true),
 ///     ("velib-projet-dead-letters".to_owned(), false),
 /// ]);
 ///
@@ -73,6 +121,9 @@ pub struct AggregatorConfig {
     pub directory_topic: Option<String>,
     /// Per-postcode counts.
     pub output_topic: String,
+    /// The state a restart restores from, written in each epoch's
+    /// transaction.
+    pub state_topic: StateTopic,
     /// Records that cannot be read; `None` to only log and count them.
     pub dead_letter_topic: Option<String>,
     /// How the input marks its epochs; `None` to tell by the input's first
@@ -101,6 +152,7 @@ impl AggregatorConfig {
             input_topic: DEFAULT_INPUT_TOPIC.into(),
             directory_topic: Some(crate::kafka::publish::DEFAULT_DIRECTORY_TOPIC.into()),
             output_topic: DEFAULT_OUTPUT_TOPIC.into(),
+            state_topic: StateTopic::BesideOutput,
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.into()),
             framing: None,
             postcodes: Arc::new(PostcodeTable::velib()),
@@ -120,6 +172,9 @@ impl AggregatorConfig {
             topics.push(TopicSpec::new(directory, partitions).compacted());
         }
         topics.push(TopicSpec::new(&self.output_topic, partitions).compacted());
+        if let Some(state) = self.state_topic.name(&self.output_topic) {
+            topics.push(TopicSpec::new(state, partitions).compacted());
+        }
         if let Some(dead) = &self.dead_letter_topic {
             topics.push(TopicSpec::new(dead, 1));
         }
@@ -130,13 +185,75 @@ impl AggregatorConfig {
     }
 }
 
-/// Reads the start of the input topics and decides, saying why in the log:
-/// their framing (unless configured), the epoch the sources start at
+/// Where every worker starts, as worker 0 decided ([`where_to_start`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Start {
+    /// The input is in the seeds' format.
+    ingestion: bool,
+    /// The epoch the sources release their first records at.
+    as_of: Epoch,
+    /// Where stations' postcodes come from (`None`: the table).
+    directory_topic: Option<String>,
+    /// The last committed progress, when the output has one: no epoch up to
+    /// it is written again.
+    committed: Option<EpochProgress>,
+    /// Restore the state as of `committed` from the state topic and read the
+    /// input from the committed positions (else read the input from its
+    /// start).
+    restore: bool,
+}
+
+impl Start {
+    fn framing(&self) -> Framing {
+        if self.ingestion {
+            Framing::Ingestion
+        } else {
+            Framing::Epochs
+        }
+    }
+}
+
+/// Fences an earlier run's sink, reads the last committed progress and the
+/// start of the input topics, and decides, saying why in the log: whether to
+/// restore the committed state or read the input from its start, the
+/// input's framing (unless configured), the epoch the sources start at
 /// ([`crate::kafka::as_of`]), and where stations get their postcodes.
-fn where_to_start(
-    config: &AggregatorConfig,
-) -> Result<(Framing, Epoch, Option<String>), AggregatorError> {
+fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
     let stall = Duration::from_secs(60);
+    let committed = committed_progress(
+        &config.kafka,
+        &config.output_topic,
+        &config.transactional_id,
+        stall,
+    )?;
+    let state_topic = config.state_topic.name(&config.output_topic);
+    let restore = match &committed {
+        None => false,
+        Some(progress) => match (&progress.state, &state_topic) {
+            (Some(state), Some(topic)) if &state.topic == topic => true,
+            (Some(state), Some(topic)) => {
+                return Err(AggregatorError::Resume(format!(
+                    "epoch {} of {} was committed with its state in {}, and this run keeps it in {topic}: give --state-topic {}",
+                    progress.epoch, config.output_topic, state.topic, state.topic
+                )))
+            }
+            (Some(state), None) => {
+                tracing::warn!(
+                    epoch = progress.epoch,
+                    state_topic = state.topic,
+                    "no state topic for this run: reading the input from its start (epochs up to the committed one are computed again, not written)"
+                );
+                false
+            }
+            (None, _) => {
+                tracing::warn!(
+                    epoch = progress.epoch,
+                    "the last committed epoch names no state topic (written without one): reading the input from its start (epochs up to the committed one are computed again, not written)"
+                );
+                false
+            }
+        },
+    };
     // The framing is the input's: a directory topic left from another run
     // says nothing of it.
     let input = read_as_of(&config.kafka, &[&config.input_topic], stall)?;
@@ -182,6 +299,41 @@ fn where_to_start(
         }
         (topic, _) => topic.clone(),
     };
+    match &directory_topic {
+        Some(topic) => tracing::info!(
+            directory_topic = topic,
+            "stations' postcodes: from the producer's directory topic"
+        ),
+        None => tracing::info!("stations' postcodes: from the postcode table, none inferred"),
+    }
+    if let (true, Some(progress)) = (restore, &committed) {
+        let sources: std::collections::BTreeSet<String> = std::iter::once(&config.input_topic)
+            .chain(&directory_topic)
+            .cloned()
+            .collect();
+        let state = progress.state.as_ref().expect("restore has a state");
+        if !state.sources.is_empty() && state.sources != sources {
+            return Err(AggregatorError::Resume(format!(
+                "the state of epoch {} holds the sources {:?}, and this run reads {sources:?}: \
+                 run with the same input and directory topics, or delete {} and {} to start over",
+                progress.epoch, state.sources, config.output_topic, state.topic
+            )));
+        }
+        tracing::info!(
+            epoch = progress.epoch,
+            state_topic = state.topic,
+            keys = state.total_keys(),
+            "resuming after the last committed epoch: state restored from the state topic, \
+             input read from the committed positions"
+        );
+        return Ok(Start {
+            ingestion: framing == Framing::Ingestion,
+            as_of: progress.epoch.saturating_add(1),
+            directory_topic,
+            committed,
+            restore,
+        });
+    }
     let directory = match &directory_topic {
         Some(topic) => read_as_of(&config.kafka, &[topic], stall)?,
         None => Default::default(),
@@ -195,13 +347,6 @@ fn where_to_start(
                  stations by the postcode table instead"
             );
         }
-    }
-    match &directory_topic {
-        Some(topic) => tracing::info!(
-            directory_topic = topic,
-            "stations' postcodes: from the producer's directory topic"
-        ),
-        None => tracing::info!("stations' postcodes: from the postcode table, none inferred"),
     }
     let as_of = match framing {
         Framing::Epochs => input.as_of.max(directory.as_of),
@@ -218,21 +363,27 @@ fn where_to_start(
             "starting at epoch {as_of}: the state of the epochs up to it is applied at once"
         );
     }
-    Ok((framing, as_of, directory_topic))
+    Ok(Start {
+        ingestion: framing == Framing::Ingestion,
+        as_of,
+        directory_topic,
+        committed,
+        restore: false,
+    })
 }
 
-/// Where every worker starts: worker 0 reads the input topics' start
-/// ([`where_to_start`]) once topics exist, and broadcasts its decision, so
-/// that all workers of all processes build the same dataflow and release
-/// from the same epoch (each process reading on its own could see the topics
-/// at different moments).
+/// Where every worker starts: worker 0 reads the output's last progress and
+/// the input topics' start ([`where_to_start`]) once topics exist, and
+/// broadcasts its decision, so that all workers of all processes build the
+/// same dataflow and release from the same epoch (each process reading on
+/// its own could see the topics at different moments).
 fn agree_on_start(
     worker: &mut timely::worker::Worker,
     config: &AggregatorConfig,
-) -> Result<(Framing, Epoch, Option<String>), String> {
+) -> Result<Start, String> {
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::{Input, Inspect};
-    type Decision = Result<(bool, Epoch, Option<String>), String>;
+    type Decision = Result<Start, String>;
     let decided: std::rc::Rc<std::cell::RefCell<Option<Decision>>> = Default::default();
     let seen = std::rc::Rc::clone(&decided);
     let probe = ProbeHandle::new();
@@ -245,10 +396,7 @@ fn agree_on_start(
         input
     });
     if worker.index() == 0 {
-        let decision = where_to_start(config)
-            .map(|(framing, as_of, directory)| (framing == Framing::Ingestion, as_of, directory))
-            .map_err(|e| e.to_string());
-        input.send(decision);
+        input.send(where_to_start(config).map_err(|e| e.to_string()));
     }
     input.close();
     while !probe.done() {
@@ -257,14 +405,8 @@ fn agree_on_start(
     let decision = decided
         .borrow_mut()
         .take()
-        .unwrap_or_else(|| Err("worker 0 decided nothing about where to start".into()))?;
-    let (ingestion, as_of, directory) = decision;
-    let framing = if ingestion {
-        Framing::Ingestion
-    } else {
-        Framing::Epochs
-    };
-    Ok((framing, as_of, directory))
+        .unwrap_or_else(|| Err("worker 0 decided nothing about where to start".into()));
+    decision
 }
 
 /// Why the aggregator stopped.
@@ -292,6 +434,9 @@ pub enum AggregatorError {
     /// Timely could not start, or a worker failed.
     #[error("timely: {0}")]
     Timely(String),
+    /// What was committed cannot be resumed with this configuration.
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 /// Watches and stops a running aggregator; clones share the state.
@@ -370,6 +515,102 @@ pub fn table_directory<'s>(
     })
 }
 
+/// The aggregator's dataflow on one worker: the sources (resumed at the
+/// committed positions, with the state restored, when `start` says so), the
+/// counts, and the sink writing output, state and progress.
+fn build_dataflow<'s>(
+    scope: timely::dataflow::Scope<'s, Epoch>,
+    config: &AggregatorConfig,
+    start: &Start,
+    handle: &AggregatorHandle,
+    finished: &ProbeHandle<Epoch>,
+) {
+    let resume = start.committed.clone().filter(|_| start.restore);
+    let restored = resume.as_ref().and_then(|progress| {
+        let summary = progress.state.clone()?;
+        let restore = RestoreConfig {
+            kafka: config.kafka.clone(),
+            epoch: progress.epoch,
+            summary,
+            stall: Duration::from_secs(60),
+        };
+        Some(restore_state(scope, restore, handle.sources.clone()))
+    });
+    let source_config = |topic: &str| SourceConfig {
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        framing: start.framing(),
+        read_ahead: config.read_ahead,
+        as_of: start.as_of,
+        resume: resume.clone(),
+        ..SourceConfig::new(config.kafka.clone(), [topic.to_owned()])
+    };
+    let restored_statuses = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
+    let restored_entries = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
+    let statuses = KafkaSource::new(source_config(&config.input_topic), StationStatusDecoder)
+        .finished(finished.clone())
+        .build(scope, handle.sources.clone());
+    let status_keyed = upsert_keyed(restored_statuses(statuses.updates, &config.input_topic));
+    let status_collection = status_keyed.clone().map(|(_, status)| status);
+    let mut state = state_records(&config.input_topic, status_keyed);
+    let (directory, positions) = match &start.directory_topic {
+        Some(topic) => {
+            let entries = KafkaSource::new(source_config(topic), DirectoryEntryDecoder)
+                .finished(finished.clone())
+                .build(scope, handle.sources.clone());
+            let directory_keyed = upsert_keyed(restored_entries(entries.updates, topic));
+            state = state.concat(state_records(topic, directory_keyed.clone()));
+            (
+                directory_keyed.map(|(_, entry)| entry),
+                statuses.positions.concat(entries.positions),
+            )
+        }
+        None => (
+            table_directory(&status_collection, Arc::clone(&config.postcodes)),
+            statuses.positions,
+        ),
+    };
+    let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
+        postcode_counts(status_collection, directory);
+    let mut sink = SinkConfig::new(
+        config.kafka.clone(),
+        config.output_topic.clone(),
+        config.transactional_id.clone(),
+    );
+    sink.state_topic = config.state_topic.name(&config.output_topic);
+    sink.resume = start.committed.clone();
+    kafka_sink_with_state(
+        counts,
+        state,
+        positions,
+        sink,
+        PostcodeRecordEncoder,
+        handle.sink.clone(),
+    )
+    .probe_with(finished);
+}
+
+/// A source's upserts, after the state restored for it (its topic names
+/// its records in the state).
+fn with_restored<'s, K, V>(
+    updates: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
+    restored: &Option<Stream<'s, Epoch, Vec<StateRecord>>>,
+    topic: &str,
+    handle: &AggregatorHandle,
+) -> Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>
+where
+    K: serde::de::DeserializeOwned + Clone + 'static,
+    V: serde::de::DeserializeOwned + Clone + 'static,
+{
+    match restored {
+        Some(restored) => updates.concat(restored_upserts(
+            restored.clone(),
+            topic,
+            handle.sources.clone(),
+        )),
+        None => updates,
+    }
+}
+
 /// Runs the aggregator on `timely_config`'s workers until `handle.stop()` is
 /// called or a source or the sink fails. Process 0 creates missing topics
 /// first (when [`AggregatorConfig::create_partitions`] says so).
@@ -406,7 +647,7 @@ pub fn run(
     let guards = timely::execute(timely_config, move |worker| {
         let handle = handle.clone();
         let config = config.clone();
-        let (framing, as_of, directory_topic) = match agree_on_start(worker, &config) {
+        let start = match agree_on_start(worker, &config) {
             Ok(start) => start,
             Err(error) => {
                 handle.sources.fail(error);
@@ -415,56 +656,10 @@ pub fn run(
         };
         let finished = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
-            let status_source = SourceConfig {
-                dead_letter_topic: config.dead_letter_topic.clone(),
-                framing,
-                read_ahead: config.read_ahead,
-                as_of,
-                ..SourceConfig::new(config.kafka.clone(), [config.input_topic.clone()])
-            };
-            let statuses = KafkaSource::new(status_source, StationStatusDecoder)
-                .finished(finished.clone())
-                .build(scope, handle.sources.clone());
-            let status_collection = upsert(statuses.updates);
-            let (directory, positions) = match &directory_topic {
-                Some(topic) => {
-                    let directory_source = SourceConfig {
-                        dead_letter_topic: config.dead_letter_topic.clone(),
-                        framing,
-                        read_ahead: config.read_ahead,
-                        as_of,
-                        ..SourceConfig::new(config.kafka.clone(), [topic.clone()])
-                    };
-                    let entries = KafkaSource::new(directory_source, DirectoryEntryDecoder)
-                        .finished(finished.clone())
-                        .build(scope, handle.sources.clone());
-                    (
-                        upsert(entries.updates),
-                        statuses.positions.concat(entries.positions),
-                    )
-                }
-                None => (
-                    table_directory(&status_collection, Arc::clone(&config.postcodes)),
-                    statuses.positions,
-                ),
-            };
-            let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
-                postcode_counts(status_collection, directory);
-            let sink = SinkConfig::new(
-                config.kafka.clone(),
-                config.output_topic.clone(),
-                config.transactional_id.clone(),
-            );
-            kafka_sink(
-                counts,
-                positions,
-                sink,
-                PostcodeRecordEncoder,
-                handle.sink.clone(),
-            )
-            .probe_with(&finished);
+            build_dataflow(scope, &config, &start, &handle, &finished);
         });
-        let mut reported = None;
+        // A resumed epoch was committed by an earlier run: not reported again.
+        let mut reported = handle.committed();
         while !finished.done() {
             worker.step_or_park(Some(Duration::from_millis(200)));
             if let Some(error) = handle.error() {

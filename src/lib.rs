@@ -24,6 +24,7 @@
 // dataflow -> `kafka::sink`). Upstream of Kafka, `producer` runs `fetch` ->
 // `poll` -> `snapshot` -> `kafka::publish`.
 pub mod aggregator;
+pub mod audit;
 pub mod changes;
 pub mod cluster;
 pub mod counts;

@@ -51,8 +51,41 @@ where
     K: ExchangeData + Hash,
     V: ExchangeData,
 {
+    upsert_keyed(upserts).map(|(_key, value)| value)
+}
+
+/// As [`upsert`], keeping each value's key: the collection of `(key,
+/// value)` pairs, one per key, which is what a state changelog records
+/// ([`crate::kafka::state::state_records`]).
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use velib_dataflow::upsert::upsert_keyed;
+/// use std::sync::{Arc, Mutex};
+///
+/// let out = Arc::new(Mutex::new(Vec::new()));
+/// let sink = out.clone();
+/// timely::example(move |scope| {
+///     let upserts = vec![("a".to_string(), Some(1), 1u64), ("a".to_string(), Some(2), 2)];
+///     upsert_keyed(upserts.to_stream(scope))
+///         .inspect(move |x| sink.lock().unwrap().push(x.clone()));
+/// });
+/// let mut out = out.lock().unwrap().clone();
+/// out.sort_by_key(|(_, t, d)| (*t, *d));
+/// let a = || "a".to_string();
+/// assert_eq!(out, vec![((a(), 1), 1, 1), ((a(), 1), 2, -1), ((a(), 2), 2, 1)]);
+/// ```
+pub fn upsert_keyed<'s, K, V>(
+    upserts: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
+) -> VecCollection<'s, Epoch, (K, V)>
+where
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+{
     upserts
-        .unary_frontier::<CapacityContainerBuilder<Vec<(V, Epoch, isize)>>, _, _, _>(
+        .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), Epoch, isize)>>, _, _, _>(
             Exchange::new(|(key, _, _): &(K, Option<V>, Epoch)| key.hashed()),
             "Upsert",
             |_capability, _info| {
@@ -78,14 +111,14 @@ where
                         for (key, value) in upserts {
                             let old = match &value {
                                 Some(new) if current.get(&key) == Some(new) => continue,
-                                Some(new) => current.insert(key, new.clone()),
+                                Some(new) => current.insert(key.clone(), new.clone()),
                                 None => current.remove(&key),
                             };
                             if let Some(old) = old {
-                                session.give((old, time, -1));
+                                session.give(((key.clone(), old), time, -1));
                             }
                             if let Some(new) = value {
-                                session.give((new, time, 1));
+                                session.give(((key, new), time, 1));
                             }
                         }
                     }

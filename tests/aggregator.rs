@@ -441,21 +441,7 @@ fn two_workers_and_two_processes_write_the_same_output() {
     }
 
     // Two processes of one worker each, on loopback: the example binary.
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let hosts = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        hosts.path(),
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let hosts = common::hosts_file(2);
     let binary = common::example_binary("velib_aggregator");
     let logs: Vec<tempfile::NamedTempFile> = (0..2)
         .map(|_| tempfile::NamedTempFile::new().unwrap())

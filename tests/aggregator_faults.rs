@@ -20,6 +20,11 @@ const DEAD: &str = "velib-projet-dead-letters";
 
 #[test]
 fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
+    // The aggregator's log, shown if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let mock = MockCluster::new(3).expect("librdkafka's mock cluster");
     let address = mock.bootstrap_servers();
     for (topic, partitions) in [

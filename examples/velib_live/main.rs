@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::{
     self, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_OUTPUT_TOPIC,
+    DEFAULT_STATE_TOPIC,
 };
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::kafka::publish::{
@@ -152,6 +153,7 @@ fn live(args: Args) -> Result<(), String> {
                 (DEFAULT_STATUS_TOPIC, args.partitions),
                 (DEFAULT_DIRECTORY_TOPIC, args.partitions),
                 (DEFAULT_OUTPUT_TOPIC, args.partitions),
+                (DEFAULT_STATE_TOPIC, args.partitions),
                 (DEFAULT_DEAD_LETTER_TOPIC, 1),
             ] {
                 embedded

@@ -13,7 +13,8 @@
 //! | [`source`] | the source operator |
 //! | [`dead_letter`] | where records that cannot be read go |
 //! | [`sink`] | the sink operator |
-//! | [`progress`] | reading a sink's output: which epochs are complete |
+//! | [`state`] | the state changelog a restart restores from |
+//! | [`progress`] | reading a sink's output: which epochs are complete, the last committed |
 //! | [`as_of`] | where sources start: the epoch compacted topics are exact from, the framing |
 
 pub mod as_of;
@@ -28,6 +29,7 @@ pub mod recovery;
 mod scan;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod topics;
 mod transaction;
 

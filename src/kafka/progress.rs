@@ -33,8 +33,109 @@
 //! assert!(!output.record(3, "again"));
 //! ```
 
+use super::scan::{scan_partitions, watermarks, Scan};
+use super::sink::EpochProgress;
+use super::{KafkaConfig, KafkaError, KIND_HEADER, PROGRESS_KEY};
 use crate::dataflow::Epoch;
+use rdkafka::message::{Headers, Message};
+use rdkafka::Offset;
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The last progress record committed on a sink's output `topic`: where a
+/// restarted sink stands. `None` when no partition has one (nothing was
+/// ever committed).
+///
+/// Progress records are the last records of every partition in each epoch's
+/// transaction, so each partition is read backwards from its end, in
+/// windows growing eightfold, until one is found: the cost is that of the
+/// last transactions, not of the topic's history. Read at `read_committed`
+/// whatever the user's properties say: what is committed is the question.
+/// Call it after fencing the sink's `transactional.id` (a new producer's
+/// initialisation aborts a crashed one's open transaction), or an open
+/// transaction holds the read back until it times out.
+///
+/// When partitions disagree (they cannot once a transaction is committed,
+/// unless a partition was added since), the earliest epoch wins: it is
+/// committed everywhere.
+pub fn last_progress(
+    kafka: &KafkaConfig,
+    topic: &str,
+    stall: Duration,
+) -> Result<Option<EpochProgress>, KafkaError> {
+    let ends = watermarks(kafka, topic, stall)?;
+    let mut found: BTreeMap<i32, EpochProgress> = BTreeMap::new();
+    let mut problem = None;
+    let mut window = 16i64;
+    // Partitions read back to their start already.
+    let mut exhausted = std::collections::BTreeSet::new();
+    loop {
+        let mut starts = Vec::new();
+        for (partition, (low, high)) in (0..).zip(&ends) {
+            if found.contains_key(&partition) || exhausted.contains(&partition) {
+                continue;
+            }
+            let start = high.saturating_sub(window).max(*low);
+            if start == *low {
+                exhausted.insert(partition);
+            }
+            starts.push((partition, Offset::Offset(start)));
+        }
+        if starts.is_empty() {
+            break;
+        }
+        scan_partitions(
+            kafka,
+            "reading the last progress",
+            topic,
+            &starts,
+            &[("isolation.level", "read_committed")],
+            stall,
+            |message| {
+                let is_progress = message.key() == Some(PROGRESS_KEY.as_bytes())
+                    && message.headers().is_some_and(|h| {
+                        h.iter()
+                            .any(|h| h.key == KIND_HEADER && h.value == Some(b"progress"))
+                    });
+                if is_progress {
+                    match message
+                        .payload()
+                        .map(serde_json::from_slice::<EpochProgress>)
+                    {
+                        Some(Ok(progress)) => {
+                            found.insert(message.partition(), progress);
+                        }
+                        Some(Err(e)) => {
+                            problem.get_or_insert(format!(
+                                "{topic}[{}]@{}: a progress record that does not parse: {e}",
+                                message.partition(),
+                                message.offset()
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+                Scan::More
+            },
+        )?;
+        window = window.saturating_mul(8);
+    }
+    if let Some(problem) = problem {
+        return Err(KafkaError::Topic {
+            topic: topic.to_owned(),
+            problem,
+        });
+    }
+    let epochs: std::collections::BTreeSet<Epoch> = found.values().map(|p| p.epoch).collect();
+    if epochs.len() > 1 {
+        tracing::warn!(
+            topic,
+            ?epochs,
+            "the output's partitions end at different epochs; resuming from the earliest"
+        );
+    }
+    Ok(found.into_values().min_by_key(|p| p.epoch))
+}
 
 /// The epochs of an output topic, as a reader follows them.
 #[derive(Clone, Debug)]

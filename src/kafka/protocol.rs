@@ -340,6 +340,15 @@ impl<T> PartitionEpochs<T> {
         Self::default()
     }
 
+    /// A partition read from just after the marker of `epoch` (a restart
+    /// at a committed position): records of `epoch` and before are late.
+    pub fn resumed(epoch: Epoch) -> Self {
+        PartitionEpochs {
+            passed: Some(epoch),
+            open: std::collections::BTreeMap::new(),
+        }
+    }
+
     /// The last epoch whose marker this partition has passed.
     pub fn passed(&self) -> Option<Epoch> {
         self.passed

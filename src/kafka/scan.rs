@@ -36,26 +36,53 @@ pub(crate) fn scan_topic(
     topic: &str,
     partitions: i32,
     stall: Duration,
+    on_record: impl FnMut(&BorrowedMessage<'_>) -> Scan,
+) -> Result<u64, KafkaError> {
+    let starts: Vec<(i32, Offset)> = (0..partitions).map(|p| (p, Offset::Beginning)).collect();
+    scan_partitions(kafka, purpose, topic, &starts, &[], stall, on_record)
+}
+
+/// Reads the partitions `starts` names, each from its offset, until its end
+/// or until `on_record` says it is done with it, with librdkafka properties
+/// `forced` over the user's. Returns how many records were read.
+pub(crate) fn scan_partitions(
+    kafka: &KafkaConfig,
+    purpose: &str,
+    topic: &str,
+    starts: &[(i32, Offset)],
+    forced: &[(&str, &str)],
+    stall: Duration,
     mut on_record: impl FnMut(&BorrowedMessage<'_>) -> Scan,
 ) -> Result<u64, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> = kafka
-        .client_config(&[
-            ("group.id", "velib-dataflow-scan"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        // The scan ends on these events: a user's -X cannot turn them off.
-        .set("enable.partition.eof", "true")
+    if starts.is_empty() {
+        return Ok(0);
+    }
+    let partitions = starts.len();
+    let mut config = kafka.client_config(&[
+        ("group.id", "velib-dataflow-scan"),
+        ("enable.auto.commit", "false"),
+        ("enable.partition.eof", "true"),
+        ("isolation.level", "read_committed"),
+        ("auto.offset.reset", "earliest"),
+        // The end of a partition is known when a fetch comes back empty:
+        // the broker's wait for more data (500 ms by default) is the cost
+        // of every scan.
+        ("fetch.wait.max.ms", "20"),
+    ]);
+    // The scan ends on these events: a user's -X cannot turn them off.
+    config.set("enable.partition.eof", "true");
+    for (key, value) in forced {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer<ReaderContext> = config
         .create_with_context(ReaderContext::default())
         .map_err(KafkaError::client(format!(
             "creating a consumer for {purpose}"
         )))?;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
+    for (partition, offset) in starts {
         assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
+            .add_partition_offset(topic, *partition, *offset)
             .map_err(KafkaError::client(format!(
                 "assigning {topic} for {purpose}"
             )))?;
@@ -71,7 +98,7 @@ pub(crate) fn scan_topic(
     let mut records = 0;
     let mut last_progress = Instant::now();
     let mut last_error: Option<String> = None;
-    while ended.union(&done).count() < partitions as usize {
+    while ended.union(&done).count() < partitions {
         if last_progress.elapsed() > stall {
             return Err(KafkaError::Topic {
                 topic: topic.to_owned(),
@@ -116,4 +143,29 @@ pub(crate) fn scan_topic(
         }
     }
     Ok(records)
+}
+
+/// The low and high watermarks of each of `topic`'s partitions, in
+/// partition order.
+pub(crate) fn watermarks(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i64, i64)>, KafkaError> {
+    let consumer: BaseConsumer<ReaderContext> = kafka
+        .client_config(&[("group.id", "velib-dataflow-scan")])
+        .create_with_context(ReaderContext::default())
+        .map_err(KafkaError::client(format!(
+            "creating a consumer to read the ends of {topic}"
+        )))?;
+    let partitions = super::topics::partition_count(consumer.client(), topic, timeout)?;
+    (0..partitions)
+        .map(|partition| {
+            consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(KafkaError::client(format!(
+                    "reading the ends of {topic}[{partition}]"
+                )))
+        })
+        .collect()
 }

@@ -17,6 +17,7 @@
 //! what the dataflow reads.
 
 use super::source::SourcePosition;
+use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::changes::{key_changes, KeyChange};
@@ -85,6 +86,10 @@ pub struct EpochProgress {
     pub feed_time: Option<FeedTime>,
     /// Topic → partition → next offset, for every partition read so far.
     pub positions: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// What the state topic holds as of this epoch, when the sink writes one
+    /// ([`kafka_sink_with_state`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSummary>,
 }
 
 impl EpochProgress {
@@ -131,6 +136,13 @@ pub struct SinkConfig {
     pub transactional_id: String,
     /// How long a transaction step may take before it is retried.
     pub timeout: Duration,
+    /// Where [`kafka_sink_with_state`] writes the state (a compacted topic
+    /// that should exist); `None` writes none.
+    pub state_topic: Option<String>,
+    /// The last committed progress ([`super::progress::last_progress`]):
+    /// epochs up to it are not written again, and the positions and state
+    /// counts go on from it.
+    pub resume: Option<EpochProgress>,
 }
 
 impl SinkConfig {
@@ -145,6 +157,8 @@ impl SinkConfig {
             topic: topic.into(),
             transactional_id: transactional_id.into(),
             timeout: Duration::from_secs(30),
+            state_topic: None,
+            resume: None,
         }
     }
 }
@@ -323,9 +337,42 @@ where
     V: differential_dataflow::ExchangeData,
     E: RecordEncoder<K, V>,
 {
+    let state = no_state(collection.scope());
+    kafka_sink_with_state(collection, state, positions, config, encoder, handle)
+}
+
+/// As [`kafka_sink`], and also writes `state`'s changes (state records, see
+/// [`super::state`]) to [`SinkConfig::state_topic`] in each epoch's
+/// transaction, so that a restart restores the state as of its last
+/// committed epoch ([`super::state::restore_state`]) instead of reading its
+/// inputs again. The progress record says how many keys each state partition
+/// holds.
+///
+/// With [`SinkConfig::resume`], epochs up to the resumed one are neither
+/// written nor counted: their output is committed already (the restored
+/// state arrives at the resumed epoch).
+pub fn kafka_sink_with_state<'s, K, V, E>(
+    collection: VecCollection<'s, Epoch, (K, V)>,
+    state: VecCollection<'s, Epoch, StateRecord>,
+    positions: Stream<'s, Epoch, Vec<SourcePosition>>,
+    config: SinkConfig,
+    encoder: E,
+    handle: SinkHandle,
+) -> Stream<'s, Epoch, Vec<Epoch>>
+where
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+    E: RecordEncoder<K, V>,
+{
     let writer_worker = collection.inner.scope().index() == 0;
-    collection
-        .inner
+    let rows = collection
+        .map(|(k, v)| SinkRow::Output(k, v))
+        .concat(state.map(|(k, v)| SinkRow::State(k, v)));
+    let resumed = config.resume.as_ref().map(|r| r.epoch);
+    if let (Some(epoch), Ok(mut s)) = (resumed, handle.state.lock()) {
+        s.committed = Some(epoch);
+    }
+    rows.inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<Epoch>>, _, _, _, _>(
             positions,
             Exchange::new(|_| 0),
@@ -344,17 +391,38 @@ where
                     None
                 };
                 let mut pending: BTreeMap<Epoch, OpenEpoch<K, V>> = BTreeMap::new();
-                let mut progress = EpochProgress::default();
+                let mut progress = config.resume.clone().unwrap_or_default();
+                // Resumed without a state topic (written by a sink without
+                // one): the skipped epochs' state is written with the first
+                // epoch written, so that the state topic holds it all.
+                let mut carried = Vec::new();
+                let carry = config.state_topic.is_some()
+                    && config.resume.as_ref().is_some_and(|r| r.state.is_none());
+                if let Some(w) = &writer {
+                    match (&mut progress.state, &config.state_topic) {
+                        (Some(state), Some(_)) => state.partitions = w.state_partitions,
+                        (None, Some(topic)) => {
+                            progress.state = Some(StateSummary {
+                                topic: topic.clone(),
+                                partitions: w.state_partitions,
+                                ..Default::default()
+                            })
+                        }
+                        (_, None) => progress.state = None,
+                    }
+                }
                 move |(updates, updates_frontier), (reports, reports_frontier), output| {
                     updates.for_each(|capability, data| {
                         // Group by each update's own time: differential ships
                         // updates under coarser capabilities than their times.
-                        for (kv, time, diff) in data.drain(..) {
-                            pending
+                        for (row, time, diff) in data.drain(..) {
+                            let open = pending
                                 .entry(time)
-                                .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)))
-                                .updates
-                                .push((kv, diff));
+                                .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)));
+                            match row {
+                                SinkRow::Output(k, v) => open.updates.push(((k, v), diff)),
+                                SinkRow::State(k, v) => open.state.push(((k, v), diff)),
+                            }
                         }
                     });
                     reports.for_each(|capability, data| {
@@ -373,10 +441,25 @@ where
                             break;
                         }
                         let open = entry.remove();
+                        if resumed.is_some_and(|r| epoch <= r) {
+                            // Committed before the restart.
+                            if carry {
+                                carried.extend(open.state);
+                            }
+                            output.session(&open.capability).give(epoch);
+                            continue;
+                        }
                         let Some(w) = writer.as_mut() else { continue };
                         progress.advance(epoch, &open.positions);
+                        let mut state = std::mem::take(&mut carried);
+                        state.extend(open.state);
+                        if let Some(summary) = progress.state.as_mut() {
+                            count_keys(summary, &state);
+                        }
                         let changes = key_changes(open.updates);
-                        match w.write_epoch(&config, &encoder, &changes, &progress) {
+                        let state_changes = key_changes(state);
+                        match w.write_epoch(&config, &encoder, &changes, &state_changes, &progress)
+                        {
                             Ok(()) => {
                                 // The epoch closed when its last marker was
                                 // written.
@@ -403,6 +486,34 @@ where
         )
 }
 
+/// What the sink's operator receives: a row of the output collection, or a
+/// state record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum SinkRow<K, V> {
+    Output(K, V),
+    State(Vec<u8>, Vec<u8>),
+}
+
+/// Fences every earlier sink writing as `transactional_id` (initialising a
+/// producer with that id aborts its open transaction, so that what is
+/// committed can no longer change) and reads the last progress committed on
+/// `topic` ([`super::progress::last_progress`]): where a restarted sink
+/// stands. Give it to [`SinkConfig::resume`] and the sources'
+/// [`super::source::SourceConfig::resume`].
+pub fn committed_progress(
+    kafka: &KafkaConfig,
+    topic: &str,
+    transactional_id: &str,
+    stall: Duration,
+) -> Result<Option<EpochProgress>, KafkaError> {
+    drop(TransactionalProducer::connect(
+        kafka,
+        transactional_id,
+        stall,
+    )?);
+    super::progress::last_progress(kafka, topic, stall)
+}
+
 /// No source positions: for a sink whose collection does not come from a
 /// Kafka source.
 pub fn no_positions(scope: Scope<'_, Epoch>) -> Stream<'_, Epoch, Vec<SourcePosition>> {
@@ -414,6 +525,7 @@ pub fn no_positions(scope: Scope<'_, Epoch>) -> Stream<'_, Epoch, Vec<SourcePosi
 struct OpenEpoch<K, V> {
     capability: Capability<Epoch>,
     updates: Vec<((K, V), isize)>,
+    state: Vec<(StateRecord, isize)>,
     positions: Vec<SourcePosition>,
 }
 
@@ -422,6 +534,7 @@ impl<K, V> OpenEpoch<K, V> {
         OpenEpoch {
             capability,
             updates: Vec::new(),
+            state: Vec::new(),
             positions: Vec::new(),
         }
     }
@@ -431,6 +544,8 @@ impl<K, V> OpenEpoch<K, V> {
 struct Writer {
     producer: TransactionalProducer,
     partitions: i32,
+    /// The state topic's partitions (0 without one).
+    state_partitions: i32,
 }
 
 /// How many times an epoch's transaction is attempted before the sink stops.
@@ -444,9 +559,14 @@ impl Writer {
             config.timeout,
         )?;
         let partitions = producer.partitions(&config.topic)?;
+        let state_partitions = match &config.state_topic {
+            Some(topic) => producer.partitions(topic)?,
+            None => 0,
+        };
         Ok(Writer {
             producer,
             partitions,
+            state_partitions,
         })
     }
 
@@ -457,13 +577,14 @@ impl Writer {
         config: &SinkConfig,
         encoder: &E,
         changes: &[KeyChange<K, V>],
+        state: &[KeyChange<Vec<u8>, Vec<u8>>],
         progress: &EpochProgress,
     ) -> Result<(), KafkaError> {
         let epoch = progress.epoch;
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let Err(e) = self.try_write_epoch(config, encoder, changes, progress) else {
+            let Err(e) = self.try_write_epoch(config, encoder, changes, state, progress) else {
                 return Ok(());
             };
             self.producer.abort();
@@ -488,6 +609,7 @@ impl Writer {
         config: &SinkConfig,
         encoder: &E,
         changes: &[KeyChange<K, V>],
+        state: &[KeyChange<Vec<u8>, Vec<u8>>],
         progress: &EpochProgress,
     ) -> Result<(), RdKafkaError> {
         let epoch_header = [(EPOCH_HEADER, progress.epoch.to_string())];
@@ -504,6 +626,22 @@ impl Writer {
                 record = record.payload(&value[..]);
             }
             self.producer.send(record)?;
+        }
+        if let Some(topic) = &config.state_topic {
+            for change in state {
+                let (key, value) = match change {
+                    KeyChange::Upsert(k, v) => (k, Some(v)),
+                    KeyChange::Delete(k) => (k, None),
+                };
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                    .partition(state_partition(key, self.state_partitions))
+                    .key(&key[..])
+                    .headers(owned_headers(&epoch_header));
+                if let Some(value) = value {
+                    record = record.payload(&value[..]);
+                }
+                self.producer.send(record)?;
+            }
         }
         let progress = serde_json::to_string(progress)
             .expect("progress of integers and strings always serialises");

@@ -29,13 +29,14 @@ use super::config::ReaderContext;
 use super::dead_letter::DeadLetterWriter;
 use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
 use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
+use super::sink::EpochProgress;
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -115,6 +116,12 @@ pub struct SourceConfig {
     /// torn epochs (its partitions' collapsed epochs differ). Ignored with
     /// [`Framing::Ingestion`].
     pub as_of: Epoch,
+    /// The last committed progress of the sink this source feeds
+    /// ([`super::progress::last_progress`]): each partition it names is read
+    /// from its position there, as having passed the progress's epoch; the
+    /// others from their start. The dataflow's state as of that epoch comes
+    /// from the state topic ([`super::state::restore_state`]).
+    pub resume: Option<EpochProgress>,
 }
 
 impl SourceConfig {
@@ -130,6 +137,7 @@ impl SourceConfig {
             dead_letter_topic: None,
             metadata_timeout: Duration::from_secs(30),
             as_of: 0,
+            resume: None,
         }
     }
 
@@ -464,7 +472,95 @@ impl<K, V> Default for Released<K, V> {
 /// A partition a worker owns: librdkafka's queue for it, and where it stands.
 struct OwnedPartition<K, V> {
     queue: PartitionQueue<ReaderContext>,
+    /// Records librdkafka fetched before the queue was split, so delivered
+    /// on the consumer's main queue: they come before the queue's.
+    early: VecDeque<OwnedMessage>,
     state: PartitionState<K, V>,
+}
+
+/// A record from a partition's queue, or one delivered on the main queue.
+enum Fetched<'a> {
+    Borrowed(rdkafka::message::BorrowedMessage<'a>),
+    Owned(OwnedMessage),
+}
+
+/// What reading one record needs besides the partition.
+struct Step<'a, D> {
+    config: &'a SourceConfig,
+    decoder: &'a D,
+    handle: &'a SourceHandle,
+    dead_letters: Option<&'a DeadLetterWriter>,
+    /// The read-ahead bound: no epoch at or beyond it is read.
+    limit: Option<Epoch>,
+}
+
+impl<D: RecordDecoder> Step<'_, D> {
+    /// Reads one record of `p`: frames it (or adds it to the ingestion
+    /// epoch), releases what its marker passes into `out`, dead-letters it
+    /// if it cannot be read. Returns whether the partition must wait for the
+    /// read-ahead bound.
+    fn record<M: Message>(
+        &self,
+        p: &mut PartitionState<D::Key, D::Value>,
+        message: &M,
+        ingestion: Option<&mut Ingestion<D::Key, D::Value>>,
+        out: &mut BTreeMap<Epoch, Released<D::Key, D::Value>>,
+    ) -> bool {
+        let Step {
+            config,
+            decoder,
+            handle,
+            dead_letters,
+            limit,
+        } = *self;
+        handle.count(|s| s.records += 1);
+        p.caught_up = false;
+        p.next_offset = message.offset() + 1;
+        let outcome = match ingestion {
+            Some(ingestion) => ingest(message, decoder, ingestion).map(|()| None),
+            None => frame(p, message, decoder, handle, config.as_of),
+        };
+        match outcome {
+            Ok(Some((epoch, released, feed_time))) => {
+                tracing::debug!(
+                    topic = %p.topic,
+                    partition = p.partition,
+                    epoch,
+                    records = released.len(),
+                    "epoch passed"
+                );
+                // Epochs before the as-of epoch add up to its state.
+                let entry = out.entry(epoch.max(config.as_of)).or_default();
+                handle.count(|s| s.applied += released.len() as u64);
+                entry.records.extend(released);
+                entry.positions.push(SourcePosition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    next_offset: p.next_offset,
+                    feed_time,
+                    closed_at_ms: message.timestamp().to_millis(),
+                });
+                // A partition past the read-ahead bound waits.
+                limit.is_some_and(|l| epoch.saturating_add(1) >= l)
+            }
+            Ok(None) => false,
+            Err(error) => {
+                let record = raw(message);
+                tracing::warn!(
+                    reason = error.reason(),
+                    "record {}[{}]@{} sent to the dead letters: {error}",
+                    record.topic,
+                    record.partition,
+                    record.offset
+                );
+                handle.count(|s| *s.dead_letters.entry(error.reason()).or_default() += 1);
+                if let Some(writer) = dead_letters {
+                    writer.send(&record, &error);
+                }
+                false
+            }
+        }
+    }
 }
 
 struct PartitionState<K, V> {
@@ -559,10 +655,19 @@ impl<K, V> Reader<K, V> {
             .filter(|(i, _)| i % peers == index)
             .map(|(_, tp)| tp)
             .collect();
+        let resumed_at = |topic: &str, partition: i32| {
+            let resume = config.resume.as_ref()?;
+            let offset = resume.positions.get(topic)?.get(&partition)?;
+            Some((resume.epoch, *offset))
+        };
         let mut assignment = TopicPartitionList::new();
         for (topic, partition) in &mine {
+            let offset = match resumed_at(topic, *partition) {
+                Some((_, offset)) => Offset::Offset(offset),
+                None => Offset::Beginning,
+            };
             assignment
-                .add_partition_offset(topic, *partition, Offset::Beginning)
+                .add_partition_offset(topic, *partition, offset)
                 .map_err(KafkaError::client(format!(
                     "assigning {topic}[{partition}]"
                 )))?;
@@ -584,14 +689,19 @@ impl<K, V> Reader<K, V> {
             queue.set_nonempty_callback(move || {
                 let _ = wake.activate();
             });
+            let (next_offset, epochs) = match resumed_at(&topic, partition) {
+                Some((epoch, offset)) => (offset, PartitionEpochs::resumed(epoch)),
+                None => (0, PartitionEpochs::new()),
+            };
             partitions.push(OwnedPartition {
                 queue,
+                early: VecDeque::new(),
                 state: PartitionState {
                     topic,
                     partition,
-                    next_offset: 0,
+                    next_offset,
                     caught_up: false,
-                    epochs: PartitionEpochs::new(),
+                    epochs,
                 },
             });
         }
@@ -605,14 +715,20 @@ impl<K, V> Reader<K, V> {
             .as_deref()
             .map(|topic| DeadLetterWriter::connect(&config.kafka, topic))
             .transpose()?;
+        // Ingestion epochs are times: a resumed source's are after the
+        // committed one, whatever the clock says.
+        let committed = config
+            .resume
+            .as_ref()
+            .map_or(0, |r| r.epoch.saturating_add(1));
         let ingestion = (config.framing == Framing::Ingestion).then(|| Ingestion {
-            open: now_ms(),
+            open: now_ms().max(committed),
             records: Vec::new(),
             bytes: 0,
         });
         // Ask to be scheduled once, to move the capability to where it belongs.
         let _ = activator.activate();
-        Ok(Reader {
+        let mut reader = Reader {
             consumer,
             partitions,
             dead_letters,
@@ -621,7 +737,37 @@ impl<K, V> Reader<K, V> {
             held_back: false,
             more: false,
             as_of: config.as_of,
-        })
+        };
+        // What librdkafka fetched between the assignment and the queues'
+        // split is on the main queue: it must not be lost.
+        reader.serve_main_queue();
+        Ok(reader)
+    }
+
+    /// Serves librdkafka's events (errors, statistics) on the main queue,
+    /// and keeps the records found there (fetched for a partition before
+    /// its queue was split) to be read before that partition's queue.
+    fn serve_main_queue(&mut self) {
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            let message = match event {
+                Err(e) => {
+                    tracing::warn!("Kafka consumer: {e}");
+                    continue;
+                }
+                Ok(m) => m.detach(),
+            };
+            let owner = self.partitions.iter_mut().find(|p| {
+                p.state.partition == message.partition() && p.state.topic == message.topic()
+            });
+            match owner {
+                Some(p) => p.early.push_back(message),
+                None => tracing::warn!(
+                    "Kafka consumer: a record of {}[{}], a partition this worker does not read",
+                    message.topic(),
+                    message.partition()
+                ),
+            }
+        }
     }
 
     /// The earliest epoch this worker may still release records at.
@@ -660,17 +806,7 @@ impl<K, V> Reader<K, V> {
     where
         D: RecordDecoder<Key = K, Value = V>,
     {
-        // Serve librdkafka's events (errors, statistics) on the main queue.
-        while let Some(event) = self.consumer.poll(Duration::ZERO) {
-            match event {
-                Err(e) => tracing::warn!("Kafka consumer: {e}"),
-                Ok(m) => tracing::warn!(
-                    "Kafka consumer: unexpected record on the main queue from {}[{}]",
-                    m.topic(),
-                    m.partition()
-                ),
-            }
-        }
+        self.serve_main_queue();
         // What the dataflow has finished: `None` means no bound.
         let finished = match finished_at {
             None => None,
@@ -689,7 +825,19 @@ impl<K, V> Reader<K, V> {
         let ingestion_full = self.ingestion.is_some()
             && finished.is_some()
             && self.in_flight.len() as u64 >= config.read_ahead.max(1);
-        for OwnedPartition { queue, state: p } in &mut self.partitions {
+        let step = Step {
+            config,
+            decoder,
+            handle,
+            dead_letters: self.dead_letters.as_ref(),
+            limit,
+        };
+        for OwnedPartition {
+            queue,
+            early,
+            state: p,
+        } in &mut self.partitions
+        {
             let ahead = match (&self.ingestion, limit) {
                 (Some(_), _) => ingestion_full,
                 (None, Some(limit)) => p
@@ -711,64 +859,28 @@ impl<K, V> Reader<K, V> {
             }
             let mut read = 0;
             while read < BATCH {
-                let Some(result) = queue.poll(Duration::ZERO) else {
-                    break;
+                // Records fetched before the partition's queue was split
+                // come first: they precede everything on the queue.
+                let result = match early.pop_front() {
+                    Some(message) => Ok(Fetched::Owned(message)),
+                    None => match queue.poll(Duration::ZERO) {
+                        None => break,
+                        Some(result) => result.map(Fetched::Borrowed),
+                    },
                 };
                 read += 1;
                 match result {
                     Err(RdKafkaError::PartitionEOF(_)) => p.caught_up = true,
                     Err(e) => tracing::warn!("Kafka consumer, {}[{}]: {e}", p.topic, p.partition),
-                    Ok(message) => {
-                        handle.count(|s| s.records += 1);
-                        p.caught_up = false;
-                        p.next_offset = message.offset() + 1;
-                        let outcome = match self.ingestion.as_mut() {
-                            Some(ingestion) => ingest(&message, decoder, ingestion).map(|()| None),
-                            None => frame(p, &message, decoder, handle, config.as_of),
+                    Ok(fetched) => {
+                        let ingestion = self.ingestion.as_mut();
+                        let wait = match &fetched {
+                            Fetched::Owned(m) => step.record(p, m, ingestion, &mut out),
+                            Fetched::Borrowed(m) => step.record(p, m, ingestion, &mut out),
                         };
-                        match outcome {
-                            Ok(Some((epoch, released, feed_time))) => {
-                                tracing::debug!(
-                                    topic = %p.topic,
-                                    partition = p.partition,
-                                    epoch,
-                                    records = released.len(),
-                                    "epoch passed"
-                                );
-                                // Epochs before the as-of epoch add up to its state.
-                                let entry = out.entry(epoch.max(config.as_of)).or_default();
-                                handle.count(|s| s.applied += released.len() as u64);
-                                entry.records.extend(released);
-                                entry.positions.push(SourcePosition {
-                                    topic: p.topic.clone(),
-                                    partition: p.partition,
-                                    next_offset: p.next_offset,
-                                    feed_time,
-                                    closed_at_ms: message.timestamp().to_millis(),
-                                });
-                                // A partition past the read-ahead bound waits.
-                                if limit.is_some_and(|l| epoch.saturating_add(1) >= l) {
-                                    self.held_back = true;
-                                    break;
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(error) => {
-                                let record = raw(&message);
-                                tracing::warn!(
-                                    reason = error.reason(),
-                                    "record {}[{}]@{} sent to the dead letters: {error}",
-                                    record.topic,
-                                    record.partition,
-                                    record.offset
-                                );
-                                handle.count(|s| {
-                                    *s.dead_letters.entry(error.reason()).or_default() += 1
-                                });
-                                if let Some(writer) = &self.dead_letters {
-                                    writer.send(&record, &error);
-                                }
-                            }
+                        if wait {
+                            self.held_back = true;
+                            break;
                         }
                     }
                 }
@@ -812,7 +924,7 @@ impl<K, V> Reader<K, V> {
     }
 }
 
-fn raw<'a>(message: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
+fn raw<M: Message>(message: &M) -> RawRecord<'_> {
     RawRecord {
         topic: message.topic(),
         partition: message.partition(),
@@ -822,7 +934,7 @@ fn raw<'a>(message: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
     }
 }
 
-fn headers<'a>(message: &'a BorrowedMessage<'a>) -> RecordHeaders<'a> {
+fn headers<M: Message>(message: &M) -> RecordHeaders<'_> {
     RecordHeaders::new(
         message
             .headers()
@@ -835,9 +947,9 @@ fn headers<'a>(message: &'a BorrowedMessage<'a>) -> RecordHeaders<'a> {
 type PartitionRelease<K, V> = (Epoch, Vec<(K, Option<V>)>, Option<FeedTime>);
 
 /// Applies the epoch protocol to one record of `p`.
-fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
+fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
     p: &mut PartitionState<K, V>,
-    message: &BorrowedMessage<'_>,
+    message: &M,
     decoder: &D,
     handle: &SourceHandle,
     as_of: Epoch,
@@ -912,8 +1024,8 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>>(
 }
 
 /// Adds one record to the open ingestion epoch.
-fn ingest<K, V, D: RecordDecoder<Key = K, Value = V>>(
-    message: &BorrowedMessage<'_>,
+fn ingest<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
+    message: &M,
     decoder: &D,
     ingestion: &mut Ingestion<K, V>,
 ) -> Result<(), DecodeError> {

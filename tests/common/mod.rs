@@ -240,3 +240,78 @@ pub fn paris_files() -> Vec<Vec<u8>> {
     files.sort();
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
+
+/// The Paris series, then `extra` synthetic polls of its last snapshot, each
+/// a minute later: a few stations change counts, one in seven polls a
+/// station disappears (and comes back two polls later), one in eleven a
+/// station moves to another postcode. A long run over real stations.
+pub fn paris_then_synthetic(extra: usize) -> Vec<Snapshot> {
+    use velib_dataflow::postcode::Postcode;
+    let mut snapshots = paris_series(true);
+    let last = snapshots.last().unwrap().clone();
+    let mut statuses = last.statuses.clone();
+    let mut directory = snapshots
+        .iter()
+        .rev()
+        .find_map(|s| s.directory.clone())
+        .expect("the series has a directory");
+    let mut removed: Option<(usize, velib_dataflow::feed::StationStatus)> = None;
+    for k in 1..=extra {
+        for (i, status) in statuses.iter_mut().enumerate() {
+            if (i + 3 * k) % 23 != 0 {
+                continue;
+            }
+            let types = status.bike_types.get_or_insert(Default::default());
+            if status.bikes_available > 0 && types.mechanical > 0 {
+                status.bikes_available -= 1;
+                types.mechanical -= 1;
+                status.docks_available += 1;
+            } else {
+                status.bikes_available += 1;
+                types.ebike += 1;
+                status.docks_available = status.docks_available.saturating_sub(1);
+            }
+        }
+        match (k % 7, removed.take()) {
+            (3, None) => {
+                let i = (k * 37) % statuses.len();
+                removed = Some((i, statuses.remove(i)));
+            }
+            (5, Some((i, status))) => statuses.insert(i.min(statuses.len()), status),
+            (_, kept) => removed = kept,
+        }
+        if k % 11 == 4 {
+            let i = (k * 101) % directory.len();
+            let moved = if directory[i].postcode.as_str() == "75001" {
+                "75002"
+            } else {
+                "75001"
+            };
+            directory[i].postcode = Postcode::parse(moved).unwrap();
+        }
+        let mut snapshot = last.clone();
+        snapshot.feed_time = last.feed_time + 60 * k as velib_dataflow::feed::FeedTime;
+        snapshot.statuses = statuses.clone();
+        snapshot.directory = Some(directory.clone());
+        snapshots.push(snapshot);
+    }
+    snapshots
+}
+
+/// A timely hosts file (`-h`) for `processes` processes on free loopback
+/// ports.
+pub fn hosts_file(processes: usize) -> tempfile::NamedTempFile {
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    let lines: String = (0..processes)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("127.0.0.1:{port}\n")
+        })
+        .collect();
+    std::fs::write(hosts.path(), lines).unwrap();
+    hosts
+}

@@ -1,0 +1,408 @@
+//! The state changelog: what a restarted dataflow needs to resume exactly at
+//! its last committed epoch, without reading its inputs' history again.
+//!
+//! The state of a dataflow fed by upsert sources is the current value of
+//! every key of every source. The sink ([`super::sink::kafka_sink_with_state`])
+//! writes, in each epoch's transaction, the keys whose value changed to a
+//! compacted **state topic** (one record per key, a tombstone when the key is
+//! gone), next to the epoch's output and its progress record; the progress
+//! record says how many keys each state partition holds. A restart reads the
+//! last committed progress ([`super::progress::last_progress`]), restores the
+//! state from the state topic ([`restore_state`]) at that epoch, and seeks
+//! every input partition to the position the progress names. Restart cost is
+//! the state topic's size: bounded by the number of keys once the cleaner has
+//! compacted it, as Kafka Streams' state-store changelogs are.
+//!
+//! A state record's key is the source's name, a NUL byte, and the source's
+//! key as JSON; its value is the key's value as JSON; its `velib-epoch`
+//! header is the epoch that set it. Keys are spread over the state topic's
+//! partitions by a hash of the key ([`state_partition`]), so that the count of
+//! keys per partition can be checked at restore.
+//!
+//! # Examples
+//!
+//! ```
+//! use velib_dataflow::kafka::state::{source_of, state_key};
+//!
+//! let key = state_key("velib-projet", &213_688_169u64);
+//! assert_eq!(key, b"velib-projet\0213688169");
+//! assert_eq!(source_of(&key), Some("velib-projet"));
+//! ```
+
+use super::scan::{scan_partitions, Scan};
+use super::source::SourceHandle;
+use super::{KafkaConfig, EPOCH_HEADER};
+use crate::dataflow::Epoch;
+use differential_dataflow::{AsCollection, VecCollection};
+use rdkafka::message::{Headers, Message};
+use rdkafka::Offset;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::{Scope, Stream};
+
+/// A state record: its key (the source's name, NUL, the key as JSON) and
+/// its value (JSON).
+pub type StateRecord = (Vec<u8>, Vec<u8>);
+
+/// What the progress record of an epoch says of the state topic, so that a
+/// restore can check it read the whole state.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::state::StateSummary;
+///
+/// let summary: StateSummary = serde_json::from_str(
+///     r#"{"topic":"velib-projet-clean-state","partitions":3,"keys":{"0":480,"1":502,"2":488},"sources":["velib-directory","velib-projet"]}"#)?;
+/// assert_eq!(summary.total_keys(), 1470);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSummary {
+    /// The state topic.
+    pub topic: String,
+    /// Its partitions, when the keys were spread over them.
+    pub partitions: i32,
+    /// Live keys per partition (a partition not listed has none).
+    pub keys: BTreeMap<i32, u64>,
+    /// The sources whose keys the state holds.
+    pub sources: BTreeSet<String>,
+}
+
+impl StateSummary {
+    /// Live keys over all partitions.
+    pub fn total_keys(&self) -> u64 {
+        self.keys.values().sum()
+    }
+}
+
+/// The state record key of `key` of the source named `source`.
+pub fn state_key<K: Serialize + ?Sized>(source: &str, key: &K) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(source.len() + 24);
+    bytes.extend_from_slice(source.as_bytes());
+    bytes.push(0);
+    serde_json::to_writer(&mut bytes, key).expect("a key serialises to JSON");
+    bytes
+}
+
+/// The source named in a state record key; `None` when it is not one.
+pub fn source_of(state_key: &[u8]) -> Option<&str> {
+    let end = state_key.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&state_key[..end]).ok()
+}
+
+/// The state partition of a state record key: FNV-1a of the key, so that it
+/// is the same in every process and every version.
+pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in state_key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let partitions = u64::try_from(partitions.max(1)).unwrap_or(1);
+    i32::try_from(hash % partitions).unwrap_or(0)
+}
+
+/// A keyed collection (one value per key, as [`crate::upsert::upsert_keyed`]
+/// gives) as state records of the source named `source`: what
+/// [`super::sink::kafka_sink_with_state`] writes to the state topic.
+///
+/// # Examples
+///
+/// ```
+/// use differential_dataflow::input::Input;
+/// use velib_dataflow::kafka::state::state_records;
+/// use std::sync::{Arc, Mutex};
+///
+/// let out = Arc::new(Mutex::new(Vec::new()));
+/// let sink = out.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, counters) = scope.new_collection::<(String, u64), isize>();
+///         state_records("counters", counters).inspect(move |x| sink.lock().unwrap().push(x.clone()));
+///         input
+///     });
+///     input.insert(("bikes".to_string(), 42));
+/// });
+/// let out = out.lock().unwrap();
+/// assert_eq!(out[0].0, (b"counters\0\"bikes\"".to_vec(), b"42".to_vec()));
+/// ```
+pub fn state_records<'s, K, V>(
+    source: &str,
+    collection: VecCollection<'s, Epoch, (K, V)>,
+) -> VecCollection<'s, Epoch, StateRecord>
+where
+    K: differential_dataflow::Data + Serialize,
+    V: differential_dataflow::Data + Serialize,
+{
+    let source = source.to_owned();
+    collection.map(move |(key, value)| {
+        let value = serde_json::to_vec(&value).expect("a value serialises to JSON");
+        (state_key(&source, &key), value)
+    })
+}
+
+/// Where to restore state from: the state topic, the committed epoch to
+/// restore at, and what its progress record said of the state.
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// The epoch the state is restored at (the last committed one).
+    pub epoch: Epoch,
+    /// What that epoch's progress record said of the state topic.
+    pub summary: StateSummary,
+    /// How long reading may stall before it is an error.
+    pub stall: Duration,
+}
+
+/// Reads the state topic on every worker (each reads the partitions
+/// `i % peers == index`) and gives, at `config.epoch`, every live state
+/// record `(key, value)` as of that epoch. Records of later epochs (written
+/// by a transaction that never committed, on a broker that shows them) are
+/// left out. When a partition holds a different number of keys than the
+/// progress record says, or the topic has a different number of partitions,
+/// the restore fails on `handle` and gives nothing: restoring part of a
+/// state would give wrong counts.
+pub fn restore_state<'s>(
+    scope: Scope<'s, Epoch>,
+    config: RestoreConfig,
+    handle: SourceHandle,
+) -> Stream<'s, Epoch, Vec<StateRecord>> {
+    let (index, peers) = (scope.index(), scope.peers());
+    source::<_, CapacityContainerBuilder<Vec<_>>, _, _>(
+        scope,
+        "RestoreState",
+        move |capability, _info| {
+            let mut capability = Some(capability.delayed(&config.epoch));
+            move |output| {
+                let Some(cap) = capability.take() else { return };
+                match read_state(&config, index, peers) {
+                    Ok(records) => {
+                        tracing::info!(
+                            worker = index,
+                            keys = records.len(),
+                            epoch = config.epoch,
+                            topic = config.summary.topic,
+                            "state restored"
+                        );
+                        output.session(&cap).give_iterator(records.into_iter());
+                    }
+                    Err(problem) => handle.fail(problem),
+                }
+            }
+        },
+    )
+}
+
+/// The restored records of the source named `name`, as upserts at their
+/// epoch; a record that does not decode stops the sources on `handle`.
+pub fn restored_upserts<'s, K, V>(
+    restored: Stream<'s, Epoch, Vec<StateRecord>>,
+    name: &str,
+    handle: SourceHandle,
+) -> Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>
+where
+    K: DeserializeOwned + Clone + 'static,
+    V: DeserializeOwned + Clone + 'static,
+{
+    let name = name.to_owned();
+    restored.unary::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
+        Pipeline,
+        "RestoredUpserts",
+        move |_capability, _info| {
+            move |input, output| {
+                input.for_each(|capability, records| {
+                    let epoch = *capability.time();
+                    let mut session = output.session(&capability);
+                    for (key, value) in records.drain(..) {
+                        if source_of(&key) != Some(name.as_str()) {
+                            continue;
+                        }
+                        let json = &key[name.len() + 1..];
+                        let decoded = serde_json::from_slice::<K>(json).and_then(|k| {
+                            serde_json::from_slice::<V>(&value).map(|v| (k, Some(v), epoch))
+                        });
+                        match decoded {
+                            Ok(upsert) => session.give(upsert),
+                            Err(e) => handle.fail(format!(
+                                "restoring {name}: the state record {:?} does not decode: {e}",
+                                String::from_utf8_lossy(json)
+                            )),
+                        }
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// Reads this worker's share of the state topic at `config.epoch`.
+fn read_state(
+    config: &RestoreConfig,
+    index: usize,
+    peers: usize,
+) -> Result<Vec<StateRecord>, String> {
+    let summary = &config.summary;
+    let watermarks = super::scan::watermarks(&config.kafka, &summary.topic, config.stall)
+        .map_err(|e| format!("restoring state: {e}"))?;
+    let partitions = i32::try_from(watermarks.len()).unwrap_or(i32::MAX);
+    if partitions != summary.partitions {
+        return Err(format!(
+            "restoring state: {} has {partitions} partitions where the state was written to {}; \
+             a state topic's partitions cannot change (delete the output and state topics to start over)",
+            summary.topic, summary.partitions
+        ));
+    }
+    let mine: Vec<(i32, Offset)> = (0..partitions)
+        .filter(|p| usize::try_from(*p).is_ok_and(|p| p % peers == index))
+        .map(|p| (p, Offset::Beginning))
+        .collect();
+    let mut state: HashMap<i32, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
+    let mut later = 0u64;
+    let mut problem = None;
+    scan_partitions(
+        &config.kafka,
+        "restoring state",
+        &summary.topic,
+        &mine,
+        &[("isolation.level", "read_committed")],
+        config.stall,
+        |message| {
+            let epoch = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == EPOCH_HEADER))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<Epoch>().ok());
+            let Some(epoch) = epoch else {
+                problem.get_or_insert(format!(
+                    "{}[{}]@{} has no readable {EPOCH_HEADER} header: is it a state topic?",
+                    summary.topic,
+                    message.partition(),
+                    message.offset()
+                ));
+                return Scan::More;
+            };
+            if epoch > config.epoch {
+                later += 1;
+                return Scan::More;
+            }
+            let Some(key) = message.key() else {
+                return Scan::More;
+            };
+            let keys = state.entry(message.partition()).or_default();
+            match message.payload() {
+                Some(value) => keys.insert(key.to_vec(), value.to_vec()),
+                None => keys.remove(key),
+            };
+            Scan::More
+        },
+    )
+    .map_err(|e| format!("restoring state: {e}"))?;
+    if let Some(problem) = problem {
+        return Err(format!("restoring state: {problem}"));
+    }
+    if later > 0 {
+        tracing::warn!(
+            records = later,
+            "restoring state: left out state records of epochs after {} (never committed)",
+            config.epoch
+        );
+    }
+    for (partition, _) in &mine {
+        let found = state.get(partition).map_or(0, |k| k.len() as u64);
+        let expected = summary.keys.get(partition).copied().unwrap_or(0);
+        if found != expected {
+            return Err(format!(
+                "restoring state: {}[{partition}] holds {found} keys where the progress of epoch {} \
+                 says {expected}: the state topic was truncated, deleted or written by another job; \
+                 delete the output and state topics to start over",
+                summary.topic, config.epoch
+            ));
+        }
+    }
+    Ok(state.into_values().flatten().collect())
+}
+
+/// Counts, per state partition, how the live keys change with an epoch's
+/// state changes: `+1` for a new key, `-1` for a key gone.
+pub(crate) fn count_keys(summary: &mut StateSummary, updates: &[(StateRecord, isize)]) {
+    let mut net: BTreeMap<&[u8], isize> = BTreeMap::new();
+    for ((key, _), diff) in updates {
+        *net.entry(key.as_slice()).or_default() += diff;
+    }
+    for (key, diff) in net {
+        if diff == 0 {
+            continue;
+        }
+        if let Some(source) = source_of(key) {
+            if !summary.sources.contains(source) {
+                summary.sources.insert(source.to_owned());
+            }
+        }
+        let count = summary
+            .keys
+            .entry(state_partition(key, summary.partitions))
+            .or_default();
+        *count = count.saturating_add_signed(diff as i64);
+    }
+    summary.keys.retain(|_, n| *n > 0);
+}
+
+/// An empty stream of state records: for a sink with no state to keep.
+pub(crate) fn no_state(scope: Scope<'_, Epoch>) -> VecCollection<'_, Epoch, StateRecord> {
+    timely::dataflow::operators::generic::operator::empty(scope).as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_counted_per_partition() {
+        let mut summary = StateSummary {
+            partitions: 3,
+            ..Default::default()
+        };
+        let a = state_key("s", &1u64);
+        let b = state_key("s", &2u64);
+        let kv = |k: &Vec<u8>, v: &[u8]| (k.clone(), v.to_vec());
+        count_keys(&mut summary, &[(kv(&a, b"1"), 1), (kv(&b, b"1"), 1)]);
+        assert_eq!(summary.total_keys(), 2);
+        assert_eq!(summary.sources.iter().collect::<Vec<_>>(), ["s"]);
+        // A changed value is no new key; a retraction alone is a key gone.
+        count_keys(
+            &mut summary,
+            &[(kv(&a, b"1"), -1), (kv(&a, b"2"), 1), (kv(&b, b"1"), -1)],
+        );
+        assert_eq!(summary.total_keys(), 1);
+        assert_eq!(summary.keys, BTreeMap::from([(state_partition(&a, 3), 1)]));
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        // FNV-1a is fixed: a restart in another process or version agrees.
+        assert_eq!(
+            state_partition(b"", 7),
+            (0xcbf2_9ce4_8422_2325u64 % 7) as i32
+        );
+        for n in 0..100u64 {
+            let p = state_partition(&state_key("x", &n), 3);
+            assert!((0..3).contains(&p));
+        }
+        assert_eq!(state_partition(b"abc", 0), 0);
+    }
+
+    #[test]
+    fn a_key_without_source_is_none() {
+        assert_eq!(source_of(b"no separator"), None);
+        assert_eq!(source_of(b"\xff\0x"), None);
+    }
+}

@@ -1,0 +1,379 @@
+//! Exactly once across crashes, proven by killing (DESIGN.md's guarantee,
+//! issue 11): the aggregator binary is killed with SIGKILL at random points
+//! of a run of more than 50 epochs (the Paris series, then synthetic polls
+//! of its stations) and restarted each time. kcat, at read_committed, then
+//! reads the output: every epoch exactly once and equal to the from-scratch
+//! reference (`assert_epochs_on_topic`: no epoch lost, no record or progress
+//! record written twice, no torn epoch), and the whole the same multiset of
+//! records as an uninterrupted run. With one worker, two workers, and two
+//! processes (one of them killed, the other dies with it or is killed).
+//!
+//! Each restart finds input waiting (a batch of epochs is written before
+//! it) and is killed a random 0 to 80 ms after its first commit, while it
+//! works through the rest: mid-transaction (the test checks that some
+//! aborted records are on the log) or between transactions; a few restarts
+//! are killed during their start (fencing, reading the last progress,
+//! restoring the state).
+
+mod common;
+
+use common::broker::Broker;
+use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+use common::output::{assert_epochs_on_topic, header};
+use common::State;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::snapshot::EpochUpdates;
+
+/// Epochs published before each restart killed after a commit.
+const BATCH: usize = 5;
+/// Epochs published before each restart killed during its start.
+const BATCH_AT_START: usize = 2;
+/// Restarts killed after their first commit.
+const KILLS: usize = 10;
+/// Restarts killed at a random moment of their start (fencing, reading the
+/// last progress, restoring the state), before any commit.
+const KILLS_AT_START: usize = 3;
+
+/// How the aggregator runs.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// One process of this many workers.
+    Workers(usize),
+    /// Two processes of one worker.
+    TwoProcesses,
+}
+
+/// A running aggregator: its processes and their logs.
+struct Aggregator {
+    children: Vec<Child>,
+    logs: Vec<tempfile::NamedTempFile>,
+}
+
+impl Aggregator {
+    fn start(broker: &Broker, topics: &Topics, layout: Layout) -> Aggregator {
+        let binary = common::example_binary("velib_aggregator");
+        let processes = match layout {
+            Layout::Workers(_) => 1,
+            Layout::TwoProcesses => 2,
+        };
+        let hosts = common::hosts_file(processes);
+        let logs: Vec<tempfile::NamedTempFile> = (0..processes)
+            .map(|_| tempfile::NamedTempFile::new().unwrap())
+            .collect();
+        let children = (0..processes)
+            .map(|p| {
+                let mut command = Command::new(&binary);
+                command
+                    .args(["--brokers", &broker.address, "--no-create-topics"])
+                    .args(["--input-topic", &topics.input])
+                    .args(["--directory-topic", &topics.directory])
+                    .args(["--output-topic", &topics.output])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(logs[p].reopen().unwrap());
+                match layout {
+                    Layout::Workers(w) => command.args(["-w", &w.to_string()]),
+                    Layout::TwoProcesses => command
+                        .args(["-n", "2", "-p", &p.to_string(), "-h"])
+                        .arg(hosts.path()),
+                };
+                command.spawn().expect("the example runs")
+            })
+            .collect();
+        // The hosts file is read at start; keep it until then.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(hosts);
+        Aggregator { children, logs }
+    }
+
+    fn log(&self) -> String {
+        self.logs
+            .iter()
+            .enumerate()
+            .map(|(p, l)| {
+                let text = std::fs::read_to_string(l.path()).unwrap_or_default();
+                format!("process {p}:\n{text}")
+            })
+            .collect()
+    }
+
+    /// The last epoch process 0 says it committed (or resumed after).
+    fn committed(&self) -> Option<Epoch> {
+        let text = std::fs::read_to_string(self.logs[0].path()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("epoch committed") || l.contains("resuming after"))
+            .filter_map(|l| l.split("epoch=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .max()
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        self.children.iter_mut().find_map(|c| {
+            c.try_wait()
+                .unwrap()
+                .map(|status| format!("exited with {status}"))
+        })
+    }
+
+    /// SIGKILL, every process (the first, then the others); returns the
+    /// last epoch it said it committed (it may have committed one more).
+    fn kill(mut self) -> Option<Epoch> {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.committed()
+    }
+
+    /// Waits until process 0 says it committed `epoch` or later.
+    fn wait_committed(&mut self, epoch: Epoch, broker: &Broker) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.committed().is_none_or(|c| c < epoch) {
+            if let Some(exit) = self.exited() {
+                panic!("the aggregator {exit}\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "epoch {epoch} not committed after 120 s\n{}\n{}",
+                self.log(),
+                broker.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// More than 50 epochs of real stations, with their from-scratch counts.
+fn long_run() -> Vec<(EpochUpdates, State)> {
+    let epochs = common::sequence(common::paris_then_synthetic(48));
+    // As many as the restarts publish, so that every restart has work.
+    assert_eq!(
+        epochs.len(),
+        KILLS_AT_START * BATCH_AT_START + KILLS * BATCH
+    );
+    epochs
+}
+
+/// One aggregator's topics.
+struct Topics {
+    input: String,
+    directory: String,
+    output: String,
+}
+
+impl Topics {
+    fn new(name: &str) -> Topics {
+        Topics {
+            input: format!("{name}-statuses"),
+            directory: format!("{name}-directory"),
+            output: format!("{name}-counts"),
+        }
+    }
+
+    /// These topics (and the state topic beside the output), as the
+    /// aggregator creates them.
+    fn create(&self, broker: &Broker) {
+        use velib_dataflow::aggregator::AggregatorConfig;
+        use velib_dataflow::kafka::topics::ensure_topics;
+        use velib_dataflow::kafka::KafkaConfig;
+        let mut config = AggregatorConfig::new(KafkaConfig::new(&broker.address));
+        config.input_topic = self.input.clone();
+        config.directory_topic = Some(self.directory.clone());
+        config.output_topic = self.output.clone();
+        ensure_topics(&config.kafka, &config.topics(3), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("creating topics: {e}"));
+    }
+}
+
+/// The output's records other than progress, as (key, value) text, sorted:
+/// the multiset a reader of the compacted topic's history sees.
+fn records(output: &[Value]) -> Vec<(String, String)> {
+    let mut records: Vec<(String, String)> = output
+        .iter()
+        .filter(|r| header(r, "velib-kind") != Some("progress"))
+        .map(|r| (r["key"].to_string(), r["payload"].to_string()))
+        .collect();
+    records.sort();
+    records
+}
+
+/// Publishes the epochs in batches, the aggregator killed after each batch
+/// and restarted; then runs it to the end. Returns its output, read by kcat.
+fn killed_run(
+    broker: &Broker,
+    topics: &Topics,
+    layout: Layout,
+    epochs: &[(EpochUpdates, State)],
+) -> Vec<Value> {
+    topics.create(broker);
+    let mut input = Published::new(broker, topics, epochs.to_vec());
+    let mut committed = None;
+    for round in 0..KILLS_AT_START {
+        input.publish(BATCH_AT_START);
+        let aggregator = Aggregator::start(broker, topics, layout);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..2000)));
+        committed = committed.max(aggregator.kill());
+        println!("{layout:?}, starting {round}: killed after epoch {committed:?}");
+    }
+    for round in 0..KILLS {
+        input.publish(BATCH);
+        let mut aggregator = Aggregator::start(broker, topics, layout);
+        // Its first commit of this run (or, once all is published and
+        // committed, its resumption), then a moment more.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let everything = Some(input.last());
+        while aggregator.committed() <= committed && aggregator.committed() < everything {
+            if let Some(exit) = aggregator.exited() {
+                panic!("round {round}: the aggregator {exit}\n{}", aggregator.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing committed in 120 s\n{}\n{}",
+                aggregator.log(),
+                broker.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // An epoch takes some 20 ms here: most kills land mid-batch, many
+        // mid-transaction.
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..80)));
+        committed = aggregator.kill();
+        println!("{layout:?}, round {round}: killed after epoch {committed:?}");
+    }
+    input.publish(usize::MAX);
+    let mut aggregator = Aggregator::start(broker, topics, layout);
+    aggregator.wait_committed(input.last(), broker);
+    let log = aggregator.log();
+    aggregator.kill();
+    assert!(
+        log.contains("resuming after the last committed epoch"),
+        "the last run resumed from the state:\n{log}"
+    );
+    audit(broker, topics, epochs.len());
+    broker.kcat_read(&topics.output)
+}
+
+/// `velib_audit` finds every epoch of the output equal to a from-scratch
+/// computation over the input at its committed positions.
+fn audit(broker: &Broker, topics: &Topics, epochs: usize) {
+    let out = Command::new(common::example_binary("velib_audit"))
+        .args(["--brokers", &broker.address, "--json"])
+        .args(["--input-topic", &topics.input])
+        .args(["--directory-topic", &topics.directory])
+        .args(["--output-topic", &topics.output])
+        .output()
+        .expect("velib_audit runs");
+    let report = common::json_lines("velib_audit", &out);
+    assert_eq!(report.len(), 1, "one report");
+    let report = &report[0];
+    assert_eq!(report["epochs_checked"], epochs, "{report}");
+    for problem in [
+        "mismatches",
+        "duplicated_epochs",
+        "missing_epochs",
+        "torn_epochs",
+    ] {
+        assert_eq!(
+            report[problem],
+            serde_json::json!([]),
+            "{problem}: {report}"
+        );
+    }
+}
+
+/// The input, published a batch at a time.
+struct Published {
+    writer: EpochWriter,
+    topics: (String, String),
+    epochs: Vec<(EpochUpdates, State)>,
+    done: usize,
+}
+
+impl Published {
+    fn new(broker: &Broker, topics: &Topics, epochs: Vec<(EpochUpdates, State)>) -> Published {
+        let writer = EpochWriter::new(
+            &broker.address,
+            "attempt-1",
+            &[(&topics.input, 3), (&topics.directory, 3)],
+        );
+        Published {
+            writer,
+            topics: (topics.input.clone(), topics.directory.clone()),
+            epochs,
+            done: 0,
+        }
+    }
+
+    /// Publishes `count` more epochs (or all that are left).
+    fn publish(&mut self, count: usize) {
+        let spread = by_id(3);
+        let until = self.done.saturating_add(count).min(self.epochs.len());
+        while self.done < until {
+            let updates = &self.epochs[self.done].0;
+            let mut records = epoch_records(updates, true, &spread);
+            for record in &mut records {
+                record.topic = if record.topic == STATUS_TOPIC {
+                    self.topics.0.clone()
+                } else {
+                    assert_eq!(record.topic, DIRECTORY_TOPIC);
+                    self.topics.1.clone()
+                };
+            }
+            self.writer
+                .write_epoch(updates.epoch, updates.feed_time, &records);
+            self.done += 1;
+        }
+    }
+
+    fn last(&self) -> Epoch {
+        self.epochs[self.done - 1].0.epoch
+    }
+}
+
+/// A killed run per layout, each on its own input topics: each output
+/// equals the reference at every epoch and holds the same records as an
+/// uninterrupted run's.
+#[test]
+fn killed_at_random_points_the_output_is_that_of_an_uninterrupted_run() {
+    let broker = Broker::start();
+    let epochs = long_run();
+    let layouts = [
+        ("one-worker", Layout::Workers(1)),
+        ("two-workers", Layout::Workers(2)),
+        ("two-processes", Layout::TwoProcesses),
+    ];
+    let mut reference = None;
+    let mut aborted_total = 0;
+    for (name, layout) in layouts {
+        let topics = Topics::new(name);
+        let killed = killed_run(&broker, &topics, layout, &epochs);
+        assert_epochs_on_topic(&killed, &epochs);
+        // What the killed transactions left: aborted, shown only to a
+        // reader at read_uncommitted.
+        let aborted = broker.kcat_read_uncommitted(&topics.output).len() - killed.len();
+        println!("{name}: {aborted} records of aborted transactions on the output");
+        aborted_total += aborted;
+        let reference = reference.get_or_insert_with(|| {
+            // Uninterrupted, on the same input.
+            let whole = Topics {
+                output: "uninterrupted-counts".into(),
+                ..Topics::new(name)
+            };
+            whole.create(&broker);
+            let mut aggregator = Aggregator::start(&broker, &whole, Layout::Workers(1));
+            aggregator.wait_committed(epochs.last().unwrap().0.epoch, &broker);
+            aggregator.kill();
+            let output = broker.kcat_read(&whole.output);
+            assert_epochs_on_topic(&output, &epochs);
+            records(&output)
+        });
+        assert_eq!(&records(&killed), reference, "{name}");
+    }
+    assert!(
+        aborted_total > 0,
+        "some kills landed mid-transaction (their records are on the log, aborted)"
+    );
+}
