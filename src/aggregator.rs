@@ -14,7 +14,7 @@ use crate::counts::PostcodeCounts;
 use crate::dataflow::{postcode_counts, Epoch};
 use crate::directory::{DirectoryEntry, PostcodeSource};
 use crate::feed::StationStatus;
-use crate::kafka::as_of::read_as_of;
+use crate::kafka::as_of::{read_as_of, read_framing};
 use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
 use crate::kafka::sink::{
     committed_progress, kafka_sink_with_state, EpochProgress, SinkConfig, SinkHandle,
@@ -256,7 +256,13 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
     };
     // The framing is the input's: a directory topic left from another run
     // says nothing of it.
-    let input = read_as_of(&config.kafka, &[&config.input_topic], stall)?;
+    // A resumed run only needs the framing: its sources start at the
+    // committed positions, not where the topics' history starts.
+    let input = if restore {
+        read_framing(&config.kafka, &[&config.input_topic], stall)?
+    } else {
+        read_as_of(&config.kafka, &[&config.input_topic], stall)?
+    };
     let framing = match (config.framing, input.framing()) {
         (Some(framing), _) => framing,
         (None, Some(Framing::Ingestion)) => {
@@ -323,7 +329,7 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
             epoch = progress.epoch,
             state_topic = state.topic,
             keys = state.total_keys(),
-            "resuming after the last committed epoch: state restored from the state topic, \
+            "resuming after the last committed epoch: restoring its state from the state topic, \
              input read from the committed positions"
         );
         return Ok(Start {
@@ -660,8 +666,19 @@ pub fn run(
         });
         // A resumed epoch was committed by an earlier run: not reported again.
         let mut reported = handle.committed();
+        let mut restoring = start
+            .committed
+            .as_ref()
+            .filter(|_| start.restore)
+            .map(|c| c.epoch);
         while !finished.done() {
             worker.step_or_park(Some(Duration::from_millis(200)));
+            if let Some(epoch) = restoring.filter(|e| !finished.less_equal(e)) {
+                restoring = None;
+                if worker.index() == 0 {
+                    tracing::info!(epoch, "state restored and applied: following the input");
+                }
+            }
             if let Some(error) = handle.error() {
                 // Once: stopping wakes every worker.
                 if !handle.sources.is_stopped() {

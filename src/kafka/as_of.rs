@@ -162,6 +162,28 @@ pub fn read_as_of(
     topics: &[impl AsRef<str>],
     stall: Duration,
 ) -> Result<StartPoint, KafkaError> {
+    read_start(kafka, topics, stall, false)
+}
+
+/// Reads only the first record of every partition of `topics`, for their
+/// framing ([`StartPoint::framing`]; only `framed` and `unframed` mean
+/// anything then):
+/// what a source resumed at committed positions needs, in the time of one
+/// fetch whatever the topics hold.
+pub fn read_framing(
+    kafka: &KafkaConfig,
+    topics: &[impl AsRef<str>],
+    stall: Duration,
+) -> Result<StartPoint, KafkaError> {
+    read_start(kafka, topics, stall, true)
+}
+
+fn read_start(
+    kafka: &KafkaConfig,
+    topics: &[impl AsRef<str>],
+    stall: Duration,
+    first_record_only: bool,
+) -> Result<StartPoint, KafkaError> {
     let metadata: BaseConsumer = kafka
         .client_config(&[])
         .create()
@@ -196,6 +218,9 @@ pub fn read_as_of(
                 };
                 let (next, scan) = state.next(&framed);
                 *state = next;
+                if first_record_only {
+                    return Scan::Done;
+                }
                 scan
             },
         )?;

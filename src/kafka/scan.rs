@@ -68,6 +68,10 @@ pub(crate) fn scan_partitions(
         // the broker's wait for more data (500 ms by default) is the cost
         // of every scan.
         ("fetch.wait.max.ms", "20"),
+        // librdkafka 2.x waits a second before fetching again once its
+        // queue is full: reading a long log at that pace takes 3-4 times
+        // as long (docs/benchmarks.md, pass-through).
+        ("fetch.queue.backoff.ms", "10"),
     ]);
     // The scan ends on these events: a user's -X cannot turn them off.
     config.set("enable.partition.eof", "true");
