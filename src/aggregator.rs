@@ -540,10 +540,12 @@ fn build_dataflow<'s>(
             summary,
             stall: Duration::from_secs(60),
         };
-        Some(restore_state(scope, restore, handle.sources.clone()))
+        let sink = handle.sink.clone();
+        Some(restore_state(scope, restore, move |e| sink.fail(e)))
     });
+    // Dead letters go through the sink, in their epoch's transaction.
     let source_config = |topic: &str| SourceConfig {
-        dead_letter_topic: config.dead_letter_topic.clone(),
+        dead_letter_topic: None,
         framing: start.framing(),
         read_ahead: config.read_ahead,
         as_of: start.as_of,
@@ -558,6 +560,7 @@ fn build_dataflow<'s>(
     let status_keyed = upsert_keyed(restored_statuses(statuses.updates, &config.input_topic));
     let status_collection = status_keyed.clone().map(|(_, status)| status);
     let mut state = state_records(&config.input_topic, status_keyed);
+    let mut dead_letters = statuses.dead_letters;
     let (directory, positions) = match &start.directory_topic {
         Some(topic) => {
             let entries = KafkaSource::new(source_config(topic), DirectoryEntryDecoder)
@@ -565,6 +568,7 @@ fn build_dataflow<'s>(
                 .build(scope, handle.sources.clone());
             let directory_keyed = upsert_keyed(restored_entries(entries.updates, topic));
             state = state.concat(state_records(topic, directory_keyed.clone()));
+            dead_letters = dead_letters.concat(entries.dead_letters);
             (
                 directory_keyed.map(|(_, entry)| entry),
                 statuses.positions.concat(entries.positions),
@@ -584,10 +588,12 @@ fn build_dataflow<'s>(
     );
     sink.state_topic = config.state_topic.name(&config.output_topic);
     sink.resume = start.committed.clone();
+    sink.dead_letter_topic = config.dead_letter_topic.clone();
     kafka_sink_with_state(
         counts,
         state,
         positions,
+        dead_letters,
         sink,
         PostcodeRecordEncoder,
         handle.sink.clone(),
@@ -608,11 +614,12 @@ where
     V: serde::de::DeserializeOwned + Clone + 'static,
 {
     match restored {
-        Some(restored) => updates.concat(restored_upserts(
-            restored.clone(),
-            topic,
-            handle.sources.clone(),
-        )),
+        Some(restored) => {
+            let sink = handle.sink.clone();
+            updates.concat(restored_upserts(restored.clone(), topic, move |e| {
+                sink.fail(e)
+            }))
+        }
         None => updates,
     }
 }

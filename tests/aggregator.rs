@@ -305,10 +305,9 @@ fn a_dead_attempt_shown_to_the_reader_is_left_out() {
 fn dead_attempt(isolation: &str) {
     let broker = Broker::start();
     let mut config = config(&broker.address, Framing::Epochs, true, OUTPUT);
-    config.kafka = config
-        .kafka
-        .with_property(&format!("isolation.level={isolation}"))
-        .unwrap();
+    if isolation == "read_uncommitted" {
+        config.kafka = config.kafka.read_uncommitted();
+    }
     create_topics(&broker.address, &config);
     let epochs: Vec<_> = paris().into_iter().take(4).collect();
     let topics = [(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)];
@@ -551,6 +550,18 @@ fn velib_aggregator_explains_its_flags_and_refuses_bad_ones() {
                 "/nonexistent.csv",
             ),
             (vec!["--brokers", "x:1", "--input-format", "avro"], "avro"),
+            (
+                vec!["--brokers", "x:1", "-X", "isolation.level=read_uncommitted"],
+                "\"isolation.level\" cannot be set",
+            ),
+            (
+                vec!["--brokers", "x:1", "-X", "transactional.id=mine"],
+                "--transactional-id",
+            ),
+            (
+                vec!["--brokers", "x:1", "--state-topic", "a", "--no-state"],
+                "--no-state",
+            ),
         ],
     );
 }

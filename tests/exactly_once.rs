@@ -5,8 +5,10 @@
 //! reads the output: every epoch exactly once and equal to the from-scratch
 //! reference (`assert_epochs_on_topic`: no epoch lost, no record or progress
 //! record written twice, no torn epoch), and the whole the same multiset of
-//! records as an uninterrupted run. With one worker, two workers, and two
-//! processes (one of them killed, the other dies with it or is killed).
+//! records as an uninterrupted run; every unreadable input record on the
+//! dead-letter topic exactly once; `velib_audit` clean. With one worker,
+//! two workers, and two processes (one of them killed, the other dies with
+//! it or is killed).
 //!
 //! Each restart finds input waiting (a batch of epochs is written before
 //! it) and is killed a random 0 to 80 ms after its first commit, while it
@@ -18,7 +20,9 @@
 mod common;
 
 use common::broker::Broker;
-use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+use common::epochs::{
+    by_id, epoch_records, EpochWriter, InputRecord, DIRECTORY_TOPIC, STATUS_TOPIC,
+};
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
 use serde_json::Value;
@@ -54,6 +58,11 @@ struct Aggregator {
 
 impl Aggregator {
     fn start(broker: &Broker, topics: &Topics, layout: Layout) -> Aggregator {
+        Aggregator::start_with(broker, topics, layout, &[])
+    }
+
+    /// As [`Aggregator::start`], with more flags.
+    fn start_with(broker: &Broker, topics: &Topics, layout: Layout, flags: &[&str]) -> Aggregator {
         let binary = common::example_binary("velib_aggregator");
         let processes = match layout {
             Layout::Workers(_) => 1,
@@ -71,6 +80,8 @@ impl Aggregator {
                     .args(["--input-topic", &topics.input])
                     .args(["--directory-topic", &topics.directory])
                     .args(["--output-topic", &topics.output])
+                    .args(["--dead-letter-topic", &topics.dead_letters])
+                    .args(flags)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(logs[p].reopen().unwrap());
@@ -128,6 +139,17 @@ impl Aggregator {
         self.committed()
     }
 
+    /// Waits for every process to exit on its own; returns the first
+    /// failure's status and the log.
+    fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let statuses: Vec<_> = self
+            .children
+            .iter_mut()
+            .map(|c| c.wait().unwrap())
+            .collect();
+        (statuses[0], self.log())
+    }
+
     /// Waits until process 0 says it committed `epoch` or later.
     fn wait_committed(&mut self, epoch: Epoch, broker: &Broker) {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -162,6 +184,7 @@ struct Topics {
     input: String,
     directory: String,
     output: String,
+    dead_letters: String,
 }
 
 impl Topics {
@@ -170,6 +193,7 @@ impl Topics {
             input: format!("{name}-statuses"),
             directory: format!("{name}-directory"),
             output: format!("{name}-counts"),
+            dead_letters: format!("{name}-dead-letters"),
         }
     }
 
@@ -183,6 +207,7 @@ impl Topics {
         config.input_topic = self.input.clone();
         config.directory_topic = Some(self.directory.clone());
         config.output_topic = self.output.clone();
+        config.dead_letter_topic = Some(self.dead_letters.clone());
         ensure_topics(&config.kafka, &config.topics(3), Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("creating topics: {e}"));
     }
@@ -253,7 +278,27 @@ fn killed_run(
         "the last run resumed from the state:\n{log}"
     );
     audit(broker, topics, epochs.len());
+    assert_dead_letters_once(broker, topics, epochs);
     broker.kcat_read(&topics.output)
+}
+
+/// Every unreadable input record is on the dead-letter topic once.
+fn assert_dead_letters_once(broker: &Broker, topics: &Topics, epochs: &[(EpochUpdates, State)]) {
+    let letters = broker.kcat_read(&topics.dead_letters);
+    let mut seen: Vec<String> = letters
+        .iter()
+        .map(|r| r["payload"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = epochs
+        .iter()
+        .map(|(u, _)| u.epoch)
+        .filter(|e| bad_record_at(*e))
+        .map(|e| format!("broken at epoch {e}"))
+        .collect();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(seen, expected, "each dead letter once, none lost");
 }
 
 /// `velib_audit` finds every epoch of the output equal to a from-scratch
@@ -282,6 +327,12 @@ fn audit(broker: &Broker, topics: &Topics, epochs: usize) {
             "{problem}: {report}"
         );
     }
+}
+
+/// Epochs with an unreadable record on the input: each must reach the
+/// dead-letter topic exactly once, whatever the kills.
+fn bad_record_at(epoch: Epoch) -> bool {
+    epoch % 9 == 4
 }
 
 /// The input, published a batch at a time.
@@ -322,6 +373,15 @@ impl Published {
                     self.topics.1.clone()
                 };
             }
+            if bad_record_at(updates.epoch) {
+                records.push(InputRecord {
+                    topic: self.topics.0.clone(),
+                    partition: (updates.epoch % 3) as i32,
+                    key: Some(b"\"not a station\"".to_vec()),
+                    value: Some(format!("broken at epoch {}", updates.epoch).into_bytes()),
+                    stamped: true,
+                });
+            }
             self.writer
                 .write_epoch(updates.epoch, updates.feed_time, &records);
             self.done += 1;
@@ -360,6 +420,7 @@ fn killed_at_random_points_the_output_is_that_of_an_uninterrupted_run() {
             // Uninterrupted, on the same input.
             let whole = Topics {
                 output: "uninterrupted-counts".into(),
+                dead_letters: "uninterrupted-dead-letters".into(),
                 ..Topics::new(name)
             };
             whole.create(&broker);
@@ -376,4 +437,100 @@ fn killed_at_random_points_the_output_is_that_of_an_uninterrupted_run() {
         aborted_total > 0,
         "some kills landed mid-transaction (their records are on the log, aborted)"
     );
+}
+
+/// Runs the aggregator (with `flags`) over the first `first` epochs, kills
+/// it, publishes the rest, and returns its topics and input, for a restart.
+fn committed_then_killed(
+    broker: &Broker,
+    name: &str,
+    flags: &[&str],
+    first: usize,
+    epochs: &[(EpochUpdates, State)],
+) -> (Topics, Published) {
+    let topics = Topics::new(name);
+    topics.create(broker);
+    let mut input = Published::new(broker, &topics, epochs.to_vec());
+    input.publish(first);
+    let mut aggregator = Aggregator::start_with(broker, &topics, Layout::Workers(1), flags);
+    aggregator.wait_committed(input.last(), broker);
+    aggregator.kill();
+    input.publish(usize::MAX);
+    (topics, input)
+}
+
+/// With `--no-state`, a restart reads the input from its start again: slower,
+/// still exact, and no committed epoch is written twice.
+#[test]
+fn without_a_state_topic_a_restart_reads_the_input_again_and_writes_no_epoch_twice() {
+    let broker = Broker::shared();
+    let epochs: Vec<_> = long_run().into_iter().take(14).collect();
+    let (topics, input) = committed_then_killed(broker, "no-state", &["--no-state"], 10, &epochs);
+    let mut aggregator =
+        Aggregator::start_with(broker, &topics, Layout::Workers(1), &["--no-state"]);
+    aggregator.wait_committed(input.last(), broker);
+    let log = aggregator.log();
+    aggregator.kill();
+    assert!(log.contains("reading the input from its start"), "{log}");
+    assert_epochs_on_topic(&broker.kcat_read(&topics.output), &epochs);
+}
+
+/// A state topic that does not hold what the progress record says (a key
+/// deleted, added, the topic recreated) stops the restart with a clear
+/// error, and nothing is written: restoring part of a state would count
+/// wrong.
+#[test]
+fn a_state_topic_unlike_its_progress_stops_the_restart_with_a_clear_error() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = Broker::shared();
+    let epochs: Vec<_> = long_run().into_iter().take(9).collect();
+    let (topics, _input) = committed_then_killed(broker, "forged-state", &[], 8, &epochs);
+    let before = broker.kcat_read(&topics.output).len();
+    // One key more, committed, on partition 0 of the state topic.
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .unwrap();
+    let state_topic = format!("{}-state", topics.output);
+    let key = velib_dataflow::kafka::state::state_key(&topics.input, &"forged");
+    producer
+        .send(
+            BaseRecord::to(&state_topic)
+                .partition(0)
+                .key(&key[..])
+                .payload("{}")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "velib-epoch",
+                    value: Some("1"),
+                })),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let (status, log) = Aggregator::start(broker, &topics, Layout::Workers(1)).wait_exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("{state_topic}[0] holds")), "{log}");
+    assert!(log.contains("where the progress of epoch 8 says"), "{log}");
+    assert_eq!(
+        broker.kcat_read(&topics.output).len(),
+        before,
+        "nothing written"
+    );
+}
+
+/// A restart that would read other topics than the state was written for
+/// (here: without the directory) is refused, naming both.
+#[test]
+fn a_restart_reading_other_topics_than_its_state_is_refused() {
+    let broker = Broker::shared();
+    let epochs: Vec<_> = long_run().into_iter().take(3).collect();
+    let (topics, _input) = committed_then_killed(broker, "other-topics", &[], 3, &epochs);
+    let (status, log) =
+        Aggregator::start_with(broker, &topics, Layout::Workers(1), &["--no-directory"])
+            .wait_exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("holds the sources"), "{log}");
+    assert!(log.contains(&topics.directory), "{log}");
 }

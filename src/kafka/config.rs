@@ -22,7 +22,46 @@ use rdkafka::ClientConfig;
 pub struct KafkaConfig {
     brokers: String,
     properties: Vec<(String, String)>,
+    read_uncommitted: bool,
 }
+
+/// Properties the exactly-once guarantees rest on: set by each client for
+/// its role, never by `-X`.
+const PROTECTED: [(&str, &str); 8] = [
+    (
+        "isolation.level",
+        "read_committed, so that no aborted record is read \
+         (KafkaConfig::read_uncommitted shows them, for testing the epoch protocol)",
+    ),
+    (
+        "transactional.id",
+        "each writer has its own (--transactional-id for the producer and the aggregator)",
+    ),
+    (
+        "enable.idempotence",
+        "true: transactions need an idempotent producer",
+    ),
+    (
+        "acks",
+        "all: an idempotent producer needs every replica's ack",
+    ),
+    (
+        "enable.auto.commit",
+        "false: positions are committed in the output's transaction, not by the consumer",
+    ),
+    (
+        "enable.auto.offset.store",
+        "false: positions are committed in the output's transaction, not by the consumer",
+    ),
+    (
+        "enable.partition.eof",
+        "set by each reader: the end of a partition is how it knows it is caught up",
+    ),
+    (
+        "auto.offset.reset",
+        "earliest: a position out of range must not skip records",
+    ),
+];
 
 impl KafkaConfig {
     /// Brokers as `HOST:PORT[,HOST:PORT…]`.
@@ -30,18 +69,48 @@ impl KafkaConfig {
         KafkaConfig {
             brokers: brokers.into(),
             properties: Vec::new(),
+            read_uncommitted: false,
         }
     }
 
-    /// Adds a `key=value` librdkafka property; later ones win.
+    /// Adds a `key=value` librdkafka property; later ones win. The
+    /// properties the guarantees rest on (`isolation.level`,
+    /// `transactional.id`, `enable.idempotence`, `acks`, the consumers'
+    /// offset handling) are refused with [`KafkaError::ProtectedProperty`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::{KafkaConfig, KafkaError};
+    ///
+    /// let error = KafkaConfig::new("x").with_property("isolation.level=read_uncommitted").unwrap_err();
+    /// assert!(matches!(error, KafkaError::ProtectedProperty { .. }));
+    /// assert!(error.to_string().contains("read_committed"), "{error}");
+    /// ```
     pub fn with_property(mut self, key_value: &str) -> Result<Self, KafkaError> {
         let (key, value) = key_value
             .split_once('=')
             .filter(|(k, _)| !k.trim().is_empty())
             .ok_or_else(|| KafkaError::BadProperty(key_value.to_owned()))?;
+        if let Some((key, why)) = PROTECTED.iter().find(|(k, _)| *k == key.trim()) {
+            return Err(KafkaError::ProtectedProperty {
+                key: (*key).to_owned(),
+                why,
+            });
+        }
         self.properties
             .push((key.trim().to_owned(), value.to_owned()));
         Ok(self)
+    }
+
+    /// The same, with the sources reading at `read_uncommitted`: they are
+    /// shown the records of aborted transactions, as some Kafka-compatible
+    /// services show them to every reader, and the epoch protocol must leave
+    /// them out. For testing that; what was committed (the output's progress,
+    /// the state) is still read at `read_committed`.
+    pub fn read_uncommitted(mut self) -> Self {
+        self.read_uncommitted = true;
+        self
     }
 
     /// The brokers.
@@ -64,6 +133,10 @@ impl KafkaConfig {
         }
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        // Only for a consumer: a producer would warn of a consumer property.
+        if self.read_uncommitted && defaults.iter().any(|(k, _)| *k == "isolation.level") {
+            config.set("isolation.level", "read_uncommitted");
         }
         config
     }

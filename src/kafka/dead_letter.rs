@@ -4,8 +4,15 @@
 //! [`MAX_DEAD_LETTER_BYTES`], to the dead-letter topic with headers saying
 //! why ([`REASON_HEADER`], [`ERROR_HEADER`]) and where it came from
 //! ([`TOPIC_HEADER`], [`PARTITION_HEADER`], [`OFFSET_HEADER`]); the pipeline
-//! goes on. Dead letters are written outside the epoch's transactions: at
-//! least once, which is what a human inspecting them needs.
+//! goes on.
+//!
+//! A source hands its dead letters to the dataflow ([`DeadLetter`], on
+//! [`super::source::SourceStreams::dead_letters`]) with the epoch whose
+//! positions include them, and the sink writes them in that epoch's
+//! transaction ([`super::sink::kafka_sink_with_state`]): exactly once with
+//! the output, never again after a restart. A source given its own
+//! dead-letter topic ([`super::source::SourceConfig::dead_letter_topic`])
+//! writes them itself, outside any transaction: at least once.
 
 use super::decode::{DecodeError, RawRecord};
 use super::{KafkaConfig, KafkaError};
@@ -27,6 +34,105 @@ pub const PARTITION_HEADER: &str = "velib-dlq-partition";
 pub const OFFSET_HEADER: &str = "velib-dlq-offset";
 /// The header with the original value size, present when the value was cut.
 pub const TRUNCATED_HEADER: &str = "velib-dlq-original-bytes";
+
+/// A record that could not be read, as the dead-letter topic keeps it: cut
+/// to [`MAX_DEAD_LETTER_BYTES`], with why and where from.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::dead_letter::DeadLetter;
+/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, StationStatusDecoder};
+///
+/// let record = RawRecord { topic: "velib-projet", partition: 2, offset: 17, key: Some(b"7"), value: Some(b"{\"station_id\": 7") };
+/// let error = StationStatusDecoder.decode(&record).unwrap_err();
+/// let letter = DeadLetter::new(&record, &error);
+/// assert_eq!((letter.reason.as_str(), letter.offset), ("invalid_json", 17));
+/// ```
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct DeadLetter {
+    /// The record's topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key, cut.
+    pub key: Option<Vec<u8>>,
+    /// Its value, cut.
+    pub value: Option<Vec<u8>>,
+    /// The value's size before it was cut.
+    pub value_bytes: usize,
+    /// [`DecodeError::reason`].
+    pub reason: String,
+    /// The error, cut to 1 KiB.
+    pub error: String,
+}
+
+impl DeadLetter {
+    /// The dead letter of `record`, which failed with `error`.
+    pub fn new(record: &RawRecord<'_>, error: &DecodeError) -> Self {
+        DeadLetter {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.map(|k| cut(k, MAX_DEAD_LETTER_BYTES).to_vec()),
+            value: record.value.map(|v| cut(v, MAX_DEAD_LETTER_BYTES).to_vec()),
+            value_bytes: record.value.map_or(0, <[u8]>::len),
+            reason: error.reason().to_owned(),
+            error: cut_text(&error.to_string(), 1024).to_owned(),
+        }
+    }
+
+    /// Its headers on the dead-letter topic.
+    pub(crate) fn headers(&self) -> OwnedHeaders {
+        let partition = self.partition.to_string();
+        let offset = self.offset.to_string();
+        let original = self.value_bytes.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: REASON_HEADER,
+                value: Some(&self.reason),
+            })
+            .insert(Header {
+                key: ERROR_HEADER,
+                value: Some(&self.error),
+            })
+            .insert(Header {
+                key: TOPIC_HEADER,
+                value: Some(&self.topic),
+            })
+            .insert(Header {
+                key: PARTITION_HEADER,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: OFFSET_HEADER,
+                value: Some(&offset),
+            });
+        if self.value_bytes > MAX_DEAD_LETTER_BYTES {
+            headers = headers.insert(Header {
+                key: TRUNCATED_HEADER,
+                value: Some(&original),
+            });
+        }
+        headers
+    }
+
+    /// Its record on the dead-letter topic `topic`.
+    pub(crate) fn record<'a>(&'a self, topic: &'a str) -> BaseRecord<'a, [u8], [u8]> {
+        let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(self.headers());
+        if let Some(key) = &self.key {
+            out = out.key(&key[..]);
+        }
+        if let Some(value) = &self.value {
+            out = out.payload(&value[..]);
+        }
+        out
+    }
+}
 
 /// Writes dead letters to one topic.
 pub(crate) struct DeadLetterWriter {
@@ -68,58 +174,16 @@ impl DeadLetterWriter {
         })
     }
 
-    /// Queues `record` for the dead-letter topic; a failure to queue is
+    /// Queues `letter` for the dead-letter topic; a failure to queue is
     /// logged (the record is then only counted).
-    pub(crate) fn send(&self, record: &RawRecord<'_>, error: &DecodeError) {
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let message = error.to_string();
-        let value = record.value.map(|v| cut(v, MAX_DEAD_LETTER_BYTES));
-        let original = record.value.map_or(0, <[u8]>::len).to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: REASON_HEADER,
-                value: Some(error.reason()),
-            })
-            .insert(Header {
-                key: ERROR_HEADER,
-                value: Some(cut_text(&message, 1024)),
-            })
-            .insert(Header {
-                key: TOPIC_HEADER,
-                value: Some(record.topic),
-            })
-            .insert(Header {
-                key: PARTITION_HEADER,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: OFFSET_HEADER,
-                value: Some(&offset),
-            });
-        if record
-            .value
-            .is_some_and(|v| v.len() > MAX_DEAD_LETTER_BYTES)
-        {
-            headers = headers.insert(Header {
-                key: TRUNCATED_HEADER,
-                value: Some(&original),
-            });
-        }
-        let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(headers);
-        if let Some(key) = record.key {
-            out = out.key(cut(key, MAX_DEAD_LETTER_BYTES));
-        }
-        if let Some(value) = value {
-            out = out.payload(value);
-        }
-        if let Err((e, _)) = self.producer.send(out) {
+    pub(crate) fn send(&self, letter: &DeadLetter) {
+        if let Err((e, _)) = self.producer.send(letter.record(&self.topic)) {
             tracing::error!(
                 topic = %self.topic,
                 "could not queue a dead letter for {}[{}]@{}: {e}",
-                record.topic,
-                record.partition,
-                record.offset
+                letter.topic,
+                letter.partition,
+                letter.offset
             );
         }
     }

@@ -15,6 +15,14 @@ pub enum KafkaError {
     /// A `-X` property is not `key=value`.
     #[error("librdkafka property {0:?}: expected key=value")]
     BadProperty(String),
+    /// A `-X` property the guarantees rest on, which a user cannot set.
+    #[error("librdkafka property {key:?} cannot be set: {why}")]
+    ProtectedProperty {
+        /// The property.
+        key: String,
+        /// What it is set to, and why.
+        why: &'static str,
+    },
     /// librdkafka refused or failed an operation.
     #[error("{context}: {source}")]
     Client {

@@ -16,6 +16,7 @@
 //! producer. What the sink writes is what changed, which is small next to
 //! what the dataflow reads.
 
+use super::dead_letter::DeadLetter;
 use super::source::SourcePosition;
 use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
@@ -23,6 +24,7 @@ use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::changes::{key_changes, KeyChange};
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::producer::BaseRecord;
@@ -31,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
@@ -139,6 +141,9 @@ pub struct SinkConfig {
     /// Where [`kafka_sink_with_state`] writes the state (a compacted topic
     /// that should exist); `None` writes none.
     pub state_topic: Option<String>,
+    /// Where [`kafka_sink_with_state`] writes the sources' dead letters;
+    /// `None` writes none (they are still counted by the sources).
+    pub dead_letter_topic: Option<String>,
     /// The last committed progress ([`super::progress::last_progress`]):
     /// epochs up to it are not written again, and the positions and state
     /// counts go on from it.
@@ -158,6 +163,7 @@ impl SinkConfig {
             transactional_id: transactional_id.into(),
             timeout: Duration::from_secs(30),
             state_topic: None,
+            dead_letter_topic: None,
             resume: None,
         }
     }
@@ -279,7 +285,10 @@ impl SinkHandle {
         self.state.lock().ok().and_then(|s| s.error.clone())
     }
 
-    fn fail(&self, error: String) {
+    /// Stops the sink for `error`: it writes nothing more, not even the
+    /// epochs already complete. For what makes the output wrong if written,
+    /// such as a state that could not be restored.
+    pub fn fail(&self, error: String) {
         tracing::error!("Kafka sink stopped: {error}");
         if let Ok(mut s) = self.state.lock() {
             s.error.get_or_insert(error);
@@ -337,8 +346,18 @@ where
     V: differential_dataflow::ExchangeData,
     E: RecordEncoder<K, V>,
 {
-    let state = no_state(collection.scope());
-    kafka_sink_with_state(collection, state, positions, config, encoder, handle)
+    let scope = collection.scope();
+    let state = no_state(scope);
+    let dead_letters = timely::dataflow::operators::generic::operator::empty(scope);
+    kafka_sink_with_state(
+        collection,
+        state,
+        positions,
+        dead_letters,
+        config,
+        encoder,
+        handle,
+    )
 }
 
 /// As [`kafka_sink`], and also writes `state`'s changes (state records, see
@@ -348,6 +367,10 @@ where
 /// inputs again. The progress record says how many keys each state partition
 /// holds.
 ///
+/// `dead_letters` (the sources' [`SourceStreams::dead_letters`](super::source::SourceStreams))
+/// go to [`SinkConfig::dead_letter_topic`] in the transaction of their
+/// epoch: exactly once with the output.
+///
 /// With [`SinkConfig::resume`], epochs up to the resumed one are neither
 /// written nor counted: their output is committed already (the restored
 /// state arrives at the resumed epoch).
@@ -355,6 +378,7 @@ pub fn kafka_sink_with_state<'s, K, V, E>(
     collection: VecCollection<'s, Epoch, (K, V)>,
     state: VecCollection<'s, Epoch, StateRecord>,
     positions: Stream<'s, Epoch, Vec<SourcePosition>>,
+    dead_letters: Stream<'s, Epoch, Vec<DeadLetter>>,
     config: SinkConfig,
     encoder: E,
     handle: SinkHandle,
@@ -365,9 +389,28 @@ where
     E: RecordEncoder<K, V>,
 {
     let writer_worker = collection.inner.scope().index() == 0;
+    let dead_letters = dead_letters
+        .unary::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
+            Pipeline,
+            "DeadLetterRows",
+            |_capability, _info| {
+                |input, output| {
+                    input.for_each(|capability, letters| {
+                        let time = *capability.time();
+                        output.session(&capability).give_iterator(
+                            letters
+                                .drain(..)
+                                .map(|letter| (SinkRow::DeadLetter(letter), time, 1)),
+                        );
+                    });
+                }
+            },
+        )
+        .as_collection();
     let rows = collection
         .map(|(k, v)| SinkRow::Output(k, v))
-        .concat(state.map(|(k, v)| SinkRow::State(k, v)));
+        .concat(state.map(|(k, v)| SinkRow::State(k, v)))
+        .concat(dead_letters);
     let resumed = config.resume.as_ref().map(|r| r.epoch);
     if let (Some(epoch), Ok(mut s)) = (resumed, handle.state.lock()) {
         s.committed = Some(epoch);
@@ -422,6 +465,7 @@ where
                             match row {
                                 SinkRow::Output(k, v) => open.updates.push(((k, v), diff)),
                                 SinkRow::State(k, v) => open.state.push(((k, v), diff)),
+                                SinkRow::DeadLetter(letter) => open.dead_letters.push(letter),
                             }
                         }
                     });
@@ -449,6 +493,10 @@ where
                             output.session(&open.capability).give(epoch);
                             continue;
                         }
+                        if handle.error().is_some() {
+                            // Failed from outside (a restore): write nothing.
+                            writer = None;
+                        }
                         let Some(w) = writer.as_mut() else { continue };
                         progress.advance(epoch, &open.positions);
                         let mut state = std::mem::take(&mut carried);
@@ -458,8 +506,12 @@ where
                         }
                         let changes = key_changes(open.updates);
                         let state_changes = key_changes(state);
-                        match w.write_epoch(&config, &encoder, &changes, &state_changes, &progress)
-                        {
+                        let epoch_records = EpochRecords {
+                            changes: &changes,
+                            state: &state_changes,
+                            dead_letters: &open.dead_letters,
+                        };
+                        match w.write_epoch(&config, &encoder, &epoch_records, &progress) {
                             Ok(()) => {
                                 // The epoch closed when its last marker was
                                 // written.
@@ -492,6 +544,7 @@ where
 enum SinkRow<K, V> {
     Output(K, V),
     State(Vec<u8>, Vec<u8>),
+    DeadLetter(DeadLetter),
 }
 
 /// Fences every earlier sink writing as `transactional_id` (initialising a
@@ -527,6 +580,7 @@ struct OpenEpoch<K, V> {
     updates: Vec<((K, V), isize)>,
     state: Vec<(StateRecord, isize)>,
     positions: Vec<SourcePosition>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 impl<K, V> OpenEpoch<K, V> {
@@ -536,8 +590,19 @@ impl<K, V> OpenEpoch<K, V> {
             updates: Vec::new(),
             state: Vec::new(),
             positions: Vec::new(),
+            dead_letters: Vec::new(),
         }
     }
+}
+
+/// What one epoch's transaction writes besides its progress records.
+struct EpochRecords<'a, K, V> {
+    /// The output's changed keys.
+    changes: &'a [KeyChange<K, V>],
+    /// The state's changed keys.
+    state: &'a [KeyChange<Vec<u8>, Vec<u8>>],
+    /// The records the sources could not read.
+    dead_letters: &'a [DeadLetter],
 }
 
 /// The transactional producer of worker 0.
@@ -576,15 +641,14 @@ impl Writer {
         &mut self,
         config: &SinkConfig,
         encoder: &E,
-        changes: &[KeyChange<K, V>],
-        state: &[KeyChange<Vec<u8>, Vec<u8>>],
+        records: &EpochRecords<'_, K, V>,
         progress: &EpochProgress,
     ) -> Result<(), KafkaError> {
         let epoch = progress.epoch;
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let Err(e) = self.try_write_epoch(config, encoder, changes, state, progress) else {
+            let Err(e) = self.try_write_epoch(config, encoder, records, progress) else {
                 return Ok(());
             };
             self.producer.abort();
@@ -608,13 +672,12 @@ impl Writer {
         &mut self,
         config: &SinkConfig,
         encoder: &E,
-        changes: &[KeyChange<K, V>],
-        state: &[KeyChange<Vec<u8>, Vec<u8>>],
+        records: &EpochRecords<'_, K, V>,
         progress: &EpochProgress,
     ) -> Result<(), RdKafkaError> {
         let epoch_header = [(EPOCH_HEADER, progress.epoch.to_string())];
         self.producer.begin()?;
-        for change in changes {
+        for change in records.changes {
             let (key, value) = match change {
                 KeyChange::Upsert(k, v) => (encoder.key(k), Some(encoder.value(k, v, progress))),
                 KeyChange::Delete(k) => (encoder.key(k), None),
@@ -627,8 +690,13 @@ impl Writer {
             }
             self.producer.send(record)?;
         }
+        if let Some(topic) = &config.dead_letter_topic {
+            for letter in records.dead_letters {
+                self.producer.send(letter.record(topic))?;
+            }
+        }
         if let Some(topic) = &config.state_topic {
-            for change in state {
+            for change in records.state {
                 let (key, value) = match change {
                     KeyChange::Upsert(k, v) => (k, Some(v)),
                     KeyChange::Delete(k) => (k, None),

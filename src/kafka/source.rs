@@ -26,7 +26,7 @@
 //! the dead-letter topic ([`super::dead_letter`]) and are counted.
 
 use super::config::ReaderContext;
-use super::dead_letter::DeadLetterWriter;
+use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
 use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
 use super::sink::EpochProgress;
@@ -188,6 +188,10 @@ pub struct SourceStreams<'s, K, V> {
     pub updates: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
     /// At each epoch, the position of each partition that passed it.
     pub positions: Stream<'s, Epoch, Vec<SourcePosition>>,
+    /// At each epoch, the records that could not be read and that the
+    /// epoch's positions include: for the sink to write in the epoch's
+    /// transaction ([`super::sink::kafka_sink_with_state`]).
+    pub dead_letters: Stream<'s, Epoch, Vec<DeadLetter>>,
 }
 
 /// What the sources of a dataflow have done, shared by all workers; and the
@@ -243,6 +247,9 @@ pub struct SourceStats {
     pub compacted: u64,
     /// Records that could not be read, by [`DecodeError::reason`].
     pub dead_letters: BTreeMap<&'static str, u64>,
+    /// Dead letters only counted: over the bound held per partition and
+    /// epoch.
+    pub dead_letters_unwritten: u64,
     /// Why a source stopped, if one did.
     pub error: Option<String>,
     /// How far each partition read is behind its end, by topic and
@@ -394,10 +401,13 @@ impl<D: RecordDecoder> KafkaSource<D> {
         let (updates_output, updates) =
             builder.new_output::<Vec<(D::Key, Option<D::Value>, Epoch)>>();
         let (positions_output, positions) = builder.new_output::<Vec<SourcePosition>>();
+        let (dead_letters_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut updates_output =
             OutputBuilder::<_, CapacityContainerBuilder<_>>::from(updates_output);
         let mut positions_output =
             OutputBuilder::<_, CapacityContainerBuilder<_>>::from(positions_output);
+        let mut dead_letters_output =
+            OutputBuilder::<_, CapacityContainerBuilder<_>>::from(dead_letters_output);
         let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
         let timer = scope.activator_for(std::rc::Rc::clone(&info.address));
         let (index, peers) = (scope.index(), scope.peers());
@@ -428,6 +438,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 let emitted = r.read(&config, &decoder, &handle, finished_at);
                 let mut updates = updates_output.activate();
                 let mut positions = positions_output.activate();
+                let mut dead_letters = dead_letters_output.activate();
                 for (epoch, released) in emitted {
                     let cap = caps[0].delayed(&epoch);
                     let mut session = updates.session(&cap);
@@ -438,6 +449,12 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     positions
                         .session(&cap)
                         .give_iterator(released.positions.into_iter());
+                    if !released.dead_letters.is_empty() {
+                        let cap = caps[2].delayed(&epoch);
+                        dead_letters
+                            .session(&cap)
+                            .give_iterator(released.dead_letters.into_iter());
+                    }
                 }
                 let lower = r.lower_bound();
                 for cap in caps.iter_mut() {
@@ -450,7 +467,11 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 }
             }
         });
-        SourceStreams { updates, positions }
+        SourceStreams {
+            updates,
+            positions,
+            dead_letters,
+        }
     }
 }
 
@@ -458,6 +479,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
 struct Released<K, V> {
     records: Vec<(K, Option<V>)>,
     positions: Vec<SourcePosition>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 impl<K, V> Default for Released<K, V> {
@@ -465,6 +487,7 @@ impl<K, V> Default for Released<K, V> {
         Released {
             records: Vec::new(),
             positions: Vec::new(),
+            dead_letters: Vec::new(),
         }
     }
 }
@@ -516,7 +539,8 @@ impl<D: RecordDecoder> Step<'_, D> {
         handle.count(|s| s.records += 1);
         p.caught_up = false;
         p.next_offset = message.offset() + 1;
-        let outcome = match ingestion {
+        let mut ingestion = ingestion;
+        let outcome = match ingestion.as_deref_mut() {
             Some(ingestion) => ingest(message, decoder, ingestion).map(|()| None),
             None => frame(p, message, decoder, handle, config.as_of),
         };
@@ -533,6 +557,7 @@ impl<D: RecordDecoder> Step<'_, D> {
                 let entry = out.entry(epoch.max(config.as_of)).or_default();
                 handle.count(|s| s.applied += released.len() as u64);
                 entry.records.extend(released);
+                entry.dead_letters.extend(p.dead.take());
                 entry.positions.push(SourcePosition {
                     topic: p.topic.clone(),
                     partition: p.partition,
@@ -554,8 +579,14 @@ impl<D: RecordDecoder> Step<'_, D> {
                     record.offset
                 );
                 handle.count(|s| *s.dead_letters.entry(error.reason()).or_default() += 1);
+                let letter = DeadLetter::new(&record, &error);
                 if let Some(writer) = dead_letters {
-                    writer.send(&record, &error);
+                    writer.send(&letter);
+                }
+                // Released with the epoch whose positions include it.
+                match ingestion {
+                    Some(ingestion) => ingestion.dead.hold(letter, handle),
+                    None => p.dead.hold(letter, handle),
                 }
                 false
             }
@@ -571,6 +602,8 @@ struct PartitionState<K, V> {
     caught_up: bool,
     /// Records of epochs not yet passed, by epoch and attempt.
     epochs: PartitionEpochs<(K, Option<V>)>,
+    /// Dead letters read since the last marker passed.
+    dead: HeldDeadLetters,
 }
 
 /// Records read per partition per activation before yielding to other
@@ -601,6 +634,45 @@ struct Ingestion<K, V> {
     open: Epoch,
     records: Vec<(K, Option<V>)>,
     bytes: usize,
+    dead: HeldDeadLetters,
+}
+
+/// Dead letters waiting for the epoch whose positions include them, up to
+/// [`MAX_HELD_DEAD_LETTER_BYTES`] per partition and epoch; beyond that they
+/// are counted and logged only.
+#[derive(Default)]
+struct HeldDeadLetters {
+    letters: Vec<DeadLetter>,
+    bytes: usize,
+}
+
+/// See [`HeldDeadLetters`].
+const MAX_HELD_DEAD_LETTER_BYTES: usize = 16 << 20;
+
+impl HeldDeadLetters {
+    fn hold(&mut self, letter: DeadLetter, handle: &SourceHandle) {
+        let size = letter.key.as_ref().map_or(0, Vec::len)
+            + letter.value.as_ref().map_or(0, Vec::len)
+            + letter.error.len();
+        if self.bytes + size > MAX_HELD_DEAD_LETTER_BYTES {
+            tracing::warn!(
+                "dead letter {}[{}]@{} not written: over {MAX_HELD_DEAD_LETTER_BYTES} bytes of \
+                 dead letters in one epoch of that partition",
+                letter.topic,
+                letter.partition,
+                letter.offset
+            );
+            handle.count(|s| s.dead_letters_unwritten += 1);
+            return;
+        }
+        self.bytes += size;
+        self.letters.push(letter);
+    }
+
+    fn take(&mut self) -> Vec<DeadLetter> {
+        self.bytes = 0;
+        std::mem::take(&mut self.letters)
+    }
 }
 
 fn now_ms() -> Epoch {
@@ -702,6 +774,7 @@ impl<K, V> Reader<K, V> {
                     next_offset,
                     caught_up: false,
                     epochs,
+                    dead: HeldDeadLetters::default(),
                 },
             });
         }
@@ -725,6 +798,7 @@ impl<K, V> Reader<K, V> {
             open: now_ms().max(committed),
             records: Vec::new(),
             bytes: 0,
+            dead: HeldDeadLetters::default(),
         });
         // Ask to be scheduled once, to move the capability to where it belongs.
         let _ = activator.activate();
@@ -889,14 +963,14 @@ impl<K, V> Reader<K, V> {
         }
         if let Some(ingestion) = self.ingestion.as_mut() {
             let caught_up = self.partitions.iter().all(|p| p.state.caught_up);
-            if !ingestion.records.is_empty()
-                && (caught_up || ingestion.bytes >= MAX_INGESTION_BYTES)
-            {
+            let held = !ingestion.records.is_empty() || !ingestion.dead.letters.is_empty();
+            if held && (caught_up || ingestion.bytes >= MAX_INGESTION_BYTES) {
                 let epoch = ingestion.open;
                 let feed_time = Some((epoch / 1000) as FeedTime);
                 handle.count(|s| s.applied += ingestion.records.len() as u64);
                 let released = Released {
                     records: std::mem::take(&mut ingestion.records),
+                    dead_letters: ingestion.dead.take(),
                     positions: self
                         .partitions
                         .iter()
@@ -912,7 +986,7 @@ impl<K, V> Reader<K, V> {
                 ingestion.bytes = 0;
                 ingestion.open = now_ms().max(epoch + 1);
                 out.insert(epoch, released);
-            } else if ingestion.records.is_empty() && caught_up {
+            } else if !held && caught_up {
                 ingestion.open = ingestion.open.max(now_ms());
             }
         }

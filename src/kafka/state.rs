@@ -30,7 +30,6 @@
 //! ```
 
 use super::scan::{scan_partitions, Scan};
-use super::source::SourceHandle;
 use super::{KafkaConfig, EPOCH_HEADER};
 use crate::dataflow::Epoch;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -168,12 +167,13 @@ pub struct RestoreConfig {
 /// by a transaction that never committed, on a broker that shows them) are
 /// left out. When a partition holds a different number of keys than the
 /// progress record says, or the topic has a different number of partitions,
-/// the restore fails on `handle` and gives nothing: restoring part of a
-/// state would give wrong counts.
+/// the restore gives nothing and calls `failed` (which should stop the sink
+/// from writing anything, see [`super::sink::SinkHandle::fail`]): restoring
+/// part of a state would give wrong counts.
 pub fn restore_state<'s>(
     scope: Scope<'s, Epoch>,
     config: RestoreConfig,
-    handle: SourceHandle,
+    failed: impl Fn(String) + 'static,
 ) -> Stream<'s, Epoch, Vec<StateRecord>> {
     let (index, peers) = (scope.index(), scope.peers());
     source::<_, CapacityContainerBuilder<Vec<_>>, _, _>(
@@ -194,7 +194,7 @@ pub fn restore_state<'s>(
                         );
                         output.session(&cap).give_iterator(records.into_iter());
                     }
-                    Err(problem) => handle.fail(problem),
+                    Err(problem) => failed(problem),
                 }
             }
         },
@@ -202,11 +202,12 @@ pub fn restore_state<'s>(
 }
 
 /// The restored records of the source named `name`, as upserts at their
-/// epoch; a record that does not decode stops the sources on `handle`.
+/// epoch; a record that does not decode calls `failed`, as
+/// [`restore_state`] does.
 pub fn restored_upserts<'s, K, V>(
     restored: Stream<'s, Epoch, Vec<StateRecord>>,
     name: &str,
-    handle: SourceHandle,
+    failed: impl Fn(String) + 'static,
 ) -> Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>
 where
     K: DeserializeOwned + Clone + 'static,
@@ -231,7 +232,7 @@ where
                         });
                         match decoded {
                             Ok(upsert) => session.give(upsert),
-                            Err(e) => handle.fail(format!(
+                            Err(e) => failed(format!(
                                 "restoring {name}: the state record {:?} does not decode: {e}",
                                 String::from_utf8_lossy(json)
                             )),

@@ -39,7 +39,12 @@ impl EpochWriter {
     pub fn new(brokers: &str, attempt: &str, topics: &[(&str, i32)]) -> EpochWriter {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("transactional.id", "test-producer")
+            // One per input: tests sharing a broker do not fence each
+            // other, and a second writer of the same input fences the first.
+            .set(
+                "transactional.id",
+                format!("test-producer-{}", topics.first().map_or("", |t| t.0)),
+            )
             .set("enable.idempotence", "true")
             .create()
             .expect("producer");
