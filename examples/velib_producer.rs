@@ -70,6 +70,11 @@ struct Args {
     #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
     directory_topic: String,
 
+    /// Topic for rejected HTTP responses, raw (cut to 64 KiB) with why in
+    /// headers ("" to only log and count them).
+    #[arg(long, default_value = velib_dataflow::kafka::dead_letter::DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
+    dead_letter_topic: String,
+
     /// Keep only these stations, by code or id [default: all].
     #[arg(long, value_delimiter = ',', value_name = "CODE,CODE…")]
     stations: Vec<String>,
@@ -168,6 +173,7 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
         .unwrap_or_else(|| format!("velib-producer-{}", args.topic));
     publish.status_topic = args.topic;
     publish.directory_topic = args.directory_topic;
+    publish.dead_letter_topic = Some(args.dead_letter_topic).filter(|t| !t.is_empty());
     publish.create_partitions = args.kafka.create_partitions();
     publish.replication = args.kafka.replication;
     Ok(ProducerConfig {

@@ -142,9 +142,13 @@ pub enum PollError {
     Feed {
         /// Where it came from.
         url: String,
+        /// The body, cut to
+        /// [`MAX_DEAD_LETTER_BYTES`](crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES):
+        /// what the producer puts on the dead-letter topic.
+        body: Box<[u8]>,
         /// Why it was rejected.
         #[source]
-        source: FeedError,
+        source: Box<FeedError>,
     },
     /// A recorded file could not be used.
     #[error(transparent)]
@@ -163,6 +167,14 @@ impl From<crate::recorded::RecordedError> for PollError {
     fn from(e: crate::recorded::RecordedError) -> Self {
         PollError::Recorded(Box::new(e))
     }
+}
+
+/// A rejected body as the dead-letter topic keeps it.
+fn cut_body(bytes: &[u8]) -> Box<[u8]> {
+    bytes[..bytes
+        .len()
+        .min(crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES)]
+        .into()
 }
 
 fn language_text(language: &Option<String>) -> String {
@@ -379,7 +391,8 @@ impl FeedPoller {
         };
         let rejected = |source| PollError::Feed {
             url: urls.status.clone(),
-            source,
+            body: cut_body(&bytes),
+            source: Box::new(source),
         };
         let (status, own_information) = match payload::parse_status(&bytes) {
             Ok(parsed) => parsed,
@@ -461,7 +474,8 @@ impl FeedPoller {
                     self.fetcher.forget(&url);
                     Err(PollError::Feed {
                         url,
-                        source: discovery_error,
+                        body: cut_body(&bytes),
+                        source: Box::new(discovery_error),
                     })
                 }
             },
@@ -512,7 +526,8 @@ impl FeedPoller {
                     self.fetcher.forget(url);
                     Err(PollError::Feed {
                         url: url.clone(),
-                        source,
+                        body: cut_body(&bytes),
+                        source: Box::new(source),
                     })
                 }
             },

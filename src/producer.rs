@@ -256,6 +256,7 @@ pub fn run_with_source(
                 backoff.reset();
                 if let Some(e) = &polled.information_error {
                     reject(&handle, e.reason(), e);
+                    dead_letter(&mut publisher, e);
                 }
                 sequence(&mut sequencer, polled, &mut publisher, &handle, config)?;
                 None
@@ -267,12 +268,25 @@ pub fn run_with_source(
                 let reason = e.reason();
                 tracing::warn!(reason, "{e}; trying again in {:.1} s", delay.as_secs_f64());
                 handle.count(|s| *s.rejected.entry(reason).or_default() += 1);
+                dead_letter(&mut publisher, &e);
                 Some(delay)
             }
         };
         handle.sleep(wait.unwrap_or_else(|| poller.interval().saturating_sub(started.elapsed())));
     }
     Ok(())
+}
+
+/// A rejected response's body goes to the dead-letter topic; failing to
+/// write it is logged, never a reason to stop polling.
+fn dead_letter(publisher: &mut EpochPublisher, error: &crate::poll::PollError) {
+    if let crate::poll::PollError::Feed { url, body, source } = error {
+        let written =
+            publisher.dead_letter_response(url, body, source.reason(), &error.to_string());
+        if let Err(e) = written {
+            tracing::warn!("a rejected response from {url} is only logged: {e}");
+        }
+    }
 }
 
 fn reject(handle: &ProducerHandle, reason: &'static str, error: &dyn std::fmt::Display) {

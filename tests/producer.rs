@@ -152,6 +152,22 @@ fn paris_series_through_bad_responses_and_a_restart_equals_the_reference() {
         "{first:?}"
     );
     assert_eq!(first.epochs_published, first_run_epochs);
+    // The response whose body was read and rejected is on the dead-letter
+    // topic, raw, with why and from where.
+    let letters = broker.kcat_read("velib-projet-dead-letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["payload"],
+        "[{\"stationcode\": \"16107\", \"numbikesavai"
+    );
+    assert_eq!(
+        header(&letters[0], "velib-dlq-reason"),
+        Some("invalid_json")
+    );
+    assert_eq!(
+        header(&letters[0], "velib-dlq-url"),
+        Some(server.url("/paris.json").as_str())
+    );
 
     // The second run: the fifth file again (what was published: nothing to
     // do), then the rest of the series.

@@ -34,6 +34,45 @@ pub const PARTITION_HEADER: &str = "velib-dlq-partition";
 pub const OFFSET_HEADER: &str = "velib-dlq-offset";
 /// The header with the original value size, present when the value was cut.
 pub const TRUNCATED_HEADER: &str = "velib-dlq-original-bytes";
+/// The header with the URL of a rejected HTTP response (instead of topic,
+/// partition and offset).
+pub const URL_HEADER: &str = "velib-dlq-url";
+/// Where records and responses that cannot be read go, by default.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
+
+/// The dead-letter record of a rejected HTTP response from `url`: its
+/// `body` cut to [`MAX_DEAD_LETTER_BYTES`], why (`reason`, `error`) in
+/// headers.
+pub(crate) fn response_record<'a>(
+    topic: &'a str,
+    url: &str,
+    body: &'a [u8],
+    reason: &str,
+    error: &str,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: REASON_HEADER,
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: ERROR_HEADER,
+            value: Some(cut_text(error, 1024)),
+        })
+        .insert(Header {
+            key: URL_HEADER,
+            value: Some(url),
+        });
+    if body.len() > MAX_DEAD_LETTER_BYTES {
+        headers = headers.insert(Header {
+            key: TRUNCATED_HEADER,
+            value: Some(&body.len().to_string()),
+        });
+    }
+    BaseRecord::to(topic)
+        .headers(headers)
+        .payload(cut(body, MAX_DEAD_LETTER_BYTES))
+}
 
 /// A record that could not be read, as the dead-letter topic keeps it: cut
 /// to [`MAX_DEAD_LETTER_BYTES`], with why and where from.

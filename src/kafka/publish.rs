@@ -3,6 +3,7 @@
 //! that reads back what was published so that a restart neither goes back
 //! in time nor republishes everything.
 
+use super::dead_letter::{response_record, DEFAULT_DEAD_LETTER_TOPIC};
 use super::protocol::{station_key, EpochMarker, MARKER_KEY};
 use super::recovery::{recover, Recovered};
 use super::topics::{ensure_topics, TopicSpec};
@@ -30,7 +31,11 @@ pub const DEFAULT_DIRECTORY_TOPIC: &str = "velib-directory";
 /// let config = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9092"));
 /// assert_eq!(config.transactional_id, "velib-producer-velib-projet");
 /// let compacted: Vec<_> = config.topics(3).into_iter().map(|t| (t.name, t.compacted)).collect();
-/// assert_eq!(compacted, [("velib-projet".to_owned(), false), ("velib-directory".to_owned(), true)]);
+/// assert_eq!(compacted, [
+///     ("velib-projet".to_owned(), false),
+///     ("velib-directory".to_owned(), true),
+///     ("velib-projet-dead-letters".to_owned(), false),
+/// ]);
 /// ```
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
@@ -50,6 +55,10 @@ pub struct PublisherConfig {
     pub replication: i32,
     /// Bounds each broker round trip, and reading back at start.
     pub timeout: Duration,
+    /// Where rejected HTTP responses go, raw and cut
+    /// ([`EpochPublisher::dead_letter_response`]); `None` to only log and
+    /// count them.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl PublisherConfig {
@@ -63,17 +72,22 @@ impl PublisherConfig {
             create_partitions: Some(3),
             replication: 1,
             timeout: Duration::from_secs(30),
+            dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.into()),
         }
     }
 
     /// The topics the producer writes, as they should be created.
     pub fn topics(&self, partitions: i32) -> Vec<TopicSpec> {
-        vec![
+        let mut topics = vec![
             TopicSpec::new(&self.status_topic, partitions).replication(self.replication),
             TopicSpec::new(&self.directory_topic, partitions)
                 .compacted()
                 .replication(self.replication),
-        ]
+        ];
+        if let Some(topic) = &self.dead_letter_topic {
+            topics.push(TopicSpec::new(topic, 1).replication(self.replication));
+        }
+        topics
     }
 }
 
@@ -240,6 +254,37 @@ impl EpochPublisher {
             p.markers(&marker, &everywhere)
         })?;
         Ok(marker.attempt)
+    }
+
+    /// Writes a rejected HTTP response from `url` to the dead-letter topic
+    /// (raw, cut to 64 KiB, `reason` and `error` in headers), in a
+    /// transaction of its own: it belongs to no epoch. Without a dead-letter
+    /// topic, does nothing.
+    pub fn dead_letter_response(
+        &mut self,
+        url: &str,
+        body: &[u8],
+        reason: &str,
+        error: &str,
+    ) -> Result<(), KafkaError> {
+        let Some(topic) = self.config.dead_letter_topic.clone() else {
+            return Ok(());
+        };
+        let result = self
+            .producer
+            .begin()
+            .and_then(|()| {
+                self.producer
+                    .send(response_record(&topic, url, body, reason, error))
+            })
+            .and_then(|()| self.producer.commit());
+        result.map_err(|source| {
+            self.producer.abort();
+            KafkaError::Client {
+                context: format!("writing a rejected response to {topic}"),
+                source,
+            }
+        })
     }
 
     fn markers(&self, marker: &EpochMarker, on: &[(String, i32)]) -> Result<(), RdKafkaError> {
