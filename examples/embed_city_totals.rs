@@ -23,7 +23,9 @@ use velib_dataflow::counts::PostcodeCounts;
 use velib_dataflow::dataflow::{postcode_counts, Epoch};
 use velib_dataflow::kafka::decode::StationStatusDecoder;
 use velib_dataflow::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
-use velib_dataflow::kafka::source::{KafkaSource, SourceConfig, SourceHandle};
+use velib_dataflow::kafka::source::{
+    written_as_far_as_read, KafkaSource, SourceConfig, SourceHandle,
+};
 use velib_dataflow::postcode::{Postcode, PostcodeTable};
 use velib_dataflow::upsert::upsert;
 
@@ -60,6 +62,10 @@ fn main() -> Result<(), String> {
     common::on_ctrl_c("stopping", move || stopper.stop());
     timely::execute(timely::Config::process(2), move |worker| {
         let finished = ProbeHandle::new();
+        // How far the source has read: once stopped, done when `finished`
+        // gets there.
+        let read = ProbeHandle::new();
+        let dataflow = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| {
             // The source: one keyed upsert per station record, in epochs.
             let source = KafkaSource::new(
@@ -92,7 +98,7 @@ fn main() -> Result<(), String> {
             kafka_sink(
                 counts,
                 // Where each input partition stood, for the progress record.
-                source.positions,
+                source.positions.probe_with(&read),
                 SinkConfig::new(
                     kafka.clone(),
                     args.output_topic.clone(),
@@ -104,6 +110,10 @@ fn main() -> Result<(), String> {
             .probe_with(&finished);
         });
         while !finished.done() {
+            if sources.is_stopped() && written_as_far_as_read(&finished, &read) {
+                worker.drop_dataflow(dataflow);
+                break;
+            }
             worker.step_or_park(Some(Duration::from_millis(200)));
             // A sink that cannot write says why; stop reading then.
             if let Some(error) = sink.error() {

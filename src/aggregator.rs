@@ -19,9 +19,11 @@ use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
 use crate::kafka::sink::{
     committed_progress, kafka_sink_with_state, EpochProgress, SinkConfig, SinkHandle,
 };
-use crate::kafka::source::{Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats};
+use crate::kafka::source::{
+    written_as_far_as_read, Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats,
+};
 use crate::kafka::state::{
-    restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
+    read_state_share, restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
 };
 use crate::kafka::topics::{ensure_topics, TopicSpec};
 use crate::kafka::{KafkaConfig, KafkaError};
@@ -245,6 +247,13 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
                 );
                 false
             }
+            (None, Some(topic)) if holds_records(&config.kafka, topic, stall) => {
+                return Err(AggregatorError::Resume(format!(
+                    "epoch {} of {} was committed without a state topic, and {topic} holds records \
+                     of an earlier run: delete it, so that it is written anew from this run's state",
+                    progress.epoch, config.output_topic
+                )))
+            }
             (None, _) => {
                 tracing::warn!(
                     epoch = progress.epoch,
@@ -289,6 +298,16 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
             Framing::Epochs
         }
     };
+    if let (Framing::Ingestion, Some(progress), false) = (framing, &committed, restore) {
+        // Ingestion epochs are clock times: reading the input again would
+        // give every record a new epoch, after the committed one.
+        return Err(AggregatorError::Resume(format!(
+            "epoch {} of {} was committed from input in the seeds' format, which can only be resumed \
+             from a state topic (this run has none, or the output was written without one): run with \
+             the state topic, or delete {} to start over",
+            progress.epoch, config.output_topic, config.output_topic
+        )));
+    }
     if framing == Framing::Epochs && !input.unframed.is_empty() {
         tracing::warn!(
             partitions = ?input.unframed,
@@ -378,6 +397,12 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
     })
 }
 
+/// Whether `topic` exists and holds any record.
+fn holds_records(kafka: &KafkaConfig, topic: &str, stall: Duration) -> bool {
+    crate::kafka::scan::watermarks(kafka, topic, stall)
+        .is_ok_and(|ends| ends.iter().any(|(low, high)| high > low))
+}
+
 /// Where every worker starts: worker 0 reads the output's last progress and
 /// the input topics' start ([`where_to_start`]) once topics exist, and
 /// broadcasts its decision, so that all workers of all processes build the
@@ -387,32 +412,67 @@ fn agree_on_start(
     worker: &mut timely::worker::Worker,
     config: &AggregatorConfig,
 ) -> Result<Start, String> {
+    let mine = (worker.index() == 0).then(|| where_to_start(config).map_err(|e| e.to_string()));
+    tell_everyone(worker, mine)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err("worker 0 decided nothing about where to start".into()))
+}
+
+/// Gives every worker of every process what each worker says (`None`: says
+/// nothing), in no particular order: a small dataflow of its own, run to
+/// its end before anything else is built.
+fn tell_everyone<T: timely::ExchangeData + Clone>(
+    worker: &mut timely::worker::Worker,
+    mine: Option<T>,
+) -> Vec<T> {
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::{Input, Inspect};
-    type Decision = Result<Start, String>;
-    let decided: std::rc::Rc<std::cell::RefCell<Option<Decision>>> = Default::default();
-    let seen = std::rc::Rc::clone(&decided);
+    let heard: std::rc::Rc<std::cell::RefCell<Vec<T>>> = Default::default();
+    let seen = std::rc::Rc::clone(&heard);
     let probe = ProbeHandle::new();
     let mut input = worker.dataflow::<u64, _, _>(|scope| {
-        let (input, decisions) = scope.new_input::<Vec<Decision>>();
-        decisions
-            .broadcast()
-            .inspect(move |d: &Decision| *seen.borrow_mut() = Some(d.clone()))
+        let (input, said) = scope.new_input::<Vec<T>>();
+        said.broadcast()
+            .inspect(move |x: &T| seen.borrow_mut().push(x.clone()))
             .probe_with(&probe);
         input
     });
-    if worker.index() == 0 {
-        input.send(where_to_start(config).map_err(|e| e.to_string()));
+    if let Some(mine) = mine {
+        input.send(mine);
     }
     input.close();
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(100)));
     }
-    let decision = decided
-        .borrow_mut()
-        .take()
-        .unwrap_or_else(|| Err("worker 0 decided nothing about where to start".into()));
-    decision
+    let heard = std::mem::take(&mut *heard.borrow_mut());
+    heard
+}
+
+/// Each worker reads its share of the state topic ([`read_state_share`]);
+/// all agree that every share is whole before any builds its dataflow, so
+/// that no epoch is written from part of a state, in any process.
+fn restore_everywhere(
+    worker: &mut timely::worker::Worker,
+    config: &AggregatorConfig,
+    progress: &EpochProgress,
+) -> Result<Vec<StateRecord>, String> {
+    let Some(summary) = progress.state.clone() else {
+        return Ok(Vec::new());
+    };
+    let restore = RestoreConfig {
+        kafka: config.kafka.clone(),
+        epoch: progress.epoch,
+        summary,
+        stall: Duration::from_secs(60),
+    };
+    let share = read_state_share(&restore, worker.index(), worker.peers());
+    let verdict = share.as_ref().map(|_| ()).map_err(Clone::clone);
+    let verdicts: Vec<Result<(), String>> = tell_everyone(worker, Some(verdict));
+    if let Some(Err(problem)) = verdicts.into_iter().find(Result::is_err) {
+        return Err(problem);
+    }
+    share
 }
 
 /// Why the aggregator stopped.
@@ -465,7 +525,8 @@ pub struct AggregatorHandle {
 }
 
 impl AggregatorHandle {
-    /// Stops reading; the epochs already read are finished and written.
+    /// Stops reading; the epochs every input partition has passed are
+    /// written, none half-read (the next run reads the others again).
     pub fn stop(&self) {
         self.sources.stop();
     }
@@ -529,20 +590,14 @@ fn build_dataflow<'s>(
     config: &AggregatorConfig,
     start: &Start,
     handle: &AggregatorHandle,
-    finished: &ProbeHandle<Epoch>,
+    (finished, read): (&ProbeHandle<Epoch>, &ProbeHandle<Epoch>),
+    restored: Option<Vec<StateRecord>>,
 ) {
     let resume = start.committed.clone().filter(|_| start.restore);
-    let restored = resume.as_ref().and_then(|progress| {
-        let summary = progress.state.clone()?;
-        let restore = RestoreConfig {
-            kafka: config.kafka.clone(),
-            epoch: progress.epoch,
-            summary,
-            stall: Duration::from_secs(60),
-        };
-        let sink = handle.sink.clone();
-        Some(restore_state(scope, restore, move |e| sink.fail(e)))
-    });
+    let restored = match (&resume, restored) {
+        (Some(progress), Some(records)) => Some(restore_state(scope, progress.epoch, records)),
+        _ => None,
+    };
     // Dead letters go through the sink, in their epoch's transaction.
     let source_config = |topic: &str| SourceConfig {
         dead_letter_topic: None,
@@ -560,6 +615,7 @@ fn build_dataflow<'s>(
     let status_keyed = upsert_keyed(restored_statuses(statuses.updates, &config.input_topic));
     let status_collection = status_keyed.clone().map(|(_, status)| status);
     let mut state = state_records(&config.input_topic, status_keyed);
+    let status_positions = statuses.positions.probe_with(read);
     let mut dead_letters = statuses.dead_letters;
     let (directory, positions) = match &start.directory_topic {
         Some(topic) => {
@@ -571,12 +627,12 @@ fn build_dataflow<'s>(
             dead_letters = dead_letters.concat(entries.dead_letters);
             (
                 directory_keyed.map(|(_, entry)| entry),
-                statuses.positions.concat(entries.positions),
+                status_positions.concat(entries.positions.probe_with(read)),
             )
         }
         None => (
             table_directory(&status_collection, Arc::clone(&config.postcodes)),
-            statuses.positions,
+            status_positions,
         ),
     };
     let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
@@ -667,9 +723,28 @@ pub fn run(
                 return;
             }
         };
+        let restored = match start.committed.as_ref().filter(|_| start.restore) {
+            Some(progress) => match restore_everywhere(worker, &config, progress) {
+                Ok(records) => Some(records),
+                Err(problem) => {
+                    handle.sink.fail(problem);
+                    return;
+                }
+            },
+            None => None,
+        };
         let finished = ProbeHandle::new();
+        let read = ProbeHandle::new();
+        let dataflow = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| {
-            build_dataflow(scope, &config, &start, &handle, &finished);
+            build_dataflow(
+                scope,
+                &config,
+                &start,
+                &handle,
+                (&finished, &read),
+                restored,
+            );
         });
         // A resumed epoch was committed by an earlier run: not reported again.
         let mut reported = handle.committed();
@@ -679,6 +754,13 @@ pub fn run(
             .filter(|_| start.restore)
             .map(|c| c.epoch);
         while !finished.done() {
+            if handle.sources.is_stopped() && written_as_far_as_read(&finished, &read) {
+                // Stopped sources hold the epochs they had not read whole:
+                // what they completed is written, the rest is for the
+                // next run.
+                worker.drop_dataflow(dataflow);
+                break;
+            }
             worker.step_or_park(Some(Duration::from_millis(200)));
             if let Some(epoch) = restoring.filter(|e| !finished.less_equal(e)) {
                 restoring = None;

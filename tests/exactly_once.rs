@@ -534,3 +534,80 @@ fn a_restart_reading_other_topics_than_its_state_is_refused() {
     assert!(log.contains("holds the sources"), "{log}");
     assert!(log.contains(&topics.directory), "{log}");
 }
+
+/// The seeds' format (unkeyed station JSON, ingestion epochs): killed after
+/// its first commit and restarted, the aggregator resumes from its state
+/// and the committed positions, writes nothing of the first run again, and
+/// ends with the fixtures README's rider totals.
+#[test]
+fn the_seeds_format_resumes_from_its_state() {
+    let broker = Broker::shared();
+    let topics = Topics::new("seeds");
+    topics.create(broker);
+    let status: Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("gbfs/velib/2024-11-19/station_status.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let lines: Vec<String> = status["data"]["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{s}\n"))
+        .collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let flags = ["--input-format", "seed"];
+    broker.kcat_write(&topics.input, &first.concat());
+    let mut aggregator = Aggregator::start_with(broker, &topics, Layout::Workers(1), &flags);
+    while aggregator.committed().is_none() {
+        assert!(aggregator.exited().is_none(), "{}", aggregator.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = broker.kcat_read(&topics.output);
+    let first_epochs: std::collections::BTreeSet<u64> = before
+        .iter()
+        .filter_map(|r| header(r, "velib-epoch")?.parse().ok())
+        .collect();
+    let last_first = *first_epochs.last().unwrap();
+    aggregator.kill();
+
+    broker.kcat_write(&topics.input, &second.concat());
+    let mut aggregator = Aggregator::start_with(broker, &topics, Layout::Workers(1), &flags);
+    let expected = common::raw_rider_totals();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let latest = loop {
+        let output = broker.kcat_read(&topics.output);
+        let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
+        for r in output.iter().filter(|r| header(r, "velib-kind").is_none()) {
+            let value = r["payload"]
+                .as_str()
+                .map_or(Value::Null, |p| serde_json::from_str(p).unwrap());
+            latest.insert(r["key"].as_str().unwrap().to_owned(), value);
+        }
+        let done = expected.iter().all(|(postcode, (bikes, _, _))| {
+            latest.get(postcode).and_then(|v| v["nbr_total"].as_i64()) == Some(*bikes)
+        });
+        if done {
+            break output;
+        }
+        assert!(aggregator.exited().is_none(), "{}", aggregator.log());
+        assert!(Instant::now() < deadline, "{}", aggregator.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = aggregator.log();
+    aggregator.kill();
+    assert!(
+        log.contains("resuming after the last committed epoch"),
+        "{log}"
+    );
+    // The first run's records once; whatever came after, of later epochs.
+    let place = |r: &Value| (r["partition"].as_i64(), r["offset"].as_i64());
+    let first_run: std::collections::BTreeSet<_> = before.iter().map(place).collect();
+    for r in &latest {
+        let epoch: u64 = header(r, "velib-epoch").unwrap().parse().unwrap();
+        if !first_run.contains(&place(r)) {
+            assert!(epoch > last_first, "epoch {epoch} written again: {r}");
+        }
+    }
+    assert!(before.iter().all(|r| latest.contains(r)));
+}

@@ -51,6 +51,7 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
                 topic: "input".into(),
                 partition: 0,
                 next_offset: epoch as i64 * 10,
+                passed: epoch,
                 feed_time: Some(updates.feed_time),
                 closed_at_ms: None,
             });

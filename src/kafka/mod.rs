@@ -26,7 +26,7 @@ pub mod progress;
 pub mod protocol;
 pub mod publish;
 pub mod recovery;
-mod scan;
+pub(crate) mod scan;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -55,9 +55,8 @@ use std::time::Duration;
 /// initialisation aborts a crashed one's open transaction), or an open
 /// transaction holds the read back until it times out.
 ///
-/// When partitions disagree (they cannot once a transaction is committed,
-/// unless a partition was added since), the earliest epoch wins: it is
-/// committed everywhere.
+/// Partitions ending with progress of different epochs (which one sink
+/// cannot write) are an error, rather than a guess.
 pub fn last_progress(
     kafka: &KafkaConfig,
     topic: &str,
@@ -128,11 +127,15 @@ pub fn last_progress(
     }
     let epochs: std::collections::BTreeSet<Epoch> = found.values().map(|p| p.epoch).collect();
     if epochs.len() > 1 {
-        tracing::warn!(
-            topic,
-            ?epochs,
-            "the output's partitions end at different epochs; resuming from the earliest"
-        );
+        // One transaction writes every partition's progress record: they
+        // cannot differ unless something else wrote to the topic.
+        return Err(KafkaError::Topic {
+            topic: topic.to_owned(),
+            problem: format!(
+                "its partitions end with progress records of different epochs ({epochs:?}): \
+                 was it written by another job? Give each job its own output topic"
+            ),
+        });
     }
     Ok(found.into_values().min_by_key(|p| p.epoch))
 }

@@ -88,6 +88,12 @@ pub struct EpochProgress {
     pub feed_time: Option<FeedTime>,
     /// Topic → partition → next offset, for every partition read so far.
     pub positions: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Topic → partition → the epoch of the last marker it passed: this
+    /// epoch, or an earlier one for a partition whose later markers the
+    /// cleaner removed (their records come with a later marker). Absent in
+    /// progress records of older versions: this epoch.
+    #[serde(default)]
+    pub passed: BTreeMap<String, BTreeMap<i32, Epoch>>,
     /// What the state topic holds as of this epoch, when the sink writes one
     /// ([`kafka_sink_with_state`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +113,13 @@ impl EpochProgress {
                 .entry(r.partition)
                 .or_insert(r.next_offset);
             *next = (*next).max(r.next_offset);
+            let passed = self
+                .passed
+                .entry(r.topic.clone())
+                .or_default()
+                .entry(r.partition)
+                .or_insert(r.passed);
+            *passed = (*passed).max(r.passed);
         }
     }
 }
@@ -488,7 +501,10 @@ where
                         if resumed.is_some_and(|r| epoch <= r) {
                             // Committed before the restart.
                             if carry {
+                                // Kept consolidated: as large as the state,
+                                // not as the skipped history.
                                 carried.extend(open.state);
+                                differential_dataflow::consolidation::consolidate(&mut carried);
                             }
                             output.session(&open.capability).give(epoch);
                             continue;

@@ -170,6 +170,11 @@ pub struct SourcePosition {
     pub partition: i32,
     /// The offset of the first record not yet part of an epoch.
     pub next_offset: i64,
+    /// The epoch of the last marker this partition passed (for ingestion
+    /// epochs, the epoch itself): where a resumed source picks the
+    /// partition's epochs up, since the cleaner may have removed its
+    /// markers up to the epoch it was released at.
+    pub passed: Epoch,
     /// The feed's time of the epoch's snapshot (the marker's; for ingestion
     /// epochs, the time the epoch was closed).
     pub feed_time: Option<FeedTime>,
@@ -261,8 +266,12 @@ pub struct SourceStats {
 }
 
 impl SourceHandle {
-    /// Stops every source sharing this handle: each drops its capabilities,
-    /// so the dataflow completes the epochs it has and then ends.
+    /// Stops every source sharing this handle: each stops reading and keeps
+    /// its capabilities at the oldest epoch one of its partitions has not
+    /// passed, so that the epochs every partition has passed complete and
+    /// no other does (a half-read epoch is never written). The dataflow is
+    /// then done once what finishes it has caught up with the sources: see
+    /// [`written_as_far_as_read`].
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Ok(activators) = self.shared.activators.lock() {
@@ -332,6 +341,27 @@ impl SourceHandle {
             s.error.get_or_insert(error);
         });
     }
+}
+
+/// Whether everything the sources released is through: the frontier of
+/// `finished` (a probe at the end of the dataflow) has reached that of
+/// `sources` (a probe on the sources' [`SourceStreams::positions`]). Once the
+/// sources are stopped ([`SourceHandle::stop`]), this is when a worker can
+/// drop its dataflow (`Worker::drop_dataflow`): every epoch the sources
+/// completed is written.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::probe::Handle as ProbeHandle;
+/// use velib_dataflow::kafka::source::written_as_far_as_read;
+///
+/// // Two probes that have seen nothing yet agree.
+/// assert!(written_as_far_as_read(&ProbeHandle::<u64>::new(), &ProbeHandle::new()));
+/// ```
+pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHandle<Epoch>) -> bool {
+    let read = sources.with_frontier(|f| f.to_vec());
+    finished.with_frontier(|f| f.to_vec()) == read
 }
 
 /// A Kafka source, ready to be built into a dataflow.
@@ -416,16 +446,20 @@ impl<D: RecordDecoder> KafkaSource<D> {
         }
 
         builder.build(move |capabilities| {
+            // Held for as long as the dataflow lives, even once stopped or
+            // failed: an epoch some partition has not passed never
+            // completes, so no sink writes it half-read.
+            let mut caps = capabilities;
             let mut reader =
                 match Reader::connect(&config, index, peers, &sync_activator, handle.clone()) {
-                    Ok(reader) => Some((reader, capabilities)),
+                    Ok(reader) => Some(reader),
                     Err(e) => {
                         handle.fail(e.to_string());
                         None
                     }
                 };
             move |_frontiers| {
-                let Some((r, caps)) = reader.as_mut() else {
+                let Some(r) = reader.as_mut() else {
                     return;
                 };
                 if handle.is_stopped() {
@@ -457,7 +491,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     }
                 }
                 let lower = r.lower_bound();
-                for cap in caps.iter_mut() {
+                for cap in &mut caps {
                     if *cap.time() < lower {
                         cap.downgrade(&lower);
                     }
@@ -497,7 +531,8 @@ struct OwnedPartition<K, V> {
     queue: PartitionQueue<ReaderContext>,
     /// Records librdkafka fetched before the queue was split, so delivered
     /// on the consumer's main queue: they come before the queue's.
-    early: VecDeque<OwnedMessage>,
+    /// `None`: the end of the partition.
+    early: VecDeque<Option<OwnedMessage>>,
     state: PartitionState<K, V>,
 }
 
@@ -562,6 +597,7 @@ impl<D: RecordDecoder> Step<'_, D> {
                     topic: p.topic.clone(),
                     partition: p.partition,
                     next_offset: p.next_offset,
+                    passed: epoch,
                     feed_time,
                     closed_at_ms: message.timestamp().to_millis(),
                 });
@@ -727,10 +763,17 @@ impl<K, V> Reader<K, V> {
             .filter(|(i, _)| i % peers == index)
             .map(|(_, tp)| tp)
             .collect();
+        // Each partition from its position, having passed its own last
+        // marker (the resumed epoch when the progress does not say).
         let resumed_at = |topic: &str, partition: i32| {
             let resume = config.resume.as_ref()?;
             let offset = resume.positions.get(topic)?.get(&partition)?;
-            Some((resume.epoch, *offset))
+            let passed = resume
+                .passed
+                .get(topic)
+                .and_then(|p| p.get(&partition))
+                .map_or(resume.epoch, |e| (*e).min(resume.epoch));
+            Some((passed, *offset))
         };
         let mut assignment = TopicPartitionList::new();
         for (topic, partition) in &mine {
@@ -824,6 +867,17 @@ impl<K, V> Reader<K, V> {
     fn serve_main_queue(&mut self) {
         while let Some(event) = self.consumer.poll(Duration::ZERO) {
             let message = match event {
+                // The end of a partition, reached before its queue was
+                // split: it comes after that partition's early records (a
+                // partition number alone: every topic's partition of it).
+                Err(RdKafkaError::PartitionEOF(partition)) => {
+                    for p in &mut self.partitions {
+                        if p.state.partition == partition {
+                            p.early.push_back(None);
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!("Kafka consumer: {e}");
                     continue;
@@ -834,7 +888,7 @@ impl<K, V> Reader<K, V> {
                 p.state.partition == message.partition() && p.state.topic == message.topic()
             });
             match owner {
-                Some(p) => p.early.push_back(message),
+                Some(p) => p.early.push_back(Some(message)),
                 None => tracing::warn!(
                     "Kafka consumer: a record of {}[{}], a partition this worker does not read",
                     message.topic(),
@@ -936,7 +990,8 @@ impl<K, V> Reader<K, V> {
                 // Records fetched before the partition's queue was split
                 // come first: they precede everything on the queue.
                 let result = match early.pop_front() {
-                    Some(message) => Ok(Fetched::Owned(message)),
+                    Some(Some(message)) => Ok(Fetched::Owned(message)),
+                    Some(None) => Err(RdKafkaError::PartitionEOF(p.partition)),
                     None => match queue.poll(Duration::ZERO) {
                         None => break,
                         Some(result) => result.map(Fetched::Borrowed),
@@ -978,6 +1033,7 @@ impl<K, V> Reader<K, V> {
                             topic: p.topic.clone(),
                             partition: p.partition,
                             next_offset: p.next_offset,
+                            passed: epoch,
                             feed_time,
                             closed_at_ms: Some(now_ms() as i64),
                         })

@@ -161,40 +161,21 @@ pub struct RestoreConfig {
     pub stall: Duration,
 }
 
-/// Reads the state topic on every worker (each reads the partitions
-/// `i % peers == index`) and gives, at `config.epoch`, every live state
-/// record `(key, value)` as of that epoch. Records of later epochs (written
-/// by a transaction that never committed, on a broker that shows them) are
-/// left out. When a partition holds a different number of keys than the
-/// progress record says, or the topic has a different number of partitions,
-/// the restore gives nothing and calls `failed` (which should stop the sink
-/// from writing anything, see [`super::sink::SinkHandle::fail`]): restoring
-/// part of a state would give wrong counts.
+/// Gives `records` (what [`read_state_share`] read) at `epoch`, then
+/// nothing: the restored state, as of the committed epoch.
 pub fn restore_state<'s>(
     scope: Scope<'s, Epoch>,
-    config: RestoreConfig,
-    failed: impl Fn(String) + 'static,
+    epoch: Epoch,
+    records: Vec<StateRecord>,
 ) -> Stream<'s, Epoch, Vec<StateRecord>> {
-    let (index, peers) = (scope.index(), scope.peers());
     source::<_, CapacityContainerBuilder<Vec<_>>, _, _>(
         scope,
         "RestoreState",
         move |capability, _info| {
-            let mut capability = Some(capability.delayed(&config.epoch));
+            let mut pending = Some((capability.delayed(&epoch), records));
             move |output| {
-                let Some(cap) = capability.take() else { return };
-                match read_state(&config, index, peers) {
-                    Ok(records) => {
-                        tracing::info!(
-                            worker = index,
-                            keys = records.len(),
-                            epoch = config.epoch,
-                            topic = config.summary.topic,
-                            "state restored"
-                        );
-                        output.session(&cap).give_iterator(records.into_iter());
-                    }
-                    Err(problem) => failed(problem),
+                if let Some((cap, records)) = pending.take() {
+                    output.session(&cap).give_iterator(records.into_iter());
                 }
             }
         },
@@ -244,8 +225,16 @@ where
     )
 }
 
-/// Reads this worker's share of the state topic at `config.epoch`.
-fn read_state(
+/// Reads the share of the state topic of worker `index` of `peers` (the
+/// partitions `i % peers == index`): every live state record `(key, value)`
+/// as of `config.epoch`. Records of later epochs (written by a transaction
+/// that never committed, on a broker that shows them) are left out. When a
+/// partition holds a different number of keys than the progress record
+/// says, or the topic has a different number of partitions, it is an error:
+/// restoring part of a state would give wrong counts. Every worker must
+/// know that every share is whole before any epoch is written (the
+/// aggregator agrees on it before it builds its dataflow).
+pub fn read_state_share(
     config: &RestoreConfig,
     index: usize,
     peers: usize,
@@ -329,7 +318,15 @@ fn read_state(
             ));
         }
     }
-    Ok(state.into_values().flatten().collect())
+    let records: Vec<StateRecord> = state.into_values().flatten().collect();
+    tracing::info!(
+        worker = index,
+        keys = records.len(),
+        epoch = config.epoch,
+        topic = summary.topic,
+        "state restored"
+    );
+    Ok(records)
 }
 
 /// Counts, per state partition, how the live keys change with an epoch's
