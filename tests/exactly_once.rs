@@ -611,3 +611,21 @@ fn the_seeds_format_resumes_from_its_state() {
     }
     assert!(before.iter().all(|r| latest.contains(r)));
 }
+
+/// The state written by one worker is restored by two (keys are spread
+/// again by the dataflow): the worker count may change between runs.
+#[test]
+fn a_restart_with_more_workers_restores_the_state_of_fewer() {
+    let broker = Broker::shared();
+    let epochs: Vec<_> = long_run().into_iter().take(16).collect();
+    let (topics, input) = committed_then_killed(broker, "more-workers", &[], 10, &epochs);
+    let mut aggregator = Aggregator::start(broker, &topics, Layout::Workers(2));
+    aggregator.wait_committed(input.last(), broker);
+    let log = aggregator.log();
+    aggregator.kill();
+    assert!(
+        log.contains("resuming after the last committed epoch"),
+        "{log}"
+    );
+    assert_epochs_on_topic(&broker.kcat_read(&topics.output), &epochs);
+}
