@@ -83,6 +83,13 @@ pub enum DecodeError {
     /// The value is a GBFS station record, but not a valid one.
     #[error("{0}")]
     Feed(#[from] FeedError),
+    /// The record would open one epoch (or attempt) more than a partition
+    /// holds open: broken or forged framing.
+    #[error("the record's epoch and attempt would be one more than the {limit} a partition holds open before their markers")]
+    TooManyOpenEpochs {
+        /// The limit.
+        limit: usize,
+    },
     /// The key and the value name different stations.
     #[error("key names station {key}, value station {value}")]
     KeyMismatch {
@@ -104,6 +111,7 @@ impl DecodeError {
             DecodeError::MissingValue => "missing_value",
             DecodeError::Json { .. } => "invalid_json",
             DecodeError::Feed(e) => e.reason(),
+            DecodeError::TooManyOpenEpochs { .. } => "too_many_open_epochs",
             DecodeError::KeyMismatch { .. } => "key_mismatch",
         }
     }

@@ -274,6 +274,10 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
     }
 }
 
+/// At most this many (epoch, attempt) pairs are held open per partition:
+/// see [`PartitionEpochs::is_full_for`].
+pub const MAX_OPEN_EPOCHS: usize = 256;
+
 /// One partition's epochs as a reader follows them: records are held by
 /// (epoch, attempt) until the epoch's marker, which releases those of the
 /// attempt it names and drops the others. The source operator and the
@@ -352,6 +356,31 @@ impl<T> PartitionEpochs<T> {
     /// The last epoch whose marker this partition has passed.
     pub fn passed(&self) -> Option<Epoch> {
         self.passed
+    }
+
+    /// Whether a record of `stamp` would open one (epoch, attempt) more
+    /// than [`MAX_OPEN_EPOCHS`] on this partition: forged or broken framing
+    /// (a producer has one attempt open at a time, and the read-ahead
+    /// bound keeps a reader within a few epochs), which must not grow
+    /// memory without bound.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::protocol::{EpochStamp, PartitionEpochs, MAX_OPEN_EPOCHS};
+    ///
+    /// let mut p = PartitionEpochs::new();
+    /// for i in 0..MAX_OPEN_EPOCHS as u64 {
+    ///     p.data(EpochStamp { epoch: 1, attempt: format!("a{i}") }, ());
+    /// }
+    /// assert!(p.is_full_for(&EpochStamp { epoch: 1, attempt: "another".into() }));
+    /// assert!(!p.is_full_for(&EpochStamp { epoch: 1, attempt: "a0".into() }));
+    /// ```
+    pub fn is_full_for(&self, stamp: &EpochStamp) -> bool {
+        self.open.len() >= MAX_OPEN_EPOCHS
+            && !self
+                .open
+                .contains_key(&(stamp.epoch, stamp.attempt.clone()))
     }
 
     /// Holds a data record until its epoch's marker. Returns `false`, and

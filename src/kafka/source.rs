@@ -1098,6 +1098,11 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
                 handle.count(|s| s.discarded += 1);
                 return Ok(None);
             }
+            if p.epochs.is_full_for(&stamp) {
+                return Err(DecodeError::TooManyOpenEpochs {
+                    limit: super::protocol::MAX_OPEN_EPOCHS,
+                });
+            }
             let update = decoder.decode(&record)?;
             p.epochs.data(stamp, update);
             Ok(None)
