@@ -12,7 +12,7 @@
 
 use crate::counts::PostcodeCounts;
 use crate::dataflow::{postcode_counts, Epoch};
-use crate::directory::{DirectoryEntry, PostcodeSource};
+use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::kafka::as_of::{read_as_of, read_framing};
 use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
@@ -564,22 +564,9 @@ pub fn table_directory<'s>(
     statuses: &VecCollection<'s, Epoch, StationStatus>,
     table: Arc<PostcodeTable>,
 ) -> VecCollection<'s, Epoch, DirectoryEntry> {
-    statuses.clone().map(move |s| {
-        let found = table.lookup(s.code.as_deref(), &s.station_id).cloned();
-        let (postcode, postcode_source) = match found {
-            Some(postcode) => (postcode, PostcodeSource::Table),
-            None => (Postcode::unknown(), PostcodeSource::Unknown),
-        };
-        DirectoryEntry {
-            station_id: s.station_id,
-            code: s.code,
-            name: String::new(),
-            position: None,
-            capacity: None,
-            postcode,
-            postcode_source,
-        }
-    })
+    statuses
+        .clone()
+        .map(move |s| DirectoryEntry::placed_by_table(&table, &s))
 }
 
 /// The aggregator's dataflow on one worker: the sources (resumed at the

@@ -87,7 +87,7 @@
 
 use crate::counts::PostcodeCounts;
 use crate::dataflow::Epoch;
-use crate::directory::{DirectoryEntry, PostcodeSource};
+use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::kafka::config::ReaderContext;
 use crate::kafka::decode::{
@@ -1560,7 +1560,7 @@ impl Engine {
                 let entries: Vec<DirectoryEntry> = self
                     .statuses
                     .values()
-                    .map(|status| table_entry(table, status))
+                    .map(|status| DirectoryEntry::placed_by_table(table, status))
                     .collect();
                 postcode_counts_from_scratch(self.statuses.values(), &entries)
             }
@@ -1781,25 +1781,6 @@ fn expected_counts(postcode: &Postcode, counts: &PostcodeCounts) -> RecordCounts
             .filter_map(|(field, value)| Some((field, value.as_i64()?)))
             .collect(),
         _ => RecordCounts::new(),
-    }
-}
-
-/// The table's directory entry of a station, as
-/// [`crate::aggregator::table_directory`] places it.
-fn table_entry(table: &PostcodeTable, status: &StationStatus) -> DirectoryEntry {
-    let (postcode, postcode_source) = match table.lookup(status.code.as_deref(), &status.station_id)
-    {
-        Some(postcode) => (postcode.clone(), PostcodeSource::Table),
-        None => (Postcode::unknown(), PostcodeSource::Unknown),
-    };
-    DirectoryEntry {
-        station_id: status.station_id.clone(),
-        code: status.code.clone(),
-        name: String::new(),
-        position: None,
-        capacity: None,
-        postcode,
-        postcode_source,
     }
 }
 

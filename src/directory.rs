@@ -84,6 +84,44 @@ pub struct DirectoryEntry {
     pub postcode_source: PostcodeSource,
 }
 
+impl DirectoryEntry {
+    /// The entry that places `status`'s station by `table` (by its code,
+    /// else its id), under [`Postcode::unknown`] when the table does not
+    /// know it: what the aggregator uses without a directory topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
+    /// use velib_dataflow::feed::{StationId, StationStatus};
+    /// use velib_dataflow::postcode::PostcodeTable;
+    ///
+    /// let status = StationStatus {
+    ///     station_id: StationId::Num(1), code: Some("16107".into()), bikes_available: 0,
+    ///     bike_types: None, docks_available: 0, is_installed: true, is_renting: true,
+    ///     is_returning: true, last_reported: None,
+    /// };
+    /// let entry = DirectoryEntry::placed_by_table(&PostcodeTable::velib(), &status);
+    /// assert_eq!((entry.postcode.as_str(), entry.postcode_source), ("75016", PostcodeSource::Table));
+    /// ```
+    pub fn placed_by_table(table: &PostcodeTable, status: &StationStatus) -> Self {
+        let (postcode, postcode_source) =
+            match table.lookup(status.code.as_deref(), &status.station_id) {
+                Some(postcode) => (postcode.clone(), PostcodeSource::Table),
+                None => (Postcode::unknown(), PostcodeSource::Unknown),
+            };
+        DirectoryEntry {
+            station_id: status.station_id.clone(),
+            code: status.code.clone(),
+            name: String::new(),
+            position: None,
+            capacity: None,
+            postcode,
+            postcode_source,
+        }
+    }
+}
+
 /// How to resolve postcodes.
 #[derive(Clone, Debug)]
 pub struct DirectoryResolver {

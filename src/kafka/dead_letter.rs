@@ -81,12 +81,12 @@ pub(crate) fn response_record<'a>(
 ///
 /// ```
 /// use velib_dataflow::kafka::dead_letter::DeadLetter;
-/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, StationStatusDecoder};
+/// use velib_dataflow::kafka::decode::RawRecord;
+/// use velib_dataflow::kafka::DecodeError;
 ///
-/// let record = RawRecord { topic: "velib-projet", partition: 2, offset: 17, key: Some(b"7"), value: Some(b"{\"station_id\": 7") };
-/// let error = StationStatusDecoder.decode(&record).unwrap_err();
-/// let letter = DeadLetter::new(&record, &error);
-/// assert_eq!((letter.reason.as_str(), letter.offset), ("invalid_json", 17));
+/// let record = RawRecord { topic: "events", partition: 2, offset: 17, key: Some(b"k"), value: None };
+/// let letter = DeadLetter::new(&record, &DecodeError::MissingValue);
+/// assert_eq!((letter.reason.as_str(), letter.offset, letter.value), ("missing_value", 17, None));
 /// ```
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
