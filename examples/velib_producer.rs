@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::kafka::publish::{
-    PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
+    state_topic_beside, PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
 };
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
 use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
@@ -69,6 +69,16 @@ struct Args {
     /// Topic of directory entries (compacted).
     #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
     directory_topic: String,
+
+    /// Compacted topic of every station's latest status, written in each
+    /// epoch's transaction: what a restart reads instead of the status
+    /// topic's history [default: <topic>-state]
+    #[arg(long, value_name = "TOPIC")]
+    state_topic: Option<String>,
+
+    /// Keep no state topic: a restart reads the status topic in full
+    #[arg(long, conflicts_with = "state_topic")]
+    no_state: bool,
 
     /// Topic for rejected HTTP responses, raw (cut to 64 KiB) with why in
     /// headers ("" to only log and count them).
@@ -171,6 +181,11 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
     publish.transactional_id = args
         .transactional_id
         .unwrap_or_else(|| format!("velib-producer-{}", args.topic));
+    publish.state_topic = match (args.state_topic, args.no_state) {
+        (_, true) => None,
+        (Some(topic), false) => Some(topic),
+        (None, false) => Some(state_topic_beside(&args.topic)),
+    };
     publish.status_topic = args.topic;
     publish.directory_topic = args.directory_topic;
     publish.dead_letter_topic = Some(args.dead_letter_topic).filter(|t| !t.is_empty());

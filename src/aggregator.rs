@@ -175,7 +175,7 @@ impl AggregatorConfig {
         }
         topics.push(TopicSpec::new(&self.output_topic, partitions).compacted());
         if let Some(state) = self.state_topic.name(&self.output_topic) {
-            topics.push(TopicSpec::new(state, partitions).compacted());
+            topics.push(TopicSpec::new(state, partitions).changelog());
         }
         if let Some(dead) = &self.dead_letter_topic {
             topics.push(TopicSpec::new(dead, 1));

@@ -224,7 +224,14 @@ pub fn run_with_source(
                 stations = recovered.statuses.len(),
                 directory = recovered.directory.len(),
                 records = recovered.records,
-                "read back what was published: going on from epoch {}",
+                "read back what was published ({}): going on from epoch {}",
+                if recovered.state_unused.is_some() {
+                    "the status topic in full"
+                } else if config.publish.state_topic.is_some() {
+                    "from the state topic"
+                } else {
+                    "the status topic in full: no state topic"
+                },
                 last.epoch
             );
             SnapshotSequencer::resume(

@@ -10,8 +10,6 @@ use common::broker::Broker;
 use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,31 +48,18 @@ enum Cleanup {
 }
 
 fn create(broker: &Broker, topics: &[(&str, Cleanup)]) {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic<'_>> = topics
+    let specs: Vec<common::broker::TopicToCreate<'_>> = topics
         .iter()
         .map(|(name, cleanup)| {
-            let mut topic = NewTopic::new(name, 3, TopicReplication::Fixed(1));
-            match cleanup {
-                Cleanup::Delete => {}
-                Cleanup::Compact => topic = topic.set("cleanup.policy", "compact"),
-                Cleanup::Aggressive => {
-                    for (k, v) in AGGRESSIVE {
-                        topic = topic.set(k, v);
-                    }
-                }
-            }
-            topic
+            let configs: &[(&str, &str)] = match cleanup {
+                Cleanup::Delete => &[],
+                Cleanup::Compact => &[("cleanup.policy", "compact")],
+                Cleanup::Aggressive => AGGRESSIVE,
+            };
+            (*name, 3, configs)
         })
         .collect();
-    let results =
-        futures_executor::block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
-    for result in results {
-        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
-    }
+    broker.create_topics(&specs);
 }
 
 type Running = (

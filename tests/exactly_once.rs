@@ -232,6 +232,7 @@ fn killed_run(
     topics: &Topics,
     layout: Layout,
     epochs: &[(EpochUpdates, State)],
+    compacted: bool,
 ) -> Vec<Value> {
     topics.create(broker);
     let mut input = Published::new(broker, topics, epochs.to_vec());
@@ -277,7 +278,7 @@ fn killed_run(
         log.contains("resuming after the last committed epoch"),
         "the last run resumed from the state:\n{log}"
     );
-    audit(broker, topics, epochs.len());
+    audit(broker, topics, epochs.len(), compacted);
     assert_dead_letters_once(broker, topics, epochs);
     broker.kcat_read(&topics.output)
 }
@@ -302,8 +303,10 @@ fn assert_dead_letters_once(broker: &Broker, topics: &Topics, epochs: &[(EpochUp
 }
 
 /// `velib_audit` finds every epoch of the output equal to a from-scratch
-/// computation over the input at its committed positions.
-fn audit(broker: &Broker, topics: &Topics, epochs: usize) {
+/// computation over the input at its committed positions: every one, or on
+/// a `compacted` input the epochs whose positions the cleaner left whole
+/// (it reports the others as unchecked).
+fn audit(broker: &Broker, topics: &Topics, epochs: usize, compacted: bool) {
     let out = Command::new(common::example_binary("velib_audit"))
         .args(["--brokers", &broker.address, "--json"])
         .args(["--input-topic", &topics.input])
@@ -314,7 +317,14 @@ fn audit(broker: &Broker, topics: &Topics, epochs: usize) {
     let report = common::json_lines("velib_audit", &out);
     assert_eq!(report.len(), 1, "one report");
     let report = &report[0];
-    assert_eq!(report["epochs_checked"], epochs, "{report}");
+    let checked = report["epochs_checked"].as_u64().unwrap() as usize;
+    let unchecked = report["epochs_unchecked"].as_u64().unwrap() as usize;
+    assert_eq!(checked + unchecked, epochs, "{report}");
+    if compacted {
+        assert!(checked > 0, "{report}");
+    } else {
+        assert_eq!(checked, epochs, "{report}");
+    }
     for problem in [
         "mismatches",
         "duplicated_epochs",
@@ -409,7 +419,7 @@ fn killed_at_random_points_the_output_is_that_of_an_uninterrupted_run() {
     let mut aborted_total = 0;
     for (name, layout) in layouts {
         let topics = Topics::new(name);
-        let killed = killed_run(&broker, &topics, layout, &epochs);
+        let killed = killed_run(&broker, &topics, layout, &epochs, false);
         assert_epochs_on_topic(&killed, &epochs);
         // What the killed transactions left: aborted, shown only to a
         // reader at read_uncommitted.
@@ -436,6 +446,52 @@ fn killed_at_random_points_the_output_is_that_of_an_uninterrupted_run() {
     assert!(
         aborted_total > 0,
         "some kills landed mid-transaction (their records are on the log, aborted)"
+    );
+}
+
+/// The same proof while Apache Kafka's log cleaner compacts the directory
+/// topic and the state topic under the run: segments roll every 100 ms and
+/// are cleaned at once, the directory keeping only what is older than
+/// `min.compaction.lag.ms` (10 s, more than any restart here is away; see
+/// docs/operations.md: a restart away for longer than the lag resumes into
+/// compacted markers). The output topic keeps its history, to be checked
+/// epoch by epoch.
+#[test]
+fn killed_while_the_cleaner_compacts_its_topics_the_output_is_the_same() {
+    let broker = Broker::start();
+    let epochs = long_run();
+    let topics = Topics::new("compacted");
+    let cleaned: &[(&str, &str)] = &[
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.001"),
+        ("delete.retention.ms", "100"),
+        ("file.delete.delay.ms", "100"),
+    ];
+    let directory = [cleaned, &[("min.compaction.lag.ms", "10000")]].concat();
+    let state = [cleaned, &[("min.compaction.lag.ms", "0")]].concat();
+    let state_topic = format!("{}-state", topics.output);
+    broker.create_topics(&[
+        (&topics.directory, 3, &directory),
+        (&state_topic, 3, &state),
+    ]);
+    let killed = killed_run(&broker, &topics, Layout::Workers(2), &epochs, true);
+    assert_epochs_on_topic(&killed, &epochs);
+    // The cleaner did run: markers of old epochs are gone from the
+    // directory, older values of stations from the state topic.
+    let markers = broker
+        .kcat_read(&topics.directory)
+        .iter()
+        .filter(|r| header(r, "velib-kind") == Some("marker"))
+        .count();
+    let state_records = broker.kcat_read_uncommitted(&state_topic).len();
+    println!(
+        "after the run: {markers} directory markers of {} written, {state_records} state records",
+        3 * epochs.len()
+    );
+    assert!(
+        markers < 3 * epochs.len(),
+        "the cleaner removed directory markers: {markers} left"
     );
 }
 

@@ -18,6 +18,7 @@ use velib_dataflow::dataflow::Epoch;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::fetch::FetchConfig;
 use velib_dataflow::kafka::publish::PublisherConfig;
+use velib_dataflow::kafka::recovery::{read_back, PublishedTopics};
 use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::poll::{FeedLocation, PollConfig};
 use velib_dataflow::postcode::PostcodeTable;
@@ -608,5 +609,116 @@ fn oslo_series_through_discovery_publishes_exactly_each_change() {
     assert!(
         !entry["name"].as_str().unwrap().is_empty(),
         "named from the information feed: {entry}"
+    );
+}
+
+/// The producer's topics as `read_back` takes them, with or without the
+/// state topic.
+fn published_topics(prefix: &str, state: bool) -> PublishedTopics {
+    PublishedTopics {
+        status: (format!("{prefix}-projet"), 3),
+        directory: (format!("{prefix}-directory"), 3),
+        state: state.then(|| (format!("{prefix}-projet-state"), 3)),
+    }
+}
+
+/// Reads back through the state topic and in full, and checks that both
+/// agree; returns what the state topic's read took from the status topic.
+fn assert_state_read_equals_full_read(broker: &Broker, prefix: &str, last: Epoch) -> (u64, usize) {
+    let kafka = KafkaConfig::new(&broker.address);
+    let timeout = Duration::from_secs(30);
+    let from_state = read_back(&kafka, &published_topics(prefix, true), timeout).unwrap();
+    let full = read_back(&kafka, &published_topics(prefix, false), timeout).unwrap();
+    assert_eq!(from_state.state_unused, None, "{from_state:?}");
+    assert!(from_state.state_repair.is_empty());
+    assert_eq!(from_state.last.as_ref().map(|m| m.epoch), Some(last));
+    assert_eq!(from_state.last, full.last);
+    assert_eq!(from_state.statuses, full.statuses);
+    assert_eq!(from_state.directory, full.directory);
+    assert!(from_state.unmarked.is_empty() && full.unmarked.is_empty());
+    let read = |r: &velib_dataflow::kafka::recovery::Recovered, topic: &str| {
+        r.read
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, n)| *n)
+            .unwrap()
+    };
+    let status = format!("{prefix}-projet");
+    let (tail, whole) = (read(&from_state, &status), read(&full, &status));
+    assert_eq!(
+        whole,
+        broker.kcat_read(&status).len() as u64,
+        "the full read reads it all"
+    );
+    eprintln!("status topic: {tail} records read through the state topic, {whole} in full");
+    (tail, full.statuses.len())
+}
+
+#[test]
+fn a_restart_reads_the_state_topic_not_the_status_topics_history() {
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let files = common::paris_files();
+    let expected = common::sequence(common::paris_series(true));
+    let epochs_of = |n: usize| common::sequence(common::paris_series(true)[..n].to_vec()).len();
+    let feed = server.url("/paris.json");
+    let mut config = producer_config(&broker.address, feed, "st-projet", "st-directory");
+    config.publish.state_topic = None;
+    let run_to = |config: &ProducerConfig, files: &[Vec<u8>], last: Epoch| {
+        server.script("/paris.json", files.iter().map(|f| Reply::ok(f.clone())));
+        let (handle, thread) = start(config.clone());
+        wait_for("the run's last epoch", &broker, || {
+            handle.stats().last_epoch == last && server.left("/paris.json") == 1
+        });
+        stop(handle, thread);
+    };
+
+    // An older producer's topics: no state topic.
+    run_to(&config, &files[..3], epochs_of(3) as Epoch);
+    // This one's first start finds none: it reads the status topic in full
+    // once, and makes the state topic whole with its first epoch.
+    config.publish.state_topic = Some("st-projet-state".into());
+    let kafka = KafkaConfig::new(&broker.address);
+    let before = read_back(
+        &kafka,
+        &published_topics("st", true),
+        Duration::from_secs(30),
+    );
+    assert!(
+        before.is_err(),
+        "no state topic yet: a clear error, not an empty state"
+    );
+    run_to(&config, &files[2..6], epochs_of(6) as Epoch);
+    let (after_repair, _) =
+        assert_state_read_equals_full_read(&broker, "st", epochs_of(6) as Epoch);
+
+    // And from then on the state topic is what a restart reads: of the
+    // status topic, only each partition's last records.
+    run_to(&config, &files[5..], expected.len() as Epoch);
+    let (tail, stations) =
+        assert_state_read_equals_full_read(&broker, "st", expected.len() as Epoch);
+    let status_records = broker.kcat_read("st-projet").len() as u64;
+    assert!(
+        tail < status_records / 4 && after_repair < status_records,
+        "the status topic's history is not read: {tail} of {status_records} records"
+    );
+    // The state topic holds every station once, with its latest status.
+    let mut latest = std::collections::BTreeMap::new();
+    for record in broker.kcat_read("st-projet-state") {
+        if header(&record, "velib-kind").is_none() {
+            latest.insert(record["key"].to_string(), record["payload"].clone());
+        }
+    }
+    assert_eq!(latest.values().filter(|v| !v.is_null()).count(), stations);
+
+    // Its flags, as users find them.
+    let help = std::process::Command::new(common::example_binary("velib_producer"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--state-topic") && help.contains("--no-state"),
+        "{help}"
     );
 }

@@ -41,6 +41,7 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
     for (topic, partitions) in [
         ("velib-projet", 3),
         ("velib-directory", 3),
+        ("velib-projet-state", 3),
         ("velib-projet-clean", 3),
         ("velib-projet-dead-letters", 1),
     ] {
@@ -155,7 +156,7 @@ impl MockRun {
             .with_test_writer()
             .try_init();
         let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
-        for topic in ["status", "directory"] {
+        for topic in ["status", "directory", "status-state"] {
             mock.create_topic(&format!("{prefix}-{topic}"), 3, 1)
                 .unwrap();
         }
@@ -170,6 +171,7 @@ impl MockRun {
         let mut publish = PublisherConfig::new(KafkaConfig::new(mock.bootstrap_servers()));
         publish.status_topic = format!("{prefix}-status");
         publish.directory_topic = format!("{prefix}-directory");
+        publish.state_topic = Some(format!("{prefix}-status-state"));
         publish.create_partitions = None;
         publish.timeout = timeout;
         let config = ProducerConfig {

@@ -31,7 +31,7 @@ use velib_dataflow::aggregator::{
 };
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::kafka::publish::{
-    PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
+    state_topic_beside, PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
 };
 use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
@@ -152,6 +152,7 @@ fn live(args: Args) -> Result<(), String> {
             for (topic, partitions) in [
                 (DEFAULT_STATUS_TOPIC, args.partitions),
                 (DEFAULT_DIRECTORY_TOPIC, args.partitions),
+                (&state_topic_beside(DEFAULT_STATUS_TOPIC), args.partitions),
                 (DEFAULT_OUTPUT_TOPIC, args.partitions),
                 (DEFAULT_STATE_TOPIC, args.partitions),
                 (DEFAULT_DEAD_LETTER_TOPIC, 1),

@@ -33,12 +33,11 @@
 //! assert!(!output.record(3, "again"));
 //! ```
 
-use super::scan::{scan_partitions, watermarks, Scan};
+use super::scan::last_of;
 use super::sink::EpochProgress;
 use super::{KafkaConfig, KafkaError, KIND_HEADER, PROGRESS_KEY};
 use crate::dataflow::Epoch;
 use rdkafka::message::{Headers, Message};
-use rdkafka::Offset;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -62,63 +61,34 @@ pub fn last_progress(
     topic: &str,
     stall: Duration,
 ) -> Result<Option<EpochProgress>, KafkaError> {
-    let ends = watermarks(kafka, topic, stall)?;
-    let mut found: BTreeMap<i32, EpochProgress> = BTreeMap::new();
     let mut problem = None;
-    let mut window = 16i64;
-    // Partitions read back to their start already.
-    let mut exhausted = std::collections::BTreeSet::new();
-    loop {
-        let mut starts = Vec::new();
-        for (partition, (low, high)) in (0..).zip(&ends) {
-            if found.contains_key(&partition) || exhausted.contains(&partition) {
-                continue;
+    let found = last_of(
+        kafka,
+        "reading the last progress",
+        topic,
+        stall,
+        |message| {
+            let is_progress = message.key() == Some(PROGRESS_KEY.as_bytes())
+                && message.headers().is_some_and(|h| {
+                    h.iter()
+                        .any(|h| h.key == KIND_HEADER && h.value == Some(b"progress"))
+                });
+            if !is_progress {
+                return None;
             }
-            let start = high.saturating_sub(window).max(*low);
-            if start == *low {
-                exhausted.insert(partition);
-            }
-            starts.push((partition, Offset::Offset(start)));
-        }
-        if starts.is_empty() {
-            break;
-        }
-        scan_partitions(
-            kafka,
-            "reading the last progress",
-            topic,
-            &starts,
-            &[("isolation.level", "read_committed")],
-            stall,
-            |message| {
-                let is_progress = message.key() == Some(PROGRESS_KEY.as_bytes())
-                    && message.headers().is_some_and(|h| {
-                        h.iter()
-                            .any(|h| h.key == KIND_HEADER && h.value == Some(b"progress"))
-                    });
-                if is_progress {
-                    match message
-                        .payload()
-                        .map(serde_json::from_slice::<EpochProgress>)
-                    {
-                        Some(Ok(progress)) => {
-                            found.insert(message.partition(), progress);
-                        }
-                        Some(Err(e)) => {
-                            problem.get_or_insert(format!(
-                                "{topic}[{}]@{}: a progress record that does not parse: {e}",
-                                message.partition(),
-                                message.offset()
-                            ));
-                        }
-                        None => {}
-                    }
+            match serde_json::from_slice::<EpochProgress>(message.payload()?) {
+                Ok(progress) => Some(progress),
+                Err(e) => {
+                    problem.get_or_insert(format!(
+                        "{topic}[{}]@{}: a progress record that does not parse: {e}",
+                        message.partition(),
+                        message.offset()
+                    ));
+                    None
                 }
-                Scan::More
-            },
-        )?;
-        window = window.saturating_mul(8);
-    }
+            }
+        },
+    )?;
     if let Some(problem) = problem {
         return Err(KafkaError::Topic {
             topic: topic.to_owned(),

@@ -4,8 +4,9 @@
 //! in time nor republishes everything.
 
 use super::dead_letter::{response_record, DEFAULT_DEAD_LETTER_TOPIC};
+use super::protocol::station_value;
 use super::protocol::{station_key, EpochMarker, MARKER_KEY};
-use super::recovery::{recover, Recovered};
+use super::recovery::{read_back, PublishedTopics, Recovered};
 use super::topics::{ensure_topics, TopicSpec};
 use super::transaction::{owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError};
@@ -19,6 +20,19 @@ use std::time::Duration;
 pub const DEFAULT_STATUS_TOPIC: &str = "velib-projet";
 /// The producer's default directory topic.
 pub const DEFAULT_DIRECTORY_TOPIC: &str = "velib-directory";
+
+/// The producer's state topic beside `status_topic`: `<status topic>-state`.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::publish::state_topic_beside;
+///
+/// assert_eq!(state_topic_beside("velib-projet"), "velib-projet-state");
+/// ```
+pub fn state_topic_beside(status_topic: &str) -> String {
+    format!("{status_topic}-state")
+}
 
 /// Where and how the producer publishes.
 ///
@@ -34,6 +48,7 @@ pub const DEFAULT_DIRECTORY_TOPIC: &str = "velib-directory";
 /// assert_eq!(compacted, [
 ///     ("velib-projet".to_owned(), false),
 ///     ("velib-directory".to_owned(), true),
+///     ("velib-projet-state".to_owned(), true),
 ///     ("velib-projet-dead-letters".to_owned(), false),
 /// ]);
 /// ```
@@ -45,6 +60,11 @@ pub struct PublisherConfig {
     pub status_topic: String,
     /// Directory entries, keyed by station id (compacted).
     pub directory_topic: String,
+    /// The latest status of every station (compacted), written in each
+    /// epoch's transaction beside the status topic: what a restart reads
+    /// instead of the status topic's whole history. `None`: a restart reads
+    /// the status topic in full.
+    pub state_topic: Option<String>,
     /// The producer's `transactional.id`: the same across restarts, so that
     /// a restarted producer fences a zombie one.
     pub transactional_id: String,
@@ -68,6 +88,7 @@ impl PublisherConfig {
             kafka,
             status_topic: DEFAULT_STATUS_TOPIC.into(),
             directory_topic: DEFAULT_DIRECTORY_TOPIC.into(),
+            state_topic: Some(state_topic_beside(DEFAULT_STATUS_TOPIC)),
             transactional_id: format!("velib-producer-{DEFAULT_STATUS_TOPIC}"),
             create_partitions: Some(3),
             replication: 1,
@@ -84,6 +105,13 @@ impl PublisherConfig {
                 .compacted()
                 .replication(self.replication),
         ];
+        if let Some(topic) = &self.state_topic {
+            topics.push(
+                TopicSpec::new(topic, partitions)
+                    .changelog()
+                    .replication(self.replication),
+            );
+        }
         if let Some(topic) = &self.dead_letter_topic {
             topics.push(TopicSpec::new(topic, 1).replication(self.replication));
         }
@@ -135,6 +163,9 @@ pub struct EpochPublisher {
     partitions: Vec<(String, i32)>,
     run: String,
     tries: u64,
+    /// What the state topic lacks (the statuses of a full read back), as
+    /// records: written with the next epoch.
+    state_repair: Vec<(StationId, Option<Vec<u8>>)>,
 }
 
 impl EpochPublisher {
@@ -166,28 +197,37 @@ impl EpochPublisher {
             config.timeout,
             super::config::ReaderContext { on_stats },
         )?;
-        let partitions = vec![
-            (
-                config.status_topic.clone(),
-                producer.partitions(&config.status_topic)?,
-            ),
-            (
-                config.directory_topic.clone(),
-                producer.partitions(&config.directory_topic)?,
-            ),
-        ];
-        let recovered = recover(
-            &config.kafka,
-            &partitions,
-            &config.directory_topic,
-            config.timeout,
-        )?;
+        let with_count = |topic: &String| -> Result<(String, i32), KafkaError> {
+            Ok((topic.clone(), producer.partitions(topic)?))
+        };
+        let topics = PublishedTopics {
+            status: with_count(&config.status_topic)?,
+            directory: with_count(&config.directory_topic)?,
+            state: config.state_topic.as_ref().map(with_count).transpose()?,
+        };
+        let recovered = read_back(&config.kafka, &topics, config.timeout)?;
+        let epoch = recovered.last.as_ref().map_or(0, |m| m.epoch);
+        let state_repair = recovered
+            .state_repair
+            .iter()
+            .map(|(id, status)| {
+                (
+                    id.clone(),
+                    status.as_ref().map(|s| station_value(None, epoch, s)),
+                )
+            })
+            .collect();
+        let partitions = [Some(topics.status), Some(topics.directory), topics.state]
+            .into_iter()
+            .flatten()
+            .collect();
         let mut publisher = EpochPublisher {
             producer,
             config,
             partitions,
             run: new_run_id(),
             tries: 0,
+            state_repair,
         };
         if let (Some(last), false) = (&recovered.last, recovered.unmarked.is_empty()) {
             tracing::warn!(
@@ -211,8 +251,9 @@ impl EpochPublisher {
         &self.partitions
     }
 
-    /// Publishes `epoch`: its records, then a marker on every partition of
-    /// both topics, in one transaction. A failed try is aborted; trying
+    /// Publishes `epoch`: its records (statuses also on the state topic,
+    /// after what it lacks, if anything), then a marker on every partition
+    /// of every topic, in one transaction. A failed try is aborted; trying
     /// again writes under a new attempt id, so that a reader who saw the
     /// failed try's records drops them. An error for which
     /// [`KafkaError::is_fatal`] holds means this publisher can go no further.
@@ -234,25 +275,46 @@ impl EpochPublisher {
             .collect();
         self.in_transaction(|p| {
             let headers = marker.stamp().headers();
+            let send = |topic: &str, station: &StationId, value: &Option<Vec<u8>>| {
+                let key = station_key(station);
+                let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                    .key(&key[..])
+                    .headers(owned_headers(&headers));
+                if let Some(value) = value {
+                    out = out.payload(&value[..]);
+                }
+                p.producer.send(out)
+            };
+            let state = p.config.state_topic.as_deref();
+            if let Some(state) = state {
+                // First: this epoch's own records of a station come later
+                // and win.
+                for (station, value) in &p.state_repair {
+                    send(state, station, value)?;
+                }
+            }
             for record in records {
                 let topic = match record.topic {
                     PublishedTopic::Status => &p.config.status_topic,
                     PublishedTopic::Directory => &p.config.directory_topic,
                 };
-                let key = station_key(&record.station);
-                let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                    .key(&key[..])
-                    .headers(owned_headers(&headers));
-                if let Some(value) = &record.value {
-                    out = out.payload(&value[..]);
+                send(topic, &record.station, &record.value)?;
+                if let (PublishedTopic::Status, Some(state)) = (record.topic, state) {
+                    send(state, &record.station, &record.value)?;
                 }
-                p.producer.send(out)?;
             }
             // Every record is on the log before any marker is: a marker
             // never precedes a record of its own epoch.
             p.producer.flush()?;
             p.markers(&marker, &everywhere)
         })?;
+        if !self.state_repair.is_empty() {
+            tracing::info!(
+                records = self.state_repair.len(),
+                "the state topic is whole again"
+            );
+            self.state_repair.clear();
+        }
         Ok(marker.attempt)
     }
 

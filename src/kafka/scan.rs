@@ -173,3 +173,55 @@ pub(crate) fn watermarks(
         })
         .collect()
 }
+
+/// The last record of each of `topic`'s partitions that `pick` turns into a
+/// value, read backwards from each partition's end in windows growing
+/// eightfold (16, 128, 1,024 … records) until one is found or the
+/// partition's start is reached: the cost of the partition's last
+/// records, not of its history. Partitions with no such record are absent.
+/// Read at `read_committed` whatever the user's properties say.
+pub(crate) fn last_of<T>(
+    kafka: &KafkaConfig,
+    purpose: &str,
+    topic: &str,
+    stall: Duration,
+    mut pick: impl FnMut(&BorrowedMessage<'_>) -> Option<T>,
+) -> Result<std::collections::BTreeMap<i32, T>, KafkaError> {
+    let ends = watermarks(kafka, topic, stall)?;
+    let mut found = std::collections::BTreeMap::new();
+    let mut window = 16i64;
+    // Partitions read back to their start already.
+    let mut exhausted = HashSet::new();
+    loop {
+        let mut starts = Vec::new();
+        for (partition, (low, high)) in (0..).zip(&ends) {
+            if found.contains_key(&partition) || exhausted.contains(&partition) {
+                continue;
+            }
+            let start = high.saturating_sub(window).max(*low);
+            if start == *low {
+                exhausted.insert(partition);
+            }
+            starts.push((partition, Offset::Offset(start)));
+        }
+        if starts.is_empty() {
+            return Ok(found);
+        }
+        scan_partitions(
+            kafka,
+            purpose,
+            topic,
+            &starts,
+            &[("isolation.level", "read_committed")],
+            stall,
+            |message| {
+                if let Some(value) = pick(message) {
+                    // Later offsets come later: the last one stays.
+                    found.insert(message.partition(), value);
+                }
+                Scan::More
+            },
+        )?;
+        window = window.saturating_mul(8);
+    }
+}

@@ -7,6 +7,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
+/// How often a state changelog's segments roll (`segment.ms`, one hour):
+/// the log cleaner compacts only rolled segments, so this bounds what a
+/// restart reads beyond the state itself to about an hour of changes
+/// (Kafka's default, seven days, would let it grow to a week's).
+pub const CHANGELOG_SEGMENT_MS: &str = "3600000";
+
 /// A topic as a job wants it.
 ///
 /// # Examples
@@ -29,6 +35,9 @@ pub struct TopicSpec {
     /// Whether it must be compacted (`cleanup.policy=compact`): the output
     /// and directory topics, so that they always hold the current state.
     pub compacted: bool,
+    /// Further topic configuration set when it is created (`segment.ms`…);
+    /// an existing topic's is left as it is.
+    pub configs: Vec<(String, String)>,
 }
 
 impl TopicSpec {
@@ -39,7 +48,30 @@ impl TopicSpec {
             partitions,
             replication: 1,
             compacted: false,
+            configs: Vec::new(),
         }
+    }
+
+    /// The same topic, created with the topic configuration `key=value`.
+    pub fn config(mut self, key: &str, value: &str) -> Self {
+        self.configs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same topic, compacted, as a state changelog: its segments roll
+    /// every [`CHANGELOG_SEGMENT_MS`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::topics::TopicSpec;
+    ///
+    /// let spec = TopicSpec::new("velib-projet-state", 3).changelog();
+    /// assert!(spec.compacted);
+    /// assert_eq!(spec.configs, [("segment.ms".to_owned(), "3600000".to_owned())]);
+    /// ```
+    pub fn changelog(self) -> Self {
+        self.compacted().config("segment.ms", CHANGELOG_SEGMENT_MS)
     }
 
     /// The same topic, compacted.
@@ -142,16 +174,17 @@ pub fn ensure_topics(
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|s| {
-                let topic = NewTopic::new(
+                let mut topic = NewTopic::new(
                     &s.name,
                     s.partitions,
                     TopicReplication::Fixed(s.replication),
                 );
                 if s.compacted {
-                    topic.set("cleanup.policy", "compact")
-                } else {
-                    topic
+                    topic = topic.set("cleanup.policy", "compact");
                 }
+                s.configs
+                    .iter()
+                    .fold(topic, |topic, (key, value)| topic.set(key, value))
             })
             .collect();
         let results = block_on(admin.create_topics(&new_topics, &options))

@@ -27,6 +27,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// A topic for [`Broker::create_topics`]: its name, partition count and
+/// topic configuration.
+pub type TopicToCreate<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
 /// One Apache Kafka node on 127.0.0.1.
 pub struct Broker {
     child: Mutex<Option<Child>>,
@@ -219,6 +223,32 @@ impl Broker {
     pub fn start_again(&self) {
         assert!(self.child().is_none(), "already running");
         self.run();
+    }
+
+    /// Creates `topics` (name, partitions, topic configuration), failing
+    /// the test if one cannot be.
+    #[allow(dead_code)]
+    pub fn create_topics(&self, topics: &[TopicToCreate<'_>]) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &self.address)
+                .create()
+                .unwrap();
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, partitions, configs)| {
+                configs.iter().fold(
+                    NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                    |topic, (k, v)| topic.set(k, v),
+                )
+            })
+            .collect();
+        let results =
+            futures_executor::block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
+        for result in results {
+            result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+        }
     }
 
     /// kcat with Debian's librdkafka, on this broker.
