@@ -72,6 +72,18 @@ struct FillArgs {
     #[arg(long, default_value = "velib-loadgen", value_name = "TOPIC")]
     topic: String,
 
+    /// Also write every record and marker to this topic (compacted, created
+    /// with --topic's partition count), as the producer writes its state
+    /// topic: what `scripts/restart-time --producer` restarts a producer on.
+    #[arg(long, value_name = "TOPIC")]
+    state_topic: Option<String>,
+
+    /// Topic configuration of the state topic when created, over the
+    /// producer's (`segment.ms=1000` to let the log cleaner do an hour's
+    /// work in a second).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_topic_config, requires = "state_topic")]
+    state_topic_config: Vec<(String, String)>,
+
     /// Stations in the synthetic network (Vélib' has about 1,500).
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     stations: u32,
@@ -384,7 +396,29 @@ fn prepare_topic(
     replication: i32,
     timeout: Duration,
 ) -> Result<(), String> {
-    let spec = TopicSpec::new(topic, partitions).replication(replication);
+    prepare(
+        kafka,
+        TopicSpec::new(topic, partitions).replication(replication),
+        timeout,
+    )
+}
+
+/// A `--state-topic-config` value: `key=value`.
+fn parse_topic_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "expected KEY=VALUE (segment.ms=1000), not {text:?}"
+        )),
+    }
+}
+
+/// Creates the topic `spec` describes if it is missing, and says what it
+/// found.
+fn prepare(kafka: &KafkaConfig, spec: TopicSpec, timeout: Duration) -> Result<(), String> {
+    let partitions = spec.partitions;
     for (name, outcome) in ensure_topics(kafka, &[spec], timeout).map_err(|e| e.to_string())? {
         match outcome {
             TopicOutcome::Created => tracing::info!("{name}: created, {partitions} partitions"),
@@ -704,6 +738,24 @@ fn fill(args: FillArgs) -> Result<(), Failure> {
         args.timeout,
         "--topic",
     )?;
+    let mut topics = vec![args.topic.as_str()];
+    if let Some(state) = &args.state_topic {
+        let spec = args.state_topic_config.iter().fold(
+            TopicSpec::new(state, partitions)
+                .changelog()
+                .replication(args.kafka.replication),
+            |spec, (key, value)| spec.config(key, value),
+        );
+        prepare(&kafka, spec, args.timeout)?;
+        require_empty(
+            producer.client(),
+            state,
+            partitions,
+            args.timeout,
+            "--state-topic",
+        )?;
+        topics.push(state);
+    }
     // Changing 1 % of 1,500 stations is 15, never 0 when asked for some.
     let changes = match (args.change * f64::from(args.stations)).round() as usize {
         0 if args.change > 0.0 => 1,
@@ -740,7 +792,7 @@ fn fill(args: FillArgs) -> Result<(), Failure> {
         let before = (figures.records, figures.bytes);
         let commit = write_epoch(
             &producer,
-            &args.topic,
+            &topics,
             partitions,
             &network,
             &stations,
@@ -792,7 +844,7 @@ fn fill(args: FillArgs) -> Result<(), Failure> {
 #[allow(clippy::too_many_arguments)]
 fn write_epoch(
     producer: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
+    topics: &[&str],
     partitions: i32,
     network: &Network,
     stations: &[u32],
@@ -807,20 +859,25 @@ fn write_epoch(
     let header_bytes = record_bytes(0, 0, Some(&headers)) as u64;
     for &station in stations {
         let (key, value) = network.record(station, marker.epoch);
-        figures.records += 1;
-        figures.bytes += (key.len() + value.len()) as u64 + header_bytes;
-        send(
-            producer,
-            BaseRecord::to(topic)
-                .key(&key[..])
-                .payload(&value[..])
-                .headers(headers.clone()),
-        )?;
+        for topic in topics {
+            figures.records += 1;
+            figures.bytes += (key.len() + value.len()) as u64 + header_bytes;
+            send(
+                producer,
+                BaseRecord::to(topic)
+                    .key(&key[..])
+                    .payload(&value[..])
+                    .headers(headers.clone()),
+            )?;
+        }
     }
     drain(producer, timeout, rdkafka_flush)?;
     let value = marker.to_json();
     let marker_headers = owned_headers(&marker.headers());
-    for partition in 0..partitions {
+    for (topic, partition) in topics
+        .iter()
+        .flat_map(|t| (0..partitions).map(move |p| (t, p)))
+    {
         figures.records += 1;
         figures.markers += 1;
         figures.bytes += record_bytes(MARKER_KEY.len(), value.len(), Some(&marker_headers)) as u64;

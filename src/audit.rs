@@ -1258,6 +1258,9 @@ impl Engine {
                 if partition.epochs.passed().is_some_and(|e| e >= stamp.epoch) {
                     // Late: the source discards it too.
                     Ok(None)
+                } else if let Err(e) = partition.epochs.check_data(&stamp) {
+                    // Far ahead: the source dead-letters it too.
+                    Err(e.to_string())
                 } else {
                     let update = if directory {
                         DirectoryEntryDecoder
@@ -1277,16 +1280,20 @@ impl Engine {
                     }
                 }
             }
-            Ok(Framed::Marker(marker)) => {
-                partition.markers += 1;
-                if partition.markers == 2 {
-                    partition.second_marker = Some(message.offset());
+            Ok(Framed::Marker(marker)) => match partition.epochs.check_marker(&marker) {
+                // Going back or far ahead: the source dead-letters it too.
+                Err(e) => Err(e.to_string()),
+                Ok(()) => {
+                    partition.markers += 1;
+                    if partition.markers == 2 {
+                        partition.second_marker = Some(message.offset());
+                    }
+                    Ok(partition
+                        .epochs
+                        .marker(&marker)
+                        .map(|passed| (marker.epoch, passed.released)))
                 }
-                Ok(partition
-                    .epochs
-                    .marker(&marker)
-                    .map(|passed| (marker.epoch, passed.released)))
-            }
+            },
         };
         match outcome {
             Err(why) => {

@@ -105,6 +105,14 @@ fn paris() -> Vec<(EpochUpdates, State)> {
     common::sequence(common::paris_series(true))
 }
 
+/// A forged marker: in the transaction of `during`, after its records, a
+/// marker of `epoch` on this partition of the status topic.
+struct ForgedMarker {
+    during: Epoch,
+    epoch: Epoch,
+    partition: i32,
+}
+
 /// Writes `epochs` in the epoch protocol: statuses and directory on 3
 /// partitions each; epochs 2 to 5 all on partition 0, so that partitions 1
 /// and 2 see only markers for four epochs.
@@ -112,6 +120,7 @@ fn write_paris(
     address: &str,
     epochs: &[(EpochUpdates, State)],
     extra: &dyn Fn(Epoch) -> Vec<InputRecord>,
+    forged: &[ForgedMarker],
 ) {
     let writer = EpochWriter::new(
         address,
@@ -128,7 +137,16 @@ fn write_paris(
         };
         let mut records = epoch_records(updates, true, partition_of);
         records.extend(extra(updates.epoch));
-        writer.write_epoch(updates.epoch, updates.feed_time, &records);
+        writer.begin();
+        for record in &records {
+            writer.send(updates.epoch, record);
+        }
+        for f in forged.iter().filter(|f| f.during == updates.epoch) {
+            writer.marker_on(f.epoch, updates.feed_time, STATUS_TOPIC, f.partition);
+        }
+        writer.flush();
+        writer.markers(updates.epoch, updates.feed_time);
+        writer.commit();
     }
 }
 
@@ -197,6 +215,10 @@ fn seeds_format_gives_the_rider_totals_of_the_fixtures_readme() {
     assert!(extra.iter().all(|k| *k == "unknown"), "{extra:?}");
 }
 
+/// Bad records, forged markers among them: a far-future marker (on a
+/// partition with records of the epoch open, and on an idle one) and
+/// markers going back are dead-lettered and freeze nothing, the output is
+/// the reference's.
 #[test]
 fn epoch_series_with_idle_partitions_and_bad_records() {
     let broker = Broker::start();
@@ -226,7 +248,29 @@ fn epoch_series_with_idle_partitions_and_bad_records() {
             },
         ]
     };
-    write_paris(&broker.address, &epochs, &bad);
+    let forged = [
+        ForgedMarker {
+            during: 3,
+            epoch: 1_000_000_000_000,
+            partition: 0,
+        },
+        ForgedMarker {
+            during: 3,
+            epoch: 1_000_000_000_000,
+            partition: 1,
+        },
+        ForgedMarker {
+            during: 5,
+            epoch: 2,
+            partition: 2,
+        },
+        ForgedMarker {
+            during: 6,
+            epoch: 3,
+            partition: 2,
+        },
+    ];
+    write_paris(&broker.address, &epochs, &bad, &forged);
 
     let last = epochs.last().unwrap().0.epoch;
     let (handle, thread) = start(config, timely::Config::thread());
@@ -272,9 +316,19 @@ fn epoch_series_with_idle_partitions_and_bad_records() {
     assert_eq!(
         reasons,
         vec![
+            ("epoch_gap_too_large", STATUS_TOPIC, "0"),
+            ("epoch_gap_too_large", STATUS_TOPIC, "1"),
             ("invalid_header", STATUS_TOPIC, "2"),
-            ("invalid_json", STATUS_TOPIC, "1")
+            ("invalid_json", STATUS_TOPIC, "1"),
+            ("marker_goes_back", STATUS_TOPIC, "2"),
+            ("marker_goes_back", STATUS_TOPIC, "2"),
         ],
+        "{dead:#?}"
+    );
+    assert!(
+        dead.iter()
+            .filter(|r| header(r, "velib-dlq-reason") == Some("epoch_gap_too_large"))
+            .all(|r| header(r, "velib-dlq-error").is_some_and(|e| e.contains("1000000000000"))),
         "{dead:#?}"
     );
     assert!(dead
@@ -284,7 +338,9 @@ fn epoch_series_with_idle_partitions_and_bad_records() {
         dead.iter().any(|r| r["payload"] == "{}"),
         "the raw bytes are kept"
     );
-    assert_eq!(stats.dead_letters.values().sum::<u64>(), 2);
+    assert_eq!(stats.dead_letters.values().sum::<u64>(), 6);
+    assert_eq!(stats.dead_letters["epoch_gap_too_large"], 2);
+    assert_eq!(stats.dead_letters["marker_goes_back"], 2);
 }
 
 /// Apache Kafka hides the aborted transaction from read_committed readers:
@@ -420,7 +476,7 @@ fn two_workers_and_two_processes_write_the_same_output() {
         );
     }
     let epochs = paris();
-    write_paris(&broker.address, &epochs, &|_| Vec::new());
+    write_paris(&broker.address, &epochs, &|_| Vec::new(), &[]);
     let last = epochs.last().unwrap().0.epoch;
 
     for (output, timely_config) in [

@@ -4,7 +4,9 @@
 //! cleaner keeps, of the records before its point, only the last of each key
 //! before that point. Reading the cleaned log with `PartitionEpochs` must
 //! give, at the last marker, exactly the state of the uncleaned log; and an
-//! uncleaned log must release every epoch exactly as it was written.
+//! uncleaned log must release every epoch exactly as it was written. No
+//! record of a cleaned log is refused as forged framing (a marker going
+//! back, or too far ahead).
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -65,13 +67,13 @@ fn read(log: &[Entry]) -> Vec<Release> {
     for e in log {
         match e {
             Entry::Data(k, v, epoch) => {
-                p.data(
-                    EpochStamp {
-                        epoch: *epoch,
-                        attempt: "a".into(),
-                    },
-                    (*k, *v),
-                );
+                let stamp = EpochStamp {
+                    epoch: *epoch,
+                    attempt: "a".into(),
+                };
+                // What the cleaner leaves is never taken for forged framing.
+                assert!(p.check_data(&stamp).is_ok());
+                p.data(stamp, (*k, *v));
             }
             Entry::Marker(epoch) => {
                 let marker = EpochMarker {
@@ -79,6 +81,7 @@ fn read(log: &[Entry]) -> Vec<Release> {
                     attempt: "a".into(),
                     feed_time: None,
                 };
+                assert!(p.check_marker(&marker).is_ok(), "{marker:?}");
                 if let Some(passed) = p.marker(&marker) {
                     releases.push((*epoch, passed.released));
                 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::broker::Broker;
+use common::epochs::EpochWriter;
 use common::http::{FeedServer, Reply};
 use common::output::{assert_epochs_on_topic, header, published};
 use serde_json::Value;
@@ -710,6 +711,35 @@ fn a_restart_reads_the_state_topic_not_the_status_topics_history() {
         }
     }
     assert_eq!(latest.values().filter(|v| !v.is_null()).count(), stations);
+
+    // A forged far-future marker on each topic: a restart refuses it as
+    // every reader does, and goes on from the genuine last epoch.
+    let forger = EpochWriter::new(
+        &broker.address,
+        "forged",
+        &[
+            ("st-projet", 3),
+            ("st-directory", 3),
+            ("st-projet-state", 3),
+        ],
+    );
+    forger.begin();
+    for topic in ["st-projet", "st-directory", "st-projet-state"] {
+        forger.marker_on(1_000_000_000_000, 0, topic, 1);
+    }
+    forger.commit();
+    let forged = read_back(
+        &kafka,
+        &published_topics("st", true),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(
+        forged.last.as_ref().map(|m| m.epoch),
+        Some(expected.len() as Epoch)
+    );
+    assert_eq!(forged.statuses.len(), stations);
+    assert!(forged.unreadable >= 2, "{forged:?}");
 
     // Its flags, as users find them.
     let help = std::process::Command::new(common::example_binary("velib_producer"))

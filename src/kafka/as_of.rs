@@ -17,6 +17,9 @@
 //! - a partition with records of an epoch before its first marker lost that
 //!   epoch's marker: it is read to its end, and starts at its last marker.
 //!
+//! Markers the source refuses as forged (going back, or more than
+//! [`MAX_EPOCH_GAP`] ahead) are passed over here as well.
+//!
 //! The sources start at the latest of these over all partitions of all
 //! their topics ([`super::source::SourceConfig::as_of`]): records of earlier
 //! epochs are released there, as the state they add up to, and every later
@@ -35,7 +38,7 @@
 //! too; and a cleaner pass while the sources read can remove the markers
 //! after the start, which the source reports.
 
-use super::protocol::{framing, Framed, RecordHeaders};
+use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders, MAX_EPOCH_GAP};
 use super::scan::{scan_topic, Scan};
 use super::source::Framing;
 use super::{KafkaConfig, KafkaError};
@@ -94,8 +97,8 @@ impl StartPoint {
 enum PartitionStart {
     /// No record read.
     Empty,
-    /// Framed records before any marker, the oldest of this epoch.
-    Open { oldest: Epoch },
+    /// Framed records before any marker, of epochs `oldest` to `newest`.
+    Open { oldest: Epoch, newest: Epoch },
     /// A marker closed only records of its own epoch: intact from there.
     Intact { first: Epoch },
     /// Records before the first marker had older epochs: read to the end,
@@ -107,6 +110,11 @@ enum PartitionStart {
 
 impl PartitionStart {
     /// Moves on with one record's framing; says whether to read on.
+    ///
+    /// A marker the source refuses ([`PartitionEpochs::check_marker`]:
+    /// more than [`MAX_EPOCH_GAP`] past the records before it or past the
+    /// last marker, or going back) is passed over here too: a forged
+    /// far-future marker must not become every source's start.
     fn next(self, framed: &Framed) -> (PartitionStart, Scan) {
         use PartitionStart::*;
         match (self, framed) {
@@ -114,26 +122,35 @@ impl PartitionStart {
             (Empty, Framed::Data(stamp)) => (
                 Open {
                     oldest: stamp.epoch,
+                    newest: stamp.epoch,
                 },
                 Scan::More,
             ),
-            (Open { oldest }, Framed::Data(stamp)) => (
+            (Open { oldest, newest }, Framed::Data(stamp)) => (
                 Open {
                     oldest: oldest.min(stamp.epoch),
+                    newest: newest.max(stamp.epoch),
                 },
                 Scan::More,
             ),
             (Empty, Framed::Marker(m)) => (Intact { first: m.epoch }, Scan::Done),
-            (Open { oldest }, Framed::Marker(m)) if oldest >= m.epoch => {
+            (state @ Open { newest, .. }, Framed::Marker(m))
+                if m.epoch > newest.saturating_add(MAX_EPOCH_GAP) =>
+            {
+                (state, Scan::More)
+            }
+            (Open { oldest, .. }, Framed::Marker(m)) if oldest >= m.epoch => {
                 (Intact { first: m.epoch }, Scan::Done)
             }
             (Open { .. }, Framed::Marker(m)) => (Compacted { last: m.epoch }, Scan::More),
-            (Compacted { last }, Framed::Marker(m)) => (
-                Compacted {
-                    last: last.max(m.epoch),
-                },
-                Scan::More,
-            ),
+            (state @ Compacted { last }, Framed::Marker(m))
+                if PartitionEpochs::<()>::resumed(last)
+                    .check_marker(m)
+                    .is_err() =>
+            {
+                (state, Scan::More)
+            }
+            (Compacted { .. }, Framed::Marker(m)) => (Compacted { last: m.epoch }, Scan::More),
             // Unframed records among framed ones go to the dead letters.
             (state, _) => (state, Scan::More),
         }
@@ -308,9 +325,39 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_far_future_marker_is_not_where_sources_start() {
+        let far = 1_000_000_000_000;
+        // Among the last markers of a compacted partition, or going back.
+        let records = [data(1), marker(4), marker(far), marker(5), marker(2)];
+        assert_eq!(run(&records), PartitionStart::Compacted { last: 5 });
+        // As the first marker after records.
+        assert_eq!(
+            run(&[data(3), data(3), marker(far), marker(3)]),
+            PartitionStart::Intact { first: 3 }
+        );
+        assert_eq!(
+            run(&[data(1), data(3), marker(far), data(4), marker(4)]),
+            PartitionStart::Compacted { last: 4 }
+        );
+        // A genuine jump, within the bound, is taken.
+        assert_eq!(
+            run(&[data(1), marker(1 + MAX_EPOCH_GAP)]),
+            PartitionStart::Compacted {
+                last: 1 + MAX_EPOCH_GAP
+            }
+        );
+    }
+
+    #[test]
     fn seeds_records_and_open_epochs() {
         assert_eq!(run(&[Framed::Unframed, data(1)]), PartitionStart::Unframed);
-        assert_eq!(run(&[data(7), data(7)]), PartitionStart::Open { oldest: 7 });
+        assert_eq!(
+            run(&[data(7), data(8)]),
+            PartitionStart::Open {
+                oldest: 7,
+                newest: 8
+            }
+        );
         assert_eq!(run(&[]), PartitionStart::Empty);
         // An unframed record after framed ones changes nothing.
         assert_eq!(

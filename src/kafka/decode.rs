@@ -8,6 +8,7 @@
 //! [`RecordDecoder`] to read anything else.
 
 use super::protocol::{parse_station_key, NORMALISED_FIELD};
+use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{gbfs, FeedError, StationId, StationStatus};
 
@@ -90,6 +91,37 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// A marker or data record whose epoch is more than
+    /// [`MAX_EPOCH_GAP`](super::protocol::MAX_EPOCH_GAP) past what its
+    /// partition has shown: forged or broken framing, which would make
+    /// every later genuine record of the partition late (see
+    /// [`PartitionEpochs::check_marker`](super::protocol::PartitionEpochs::check_marker)).
+    #[error(
+        "epoch {epoch} is more than {limit} epochs past epoch {reference}, where its partition \
+         stands: forged or broken framing"
+    )]
+    EpochGap {
+        /// The epoch the partition passed; before its first marker, the
+        /// newest epoch of the records it holds (or the reader's start
+        /// epoch, if later).
+        reference: Epoch,
+        /// The record's epoch.
+        epoch: Epoch,
+        /// The largest jump accepted.
+        limit: Epoch,
+    },
+    /// A marker older than the epoch its partition passed: one producer's
+    /// markers only go forward.
+    #[error(
+        "marker of epoch {epoch} after the partition passed epoch {passed}: another producer \
+         writes this topic, or a forged marker moved the partition on"
+    )]
+    MarkerGoesBack {
+        /// The epoch the partition passed.
+        passed: Epoch,
+        /// The marker's epoch.
+        epoch: Epoch,
+    },
     /// The key and the value name different stations.
     #[error("key names station {key}, value station {value}")]
     KeyMismatch {
@@ -112,6 +144,8 @@ impl DecodeError {
             DecodeError::Json { .. } => "invalid_json",
             DecodeError::Feed(e) => e.reason(),
             DecodeError::TooManyOpenEpochs { .. } => "too_many_open_epochs",
+            DecodeError::EpochGap { .. } => "epoch_gap_too_large",
+            DecodeError::MarkerGoesBack { .. } => "marker_goes_back",
             DecodeError::KeyMismatch { .. } => "key_mismatch",
         }
     }

@@ -15,6 +15,12 @@
 //!   partition decides; later records or markers of an epoch already passed
 //!   are ignored. A producer therefore never writes a marker naming another
 //!   attempt than one already visible for that epoch.
+//! - Markers on a partition only go forward, by one epoch at a time but
+//!   where the cleaner removed some (below). A marker older than the epoch
+//!   passed, and a marker or record more than [`MAX_EPOCH_GAP`] epochs
+//!   past it, are refused (dead-lettered), and change nothing
+//!   ([`PartitionEpochs::check_marker`]): a forged far-future marker must
+//!   not make every genuine record after it late.
 //! - **Compaction.** All markers of a partition share one key, so once the
 //!   log cleaner has run only the latest survives, while records of older
 //!   epochs survive as the latest of their key. A marker therefore also
@@ -278,6 +284,25 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
 /// see [`PartitionEpochs::is_full_for`].
 pub const MAX_OPEN_EPOCHS: usize = 256;
 
+/// How far past what a partition has shown a record's epoch may be: a
+/// marker (or data record) further ahead is refused, see
+/// [`PartitionEpochs::check_marker`].
+///
+/// One producer writes every epoch's marker to every partition, one epoch
+/// after the other, so a reader sees consecutive markers, except after the
+/// log cleaner ran: all markers share one key, only the latest of the
+/// cleaned part survives, and a reader that starts in, or resumes into, a
+/// cleaned region jumps over the epochs it was not there for. A genuine
+/// jump is therefore the number of epochs a reader was away (stopped, or
+/// lagging behind the cleaner). 2^20 epochs is about two years of Vélib's
+/// one-minute epochs (four months at one epoch every ten seconds); a
+/// further jump is forged or broken framing, which would otherwise move the
+/// partition so far ahead that every genuine record after it is late and
+/// its stations freeze. An aggregator stopped longer than that on a
+/// cleaned input refuses its first markers the same way, and must start
+/// over (see `docs/operations.md`, "Bad input").
+pub const MAX_EPOCH_GAP: Epoch = 1 << 20;
+
 /// One partition's epochs as a reader follows them: records are held by
 /// (epoch, attempt) until the epoch's marker, which releases those of the
 /// attempt it names and drops the others. The source operator and the
@@ -313,6 +338,8 @@ pub const MAX_OPEN_EPOCHS: usize = 256;
 #[derive(Clone, Debug)]
 pub struct PartitionEpochs<T> {
     passed: Option<Epoch>,
+    /// See [`PartitionEpochs::reading_as_of`].
+    as_of: Option<Epoch>,
     open: std::collections::BTreeMap<(Epoch, String), Vec<T>>,
 }
 
@@ -333,6 +360,7 @@ impl<T> Default for PartitionEpochs<T> {
     fn default() -> Self {
         PartitionEpochs {
             passed: None,
+            as_of: None,
             open: std::collections::BTreeMap::new(),
         }
     }
@@ -349,13 +377,114 @@ impl<T> PartitionEpochs<T> {
     pub fn resumed(epoch: Epoch) -> Self {
         PartitionEpochs {
             passed: Some(epoch),
+            as_of: None,
             open: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The epoch the reader starts at ([`SourceConfig::as_of`], found by
+    /// [`read_as_of`](super::as_of::read_as_of), which reads each partition
+    /// up to its first marker or, once cleaned, to its last): before its
+    /// first marker, a partition accepts a marker within
+    /// [`MAX_EPOCH_GAP`] of it, whatever the epochs of the records it holds
+    /// (on a cleaned partition those can be far older than its first
+    /// surviving marker). 0 says nothing.
+    ///
+    /// [`SourceConfig::as_of`]: super::source::SourceConfig::as_of
+    pub fn reading_as_of(mut self, as_of: Epoch) -> Self {
+        self.as_of = (as_of > 0).then_some(as_of);
+        self
     }
 
     /// The last epoch whose marker this partition has passed.
     pub fn passed(&self) -> Option<Epoch> {
         self.passed
+    }
+
+    /// Whether `marker` may be passed, or must be refused (dead-lettered)
+    /// and leave the partition as it is:
+    ///
+    /// - a marker more than [`MAX_EPOCH_GAP`] past the epoch the partition
+    ///   passed is [`DecodeError::EpochGap`]: forged or broken framing,
+    ///   which would make every later genuine record late. Before the
+    ///   partition's first marker, the reference is the newest epoch of
+    ///   the records it holds (or the [`reading_as_of`](Self::reading_as_of)
+    ///   epoch, if later); with nothing held, nothing is known and any
+    ///   marker is accepted;
+    /// - a marker older than the epoch passed is
+    ///   [`DecodeError::MarkerGoesBack`]: one producer's markers only go
+    ///   forward, so another producer writes the topic, or a forged marker
+    ///   moved the partition on.
+    ///
+    /// A marker of the epoch passed is accepted (and [`marker`](Self::marker)
+    /// ignores it): a retried attempt's, on brokers that show aborted records.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::protocol::{EpochMarker, PartitionEpochs, MAX_EPOCH_GAP};
+    ///
+    /// let marker = |epoch| EpochMarker { epoch, attempt: "a".into(), feed_time: None };
+    /// let mut p = PartitionEpochs::<()>::resumed(41);
+    /// assert!(p.check_marker(&marker(42)).is_ok());
+    /// // After a cleaner pass: a jump, but within the bound.
+    /// assert!(p.check_marker(&marker(41 + MAX_EPOCH_GAP)).is_ok());
+    /// assert!(p.check_marker(&marker(42 + MAX_EPOCH_GAP)).is_err());
+    /// // A forged far-future marker, and one going back.
+    /// let forged = p.check_marker(&marker(1_000_000_000_000)).unwrap_err();
+    /// assert_eq!(forged.reason(), "epoch_gap_too_large");
+    /// assert_eq!(p.check_marker(&marker(40)).unwrap_err().reason(), "marker_goes_back");
+    /// // The epoch passed again: accepted, and ignored.
+    /// assert!(p.check_marker(&marker(41)).is_ok());
+    /// assert!(p.marker(&marker(41)).is_none());
+    /// // A refused marker changed nothing: the genuine next one passes.
+    /// assert!(p.marker(&marker(42)).is_some());
+    /// assert_eq!(p.passed(), Some(42));
+    /// ```
+    pub fn check_marker(&self, marker: &EpochMarker) -> Result<(), DecodeError> {
+        match self.passed {
+            Some(passed) if marker.epoch < passed => Err(DecodeError::MarkerGoesBack {
+                passed,
+                epoch: marker.epoch,
+            }),
+            Some(passed) => within_gap(passed, marker.epoch),
+            None => match self.newest_open() {
+                Some(newest) => within_gap(newest.max(self.as_of.unwrap_or(0)), marker.epoch),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Whether a data record of `stamp` may be held: one more than
+    /// [`MAX_EPOCH_GAP`] past the epoch the partition passed is
+    /// [`DecodeError::EpochGap`], as its epoch could only be closed by a
+    /// marker [`check_marker`](Self::check_marker) refuses. Before the
+    /// partition's first marker every epoch is accepted: records before a
+    /// cleaned partition's first surviving marker are as old as the
+    /// stations that did not change since. A record of an epoch already
+    /// passed is accepted here, and [`data`](Self::data) discards it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::protocol::{EpochStamp, PartitionEpochs, MAX_EPOCH_GAP};
+    ///
+    /// let stamp = |epoch| EpochStamp { epoch, attempt: "a".into() };
+    /// let p = PartitionEpochs::<()>::resumed(7);
+    /// assert!(p.check_data(&stamp(8)).is_ok());
+    /// assert!(p.check_data(&stamp(7 + MAX_EPOCH_GAP)).is_ok());
+    /// assert_eq!(p.check_data(&stamp(8 + MAX_EPOCH_GAP)).unwrap_err().reason(), "epoch_gap_too_large");
+    /// ```
+    pub fn check_data(&self, stamp: &EpochStamp) -> Result<(), DecodeError> {
+        match self.passed {
+            Some(passed) => within_gap(passed, stamp.epoch),
+            None => Ok(()),
+        }
+    }
+
+    /// The newest epoch of the records held.
+    fn newest_open(&self) -> Option<Epoch> {
+        self.open.keys().next_back().map(|(epoch, _)| *epoch)
     }
 
     /// Whether a record of `stamp` would open one (epoch, attempt) more
@@ -400,7 +529,9 @@ impl<T> PartitionEpochs<T> {
     /// other attempts of its epoch. Records of earlier epochs still open
     /// had their markers compacted away: they are released first, in epoch
     /// order (see the module's "Compaction"). `None` for a marker of an
-    /// epoch already passed (the first marker of an epoch decides).
+    /// epoch already passed (the first marker of an epoch decides). It
+    /// passes any later marker: a reader refuses first what
+    /// [`check_marker`](Self::check_marker) refuses.
     pub fn marker(&mut self, marker: &EpochMarker) -> Option<PassedEpoch<T>> {
         if self.passed.is_some_and(|e| e >= marker.epoch) {
             return None;
@@ -429,6 +560,18 @@ impl<T> PartitionEpochs<T> {
             compacted,
         })
     }
+}
+
+/// Refuses `epoch` more than [`MAX_EPOCH_GAP`] past `reference`.
+fn within_gap(reference: Epoch, epoch: Epoch) -> Result<(), DecodeError> {
+    if epoch > reference.saturating_add(MAX_EPOCH_GAP) {
+        return Err(DecodeError::EpochGap {
+            reference,
+            epoch,
+            limit: MAX_EPOCH_GAP,
+        });
+    }
+    Ok(())
 }
 
 /// A station record's value: the feed's own fields for the station (so a
@@ -571,6 +714,129 @@ mod tests {
             framed(&marker, Some(b"{\"epoch\":3")),
             Err(DecodeError::Json { .. })
         ));
+    }
+
+    fn marker(epoch: Epoch) -> EpochMarker {
+        EpochMarker {
+            epoch,
+            attempt: "a".into(),
+            feed_time: None,
+        }
+    }
+
+    fn stamp(epoch: Epoch) -> EpochStamp {
+        EpochStamp {
+            epoch,
+            attempt: "a".into(),
+        }
+    }
+
+    #[test]
+    fn markers_far_ahead_or_going_back_are_refused() {
+        let p = PartitionEpochs::<()>::resumed(10);
+        assert!(p.check_marker(&marker(11)).is_ok());
+        assert!(
+            p.check_marker(&marker(10)).is_ok(),
+            "the epoch passed again"
+        );
+        assert!(p.check_marker(&marker(10 + MAX_EPOCH_GAP)).is_ok());
+        let e = p.check_marker(&marker(11 + MAX_EPOCH_GAP)).unwrap_err();
+        assert!(matches!(
+            e,
+            DecodeError::EpochGap {
+                reference: 10,
+                epoch,
+                limit: MAX_EPOCH_GAP
+            } if epoch == 11 + MAX_EPOCH_GAP
+        ));
+        assert_eq!(e.reason(), "epoch_gap_too_large");
+        assert!(e.to_string().contains("forged"), "{e}");
+        for far in [1_000_000_000_000, Epoch::MAX - 1, Epoch::MAX] {
+            assert_eq!(
+                p.check_marker(&marker(far)).unwrap_err().reason(),
+                "epoch_gap_too_large"
+            );
+        }
+        for back in [0, 9] {
+            let e = p.check_marker(&marker(back)).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::MarkerGoesBack { passed: 10, epoch } if epoch == back)
+            );
+            assert_eq!(e.reason(), "marker_goes_back");
+            assert!(e.to_string().contains("another producer"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_gap_does_not_overflow_at_the_top_of_the_range() {
+        let top = Epoch::MAX - 1;
+        let p = PartitionEpochs::<()>::resumed(top - 1);
+        assert!(p.check_marker(&marker(top)).is_ok());
+        assert!(p.check_data(&stamp(top)).is_ok());
+        let p = PartitionEpochs::<()>::resumed(top);
+        assert!(p.check_marker(&marker(top)).is_ok());
+        assert!(
+            p.check_marker(&marker(Epoch::MAX)).is_ok(),
+            "within the gap"
+        );
+        assert!(p.check_data(&stamp(Epoch::MAX)).is_ok());
+        let mut p = PartitionEpochs::new();
+        p.data(stamp(top), ());
+        assert!(p.check_marker(&marker(top)).is_ok());
+        let p = PartitionEpochs::<()>::new().reading_as_of(Epoch::MAX);
+        assert!(p.check_marker(&marker(top)).is_ok());
+    }
+
+    #[test]
+    fn before_the_first_marker_the_records_held_are_the_reference() {
+        // Nothing held, nothing known: any marker.
+        let mut p = PartitionEpochs::new();
+        assert!(p.check_marker(&marker(1_000_000_000_000)).is_ok());
+        assert!(p.check_data(&stamp(1_000_000_000_000)).is_ok());
+        // A cleaned partition: records of old epochs, then a marker.
+        p.data(stamp(1), ());
+        p.data(stamp(3), ());
+        assert!(p.check_marker(&marker(3 + MAX_EPOCH_GAP)).is_ok());
+        assert!(p.check_marker(&marker(2)).is_ok(), "no passed epoch yet");
+        let e = p.check_marker(&marker(4 + MAX_EPOCH_GAP)).unwrap_err();
+        assert!(matches!(e, DecodeError::EpochGap { reference: 3, .. }));
+        // Records of any epoch are held: a station unchanged since epoch 1
+        // comes right before the first surviving marker.
+        assert!(p.check_data(&stamp(1_000_000_000_000)).is_ok());
+        // The reader's start epoch widens the reference, never narrows it.
+        let p = p.reading_as_of(5_000_000);
+        assert!(p.check_marker(&marker(5_000_000 + MAX_EPOCH_GAP)).is_ok());
+        assert!(p.check_marker(&marker(5_000_001 + MAX_EPOCH_GAP)).is_err());
+        let p = PartitionEpochs::<()>::new().reading_as_of(5);
+        assert!(p.check_marker(&marker(1_000_000_000_000)).is_ok());
+        let mut p = PartitionEpochs::new().reading_as_of(5);
+        p.data(stamp(7_000_000), ());
+        assert!(p.check_marker(&marker(7_000_000)).is_ok());
+    }
+
+    #[test]
+    fn data_far_ahead_of_the_passed_epoch_is_refused() {
+        let p = PartitionEpochs::<()>::resumed(10);
+        assert!(p.check_data(&stamp(3)).is_ok(), "late: discarded by data");
+        assert!(p.check_data(&stamp(10 + MAX_EPOCH_GAP)).is_ok());
+        let e = p.check_data(&stamp(11 + MAX_EPOCH_GAP)).unwrap_err();
+        assert!(matches!(e, DecodeError::EpochGap { reference: 10, .. }));
+    }
+
+    /// What the source does: a refused marker is dead-lettered and the
+    /// partition goes on as if it had not been there.
+    #[test]
+    fn a_refused_marker_changes_nothing() {
+        let mut p = PartitionEpochs::resumed(4);
+        p.data(stamp(5), "x");
+        let forged = marker(1_000_000_000_000);
+        assert!(p.check_marker(&forged).is_err());
+        assert!(p.check_marker(&marker(2)).is_err());
+        assert_eq!(p.passed(), Some(4));
+        p.data(stamp(5), "y");
+        let passed = p.marker(&marker(5)).unwrap();
+        assert_eq!(passed.released, vec!["x", "y"]);
+        assert_eq!(p.passed(), Some(5));
     }
 
     #[test]

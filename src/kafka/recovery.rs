@@ -2,7 +2,8 @@
 //! the state as of that epoch, from its own topics.
 //!
 //! Topics are read at `isolation.level=read_committed`, through the same
-//! per-partition epoch rules a reader applies ([`PartitionEpochs`]). The
+//! per-partition epoch rules a reader applies ([`PartitionEpochs`], forged
+//! framing refused alike, see [`PartitionEpochs::check_marker`]). The
 //! result is therefore the state every reader has once it has read the same
 //! records, including on a broker that shows aborted records.
 //!
@@ -414,9 +415,14 @@ fn read_record(read: &mut TopicRead, message: &BorrowedMessage<'_>) {
                     .decode(&record)
                     .map(|(id, v)| (id, Row::Status(v)))?
             };
+            // Refused as a reader refuses it (forged framing).
+            p.check_data(&stamp)?;
             *newest = (*newest).max(Some(stamp.epoch));
             p.data(stamp, row);
             return Ok(None);
+        }
+        if let Framed::Marker(marker) = &framed {
+            p.check_marker(marker)?;
         }
         Ok(Some(framed))
     });

@@ -12,7 +12,11 @@
 //! epoch's marker, then releases the records of the attempt the marker
 //! names at that epoch and drops the others. It holds a capability for the
 //! oldest epoch a partition it owns has not passed, so an idle partition
-//! stalls nothing: its markers move it on.
+//! stalls nothing: its markers move it on. A marker going back, or a
+//! marker or record far beyond the partition's epochs
+//! ([`PartitionEpochs::check_marker`]), is forged or broken framing: it
+//! goes to the dead letters and the partition reads on as if it were not
+//! there.
 //!
 //! With [`Framing::Ingestion`] (records with no protocol, like the seeds'
 //! `producer.py`), epochs are ingestion times in milliseconds: a worker
@@ -607,13 +611,34 @@ impl<D: RecordDecoder> Step<'_, D> {
             Ok(None) => false,
             Err(error) => {
                 let record = raw(message);
-                tracing::warn!(
-                    reason = error.reason(),
-                    "record {}[{}]@{} sent to the dead letters: {error}",
-                    record.topic,
-                    record.partition,
-                    record.offset
-                );
+                // A second producer writes a marker going back every epoch
+                // on every partition: warned of once per partition, then
+                // counted (and logged at debug level).
+                let going_back = matches!(error, DecodeError::MarkerGoesBack { .. });
+                if going_back && p.warned_going_back {
+                    tracing::debug!(
+                        reason = error.reason(),
+                        "record {}[{}]@{} sent to the dead letters: {error}",
+                        record.topic,
+                        record.partition,
+                        record.offset
+                    );
+                } else {
+                    tracing::warn!(
+                        reason = error.reason(),
+                        "record {}[{}]@{} sent to the dead letters: {error}{}",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        if going_back {
+                            "; further markers going back on this partition are only counted \
+                             (dead letters, reason marker_goes_back) and logged at debug level"
+                        } else {
+                            ""
+                        }
+                    );
+                    p.warned_going_back |= going_back;
+                }
                 handle.count(|s| *s.dead_letters.entry(error.reason()).or_default() += 1);
                 let letter = DeadLetter::new(&record, &error);
                 if let Some(writer) = dead_letters {
@@ -640,6 +665,8 @@ struct PartitionState<K, V> {
     epochs: PartitionEpochs<(K, Option<V>)>,
     /// Dead letters read since the last marker passed.
     dead: HeldDeadLetters,
+    /// A marker going back was warned of (see [`DecodeError::MarkerGoesBack`]).
+    warned_going_back: bool,
 }
 
 /// Records read per partition per activation before yielding to other
@@ -806,7 +833,7 @@ impl<K, V> Reader<K, V> {
             });
             let (next_offset, epochs) = match resumed_at(&topic, partition) {
                 Some((epoch, offset)) => (offset, PartitionEpochs::resumed(epoch)),
-                None => (0, PartitionEpochs::new()),
+                None => (0, PartitionEpochs::new().reading_as_of(config.as_of)),
             };
             partitions.push(OwnedPartition {
                 queue,
@@ -818,6 +845,7 @@ impl<K, V> Reader<K, V> {
                     caught_up: false,
                     epochs,
                     dead: HeldDeadLetters::default(),
+                    warned_going_back: false,
                 },
             });
         }
@@ -1098,6 +1126,8 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
                 handle.count(|s| s.discarded += 1);
                 return Ok(None);
             }
+            // Far beyond the partition's epochs: its marker would be refused.
+            p.epochs.check_data(&stamp)?;
             if p.epochs.is_full_for(&stamp) {
                 return Err(DecodeError::TooManyOpenEpochs {
                     limit: super::protocol::MAX_OPEN_EPOCHS,
@@ -1108,6 +1138,8 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
             Ok(None)
         }
         Framed::Marker(marker) => {
+            // Going back, or far ahead: refused, the partition unchanged.
+            p.epochs.check_marker(&marker)?;
             let Some(passed) = p.epochs.marker(&marker) else {
                 return Ok(None);
             };

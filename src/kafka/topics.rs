@@ -53,7 +53,9 @@ impl TopicSpec {
     }
 
     /// The same topic, created with the topic configuration `key=value`.
+    /// A key set twice takes the later value.
     pub fn config(mut self, key: &str, value: &str) -> Self {
+        self.configs.retain(|(k, _)| k != key);
         self.configs.push((key.to_owned(), value.to_owned()));
         self
     }
