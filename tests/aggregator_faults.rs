@@ -18,6 +18,90 @@ use velib_dataflow::kafka::KafkaConfig;
 const OUTPUT: &str = "velib-projet-clean";
 const DEAD: &str = "velib-projet-dead-letters";
 
+/// The output topic, read committed by kcat.
+fn output(address: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kcat")
+        .args(["-b", address, "-C", "-t", OUTPUT, "-e", "-q", "-J"])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat runs");
+    common::json_lines("kcat", &out)
+}
+
+/// librdkafka gives up on the sink's producer while it commits an epoch
+/// (`INVALID_TXN_STATE` on `EndTxn`: a fatal error), after the epoch's
+/// records and progress records were sent. The sink replaces the producer
+/// and looks at the output's last progress before writing the epoch again:
+/// the mock cluster shows what was sent, so the epoch counts as written,
+/// and is not written twice.
+#[test]
+fn a_commit_the_producer_fails_in_is_settled_not_written_twice() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let mock = MockCluster::new(1).expect("librdkafka's mock cluster");
+    let address = mock.bootstrap_servers();
+    for (topic, partitions) in [(STATUS_TOPIC, 3), (OUTPUT, 3), (DEAD, 1)] {
+        mock.create_topic(topic, partitions, 1).unwrap();
+    }
+    let epochs = common::sequence(common::paris_series(true));
+    let writer = EpochWriter::new(&address, "attempt-1", &[(STATUS_TOPIC, 3)]);
+    for (updates, _) in &epochs {
+        let records: Vec<_> = epoch_records(updates, true, &by_id(3))
+            .into_iter()
+            .filter(|r| r.topic == STATUS_TOPIC)
+            .collect();
+        writer.write_epoch(updates.epoch, updates.feed_time, &records);
+    }
+    drop(writer);
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
+    );
+    let mut config = AggregatorConfig::new(KafkaConfig::new(&address));
+    config.framing = Some(Framing::Epochs);
+    config.directory_topic = None;
+    config.dead_letter_topic = Some(DEAD.into());
+    config.state_topic = velib_dataflow::aggregator::StateTopic::None;
+    config.create_partitions = None;
+    let handle = AggregatorHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(timely::Config::thread(), config, running));
+    let last = epochs.last().unwrap().0.epoch;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handle.committed() != Some(last) {
+        assert!(
+            Instant::now() < deadline && !thread.is_finished(),
+            "the aggregator did not go on: committed {:?}",
+            handle.committed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    handle.stop();
+    thread
+        .join()
+        .unwrap()
+        .expect("the aggregator stops cleanly");
+    let progress_epochs: Vec<u64> = output(&address)
+        .iter()
+        .filter(|r| common::output::header(r, "velib-kind") == Some("progress"))
+        .map(|r| {
+            common::output::header(r, "velib-epoch")
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let mut once = progress_epochs.clone();
+    once.dedup();
+    assert_eq!(
+        progress_epochs.len(),
+        once.len() * 3,
+        "every epoch's progress once per partition: {progress_epochs:?}"
+    );
+}
+
 #[test]
 fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
     // The aggregator's log, shown if the test fails.
@@ -102,10 +186,5 @@ fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
         .unwrap()
         .expect("the aggregator stops cleanly");
 
-    let out = Command::new("kcat")
-        .args(["-b", &address, "-C", "-t", OUTPUT, "-e", "-q", "-J"])
-        .args(["-X", "isolation.level=read_committed"])
-        .output()
-        .expect("kcat runs");
-    assert_epochs_on_topic(&common::json_lines("kcat", &out), &epochs);
+    assert_epochs_on_topic(&output(&address), &epochs);
 }

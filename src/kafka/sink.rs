@@ -664,9 +664,24 @@ impl Writer {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let Err(e) = self.try_write_epoch(config, encoder, records, progress) else {
+            let Err((e, committing)) = self.try_write_epoch(config, encoder, records, progress)
+            else {
                 return Ok(());
             };
+            if committing && !is_fatal(&e) && self.producer.given_up() {
+                // librdkafka gave up on the producer while committing: the
+                // commit may have reached the coordinator, which then
+                // completes it. The new producer's initialisation settles
+                // it either way; writing the epoch again without looking
+                // would write it twice.
+                if self.committed_meanwhile(config, epoch)? {
+                    tracing::warn!(
+                        epoch,
+                        "the producer failed while committing the epoch ({e}), but the commit went through: not writing it again"
+                    );
+                    return Ok(());
+                }
+            }
             self.producer.abort();
             if attempt == ATTEMPTS || is_fatal(&e) {
                 return Err(KafkaError::Client {
@@ -684,7 +699,42 @@ impl Writer {
         }
     }
 
+    /// Whether `epoch` is committed after all: the producer replaced
+    /// (which settles the old one's transaction), then the output's last
+    /// progress read back.
+    fn committed_meanwhile(
+        &mut self,
+        config: &SinkConfig,
+        epoch: Epoch,
+    ) -> Result<bool, KafkaError> {
+        let context = || format!("settling epoch {epoch}'s commit on {}", config.topic);
+        self.producer
+            .replace_if_given_up()
+            .map_err(|source| KafkaError::Client {
+                context: context(),
+                source,
+            })?;
+        let last =
+            super::progress::last_progress(self.producer.kafka(), &config.topic, config.timeout)?;
+        Ok(last.is_some_and(|p| p.epoch >= epoch))
+    }
+
+    /// Writes the epoch's transaction; an error says whether it came from
+    /// the commit itself (whose outcome the broker may know better).
     fn try_write_epoch<K, V, E: RecordEncoder<K, V>>(
+        &mut self,
+        config: &SinkConfig,
+        encoder: &E,
+        records: &EpochRecords<'_, K, V>,
+        progress: &EpochProgress,
+    ) -> Result<(), (RdKafkaError, bool)> {
+        self.send_epoch(config, encoder, records, progress)
+            .map_err(|e| (e, false))?;
+        self.producer.commit().map_err(|e| (e, true))
+    }
+
+    /// Begins the epoch's transaction and sends its records.
+    fn send_epoch<K, V, E: RecordEncoder<K, V>>(
         &mut self,
         config: &SinkConfig,
         encoder: &E,
@@ -741,7 +791,7 @@ impl Writer {
                 .headers(owned_headers(&progress_headers));
             self.producer.send(record)?;
         }
-        self.producer.commit()
+        Ok(())
     }
 }
 

@@ -116,6 +116,25 @@ impl TransactionalProducer {
     /// failed tries (a commit fails only when the broker refused it, see
     /// [`Self::commit`]), so the new producer writes it again.
     pub(crate) fn begin(&mut self) -> Result<(), RdKafkaError> {
+        self.replace_if_given_up()?;
+        self.producer.begin_transaction()
+    }
+
+    /// Whether librdkafka gave up on this producer (a fatal error), so
+    /// that [`Self::begin`] will replace it.
+    pub(crate) fn given_up(&self) -> bool {
+        self.producer.client().fatal_error().is_some()
+    }
+
+    /// The cluster and `transactional.id` it writes as.
+    pub(crate) fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+
+    /// Replaces the producer if librdkafka gave up on it for a reason other
+    /// than a fencing (see [`Self::begin`]). The new producer's
+    /// initialisation completes or aborts what the old one left open.
+    pub(crate) fn replace_if_given_up(&mut self) -> Result<(), RdKafkaError> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             if !is_final(code) {
                 tracing::warn!(
@@ -135,7 +154,7 @@ impl TransactionalProducer {
                 })?;
             }
         }
-        self.producer.begin_transaction()
+        Ok(())
     }
 
     /// Waits for every record sent to be acknowledged.
