@@ -515,6 +515,50 @@ fn committed_then_killed(
     (topics, input)
 }
 
+/// Retention deleted input records the aggregator had not read while it was
+/// stopped: its restart says so (which partition, how many records) and
+/// goes on from the first record kept, rather than silently.
+#[test]
+fn a_restart_past_records_retention_deleted_says_what_was_lost() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let broker = Broker::shared();
+    let epochs: Vec<_> = long_run().into_iter().take(12).collect();
+    let (topics, input) = committed_then_killed(broker, "retention", &[], 8, &epochs);
+    // What the killed run had read of partition 1, and a few records more,
+    // deleted as retention would.
+    let progress = broker
+        .kcat_read(&topics.output)
+        .into_iter()
+        .rev()
+        .find(|r| header(r, "velib-kind") == Some("progress"))
+        .unwrap();
+    let progress: Value = serde_json::from_str(progress["payload"].as_str().unwrap()).unwrap();
+    let position = progress["positions"][&topics.input]["1"].as_i64().unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .unwrap();
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(&topics.input, 1, rdkafka::Offset::Offset(position + 5))
+        .unwrap();
+    futures_executor::block_on(admin.delete_records(&upto, &AdminOptions::new()))
+        .unwrap()
+        .elements()
+        .iter()
+        .for_each(|e| e.error().unwrap());
+    let mut aggregator = Aggregator::start(broker, &topics, Layout::Workers(1));
+    aggregator.wait_committed(input.last(), broker);
+    let log = aggregator.log();
+    aggregator.kill();
+    let said = format!(
+        "{}[1]: the committed position is {position} but the partition starts at {}: \
+         retention deleted 5 records",
+        topics.input,
+        position + 5
+    );
+    assert!(log.contains(&said), "{said}\n{log}");
+}
+
 /// With `--no-state`, a restart reads the input from its start again: slower,
 /// still exact, and no committed epoch is written twice.
 #[test]

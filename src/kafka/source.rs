@@ -259,6 +259,10 @@ pub struct SourceStats {
     /// Dead letters only counted: over the bound held per partition and
     /// epoch.
     pub dead_letters_unwritten: u64,
+    /// Records that retention deleted between a committed position and the
+    /// partition's first record when resuming: never read, so the output
+    /// lacks their changes (see the log's warning).
+    pub deleted_before_resume: u64,
     /// Why a source stopped, if one did.
     pub error: Option<String>,
     /// How far each partition read is behind its end, by topic and
@@ -753,6 +757,7 @@ impl<K, V> Reader<K, V> {
         handle: SourceHandle,
     ) -> Result<Self, KafkaError> {
         let topics = config.topics.join(",");
+        let stats = handle.clone();
         let mut consumer: BaseConsumer<ReaderContext> = config
             .kafka
             .client_config(&[
@@ -768,7 +773,7 @@ impl<K, V> Reader<K, V> {
                 ("statistics.interval.ms", "5000"),
             ])
             .create_with_context(ReaderContext {
-                on_stats: Some(Arc::new(move |stats| handle.record_client_stats(stats))),
+                on_stats: Some(Arc::new(move |s| stats.record_client_stats(s))),
             })
             .map_err(KafkaError::client(format!(
                 "creating the consumer of {topics}"
@@ -832,7 +837,10 @@ impl<K, V> Reader<K, V> {
                 let _ = wake.activate();
             });
             let (next_offset, epochs) = match resumed_at(&topic, partition) {
-                Some((epoch, offset)) => (offset, PartitionEpochs::resumed(epoch)),
+                Some((epoch, offset)) => {
+                    warn_if_deleted(&consumer, &topic, partition, offset, config, &handle);
+                    (offset, PartitionEpochs::resumed(epoch))
+                }
                 None => (0, PartitionEpochs::new().reading_as_of(config.as_of)),
             };
             partitions.push(OwnedPartition {
@@ -1187,6 +1195,34 @@ fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(
             }
             Ok(Some((marker.epoch, passed.released, marker.feed_time)))
         }
+    }
+}
+
+/// Warns, and counts, when retention deleted records of a partition from
+/// the committed `position` on: the committed epoch's state cannot see
+/// their changes, and nothing can give them back (a fresh start reads the
+/// topic from what is left). Reading goes on from the first record kept.
+fn warn_if_deleted<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    position: i64,
+    config: &SourceConfig,
+    handle: &SourceHandle,
+) {
+    match consumer.fetch_watermarks(topic, partition, config.metadata_timeout) {
+        Ok((low, _)) if low > position => {
+            let lost = low - position;
+            tracing::warn!(
+                "{topic}[{partition}]: the committed position is {position} but the partition \
+                 starts at {low}: retention deleted {lost} records the aggregator had not read, \
+                 and the output lacks their changes until their stations change again; \
+                 keep the input's retention longer than the longest stop"
+            );
+            handle.count(|s| s.deleted_before_resume += lost as u64);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("{topic}[{partition}]: reading its first offset: {e}"),
     }
 }
 
