@@ -11,7 +11,7 @@
 //! # Examples
 //!
 //! ```
-//! use velib_dataflow::feed::{gbfs, StationId};
+//! use gbfs_feed::{gbfs, StationId};
 //!
 //! let payload = br#"{"lastUpdatedOther": 1732004538, "ttl": 3600, "data": {"stations": [
 //!     {"station_id": 213688169, "stationCode": "16107", "num_bikes_available": 1,
@@ -22,7 +22,7 @@
 //! assert_eq!(snapshot.feed_time, 1732004538);
 //! assert_eq!(snapshot.stations[0].station_id, StationId::Num(213688169));
 //! assert_eq!(snapshot.stations[0].bike_types.unwrap().mechanical, 1);
-//! # Ok::<(), velib_dataflow::feed::FeedError>(())
+//! # Ok::<(), gbfs_feed::FeedError>(())
 //! ```
 
 use super::json::{opt, parse_payload, Ctx};
@@ -47,13 +47,13 @@ pub struct FeedLink {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::gbfs;
+/// use gbfs_feed::gbfs;
 ///
-/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gbfs/velib/2022-02/gbfs.json");
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/gbfs/velib/2022-02/gbfs.json");
 /// let discovery = gbfs::parse_discovery(&std::fs::read(path).unwrap())?;
 /// assert_eq!(discovery.ttl, Some(3600));
 /// assert!(discovery.feed_url("station_status", Some("en")).unwrap().ends_with("/station_status.json"));
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Discovery {
@@ -92,11 +92,11 @@ impl Discovery {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::gbfs;
+/// use gbfs_feed::gbfs;
 /// let d = gbfs::parse_discovery(br#"{"last_updated": 0, "ttl": 60, "data": {"fr": {"feeds": [
 ///     {"name": "station_status", "url": "https://example.org/fr/station_status.json"}]}}}"#)?;
 /// assert_eq!(d.feed_url("station_status", None), Some("https://example.org/fr/station_status.json"));
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, FeedError> {
     let ctx = Ctx::new(FeedKind::Discovery);
@@ -177,7 +177,7 @@ fn relocate(e: FeedError, at: &str, field: &str) -> FeedError {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::{gbfs, FeedTimeKind};
+/// use gbfs_feed::{gbfs, FeedTimeKind};
 ///
 /// let status = gbfs::parse_status(br#"{"last_updated": 1666551803, "ttl": 10, "version": "2.2",
 ///     "data": {"stations": [{"station_id": "2351", "num_bikes_available": 10, "num_docks_available": 2,
@@ -187,7 +187,7 @@ fn relocate(e: FeedError, at: &str, field: &str) -> FeedError {
 /// // A truncated payload is refused whole, saying where.
 /// let error = gbfs::parse_status(br#"{"last_updated": 1, "data": {"stations": [{"station_id""#).unwrap_err();
 /// assert_eq!(error.reason(), "invalid_json");
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationStatus);
@@ -242,7 +242,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::{gbfs, StationId};
+/// use gbfs_feed::{gbfs, StationId};
 ///
 /// let record = br#"{"station_id": 213688169, "stationCode": "16107", "num_bikes_available": 3,
 ///     "num_bikes_available_types": [{"mechanical": 2}, {"ebike": 1}],
@@ -251,7 +251,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
 /// assert_eq!(status.station_id, StationId::Num(213688169));
 /// assert_eq!(status.bike_types.unwrap().ebike, 1);
 /// assert!(gbfs::parse_station_record(br#"{"station_id": 1}"#).is_err());
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
     let ctx = Ctx::new(FeedKind::StationStatus);
@@ -268,13 +268,13 @@ pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::gbfs;
+/// use gbfs_feed::gbfs;
 ///
 /// let info = gbfs::parse_information(r#"{"last_updated": 1, "ttl": 0, "data": {"stations": [
 ///     {"station_id": "2351", "name": "Ulsrudløkka", "lat": 59.91, "lon": 10.80, "capacity": 12}]}}"#.as_bytes())?;
 /// assert_eq!(info.stations[0].name, "Ulsrudløkka");
 /// assert_eq!(info.stations[0].capacity, Some(12));
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_information(bytes: &[u8]) -> Result<InformationSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationInformation);

@@ -65,7 +65,7 @@ impl fmt::Display for Problem {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::{gbfs, FeedError};
+/// use gbfs_feed::{gbfs, FeedError};
 ///
 /// let error = gbfs::parse_status(br#"{"last_updated": 1, "data": {"stations": [{"station_id": 7,
 ///     "num_bikes_available": -1, "num_docks_available": 0,

@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::fetch::FetchConfig;
+/// use gbfs_feed::fetch::FetchConfig;
 ///
 /// let config = FetchConfig { timeout: Duration::from_secs(10), ..FetchConfig::default() };
 /// assert_eq!(config.max_bytes, 16 << 20);
@@ -73,13 +73,13 @@ pub enum Fetched {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::fetch::{FeedFetcher, FetchConfig};
+/// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
 ///
 /// let mut fetcher = FeedFetcher::new(FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() })?;
 /// let error = fetcher.fetch("http://127.0.0.1:9/station_status.json").unwrap_err();
 /// assert_eq!(error.reason(), "connect");
 /// assert!(error.to_string().starts_with("cannot connect to http://127.0.0.1:9/station_status.json"));
-/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// # Ok::<(), gbfs_feed::fetch::FetchError>(())
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -207,14 +207,14 @@ struct Validators {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::fetch::{FeedFetcher, FetchConfig};
+/// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
 ///
 /// // Nothing listens on port 9 here: the error says so, quickly.
 /// let config = FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() };
 /// let mut fetcher = FeedFetcher::new(config)?;
 /// let error = fetcher.fetch("http://127.0.0.1:9/gbfs.json").unwrap_err();
 /// assert_eq!(error.reason(), "connect");
-/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// # Ok::<(), gbfs_feed::fetch::FetchError>(())
 /// ```
 #[derive(Debug)]
 pub struct FeedFetcher {
@@ -380,7 +380,7 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::fetch::Backoff;
+/// use gbfs_feed::fetch::Backoff;
 ///
 /// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 /// let first = backoff.next_delay();

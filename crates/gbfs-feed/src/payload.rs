@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::payload;
+/// use gbfs_feed::payload;
 ///
 /// let gbfs = br#"{"last_updated": 1, "ttl": 10, "data": {"stations": [{"station_id": "a",
 ///     "num_bikes_available": 1, "num_docks_available": 2,
@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 /// let (status, information) = payload::parse_status(gbfs)?;
 /// assert_eq!(status.stations.len(), 1);
 /// assert!(information.is_none());
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_status(
     bytes: &[u8],

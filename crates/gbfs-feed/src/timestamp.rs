@@ -7,7 +7,7 @@
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::parse_rfc3339;
+/// use gbfs_feed::parse_rfc3339;
 /// assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
 /// assert_eq!(parse_rfc3339("2024-11-05T09:00:01+01:00"), Some(1_730_793_601));
 /// assert_eq!(parse_rfc3339("yesterday"), None);

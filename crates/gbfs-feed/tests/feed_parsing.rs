@@ -3,22 +3,22 @@
 //! error that names the feed, the station (when known) and the field, and the
 //! parsers never panic.
 
+use gbfs_feed::{
+    gbfs, opendata_paris, BikeTypes, FeedError, FeedKind, FeedTimeKind, Problem, StationId,
+    StationStatus, StatusSnapshot, MAX_PAYLOAD_BYTES,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use velib_dataflow::feed::{
-    gbfs, opendata_paris, BikeTypes, FeedError, FeedKind, FeedTimeKind, Problem, StationId,
-    StationStatus, StatusSnapshot, MAX_PAYLOAD_BYTES,
-};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -1963,8 +1963,8 @@ fn parse_all(bytes: &[u8]) {
     // The producer's path: either format, and each station's own object,
     // one for one with the parsed stations.
     if let (Ok((status, _)), Some(objects)) = (
-        velib_dataflow::feed::payload::parse_status(bytes),
-        velib_dataflow::feed::payload::station_objects(bytes),
+        gbfs_feed::payload::parse_status(bytes),
+        gbfs_feed::payload::station_objects(bytes),
     ) {
         assert_eq!(status.stations.len(), objects.len());
     }
@@ -2342,7 +2342,7 @@ proptest! {
 
 #[test]
 fn rfc3339_offsets_must_be_digits() {
-    use velib_dataflow::feed::parse_rfc3339;
+    use gbfs_feed::parse_rfc3339;
     assert_eq!(
         parse_rfc3339("2024-11-05T09:00:01+01:00"),
         Some(1_730_793_601)

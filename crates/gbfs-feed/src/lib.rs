@@ -1,19 +1,24 @@
-//! The normalised model of a bike-share feed, and parsers that produce it.
-//!
-//! Every feed this crate reads, whatever its GBFS version or quirks, ends up as
-//! the same few types: a [`StatusSnapshot`] of [`StationStatus`] rows and an
-//! [`InformationSnapshot`] of [`StationInfo`] rows, both stamped with the feed's
-//! own time. The parsers never panic on input: a payload that is not valid is
-//! rejected whole with a [`FeedError`] naming the feed, the station when known,
-//! and the field.
-//!
-//! | module | reads |
-//! |---|---|
-//! | [`gbfs`] | GBFS v1.x, v2.x, v3.0 `gbfs.json`, `station_information.json`, `station_status.json`, including Vélib's quirks |
-//! | [`opendata_paris`] | the City of Paris `velib-disponibilite-en-temps-reel` export |
-//! | [`payload`] | a status payload of either format, told by its content |
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::private_intra_doc_links,
+    rustdoc::bare_urls
+)]
+#![warn(
+    clippy::clone_on_ref_ptr,
+    clippy::dbg_macro,
+    clippy::explicit_iter_loop,
+    clippy::todo,
+    clippy::unimplemented
+)]
 
 mod error;
+pub mod fetch;
 pub mod gbfs;
 mod json;
 pub mod opendata_paris;
@@ -48,7 +53,7 @@ pub type FeedTime = i64;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::StationId;
+/// use gbfs_feed::StationId;
 ///
 /// let vélib: StationId = serde_json::from_str("19335882998")?;
 /// let oslo: StationId = serde_json::from_str(r#""2351""#)?;
@@ -150,7 +155,7 @@ pub struct BikeTypes {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::{gbfs, StationId};
+/// use gbfs_feed::{gbfs, StationId};
 ///
 /// let status = gbfs::parse_station_record(br#"{"station_id": 213688169, "stationCode": "16107",
 ///     "num_bikes_available": 3, "num_bikes_available_types": [{"mechanical": 2}, {"ebike": 1}],
@@ -158,7 +163,7 @@ pub struct BikeTypes {
 /// assert_eq!(status.station_id, StationId::Num(213688169));
 /// assert_eq!(status.bike_types.unwrap().ebike, 1);
 /// assert!(status.is_rentable());
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StationStatus {
@@ -223,7 +228,7 @@ impl Position {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::feed::Position;
+    /// use gbfs_feed::Position;
     ///
     /// let chatelet = Position { lat: 48.8584, lon: 2.3470 };
     /// let louvre = Position { lat: 48.8606, lon: 2.3376 };

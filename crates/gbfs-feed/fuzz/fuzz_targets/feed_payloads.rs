@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use velib_dataflow::feed::{gbfs, opendata_paris, payload};
+use gbfs_feed::{gbfs, opendata_paris, payload};
 
 fuzz_target!(|data: &[u8]| {
     let _ = gbfs::parse_discovery(data);

@@ -11,7 +11,7 @@
 //! # Examples
 //!
 //! ```
-//! use velib_dataflow::feed::opendata_paris;
+//! use gbfs_feed::opendata_paris;
 //!
 //! let (status, info) = opendata_paris::parse(br#"[{"stationcode": "16107",
 //!     "name": "Benjamin Godard - Victor Hugo", "is_installed": "OUI", "capacity": 35,
@@ -20,7 +20,7 @@
 //!     "coordonnees_geo": {"lon": 2.275725, "lat": 48.865983}}]"#)?;
 //! assert_eq!(status.stations[0].bikes_available, 15);
 //! assert_eq!(info.stations[0].code.as_deref(), Some("16107"));
-//! # Ok::<(), velib_dataflow::feed::FeedError>(())
+//! # Ok::<(), gbfs_feed::FeedError>(())
 //! ```
 
 use super::json::{opt, parse_payload, Ctx};
@@ -36,13 +36,13 @@ use std::collections::HashSet;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::feed::opendata_paris;
+/// use gbfs_feed::opendata_paris;
 ///
 /// let path = concat!(env!("CARGO_MANIFEST_DIR"),
-///     "/tests/fixtures/opendata-paris/velib-series/velib_data_20241105_093001.json");
+///     "/../../tests/fixtures/opendata-paris/velib-series/velib_data_20241105_093001.json");
 /// let (status, directory) = opendata_paris::parse(&std::fs::read(path).unwrap())?;
 /// assert_eq!(status.stations.len(), directory.stations.len());
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), FeedError> {
     let ctx = Ctx::new(FeedKind::OpenDataParis);
