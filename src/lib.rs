@@ -42,4 +42,5 @@ pub mod recorded;
 pub mod reference;
 pub mod replay;
 pub mod snapshot;
+pub mod snapshot_source;
 pub mod upsert;

@@ -13,11 +13,10 @@ use crate::kafka::protocol::station_value;
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
-use crate::poll::{
-    FeedLocation, FeedPoller, PollConfig, PollOutcome, PolledSnapshot, SnapshotSource,
-};
+use crate::poll::{FeedLocation, FeedPoller, PollConfig};
 use crate::postcode::PostcodeTable;
 use crate::snapshot::{net_changes, EpochUpdates, SnapshotSequencer};
+use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -286,8 +285,8 @@ pub fn run_with_source(
 
 /// A rejected response's body goes to the dead-letter topic; failing to
 /// write it is logged, never a reason to stop polling.
-fn dead_letter(publisher: &mut EpochPublisher, error: &crate::poll::PollError) {
-    if let crate::poll::PollError::Feed { url, body, source } = error {
+fn dead_letter(publisher: &mut EpochPublisher, error: &PollError) {
+    if let PollError::Feed { url, body, source } = error {
         let written =
             publisher.dead_letter_response(url, body, source.reason(), &error.to_string());
         if let Err(e) = written {

@@ -10,6 +10,7 @@ use crate::feed::{
     gbfs, payload, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
 };
 use crate::snapshot::{Snapshot, StationSelection};
+use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -236,7 +237,7 @@ pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
 /// ```
 /// use std::time::Duration;
 /// use velib_dataflow::directory::DirectoryResolver;
-/// use velib_dataflow::poll::{PollOutcome, SnapshotSource};
+/// use velib_dataflow::snapshot_source::{PollOutcome, SnapshotSource};
 /// use velib_dataflow::postcode::PostcodeTable;
 /// use velib_dataflow::recorded::RecordedSource;
 /// use velib_dataflow::snapshot::StationSelection;
@@ -253,7 +254,7 @@ pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
 ///     }
 /// }
 /// assert_eq!(snapshots, 10);
-/// # Ok::<(), velib_dataflow::poll::PollError>(())
+/// # Ok::<(), velib_dataflow::snapshot_source::PollError>(())
 /// ```
 #[derive(Debug)]
 pub struct RecordedSource {
@@ -281,9 +282,17 @@ impl RecordedSource {
     }
 }
 
-impl crate::poll::SnapshotSource for RecordedSource {
-    fn poll(&mut self) -> Result<crate::poll::PollOutcome, crate::poll::PollError> {
-        use crate::poll::{PollOutcome, PolledSnapshot};
+impl From<RecordedError> for PollError {
+    fn from(e: RecordedError) -> Self {
+        PollError::Source {
+            reason: e.reason(),
+            source: Box::new(e),
+        }
+    }
+}
+
+impl SnapshotSource for RecordedSource {
+    fn poll(&mut self) -> Result<PollOutcome, PollError> {
         let Some(next) = self.files.pop_front() else {
             return Ok(PollOutcome::Exhausted);
         };

@@ -9,9 +9,10 @@ use std::time::Duration;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::feed::StationId;
 use velib_dataflow::fetch::{FeedFetcher, FetchConfig, FetchError, Fetched};
-use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig, PollError, PollOutcome};
+use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::snapshot::StationSelection;
+use velib_dataflow::snapshot_source::{PollError, PollOutcome};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(common::fixtures().join(path)).unwrap()
@@ -116,7 +117,9 @@ fn resolver() -> DirectoryResolver {
     DirectoryResolver::new(PostcodeTable::velib(), true)
 }
 
-fn snapshot(outcome: Result<PollOutcome, PollError>) -> velib_dataflow::poll::PolledSnapshot {
+fn snapshot(
+    outcome: Result<PollOutcome, PollError>,
+) -> velib_dataflow::snapshot_source::PolledSnapshot {
     match outcome {
         Ok(PollOutcome::Snapshot(s)) => s,
         other => panic!("expected a snapshot, got {other:?}"),
@@ -169,7 +172,7 @@ fn oslo_through_discovery_with_information_refreshed_on_an_unknown_station() {
     assert_eq!(poller.interval(), Duration::from_secs(10));
     assert_eq!(first.snapshot.statuses.len(), 260);
     let missing = StationId::Text(removed["station_id"].as_str().unwrap().to_owned());
-    let entry = |s: &velib_dataflow::poll::PolledSnapshot| {
+    let entry = |s: &velib_dataflow::snapshot_source::PolledSnapshot| {
         s.snapshot
             .directory
             .as_ref()

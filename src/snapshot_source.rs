@@ -1,0 +1,162 @@
+//! Where the producer's snapshots come from, whatever the source: the
+//! [`SnapshotSource`] trait, what one poll gives ([`PollOutcome`]), and why
+//! it gave nothing ([`PollError`]). A live feed
+//! ([`FeedPoller`](crate::poll::FeedPoller)) and recorded files
+//! ([`RecordedSource`](crate::recorded::RecordedSource)) are two sources;
+//! yours is a third.
+
+use crate::feed::{FeedError, StationId};
+use crate::fetch::FetchError;
+use crate::snapshot::Snapshot;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Why a poll gave no snapshot.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::directory::DirectoryResolver;
+/// use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
+/// use velib_dataflow::postcode::PostcodeTable;
+///
+/// let mut config = PollConfig::new(FeedLocation::Explicit { status: "http://127.0.0.1:9/s.json".into(), information: None });
+/// config.fetch.connect_timeout = Duration::from_secs(1);
+/// let mut poller = FeedPoller::new(config, DirectoryResolver::new(PostcodeTable::empty(), false))?;
+/// let error = poller.poll().unwrap_err();
+/// // A stable reason for counters, a sentence for people, and how long to wait.
+/// assert_eq!(error.reason(), "connect");
+/// assert!(error.to_string().starts_with("cannot connect to http://127.0.0.1:9/s.json"));
+/// assert_eq!(error.retry_after(), None);
+/// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PollError {
+    /// The request failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The payload was rejected.
+    #[error("{url}: {source}")]
+    Feed {
+        /// Where it came from.
+        url: String,
+        /// The body, cut to
+        /// [`MAX_DEAD_LETTER_BYTES`](crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES):
+        /// what the producer puts on the dead-letter topic.
+        body: Box<[u8]>,
+        /// Why it was rejected.
+        #[source]
+        source: Box<FeedError>,
+    },
+    /// Another source's error: a recorded file that could not be used
+    /// ([`RecordedError`](crate::recorded::RecordedError)), or yours.
+    #[error("{source}")]
+    Source {
+        /// A short, stable name for it ([`PollError::reason`]).
+        reason: &'static str,
+        /// The error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The discovery file lists no `station_status`.
+    #[error("{url}: the discovery file lists no station_status feed{}", language_text(.language))]
+    NoStatusFeed {
+        /// The discovery file.
+        url: String,
+        /// The language asked for.
+        language: Option<String>,
+    },
+}
+
+fn language_text(language: &Option<String>) -> String {
+    language
+        .as_ref()
+        .map_or_else(String::new, |l| format!(" in language {l:?}"))
+}
+
+impl PollError {
+    /// A short, stable name for the kind of failure, for logs and counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PollError::Fetch(e) => e.reason(),
+            PollError::Feed { source, .. } => source.reason(),
+            PollError::Source { reason, .. } => reason,
+            PollError::NoStatusFeed { .. } => "no_status_feed",
+        }
+    }
+
+    /// How long the server asked to wait before the next request.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Fetch(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot polled from the feed.
+#[derive(Debug)]
+pub struct PolledSnapshot {
+    /// The selected stations, their directory resolved.
+    pub snapshot: Snapshot,
+    /// Each station's own JSON object from the payload.
+    pub feed_fields: HashMap<StationId, Map<String, Value>>,
+    /// Why the station information could not be refreshed, if it could not
+    /// (the snapshot then uses the information held, or none).
+    pub information_error: Option<PollError>,
+}
+
+/// What one poll gave.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum PollOutcome {
+    /// A new snapshot.
+    Snapshot(PolledSnapshot),
+    /// The server said nothing changed since the last poll.
+    NotModified,
+    /// There will be no more snapshots (the end of a recording).
+    Exhausted,
+}
+
+/// Where the producer's snapshots come from: a live feed
+/// ([`FeedPoller`](crate::poll::FeedPoller))
+/// or recorded files ([`RecordedSource`](crate::recorded::RecordedSource)).
+///
+/// # Examples
+///
+/// A source of your own: snapshots from anywhere (a message queue, a
+/// database), published by the producer as epochs.
+///
+/// ```
+/// use std::time::Duration;
+/// use velib_dataflow::feed::FeedTimeKind;
+/// use velib_dataflow::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
+/// use velib_dataflow::snapshot::Snapshot;
+///
+/// struct Once(Option<Snapshot>);
+/// impl SnapshotSource for Once {
+///     fn poll(&mut self) -> Result<PollOutcome, PollError> {
+///         Ok(match self.0.take() {
+///             Some(snapshot) => PollOutcome::Snapshot(PolledSnapshot {
+///                 snapshot, feed_fields: Default::default(), information_error: None,
+///             }),
+///             None => PollOutcome::Exhausted,
+///         })
+///     }
+///     fn interval(&self) -> Duration { Duration::ZERO }
+/// }
+/// let empty = Snapshot { feed_time: 1, feed_time_kind: FeedTimeKind::Published, statuses: vec![], directory: None };
+/// let mut source = Once(Some(empty));
+/// assert!(matches!(source.poll()?, PollOutcome::Snapshot(_)));
+/// assert!(matches!(source.poll()?, PollOutcome::Exhausted));
+/// // `producer::run_with_source(source, &config, handle)` publishes them.
+/// # Ok::<(), PollError>(())
+/// ```
+pub trait SnapshotSource {
+    /// The next snapshot, or why there is none this time.
+    fn poll(&mut self) -> Result<PollOutcome, PollError>;
+    /// How long to wait before the next poll.
+    fn interval(&self) -> Duration;
+}
