@@ -56,15 +56,6 @@ fn producer_and_aggregator_wait_out_a_broker_killed_mid_run() {
     through_an_outage(Outage::Kill);
 }
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 fn producer_config(broker: &str, feed: String) -> ProducerConfig {
     let mut poll = PollConfig::new(FeedLocation::Discover {
         url: feed,
@@ -100,7 +91,7 @@ struct Running {
 
 impl Running {
     fn start(broker: &Broker, feed: String) -> Running {
-        init_logging();
+        common::init_logging();
         let producer = ProducerHandle::default();
         let running = producer.clone();
         let config = producer_config(&broker.address, feed);

@@ -26,15 +26,6 @@ use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::producer::{run, ProducerConfig, ProducerError, ProducerHandle};
 use velib_dataflow::snapshot::net_changes;
 
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> ProducerConfig {
     let mut poll = PollConfig::new(FeedLocation::Discover {
         url: feed,
@@ -61,7 +52,7 @@ fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> 
 }
 
 fn start(config: ProducerConfig) -> (ProducerHandle, JoinHandle<Result<(), ProducerError>>) {
-    init_logging();
+    common::init_logging();
     let handle = ProducerHandle::default();
     let running = handle.clone();
     (handle, std::thread::spawn(move || run(config, running)))

@@ -38,7 +38,19 @@ pub(crate) fn scan_topic(
     stall: Duration,
     on_record: impl FnMut(&BorrowedMessage<'_>) -> Scan,
 ) -> Result<u64, KafkaError> {
-    let starts: Vec<(i32, Offset)> = (0..partitions).map(|p| (p, Offset::Beginning)).collect();
+    // From each partition's first offset kept, not `Offset::Beginning`,
+    // which librdkafka resolves with an offset query that waits about half
+    // a second for the topic's metadata.
+    let lows = watermarks(kafka, topic, stall)?;
+    let starts: Vec<(i32, Offset)> = (0..partitions)
+        .map(|p| {
+            let low = usize::try_from(p).ok().and_then(|i| lows.get(i));
+            (
+                p,
+                low.map_or(Offset::Beginning, |(low, _)| Offset::Offset(*low)),
+            )
+        })
+        .collect();
     scan_partitions(kafka, purpose, topic, &starts, &[], stall, on_record)
 }
 

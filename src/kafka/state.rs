@@ -250,9 +250,12 @@ pub fn read_state_share(
             summary.topic, summary.partitions
         ));
     }
+    // From the first offset kept, not `Offset::Beginning`, which librdkafka
+    // resolves with an offset query that waits half a second for metadata.
     let mine: Vec<(i32, Offset)> = (0..partitions)
-        .filter(|p| usize::try_from(*p).is_ok_and(|p| p % peers == index))
-        .map(|p| (p, Offset::Beginning))
+        .zip(&watermarks)
+        .filter(|(p, _)| usize::try_from(*p).is_ok_and(|p| p % peers == index))
+        .map(|(p, (low, _))| (p, Offset::Offset(*low)))
         .collect();
     let mut state: HashMap<i32, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
     let mut later = 0u64;

@@ -126,15 +126,7 @@ impl Broker {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        killed_with_this_thread(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{} runs: {e}", script().display()));
@@ -277,6 +269,9 @@ impl Broker {
             .kcat()
             .args(["-C", "-t", topic, "-e", "-q", "-J"])
             .args(["-X", &format!("isolation.level={isolation}")])
+            // `-e` ends on an empty fetch: the broker's default wait for
+            // data (500 ms) would be the cost of every read.
+            .args(["-X", "fetch.wait.max.ms=10"])
             .output()
             .expect("kcat runs (apt-get install kcat)");
         if !out.status.success() {
@@ -337,5 +332,21 @@ impl Drop for Broker {
             eprintln!("{}", self.log_tail());
         }
         self.kill();
+    }
+}
+
+/// Makes the kernel kill `command`'s process when the thread that spawns it
+/// ends (`PR_SET_PDEATHSIG`): no broker or binary outlives its test, even
+/// one that crashed.
+#[allow(dead_code)]
+pub fn killed_with_this_thread(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

@@ -315,3 +315,15 @@ pub fn hosts_file(processes: usize) -> tempfile::NamedTempFile {
     std::fs::write(hosts.path(), lines).unwrap();
     hosts
 }
+
+/// The library's logs in the test's output (`RUST_LOG`, else info), shown
+/// when a test fails.
+#[allow(dead_code)]
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
