@@ -21,12 +21,12 @@ use timely::dataflow::operators::Probe;
 use velib_dataflow::aggregator::table_directory;
 use velib_dataflow::counts::PostcodeCounts;
 use velib_dataflow::dataflow::{postcode_counts, Epoch};
-use velib_dataflow::kafka::decode::StationStatusDecoder;
 use velib_dataflow::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
 use velib_dataflow::kafka::source::{
     written_as_far_as_read, KafkaSource, SourceConfig, SourceHandle,
 };
 use velib_dataflow::postcode::{Postcode, PostcodeTable};
+use velib_dataflow::station_records::StationStatusDecoder;
 use velib_dataflow::upsert::upsert;
 
 /// Per-postcode counts to Kafka, and a city-wide total printed per epoch.

@@ -31,11 +31,10 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
-use velib_dataflow::kafka::protocol::{
-    station_key, station_value, EpochMarker, EpochStamp, MARKER_KEY, MARKER_KIND,
-};
+use velib_dataflow::kafka::protocol::{EpochMarker, EpochStamp, MARKER_KEY, MARKER_KIND};
 use velib_dataflow::kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
 use velib_dataflow::kafka::{KafkaConfig, EPOCH_HEADER, KIND_HEADER};
+use velib_dataflow::station_records::{station_key, station_value};
 
 /// Measure the pipeline's ceiling on a broker: fill a synthetic status
 /// topic in the epoch protocol, then copy it unchanged to another topic, one

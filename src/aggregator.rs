@@ -15,7 +15,6 @@ use crate::dataflow::{postcode_counts, Epoch};
 use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::kafka::as_of::{read_as_of, read_framing};
-use crate::kafka::decode::{DirectoryEntryDecoder, StationStatusDecoder};
 use crate::kafka::sink::{
     committed_progress, kafka_sink_with_state, EpochProgress, SinkConfig, SinkHandle,
 };
@@ -29,6 +28,7 @@ use crate::kafka::topics::{ensure_topics, TopicSpec};
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
+use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};
 use crate::upsert::upsert_keyed;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};

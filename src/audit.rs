@@ -90,15 +90,14 @@ use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::kafka::config::ReaderContext;
-use crate::kafka::decode::{
-    check_size, DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder,
-};
+use crate::kafka::decode::{check_size, RawRecord, RecordDecoder};
 use crate::kafka::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
 use crate::kafka::sink::EpochProgress;
 use crate::kafka::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::output::PostcodeRecord;
 use crate::postcode::{Postcode, PostcodeTable};
 use crate::reference::postcode_counts_from_scratch;
+use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -1795,7 +1794,8 @@ fn expected_counts(postcode: &Postcode, counts: &PostcodeCounts) -> RecordCounts
 mod tests {
     use super::*;
     use crate::feed::BikeTypes;
-    use crate::kafka::protocol::{station_key, station_value, EpochMarker, EpochStamp};
+    use crate::kafka::protocol::{EpochMarker, EpochStamp};
+    use crate::station_records::{station_key, station_value};
     use rdkafka::message::{Header, OwnedHeaders};
 
     const INPUT: &str = "in";

@@ -43,4 +43,5 @@ pub mod reference;
 pub mod replay;
 pub mod snapshot;
 pub mod snapshot_source;
+pub mod station_records;
 pub mod upsert;

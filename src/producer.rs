@@ -9,7 +9,6 @@
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::fetch::{Backoff, FetchError};
-use crate::kafka::protocol::station_value;
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
@@ -17,6 +16,7 @@ use crate::poll::{FeedLocation, FeedPoller, PollConfig};
 use crate::postcode::PostcodeTable;
 use crate::snapshot::{net_changes, EpochUpdates, SnapshotSequencer};
 use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
+use crate::station_records::station_value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

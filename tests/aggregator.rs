@@ -389,7 +389,7 @@ fn dead_attempt(isolation: &str) {
         dying.push(InputRecord {
             topic: STATUS_TOPIC.into(),
             partition: 0,
-            key: Some(velib_dataflow::kafka::protocol::station_key(
+            key: Some(velib_dataflow::station_records::station_key(
                 &entry.station_id,
             )),
             value: None,

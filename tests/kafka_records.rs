@@ -5,14 +5,13 @@
 use proptest::prelude::*;
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
 use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
-use velib_dataflow::kafka::decode::{
-    DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder, MAX_RECORD_BYTES,
-};
-use velib_dataflow::kafka::protocol::{
-    framing, station_key, Framed, RecordHeaders, ATTEMPT_HEADER, NORMALISED_FIELD,
-};
+use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, MAX_RECORD_BYTES};
+use velib_dataflow::kafka::protocol::{framing, Framed, RecordHeaders, ATTEMPT_HEADER};
 use velib_dataflow::kafka::{DecodeError, EPOCH_HEADER, KIND_HEADER};
 use velib_dataflow::postcode::Postcode;
+use velib_dataflow::station_records::{
+    station_key, DirectoryEntryDecoder, StationStatusDecoder, NORMALISED_FIELD,
+};
 
 fn record<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> RawRecord<'a> {
     RawRecord {

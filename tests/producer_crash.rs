@@ -45,10 +45,10 @@ use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorError, Aggreg
 use velib_dataflow::dataflow::Epoch;
 use velib_dataflow::directory::{DirectoryEntry, DirectoryResolver};
 use velib_dataflow::feed::{payload, StationStatus};
-use velib_dataflow::kafka::protocol::station_key;
 use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::snapshot::{net_changes, Snapshot, SnapshotSequencer, StationSelection};
+use velib_dataflow::station_records::station_key;
 
 const STATUS: &str = "velib-projet";
 const DIRECTORY: &str = "velib-directory";

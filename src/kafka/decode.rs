@@ -3,14 +3,10 @@
 //! The source reads the epoch framing from the headers itself
 //! ([`super::protocol::framing`]); a decoder sees the data records and turns
 //! each into `(key, Some(value))`, or `(key, None)` when the key is gone.
-//! This crate's decoders read station statuses ([`StationStatusDecoder`]) and
-//! directory entries ([`DirectoryEntryDecoder`]); implement
-//! [`RecordDecoder`] to read anything else.
+//! Implement [`RecordDecoder`] for what your records hold (this project's
+//! stations: `crate::station_records`).
 
-use super::protocol::{parse_station_key, NORMALISED_FIELD};
 use crate::dataflow::Epoch;
-use crate::directory::DirectoryEntry;
-use crate::feed::{gbfs, FeedError, StationId, StationStatus};
 
 /// Records larger than this are refused (and sent to the dead-letter topic)
 /// rather than parsed.
@@ -37,12 +33,13 @@ pub struct RawRecord<'a> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, StationStatusDecoder};
+/// use velib_dataflow::kafka::decode::{check_size, RawRecord, MAX_RECORD_BYTES};
 ///
-/// let record = RawRecord { topic: "velib-projet", partition: 2, offset: 17, key: Some(b"7"), value: Some(b"{\"station_id\": 7") };
-/// let error = StationStatusDecoder.decode(&record).unwrap_err();
+/// let big = vec![b'x'; MAX_RECORD_BYTES + 1];
+/// let record = RawRecord { topic: "events", partition: 2, offset: 17, key: None, value: Some(&big) };
+/// let error = check_size(&record).unwrap_err();
 /// // The dead-letter topic's `velib-dlq-reason` header.
-/// assert_eq!(error.reason(), "invalid_json");
+/// assert_eq!(error.reason(), "too_large");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,9 +78,15 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
-    /// The value is a GBFS station record, but not a valid one.
-    #[error("{0}")]
-    Feed(#[from] FeedError),
+    /// The value is not what the decoder reads: its own error, with a
+    /// short, stable name for it.
+    #[error("{source}")]
+    Value {
+        /// The dead-letter header's and the counter's name for it.
+        reason: &'static str,
+        /// The decoder's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The record would open one epoch (or attempt) more than a partition
     /// holds open: broken or forged framing.
     #[error("the record's epoch and attempt would be one more than the {limit} a partition holds open before their markers")]
@@ -122,14 +125,6 @@ pub enum DecodeError {
         /// The marker's epoch.
         epoch: Epoch,
     },
-    /// The key and the value name different stations.
-    #[error("key names station {key}, value station {value}")]
-    KeyMismatch {
-        /// The station the key names.
-        key: StationId,
-        /// The station the value names.
-        value: StationId,
-    },
 }
 
 impl DecodeError {
@@ -142,11 +137,10 @@ impl DecodeError {
             DecodeError::Key { .. } => "invalid_key",
             DecodeError::MissingValue => "missing_value",
             DecodeError::Json { .. } => "invalid_json",
-            DecodeError::Feed(e) => e.reason(),
+            DecodeError::Value { reason, .. } => reason,
             DecodeError::TooManyOpenEpochs { .. } => "too_many_open_epochs",
             DecodeError::EpochGap { .. } => "epoch_gap_too_large",
             DecodeError::MarkerGoesBack { .. } => "marker_goes_back",
-            DecodeError::KeyMismatch { .. } => "key_mismatch",
         }
     }
 }
@@ -193,7 +187,7 @@ pub trait RecordDecoder: 'static {
 }
 
 /// Refuses a record larger than [`MAX_RECORD_BYTES`] (key and value).
-pub(crate) fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
+pub fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
     let size = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
     if size > MAX_RECORD_BYTES {
         return Err(DecodeError::TooLarge {
@@ -202,129 +196,4 @@ pub(crate) fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
         });
     }
     Ok(())
-}
-
-/// Reads a keyed upsert whose value is `T` as JSON: the key must be a
-/// station id, and the value's id (read by `id`) must agree with it.
-fn keyed_json<T: serde::de::DeserializeOwned>(
-    record: &RawRecord<'_>,
-    what: &'static str,
-    id: impl Fn(&T) -> &StationId,
-) -> Result<(StationId, Option<T>), DecodeError> {
-    check_size(record)?;
-    let key = record
-        .key
-        .ok_or_else(|| DecodeError::Key {
-            problem: "missing".into(),
-        })
-        .and_then(parse_station_key)?;
-    let Some(value) = record.value else {
-        return Ok((key, None));
-    };
-    let value: T =
-        serde_json::from_slice(value).map_err(|source| DecodeError::Json { what, source })?;
-    agree(key, id(&value)).map(|key| (key, Some(value)))
-}
-
-fn agree(key: StationId, value: &StationId) -> Result<StationId, DecodeError> {
-    if &key == value {
-        Ok(key)
-    } else {
-        Err(DecodeError::KeyMismatch {
-            key,
-            value: value.clone(),
-        })
-    }
-}
-
-/// Station statuses, in either of two forms:
-///
-/// - the producer's: keyed by the station id (JSON), the value a GBFS
-///   station record with the normalised [`StationStatus`] under
-///   [`NORMALISED_FIELD`]; a tombstone when the station is gone;
-/// - the seeds' `producer.py`: one raw GBFS station record per message,
-///   unkeyed (the id is read from the record).
-///
-/// # Examples
-///
-/// ```
-/// use velib_dataflow::feed::StationId;
-/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder, StationStatusDecoder};
-///
-/// let seed = br#"{"station_id": 213688169, "stationCode": "16107", "num_bikes_available": 3,
-///     "num_bikes_available_types": [{"mechanical": 2}, {"ebike": 1}],
-///     "num_docks_available": 32, "is_installed": 1, "is_returning": 1, "is_renting": 1}"#;
-/// let record = RawRecord { topic: "velib-projet", partition: 0, offset: 0, key: None, value: Some(seed) };
-/// let (id, status) = StationStatusDecoder.decode(&record)?;
-/// assert_eq!(id, StationId::Num(213688169));
-/// assert_eq!(status.unwrap().bikes_available, 3);
-///
-/// let gone = RawRecord { key: Some(b"213688169"), value: None, ..record };
-/// assert_eq!(StationStatusDecoder.decode(&gone)?, (StationId::Num(213688169), None));
-/// # Ok::<(), velib_dataflow::kafka::DecodeError>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StationStatusDecoder;
-
-impl RecordDecoder for StationStatusDecoder {
-    type Key = StationId;
-    type Value = StationStatus;
-
-    fn decode(
-        &self,
-        record: &RawRecord<'_>,
-    ) -> Result<(StationId, Option<StationStatus>), DecodeError> {
-        check_size(record)?;
-        let Some(value) = record.value else {
-            return keyed_json::<StationStatus>(record, "station status", |s| &s.station_id);
-        };
-        let parsed: serde_json::Value =
-            serde_json::from_slice(value).map_err(|source| DecodeError::Json {
-                what: "station status",
-                source,
-            })?;
-        let status = match parsed.get(NORMALISED_FIELD).and_then(|v| v.get("status")) {
-            Some(normalised) => {
-                serde_json::from_value(normalised.clone()).map_err(|source| DecodeError::Json {
-                    what: "normalised station status",
-                    source,
-                })?
-            }
-            None => gbfs::parse_station_record(value)?,
-        };
-        match record.key {
-            None => Ok((status.station_id.clone(), Some(status))),
-            Some(key) => {
-                let key = agree(parse_station_key(key)?, &status.station_id)?;
-                Ok((key, Some(status)))
-            }
-        }
-    }
-}
-
-/// Directory entries: keyed by the station id (JSON), the value a
-/// [`DirectoryEntry`] as JSON; a tombstone when the station is gone.
-///
-/// # Examples
-///
-/// ```
-/// use velib_dataflow::kafka::decode::{DirectoryEntryDecoder, RawRecord, RecordDecoder};
-///
-/// let record = RawRecord { topic: "velib-directory", partition: 0, offset: 9, key: Some(b"7"), value: Some(b"{}") };
-/// let error = DirectoryEntryDecoder.decode(&record).unwrap_err();
-/// assert_eq!(error.reason(), "invalid_json");
-/// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DirectoryEntryDecoder;
-
-impl RecordDecoder for DirectoryEntryDecoder {
-    type Key = StationId;
-    type Value = DirectoryEntry;
-
-    fn decode(
-        &self,
-        record: &RawRecord<'_>,
-    ) -> Result<(StationId, Option<DirectoryEntry>), DecodeError> {
-        keyed_json::<DirectoryEntry>(record, "directory entry", |d| &d.station_id)
-    }
 }

@@ -38,10 +38,10 @@
 //!   surviving marker cannot be told apart any more: see
 //!   [`super::as_of`] for where a fresh reader starts.
 //!
-//! Station records are keyed by the station id as JSON (`213688169`, or
-//! `"abc"` for a textual id); a null value (a tombstone) means the station is
-//! gone. Records with none of these headers are the seeds' format, read with
-//! [`Framing::Ingestion`](super::source::Framing::Ingestion).
+//! Data records are keyed upserts: what a key and value hold is the
+//! decoder's business ([`super::decode`]); a null value (a tombstone) means
+//! the key is gone. Records with none of these headers (the seeds' format)
+//! are read with [`Framing::Ingestion`](super::source::Framing::Ingestion).
 //!
 //! # Examples
 //!
@@ -60,7 +60,7 @@
 
 use super::{DecodeError, EPOCH_HEADER, KIND_HEADER};
 use crate::dataflow::Epoch;
-use crate::feed::{FeedTime, StationId};
+use crate::feed::FeedTime;
 use serde::{Deserialize, Serialize};
 
 /// The header naming the producer attempt that wrote a record.
@@ -69,9 +69,6 @@ pub const ATTEMPT_HEADER: &str = "velib-attempt";
 pub const MARKER_KEY: &str = "__velib_marker";
 /// The [`KIND_HEADER`] value of epoch markers.
 pub const MARKER_KIND: &str = "marker";
-/// The field of a station record's value holding the normalised status,
-/// next to the feed's own fields.
-pub const NORMALISED_FIELD: &str = "velib";
 /// Attempt ids longer than this are refused: they are copied into every
 /// buffered record's bookkeeping.
 pub const MAX_ATTEMPT_BYTES: usize = 128;
@@ -298,7 +295,7 @@ pub const MAX_OPEN_EPOCHS: usize = 256;
 /// one-minute epochs (four months at one epoch every ten seconds); a
 /// further jump is forged or broken framing, which would otherwise move the
 /// partition so far ahead that every genuine record after it is late and
-/// its stations freeze. An aggregator stopped longer than that on a
+/// its keys freeze. An aggregator stopped longer than that on a
 /// cleaned input refuses its first markers the same way, and must start
 /// over (see `docs/operations.md`, "Bad input").
 pub const MAX_EPOCH_GAP: Epoch = 1 << 20;
@@ -461,7 +458,7 @@ impl<T> PartitionEpochs<T> {
     /// marker [`check_marker`](Self::check_marker) refuses. Before the
     /// partition's first marker every epoch is accepted: records before a
     /// cleaned partition's first surviving marker are as old as the
-    /// stations that did not change since. A record of an epoch already
+    /// keys that did not change since. A record of an epoch already
     /// passed is accepted here, and [`data`](Self::data) discards it.
     ///
     /// # Examples
@@ -572,61 +569,6 @@ fn within_gap(reference: Epoch, epoch: Epoch) -> Result<(), DecodeError> {
         });
     }
     Ok(())
-}
-
-/// A station record's value: the feed's own fields for the station (so a
-/// reader of the raw feed format still understands it), and under
-/// [`NORMALISED_FIELD`] the epoch and the normalised status.
-///
-/// # Examples
-///
-/// ```
-/// use velib_dataflow::feed::gbfs;
-/// use velib_dataflow::kafka::protocol::station_value;
-///
-/// let raw = br#"{"station_id": 7, "num_bikes_available": 2, "num_docks_available": 5,
-///     "is_installed": 1, "is_renting": 1, "is_returning": 1}"#;
-/// let status = gbfs::parse_station_record(raw)?;
-/// let fields = serde_json::from_slice(raw).unwrap();
-/// let value: serde_json::Value = serde_json::from_slice(&station_value(Some(&fields), 3, &status)).unwrap();
-/// assert_eq!(value["num_bikes_available"], 2);
-/// assert_eq!(value["velib"]["epoch"], 3);
-/// assert_eq!(value["velib"]["status"]["bikes_available"], 2);
-/// # Ok::<(), velib_dataflow::feed::FeedError>(())
-/// ```
-pub fn station_value(
-    feed_fields: Option<&serde_json::Map<String, serde_json::Value>>,
-    epoch: Epoch,
-    status: &crate::feed::StationStatus,
-) -> Vec<u8> {
-    let mut value = feed_fields.cloned().unwrap_or_default();
-    value.insert(
-        NORMALISED_FIELD.to_owned(),
-        serde_json::json!({ "epoch": epoch, "status": status }),
-    );
-    serde_json::to_vec(&value).expect("a JSON map always serialises")
-}
-
-/// The key of a station's records: its id as JSON.
-pub fn station_key(id: &StationId) -> Vec<u8> {
-    serde_json::to_vec(id).expect("a station id always serialises")
-}
-
-/// Reads a station key written by [`station_key`]. A bare textual key (not
-/// JSON) is taken as a textual id, as a hand-written record would have it.
-pub fn parse_station_key(key: &[u8]) -> Result<StationId, DecodeError> {
-    if let Ok(id) = serde_json::from_slice::<StationId>(key) {
-        return Ok(id);
-    }
-    match std::str::from_utf8(key) {
-        Ok(text) if !text.trim().is_empty() && text.len() <= 256 => {
-            Ok(StationId::Text(text.to_owned()))
-        }
-        _ => Err(DecodeError::Key {
-            problem: "not a station id (JSON number or string, or non-empty text up to 256 bytes)"
-                .into(),
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -837,19 +779,5 @@ mod tests {
         let passed = p.marker(&marker(5)).unwrap();
         assert_eq!(passed.released, vec!["x", "y"]);
         assert_eq!(p.passed(), Some(5));
-    }
-
-    #[test]
-    fn station_keys_round_trip() {
-        for id in [StationId::Num(213688169), StationId::Text("abc:1".into())] {
-            assert_eq!(parse_station_key(&station_key(&id)).unwrap(), id);
-        }
-        assert_eq!(
-            parse_station_key(b"abc").unwrap(),
-            StationId::Text("abc".into())
-        );
-        assert!(parse_station_key(b"").is_err());
-        assert!(parse_station_key(b"\xff\xfe").is_err());
-        assert!(parse_station_key(&[b'x'; 300]).is_err());
     }
 }

@@ -18,13 +18,14 @@
 //! topic is then read in full once, and [`Recovered::state_repair`] says what
 //! the next epoch must write to the state topic to make it whole.
 
-use super::decode::{DirectoryEntryDecoder, RawRecord, RecordDecoder, StationStatusDecoder};
+use super::decode::{RawRecord, RecordDecoder};
 use super::protocol::{framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders};
 use super::scan::{scan_topic, Scan};
 use super::{KafkaConfig, KafkaError};
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
+use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use std::collections::BTreeMap;
 use std::time::Duration;

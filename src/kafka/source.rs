@@ -380,7 +380,7 @@ pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHand
 ///
 /// ```no_run
 /// use timely::dataflow::operators::Inspect;
-/// use velib_dataflow::kafka::decode::StationStatusDecoder;
+/// use velib_dataflow::station_records::StationStatusDecoder;
 /// use velib_dataflow::kafka::source::{KafkaSource, SourceConfig, SourceHandle};
 /// use velib_dataflow::kafka::KafkaConfig;
 ///

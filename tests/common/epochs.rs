@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use velib_dataflow::dataflow::Epoch;
 use velib_dataflow::feed::{FeedTime, StationId};
-use velib_dataflow::kafka::protocol::{
-    station_key, EpochMarker, EpochStamp, MARKER_KEY, NORMALISED_FIELD,
-};
+use velib_dataflow::kafka::protocol::{EpochMarker, EpochStamp, MARKER_KEY};
 use velib_dataflow::snapshot::EpochUpdates;
+use velib_dataflow::station_records::{station_key, NORMALISED_FIELD};
 
 pub const STATUS_TOPIC: &str = "velib-projet";
 pub const DIRECTORY_TOPIC: &str = "velib-directory";
