@@ -25,9 +25,9 @@ use velib_dataflow::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
 use velib_dataflow::kafka::source::{
     written_as_far_as_read, KafkaSource, SourceConfig, SourceHandle,
 };
+use velib_dataflow::kafka::upsert::upsert;
 use velib_dataflow::postcode::{Postcode, PostcodeTable};
 use velib_dataflow::station_records::StationStatusDecoder;
-use velib_dataflow::upsert::upsert;
 
 /// Per-postcode counts to Kafka, and a city-wide total printed per epoch.
 #[derive(Parser, Debug)]

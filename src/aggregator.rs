@@ -25,11 +25,11 @@ use crate::kafka::state::{
     read_state_share, restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
 };
 use crate::kafka::topics::{ensure_topics, TopicSpec};
+use crate::kafka::upsert::upsert_keyed;
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
 use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};
-use crate::upsert::upsert_keyed;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -12,8 +12,8 @@ use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 /// Differential time in this crate: one epoch per published snapshot,
-/// strictly increasing.
-pub type Epoch = u64;
+/// strictly increasing, as the epoch protocol numbers them.
+pub use crate::kafka::protocol::Epoch;
 
 /// Maintains per-postcode counts from station statuses and directory entries.
 ///

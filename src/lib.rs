@@ -25,7 +25,6 @@
 // `poll` -> `snapshot` -> `kafka::publish`.
 pub mod aggregator;
 pub mod audit;
-pub mod changes;
 pub mod cluster;
 pub mod counts;
 pub mod dataflow;
@@ -44,4 +43,3 @@ pub mod replay;
 pub mod snapshot;
 pub mod snapshot_source;
 pub mod station_records;
-pub mod upsert;

@@ -1,9 +1,9 @@
 //! The per-postcode record users read: JSON, with the seed's field names.
 
-use crate::changes::KeyChange;
 use crate::counts::PostcodeCounts;
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
+use crate::kafka::changes::KeyChange;
 use crate::postcode::Postcode;
 use serde::{Deserialize, Serialize};
 

@@ -6,10 +6,10 @@
 //! epoch's output is gathered at worker 0 and handed over once the epoch is
 //! complete.
 
-use crate::changes::{key_changes, KeyChange};
 use crate::counts::PostcodeCounts;
 use crate::dataflow::{postcode_counts, Epoch};
 use crate::feed::FeedTime;
+use crate::kafka::changes::{key_changes, KeyChange};
 use crate::postcode::Postcode;
 use crate::snapshot::EpochUpdates;
 use differential_dataflow::input::Input;

@@ -38,11 +38,11 @@
 //! too; and a cleaner pass while the sources read can remove the markers
 //! after the start, which the source reports.
 
+use super::protocol::Epoch;
 use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders, MAX_EPOCH_GAP};
 use super::scan::{scan_topic, Scan};
 use super::source::Framing;
 use super::{KafkaConfig, KafkaError};
-use crate::dataflow::Epoch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! Implement [`RecordDecoder`] for what your records hold (this project's
 //! stations: `crate::station_records`).
 
-use crate::dataflow::Epoch;
+use super::protocol::Epoch;
 
 /// Records larger than this are refused (and sent to the dead-letter topic)
 /// rather than parsed.

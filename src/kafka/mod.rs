@@ -6,11 +6,13 @@
 //! |---|---|
 //! | [`config`] | brokers and `-X key=value` librdkafka properties, as kcat takes them |
 //! | [`topics`] | creating missing topics and checking existing ones |
-//! | [`protocol`] | the epoch protocol: headers, markers, station keys |
+//! | [`protocol`] | the epoch protocol: headers, markers, [`Epoch`](protocol::Epoch) |
 //! | [`publish`] | the producer's side: one transaction per epoch, markers, restart |
 //! | [`recovery`] | reading back what was published, to restart from it |
 //! | [`decode`] | decoders from records to keyed upserts |
 //! | [`source`] | the source operator |
+//! | [`upsert`] | keyed upserts → a differential collection, per key in epoch order |
+//! | [`changes`] | an epoch's output → one change per key (upsert or delete), what the sink writes |
 //! | [`dead_letter`] | where records that cannot be read go |
 //! | [`sink`] | the sink operator |
 //! | [`state`] | the state changelog a restart restores from |
@@ -18,6 +20,7 @@
 //! | [`as_of`] | where sources start: the epoch compacted topics are exact from, the framing |
 
 pub mod as_of;
+pub mod changes;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -32,6 +35,7 @@ pub mod source;
 pub mod state;
 pub mod topics;
 mod transaction;
+pub mod upsert;
 
 pub use config::KafkaConfig;
 pub use decode::DecodeError;

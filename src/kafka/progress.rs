@@ -33,10 +33,10 @@
 //! assert!(!output.record(3, "again"));
 //! ```
 
+use super::protocol::Epoch;
 use super::scan::last_of;
 use super::sink::EpochProgress;
 use super::{KafkaConfig, KafkaError, KIND_HEADER, PROGRESS_KEY};
-use crate::dataflow::Epoch;
 use rdkafka::message::{Headers, Message};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -59,9 +59,15 @@
 //! ```
 
 use super::{DecodeError, EPOCH_HEADER, KIND_HEADER};
-use crate::dataflow::Epoch;
-use crate::feed::FeedTime;
 use serde::{Deserialize, Serialize};
+
+/// An epoch: one snapshot of what the producer reads, numbered by it from
+/// 1, strictly increasing; the timestamp of the dataflows that read it.
+pub type Epoch = u64;
+
+/// When an epoch's snapshot was taken, in seconds since the Unix epoch (a
+/// GBFS feed's `last_updated`), as markers and progress records carry it.
+pub type EpochTime = i64;
 
 /// The header naming the producer attempt that wrote a record.
 pub const ATTEMPT_HEADER: &str = "velib-attempt";
@@ -100,7 +106,7 @@ pub struct EpochMarker {
     /// The attempt whose records make the epoch.
     pub attempt: String,
     /// The feed's time of the epoch's snapshot.
-    pub feed_time: Option<FeedTime>,
+    pub feed_time: Option<EpochTime>,
 }
 
 impl EpochMarker {

@@ -4,12 +4,12 @@
 //! in time nor republishes everything.
 
 use super::dead_letter::{response_record, DEFAULT_DEAD_LETTER_TOPIC};
+use super::protocol::Epoch;
 use super::protocol::{EpochMarker, MARKER_KEY};
 use super::recovery::{read_back, PublishedTopics, Recovered};
 use super::topics::{ensure_topics, TopicSpec};
 use super::transaction::{owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError};
-use crate::dataflow::Epoch;
 use crate::feed::{FeedTime, StationId};
 use crate::station_records::{station_key, station_value};
 use rdkafka::error::KafkaError as RdKafkaError;

@@ -19,10 +19,10 @@
 //! the next epoch must write to the state topic to make it whole.
 
 use super::decode::{RawRecord, RecordDecoder};
+use super::protocol::Epoch;
 use super::protocol::{framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders};
 use super::scan::{scan_topic, Scan};
 use super::{KafkaConfig, KafkaError};
-use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};

@@ -3,7 +3,7 @@
 //!
 //! For each epoch, once the collection's frontier has passed it, the sink
 //! consolidates the epoch's updates into one change per key
-//! ([`crate::changes::key_changes`]) and writes, in one transaction: one
+//! ([`crate::kafka::changes::key_changes`]) and writes, in one transaction: one
 //! record per key whose value changed (the new value, or a tombstone when
 //! the key is gone), each with the epoch in a [`EPOCH_HEADER`] header; then a
 //! progress record on every partition of the topic (key [`PROGRESS_KEY`],
@@ -17,13 +17,12 @@
 //! what the dataflow reads.
 
 use super::dead_letter::DeadLetter;
+use super::protocol::{Epoch, EpochTime};
 use super::source::SourcePosition;
 use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
-use crate::changes::{key_changes, KeyChange};
-use crate::dataflow::Epoch;
-use crate::feed::FeedTime;
+use crate::kafka::changes::{key_changes, KeyChange};
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -85,7 +84,7 @@ pub struct EpochProgress {
     /// The epoch.
     pub epoch: Epoch,
     /// The feed's time of the epoch's snapshot, when a source said.
-    pub feed_time: Option<FeedTime>,
+    pub feed_time: Option<EpochTime>,
     /// Topic → partition → next offset, for every partition read so far.
     pub positions: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Topic → partition → the epoch of the last marker it passed: this

@@ -33,10 +33,9 @@ use super::config::ReaderContext;
 use super::dead_letter::{DeadLetter, DeadLetterWriter};
 use super::decode::{check_size, DecodeError, RawRecord, RecordDecoder};
 use super::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
+use super::protocol::{Epoch, EpochTime};
 use super::sink::EpochProgress;
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER};
-use crate::dataflow::Epoch;
-use crate::feed::FeedTime;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -181,7 +180,7 @@ pub struct SourcePosition {
     pub passed: Epoch,
     /// The feed's time of the epoch's snapshot (the marker's; for ingestion
     /// epochs, the time the epoch was closed).
-    pub feed_time: Option<FeedTime>,
+    pub feed_time: Option<EpochTime>,
     /// When the epoch was closed, in ms since the Unix epoch: the Kafka
     /// timestamp of its marker on this partition (for ingestion epochs,
     /// the time the source closed it). The sink measures from it the time
@@ -1057,7 +1056,7 @@ impl<K, V> Reader<K, V> {
             let held = !ingestion.records.is_empty() || !ingestion.dead.letters.is_empty();
             if held && (caught_up || ingestion.bytes >= MAX_INGESTION_BYTES) {
                 let epoch = ingestion.open;
-                let feed_time = Some((epoch / 1000) as FeedTime);
+                let feed_time = Some((epoch / 1000) as EpochTime);
                 handle.count(|s| s.applied += ingestion.records.len() as u64);
                 let released = Released {
                     records: std::mem::take(&mut ingestion.records),
@@ -1110,7 +1109,7 @@ fn headers<M: Message>(message: &M) -> RecordHeaders<'_> {
 }
 
 /// A released epoch from one partition: its epoch, records and feed time.
-type PartitionRelease<K, V> = (Epoch, Vec<(K, Option<V>)>, Option<FeedTime>);
+type PartitionRelease<K, V> = (Epoch, Vec<(K, Option<V>)>, Option<EpochTime>);
 
 /// Applies the epoch protocol to one record of `p`.
 fn frame<K, V, D: RecordDecoder<Key = K, Value = V>, M: Message>(

@@ -29,9 +29,9 @@
 //! assert_eq!(source_of(&key), Some("velib-projet"));
 //! ```
 
+use super::protocol::Epoch;
 use super::scan::{scan_partitions, Scan};
 use super::{KafkaConfig, EPOCH_HEADER};
-use crate::dataflow::Epoch;
 use differential_dataflow::{AsCollection, VecCollection};
 use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
@@ -108,7 +108,7 @@ pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
     i32::try_from(hash % partitions).unwrap_or(0)
 }
 
-/// A keyed collection (one value per key, as [`crate::upsert::upsert_keyed`]
+/// A keyed collection (one value per key, as [`crate::kafka::upsert::upsert_keyed`]
 /// gives) as state records of the source named `source`: what
 /// [`super::sink::kafka_sink_with_state`] writes to the state topic.
 ///

@@ -12,7 +12,7 @@
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::changes::KeyChange;
+/// use velib_dataflow::kafka::changes::KeyChange;
 ///
 /// let changes: Vec<KeyChange<&str, i64>> = vec![KeyChange::Upsert("75016", 12), KeyChange::Delete("75116")];
 /// let keys: Vec<_> = changes.iter().map(|c| *c.key()).collect();
@@ -43,7 +43,7 @@ impl<K, V> KeyChange<K, V> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::changes::{key_changes, KeyChange};
+/// use velib_dataflow::kafka::changes::{key_changes, KeyChange};
 ///
 /// let updates = vec![
 ///     (("75001", 3), -1), (("75001", 4), 1),   // changed

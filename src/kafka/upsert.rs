@@ -1,6 +1,6 @@
 //! From keyed upserts (what a compacted Kafka topic holds) to a collection.
 
-use crate::dataflow::Epoch;
+use super::protocol::Epoch;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +29,7 @@ type Pending<K, V> = (Capability<Epoch>, HashMap<K, Option<V>>);
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
-/// use velib_dataflow::upsert::upsert;
+/// use velib_dataflow::kafka::upsert::upsert;
 /// use std::sync::{Arc, Mutex};
 ///
 /// let out = Arc::new(Mutex::new(Vec::new()));
@@ -62,7 +62,7 @@ where
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
-/// use velib_dataflow::upsert::upsert_keyed;
+/// use velib_dataflow::kafka::upsert::upsert_keyed;
 /// use std::sync::{Arc, Mutex};
 ///
 /// let out = Arc::new(Mutex::new(Vec::new()));
