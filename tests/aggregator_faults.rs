@@ -93,11 +93,13 @@ fn a_commit_the_producer_fails_in_is_settled_not_written_twice() {
                 .unwrap()
         })
         .collect();
-    let mut once = progress_epochs.clone();
-    once.dedup();
+    let mut per_epoch = std::collections::BTreeMap::new();
+    for epoch in &progress_epochs {
+        *per_epoch.entry(*epoch).or_insert(0) += 1;
+    }
     assert_eq!(
-        progress_epochs.len(),
-        once.len() * 3,
+        per_epoch,
+        (1..=last).map(|e| (e, 3)).collect(),
         "every epoch's progress once per partition: {progress_epochs:?}"
     );
 }

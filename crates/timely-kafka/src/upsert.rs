@@ -29,7 +29,7 @@ type Pending<K, V> = (Capability<Epoch>, HashMap<K, Option<V>>);
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
-/// use velib_dataflow::kafka::upsert::upsert;
+/// use timely_kafka::upsert::upsert;
 /// use std::sync::{Arc, Mutex};
 ///
 /// let out = Arc::new(Mutex::new(Vec::new()));
@@ -56,13 +56,13 @@ where
 
 /// As [`upsert`], keeping each value's key: the collection of `(key,
 /// value)` pairs, one per key, which is what a state changelog records
-/// ([`crate::kafka::state::state_records`]).
+/// ([`crate::state::state_records`]).
 ///
 /// # Examples
 ///
 /// ```
 /// use timely::dataflow::operators::ToStream;
-/// use velib_dataflow::kafka::upsert::upsert_keyed;
+/// use timely_kafka::upsert::upsert_keyed;
 /// use std::sync::{Arc, Mutex};
 ///
 /// let out = Arc::new(Mutex::new(Vec::new()));

@@ -9,14 +9,14 @@ use rdkafka::ClientConfig;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::KafkaConfig;
 ///
 /// let config = KafkaConfig::new("127.0.0.1:9092")
 ///     .with_property("security.protocol=SASL_SSL")?
 ///     .with_property("sasl.mechanism=PLAIN")?;
 /// assert_eq!(config.properties().len(), 2);
 /// assert!(KafkaConfig::new("x").with_property("no-equals-sign").is_err());
-/// # Ok::<(), velib_dataflow::kafka::KafkaError>(())
+/// # Ok::<(), timely_kafka::KafkaError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
@@ -81,7 +81,7 @@ impl KafkaConfig {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::kafka::{KafkaConfig, KafkaError};
+    /// use timely_kafka::{KafkaConfig, KafkaError};
     ///
     /// let error = KafkaConfig::new("x").with_property("isolation.level=read_uncommitted").unwrap_err();
     /// assert!(matches!(error, KafkaError::ProtectedProperty { .. }));
@@ -125,7 +125,7 @@ impl KafkaConfig {
 
     /// A librdkafka configuration: the brokers, then the user's properties
     /// (which may override anything set before them).
-    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in defaults {
@@ -150,8 +150,9 @@ impl KafkaConfig {
 /// With `on_stats`, it also hands librdkafka's statistics (emitted every
 /// `statistics.interval.ms`) to it.
 #[derive(Clone, Default)]
-pub(crate) struct ReaderContext {
-    pub(crate) on_stats: Option<std::sync::Arc<dyn Fn(rdkafka::Statistics) + Send + Sync>>,
+pub struct ReaderContext {
+    /// Receives librdkafka's statistics, when set.
+    pub on_stats: Option<std::sync::Arc<dyn Fn(rdkafka::Statistics) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ReaderContext {

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// When librdkafka declares the producer unusable for a reason other than
 /// a fencing (see [`is_fatal`]), the next [`Self::begin`] replaces it with a
 /// new one as the same `transactional.id`, as a restarted process would.
-pub(crate) struct TransactionalProducer {
+pub struct TransactionalProducer {
     producer: ThreadedProducer<ReaderContext>,
     timeout: Duration,
     kafka: KafkaConfig,
@@ -35,7 +35,7 @@ impl std::fmt::Debug for TransactionalProducer {
 impl TransactionalProducer {
     /// Connects as `transactional_id`; `timeout` bounds each broker round
     /// trip (initialising, committing, reading metadata).
-    pub(crate) fn connect(
+    pub fn connect(
         kafka: &KafkaConfig,
         transactional_id: &str,
         timeout: Duration,
@@ -45,7 +45,7 @@ impl TransactionalProducer {
 
     /// As [`Self::connect`], handing librdkafka's statistics (every 5 s) to
     /// the context's callback.
-    pub(crate) fn connect_with(
+    pub fn connect_with(
         kafka: &KafkaConfig,
         transactional_id: &str,
         timeout: Duration,
@@ -101,7 +101,7 @@ impl TransactionalProducer {
     }
 
     /// How many partitions `topic` has; an error when it does not exist.
-    pub(crate) fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
+    pub fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
         super::topics::partition_count(self.producer.client(), topic, self.timeout)
     }
 
@@ -115,26 +115,26 @@ impl TransactionalProducer {
     /// and back after `message.timeout.ms`). No epoch was committed by the
     /// failed tries (a commit fails only when the broker refused it, see
     /// [`Self::commit`]), so the new producer writes it again.
-    pub(crate) fn begin(&mut self) -> Result<(), RdKafkaError> {
+    pub fn begin(&mut self) -> Result<(), RdKafkaError> {
         self.replace_if_given_up()?;
         self.producer.begin_transaction()
     }
 
     /// Whether librdkafka gave up on this producer (a fatal error), so
     /// that [`Self::begin`] will replace it.
-    pub(crate) fn given_up(&self) -> bool {
+    pub fn given_up(&self) -> bool {
         self.producer.client().fatal_error().is_some()
     }
 
     /// The cluster and `transactional.id` it writes as.
-    pub(crate) fn kafka(&self) -> &KafkaConfig {
+    pub fn kafka(&self) -> &KafkaConfig {
         &self.kafka
     }
 
     /// Replaces the producer if librdkafka gave up on it for a reason other
     /// than a fencing (see [`Self::begin`]). The new producer's
     /// initialisation completes or aborts what the old one left open.
-    pub(crate) fn replace_if_given_up(&mut self) -> Result<(), RdKafkaError> {
+    pub fn replace_if_given_up(&mut self) -> Result<(), RdKafkaError> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             if !is_final(code) {
                 tracing::warn!(
@@ -166,7 +166,7 @@ impl TransactionalProducer {
     /// epoch's latency at Vélib's size. This asks librdkafka without
     /// waiting, and looks again shortly; the producer's own thread serves
     /// the events meanwhile.
-    pub(crate) fn flush(&self) -> Result<(), RdKafkaError> {
+    pub fn flush(&self) -> Result<(), RdKafkaError> {
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
             match self.producer.flush(Duration::ZERO) {
@@ -192,7 +192,7 @@ impl TransactionalProducer {
     /// commit succeeds or fails for good (an abortable or fatal error).
     /// Aborting instead would fail, as would every later transaction,
     /// while the commit could well complete in the background.
-    pub(crate) fn commit(&self) -> Result<(), RdKafkaError> {
+    pub fn commit(&self) -> Result<(), RdKafkaError> {
         // Drained first, commit_transaction's own flush returns at once.
         self.flush()?;
         loop {
@@ -211,14 +211,14 @@ impl TransactionalProducer {
     /// logged: an abort that timed out goes on in the background, the next
     /// `begin` fails until it is done, and the abort that follows that
     /// failure resumes it.
-    pub(crate) fn abort(&self) {
+    pub fn abort(&self) {
         if let Err(e) = self.producer.abort_transaction(self.timeout) {
             tracing::debug!("aborting the transaction: {e}");
         }
     }
 
     /// Sends, waiting while librdkafka's queue is full.
-    pub(crate) fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+    pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
         &self,
         mut record: BaseRecord<'_, K, P>,
     ) -> Result<(), RdKafkaError> {
@@ -239,7 +239,7 @@ impl TransactionalProducer {
 /// producer with the same `transactional.id`, or not authorised. Any other
 /// error librdkafka calls fatal is not: the next
 /// [`TransactionalProducer::begin`] replaces the producer.
-pub(crate) fn is_fatal(e: &RdKafkaError) -> bool {
+pub fn is_fatal(e: &RdKafkaError) -> bool {
     match e {
         RdKafkaError::Transaction(t) => t.is_fatal() && is_final(t.code()),
         _ => false,
@@ -261,7 +261,7 @@ fn is_final(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Record headers from `(name, value)` pairs.
-pub(crate) fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
+pub fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
     pairs.iter().fold(OwnedHeaders::new(), |headers, (k, v)| {
         headers.insert(Header {
             key: k,

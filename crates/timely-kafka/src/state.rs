@@ -22,7 +22,7 @@
 //! # Examples
 //!
 //! ```
-//! use velib_dataflow::kafka::state::{source_of, state_key};
+//! use timely_kafka::state::{source_of, state_key};
 //!
 //! let key = state_key("velib-projet", &213_688_169u64);
 //! assert_eq!(key, b"velib-projet\0213688169");
@@ -55,7 +55,7 @@ pub type StateRecord = (Vec<u8>, Vec<u8>);
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::state::StateSummary;
+/// use timely_kafka::state::StateSummary;
 ///
 /// let summary: StateSummary = serde_json::from_str(
 ///     r#"{"topic":"velib-projet-clean-state","partitions":3,"keys":{"0":480,"1":502,"2":488},"sources":["velib-directory","velib-projet"]}"#)?;
@@ -108,7 +108,7 @@ pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
     i32::try_from(hash % partitions).unwrap_or(0)
 }
 
-/// A keyed collection (one value per key, as [`crate::kafka::upsert::upsert_keyed`]
+/// A keyed collection (one value per key, as [`crate::upsert::upsert_keyed`]
 /// gives) as state records of the source named `source`: what
 /// [`super::sink::kafka_sink_with_state`] writes to the state topic.
 ///
@@ -116,7 +116,7 @@ pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
 ///
 /// ```
 /// use differential_dataflow::input::Input;
-/// use velib_dataflow::kafka::state::state_records;
+/// use timely_kafka::state::state_records;
 /// use std::sync::{Arc, Mutex};
 ///
 /// let out = Arc::new(Mutex::new(Vec::new()));

@@ -18,7 +18,7 @@ pub const CHANGELOG_SEGMENT_MS: &str = "3600000";
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::topics::TopicSpec;
+/// use timely_kafka::topics::TopicSpec;
 ///
 /// let spec = TopicSpec::new("velib-directory", 3).compacted().replication(3);
 /// assert!(spec.compacted);
@@ -66,7 +66,7 @@ impl TopicSpec {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::kafka::topics::TopicSpec;
+    /// use timely_kafka::topics::TopicSpec;
     ///
     /// let spec = TopicSpec::new("velib-projet-state", 3).changelog();
     /// assert!(spec.compacted);
@@ -95,8 +95,8 @@ impl TopicSpec {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use velib_dataflow::kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
+/// use timely_kafka::KafkaConfig;
 ///
 /// let kafka = KafkaConfig::new("127.0.0.1:9092");
 /// for (topic, outcome) in ensure_topics(&kafka, &[TopicSpec::new("velib-projet", 3)], Duration::from_secs(30))? {
@@ -106,7 +106,7 @@ impl TopicSpec {
 ///         _ => {}
 ///     }
 /// }
-/// # Ok::<(), velib_dataflow::kafka::KafkaError>(())
+/// # Ok::<(), timely_kafka::KafkaError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -129,8 +129,8 @@ pub enum TopicOutcome {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::kafka::topics::{ensure_topics, TopicSpec};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::topics::{ensure_topics, TopicSpec};
+/// use timely_kafka::KafkaConfig;
 ///
 /// // No broker listens there: the error says what was being done.
 /// let kafka = KafkaConfig::new("127.0.0.1:9");
@@ -302,7 +302,7 @@ fn visible_partitions<C: rdkafka::ClientContext>(
 
 /// How many partitions `topic` has, as `client`'s broker says; an error
 /// naming the topic when it does not exist or has none.
-pub(crate) fn partition_count<C: rdkafka::ClientContext>(
+pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     timeout: Duration,

@@ -1,7 +1,7 @@
 //! What changed per key in one epoch of a keyed collection's output.
 //!
 //! A keyed collection (one value per key at every time, such as the output of
-//! [`crate::dataflow::postcode_counts`]) changes by retracting a key's old
+//! a `reduce` or of [`crate::upsert::upsert`]) changes by retracting a key's old
 //! value and inserting its new one. Consolidated per key, an epoch's updates
 //! become at most one [`KeyChange`] per key: the new value, or a deletion when
 //! the key is gone; a key retracted and reinserted with the same value is no
@@ -12,7 +12,7 @@
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::changes::KeyChange;
+/// use timely_kafka::changes::KeyChange;
 ///
 /// let changes: Vec<KeyChange<&str, i64>> = vec![KeyChange::Upsert("75016", 12), KeyChange::Delete("75116")];
 /// let keys: Vec<_> = changes.iter().map(|c| *c.key()).collect();
@@ -43,7 +43,7 @@ impl<K, V> KeyChange<K, V> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::changes::{key_changes, KeyChange};
+/// use timely_kafka::changes::{key_changes, KeyChange};
 ///
 /// let updates = vec![
 ///     (("75001", 3), -1), (("75001", 4), 1),   // changed

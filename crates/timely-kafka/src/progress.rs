@@ -13,7 +13,7 @@
 //! # Examples
 //!
 //! ```
-//! use velib_dataflow::kafka::progress::OutputEpochs;
+//! use timely_kafka::progress::OutputEpochs;
 //!
 //! let mut output = OutputEpochs::new(2);
 //! output.record(1, "a");

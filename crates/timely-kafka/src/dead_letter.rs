@@ -43,7 +43,7 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 /// The dead-letter record of a rejected HTTP response from `url`: its
 /// `body` cut to [`MAX_DEAD_LETTER_BYTES`], why (`reason`, `error`) in
 /// headers.
-pub(crate) fn response_record<'a>(
+pub fn response_record<'a>(
     topic: &'a str,
     url: &str,
     body: &'a [u8],
@@ -80,9 +80,9 @@ pub(crate) fn response_record<'a>(
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::dead_letter::DeadLetter;
-/// use velib_dataflow::kafka::decode::RawRecord;
-/// use velib_dataflow::kafka::DecodeError;
+/// use timely_kafka::dead_letter::DeadLetter;
+/// use timely_kafka::decode::RawRecord;
+/// use timely_kafka::DecodeError;
 ///
 /// let record = RawRecord { topic: "events", partition: 2, offset: 17, key: Some(b"k"), value: None };
 /// let letter = DeadLetter::new(&record, &DecodeError::MissingValue);

@@ -33,7 +33,7 @@ pub struct RawRecord<'a> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::decode::{check_size, RawRecord, MAX_RECORD_BYTES};
+/// use timely_kafka::decode::{check_size, RawRecord, MAX_RECORD_BYTES};
 ///
 /// let big = vec![b'x'; MAX_RECORD_BYTES + 1];
 /// let record = RawRecord { topic: "events", partition: 2, offset: 17, key: None, value: Some(&big) };
@@ -152,8 +152,8 @@ impl DecodeError {
 /// A decoder of your own: plain-text counters keyed by name.
 ///
 /// ```
-/// use velib_dataflow::kafka::decode::{RawRecord, RecordDecoder};
-/// use velib_dataflow::kafka::DecodeError;
+/// use timely_kafka::decode::{RawRecord, RecordDecoder};
+/// use timely_kafka::DecodeError;
 ///
 /// struct Counter;
 /// impl RecordDecoder for Counter {

@@ -3,7 +3,7 @@
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::{KafkaConfig, KafkaError};
+/// use timely_kafka::{KafkaConfig, KafkaError};
 ///
 /// let error = KafkaConfig::new("127.0.0.1:9092").with_property("security.protocol").unwrap_err();
 /// assert!(matches!(error, KafkaError::BadProperty(_)));
@@ -43,9 +43,9 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
-    pub(crate) fn client(
-        context: impl Into<String>,
-    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+    /// Turns an rdkafka error into [`KafkaError::Client`] saying what was
+    /// being done (`context`): for `map_err`.
+    pub fn client(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| KafkaError::Client { context, source }
     }

@@ -3,7 +3,7 @@
 //!
 //! For each epoch, once the collection's frontier has passed it, the sink
 //! consolidates the epoch's updates into one change per key
-//! ([`crate::kafka::changes::key_changes`]) and writes, in one transaction: one
+//! ([`crate::changes::key_changes`]) and writes, in one transaction: one
 //! record per key whose value changed (the new value, or a tombstone when
 //! the key is gone), each with the epoch in a [`EPOCH_HEADER`] header; then a
 //! progress record on every partition of the topic (key [`PROGRESS_KEY`],
@@ -22,7 +22,7 @@ use super::source::SourcePosition;
 use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
-use crate::kafka::changes::{key_changes, KeyChange};
+use crate::changes::{key_changes, KeyChange};
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -44,7 +44,7 @@ use timely::dataflow::{Scope, Stream};
 /// An encoder of your own: plain text.
 ///
 /// ```
-/// use velib_dataflow::kafka::sink::{EpochProgress, RecordEncoder};
+/// use timely_kafka::sink::{EpochProgress, RecordEncoder};
 ///
 /// struct Text;
 /// impl RecordEncoder<String, i64> for Text {
@@ -72,7 +72,7 @@ pub trait RecordEncoder<K, V>: 'static {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::sink::EpochProgress;
+/// use timely_kafka::sink::EpochProgress;
 ///
 /// let progress: EpochProgress = serde_json::from_str(
 ///     r#"{"epoch":42,"feed_time":1732004538,"positions":{"velib-projet":{"0":1290,"1":1187}}}"#)?;
@@ -129,8 +129,8 @@ impl EpochProgress {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::kafka::sink::SinkConfig;
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::sink::SinkConfig;
+/// use timely_kafka::KafkaConfig;
 ///
 /// let mut config = SinkConfig::new(
 ///     KafkaConfig::new("127.0.0.1:9092"),
@@ -188,7 +188,7 @@ impl SinkConfig {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::sink::SinkHandle;
+/// use timely_kafka::sink::SinkHandle;
 ///
 /// let handle = SinkHandle::default();
 /// // Pass a clone to `kafka_sink`; read what it did from this one.
@@ -219,7 +219,7 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::sink::LatencyHistogram;
+/// use timely_kafka::sink::LatencyHistogram;
 ///
 /// let mut h = LatencyHistogram::default();
 /// h.observe(0.3);
@@ -326,8 +326,8 @@ impl SinkHandle {
 ///
 /// ```no_run
 /// use differential_dataflow::input::Input;
-/// use velib_dataflow::kafka::sink::{kafka_sink, no_positions, EpochProgress, RecordEncoder, SinkConfig, SinkHandle};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::sink::{kafka_sink, no_positions, EpochProgress, RecordEncoder, SinkConfig, SinkHandle};
+/// use timely_kafka::KafkaConfig;
 ///
 /// struct Text;
 /// impl RecordEncoder<String, i64> for Text {

@@ -46,7 +46,7 @@
 //! # Examples
 //!
 //! ```
-//! use velib_dataflow::kafka::protocol::{framing, EpochMarker, Framed, RecordHeaders};
+//! use timely_kafka::protocol::{framing, EpochMarker, Framed, RecordHeaders};
 //!
 //! let marker = EpochMarker { epoch: 7, attempt: "a1".into(), feed_time: Some(1732004538) };
 //! let headers = marker.headers();
@@ -55,7 +55,7 @@
 //!     framing(&RecordHeaders::from_pairs(&headers), Some(&value))?,
 //!     Framed::Marker(marker),
 //! );
-//! # Ok::<(), velib_dataflow::kafka::DecodeError>(())
+//! # Ok::<(), timely_kafka::DecodeError>(())
 //! ```
 
 use super::{DecodeError, EPOCH_HEADER, KIND_HEADER};
@@ -147,7 +147,7 @@ pub enum Framed {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::protocol::RecordHeaders;
+/// use timely_kafka::protocol::RecordHeaders;
 ///
 /// let headers = RecordHeaders::new(vec![("velib-epoch", Some(b"3".as_slice())), ("velib-epoch", Some(b"4".as_slice()))]);
 /// // The last header of a name wins, as Kafka clients read them.
@@ -315,7 +315,7 @@ pub const MAX_EPOCH_GAP: Epoch = 1 << 20;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+/// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
 ///
 /// let stamp = |epoch, attempt: &str| EpochStamp { epoch, attempt: attempt.into() };
 /// let mut p = PartitionEpochs::new();
@@ -425,7 +425,7 @@ impl<T> PartitionEpochs<T> {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::kafka::protocol::{EpochMarker, PartitionEpochs, MAX_EPOCH_GAP};
+    /// use timely_kafka::protocol::{EpochMarker, PartitionEpochs, MAX_EPOCH_GAP};
     ///
     /// let marker = |epoch| EpochMarker { epoch, attempt: "a".into(), feed_time: None };
     /// let mut p = PartitionEpochs::<()>::resumed(41);
@@ -470,7 +470,7 @@ impl<T> PartitionEpochs<T> {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::kafka::protocol::{EpochStamp, PartitionEpochs, MAX_EPOCH_GAP};
+    /// use timely_kafka::protocol::{EpochStamp, PartitionEpochs, MAX_EPOCH_GAP};
     ///
     /// let stamp = |epoch| EpochStamp { epoch, attempt: "a".into() };
     /// let p = PartitionEpochs::<()>::resumed(7);
@@ -499,7 +499,7 @@ impl<T> PartitionEpochs<T> {
     /// # Examples
     ///
     /// ```
-    /// use velib_dataflow::kafka::protocol::{EpochStamp, PartitionEpochs, MAX_OPEN_EPOCHS};
+    /// use timely_kafka::protocol::{EpochStamp, PartitionEpochs, MAX_OPEN_EPOCHS};
     ///
     /// let mut p = PartitionEpochs::new();
     /// for i in 0..MAX_OPEN_EPOCHS as u64 {

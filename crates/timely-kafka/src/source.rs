@@ -58,8 +58,8 @@ use timely::scheduling::SyncActivator;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::source::{Framing, SourceConfig};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::source::{Framing, SourceConfig};
+/// use timely_kafka::KafkaConfig;
 ///
 /// // The seeds' producer.py writes unkeyed station JSON without epochs:
 /// let seeds = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]).framing(Framing::Ingestion);
@@ -83,8 +83,8 @@ pub enum Framing {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::source::{Framing, SourceConfig};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::source::{Framing, SourceConfig};
+/// use timely_kafka::KafkaConfig;
 ///
 /// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"])
 ///     .framing(Framing::Ingestion)
@@ -208,7 +208,7 @@ pub struct SourceStreams<'s, K, V> {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::source::SourceHandle;
+/// use timely_kafka::source::SourceHandle;
 ///
 /// let handle = SourceHandle::default();
 /// assert!(!handle.is_stopped());
@@ -233,7 +233,7 @@ struct SourceShared {
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::source::SourceHandle;
+/// use timely_kafka::source::SourceHandle;
 ///
 /// let stats = SourceHandle::default().stats();
 /// // What the metrics report: read, applied, discarded, dead letters by reason, lag.
@@ -342,7 +342,10 @@ impl SourceHandle {
         });
     }
 
-    pub(crate) fn fail(&self, error: String) {
+    /// Stops the sources for good with `error` (logged, and kept in
+    /// [`SourceStats::error`]): what a job does when something outside the
+    /// sources went wrong.
+    pub fn fail(&self, error: String) {
         tracing::error!("Kafka source stopped: {error}");
         self.count(|s| {
             s.error.get_or_insert(error);
@@ -361,7 +364,7 @@ impl SourceHandle {
 ///
 /// ```
 /// use timely::dataflow::operators::probe::Handle as ProbeHandle;
-/// use velib_dataflow::kafka::source::written_as_far_as_read;
+/// use timely_kafka::source::written_as_far_as_read;
 ///
 /// // Two probes that have seen nothing yet agree.
 /// assert!(written_as_far_as_read(&ProbeHandle::<u64>::new(), &ProbeHandle::new()));
@@ -379,16 +382,27 @@ pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHand
 ///
 /// ```no_run
 /// use timely::dataflow::operators::Inspect;
-/// use velib_dataflow::station_records::StationStatusDecoder;
-/// use velib_dataflow::kafka::source::{KafkaSource, SourceConfig, SourceHandle};
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::decode::{RawRecord, RecordDecoder};
+/// use timely_kafka::source::{KafkaSource, SourceConfig, SourceHandle};
+/// use timely_kafka::{DecodeError, KafkaConfig};
+///
+/// /// Keys and values as text.
+/// struct Text;
+/// impl RecordDecoder for Text {
+///     type Key = String;
+///     type Value = String;
+///     fn decode(&self, r: &RawRecord<'_>) -> Result<(String, Option<String>), DecodeError> {
+///         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+///         Ok((r.key.map(text).unwrap_or_default(), r.value.map(text)))
+///     }
+/// }
 ///
 /// let handle = SourceHandle::default();
 /// timely::execute_directly(move |worker| {
 ///     worker.dataflow::<u64, _, _>(|scope| {
-///         let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]);
-///         let streams = KafkaSource::new(config, StationStatusDecoder).build(scope, handle.clone());
-///         streams.updates.inspect(|(id, status, epoch)| println!("{epoch}: {id} {status:?}"));
+///         let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]);
+///         let streams = KafkaSource::new(config, Text).build(scope, handle.clone());
+///         streams.updates.inspect(|(key, value, epoch)| println!("{epoch}: {key} {value:?}"));
 ///     });
 /// });
 /// ```

@@ -53,8 +53,8 @@ use std::time::Duration;
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::kafka::as_of::StartPoint;
-/// use velib_dataflow::kafka::source::Framing;
+/// use timely_kafka::as_of::StartPoint;
+/// use timely_kafka::source::Framing;
 ///
 /// let start = StartPoint::default();
 /// assert_eq!(start.as_of, 0);
@@ -166,8 +166,8 @@ impl PartitionStart {
 ///
 /// ```
 /// use std::time::Duration;
-/// use velib_dataflow::kafka::as_of::read_as_of;
-/// use velib_dataflow::kafka::KafkaConfig;
+/// use timely_kafka::as_of::read_as_of;
+/// use timely_kafka::KafkaConfig;
 ///
 /// // No broker listens there: the error says what was being done.
 /// let kafka = KafkaConfig::new("127.0.0.1:9");
@@ -265,7 +265,7 @@ fn read_start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::protocol::{EpochMarker, EpochStamp};
+    use crate::protocol::{EpochMarker, EpochStamp};
 
     fn data(epoch: Epoch) -> Framed {
         Framed::Data(EpochStamp {

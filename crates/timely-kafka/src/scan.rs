@@ -1,6 +1,7 @@
 //! Reading a topic's partitions from their start to their end, outside any
-//! dataflow: what a restarting producer reads back ([`super::recovery`]) and
-//! where a source starts ([`super::as_of`]).
+//! dataflow: what a restarting producer reads back, where a source starts
+//! ([`crate::as_of`]), the last progress ([`crate::progress::last_progress`])
+//! and the state to restore ([`crate::state`]).
 //!
 //! A partition is done when the caller says so, or once librdkafka reports
 //! having reached its end (`enable.partition.eof`) and no record came after
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// What the caller of [`scan_topic`] wants after a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Scan {
+pub enum Scan {
     /// Read on.
     More,
     /// This partition is done: read no more of it.
@@ -30,7 +31,7 @@ pub(crate) enum Scan {
 /// Reads every partition of `topic` (it has `partitions`) from its start
 /// until its end, or until `on_record` says it is done with it. Returns how
 /// many records were read.
-pub(crate) fn scan_topic(
+pub fn scan_topic(
     kafka: &KafkaConfig,
     purpose: &str,
     topic: &str,
@@ -57,7 +58,7 @@ pub(crate) fn scan_topic(
 /// Reads the partitions `starts` names, each from its offset, until its end
 /// or until `on_record` says it is done with it, with librdkafka properties
 /// `forced` over the user's. Returns how many records were read.
-pub(crate) fn scan_partitions(
+pub fn scan_partitions(
     kafka: &KafkaConfig,
     purpose: &str,
     topic: &str,
@@ -163,7 +164,7 @@ pub(crate) fn scan_partitions(
 
 /// The low and high watermarks of each of `topic`'s partitions, in
 /// partition order.
-pub(crate) fn watermarks(
+pub fn watermarks(
     kafka: &KafkaConfig,
     topic: &str,
     timeout: Duration,
@@ -192,7 +193,7 @@ pub(crate) fn watermarks(
 /// partition's start is reached: the cost of the partition's last
 /// records, not of its history. Partitions with no such record are absent.
 /// Read at `read_committed` whatever the user's properties say.
-pub(crate) fn last_of<T>(
+pub fn last_of<T>(
     kafka: &KafkaConfig,
     purpose: &str,
     topic: &str,
