@@ -3,8 +3,8 @@
 //! The source reads the epoch framing from the headers itself
 //! ([`super::protocol::framing`]); a decoder sees the data records and turns
 //! each into `(key, Some(value))`, or `(key, None)` when the key is gone.
-//! Implement [`RecordDecoder`] for what your records hold (this project's
-//! stations: `crate::station_records`).
+//! Implement [`RecordDecoder`] for what your records hold (velib-dataflow's
+//! own decoders are one example).
 
 use super::protocol::Epoch;
 

@@ -297,7 +297,7 @@ pub const MAX_OPEN_EPOCHS: usize = 256;
 /// cleaned part survives, and a reader that starts in, or resumes into, a
 /// cleaned region jumps over the epochs it was not there for. A genuine
 /// jump is therefore the number of epochs a reader was away (stopped, or
-/// lagging behind the cleaner). 2^20 epochs is about two years of Vélib's
+/// lagging behind the cleaner). 2^20 epochs is about two years of
 /// one-minute epochs (four months at one epoch every ten seconds); a
 /// further jump is forged or broken framing, which would otherwise move the
 /// partition so far ahead that every genuine record after it is late and
@@ -748,7 +748,7 @@ mod tests {
         assert!(p.check_marker(&marker(2)).is_ok(), "no passed epoch yet");
         let e = p.check_marker(&marker(4 + MAX_EPOCH_GAP)).unwrap_err();
         assert!(matches!(e, DecodeError::EpochGap { reference: 3, .. }));
-        // Records of any epoch are held: a station unchanged since epoch 1
+        // Records of any epoch are held: a key unchanged since epoch 1
         // comes right before the first surviving marker.
         assert!(p.check_data(&stamp(1_000_000_000_000)).is_ok());
         // The reader's start epoch widens the reference, never narrows it.

@@ -61,7 +61,7 @@ use timely::scheduling::SyncActivator;
 /// use timely_kafka::source::{Framing, SourceConfig};
 /// use timely_kafka::KafkaConfig;
 ///
-/// // The seeds' producer.py writes unkeyed station JSON without epochs:
+/// // A plain producer (the seeds' producer.py) writes records without epochs:
 /// let seeds = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]).framing(Framing::Ingestion);
 /// assert_eq!(seeds.framing, Framing::Ingestion);
 /// ```
@@ -1229,7 +1229,7 @@ fn warn_if_deleted<C: rdkafka::consumer::ConsumerContext>(
             tracing::warn!(
                 "{topic}[{partition}]: the committed position is {position} but the partition \
                  starts at {low}: retention deleted {lost} records the aggregator had not read, \
-                 and the output lacks their changes until their stations change again; \
+                 and the output lacks their changes until their keys change again; \
                  keep the input's retention longer than the longest stop"
             );
             handle.count(|s| s.deleted_before_resume += lost as u64);

@@ -163,7 +163,7 @@ impl TransactionalProducer {
     /// Not rdkafka's `flush`: in rdkafka 0.39 it serves librdkafka's events
     /// with a poll that always waits its whole 100 ms, so every flush (and
     /// every commit, which flushes first) cost at least 100 ms, most of an
-    /// epoch's latency at Vélib's size. This asks librdkafka without
+    /// small epoch's latency. This asks librdkafka without
     /// waiting, and looks again shortly; the producer's own thread serves
     /// the events meanwhile.
     pub fn flush(&self) -> Result<(), RdKafkaError> {
