@@ -13,11 +13,11 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use velib_dataflow::kafka::protocol::{
+use timely_kafka::protocol::{
     framing, EpochMarker, Framed, PartitionEpochs, RecordHeaders, ATTEMPT_HEADER, MARKER_KIND,
     MAX_EPOCH_GAP, MAX_OPEN_EPOCHS,
 };
-use velib_dataflow::kafka::{EPOCH_HEADER, KIND_HEADER};
+use timely_kafka::{EPOCH_HEADER, KIND_HEADER};
 
 /// One record's framing as it may come off a hostile topic.
 #[derive(Clone, Debug)]
@@ -333,7 +333,7 @@ proptest! {
 }
 
 /// The case: a marker of epoch 10^12 between genuine epochs 2 and
-/// 3 made every later record late and froze the partition's stations.
+/// 3 made every later record late and froze the partition's keys.
 #[test]
 fn regression_a_far_future_marker_between_epochs_freezes_nothing() {
     let forged = BTreeMap::from([(4, vec![Forged::FarMarker(Far::At(1_000_000_000_000))])]);

@@ -10,7 +10,7 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use velib_dataflow::kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
 
 #[derive(Clone, Debug)]
 enum Entry {
