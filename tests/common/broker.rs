@@ -269,9 +269,10 @@ impl Broker {
             .kcat()
             .args(["-C", "-t", topic, "-e", "-q", "-J"])
             .args(["-X", &format!("isolation.level={isolation}")])
-            // `-e` ends on an empty fetch: the broker's default wait for
-            // data (500 ms) would be the cost of every read.
-            .args(["-X", "fetch.wait.max.ms=10"])
+            // Not a shorter fetch.wait.max.ms, though `-e` then ends sooner:
+            // a commit returns before the broker has written its markers on
+            // every partition, and a read_committed fetch that comes back
+            // empty meanwhile would end the read short of that transaction.
             .output()
             .expect("kcat runs (apt-get install kcat)");
         if !out.status.success() {

@@ -490,6 +490,26 @@ impl<T> PartitionEpochs<T> {
         self.open.keys().next_back().map(|(epoch, _)| *epoch)
     }
 
+    /// How many (epoch, attempt) pairs this partition holds records of,
+    /// waiting for their markers: at most [`MAX_OPEN_EPOCHS`] when the
+    /// reader checks [`is_full_for`](Self::is_full_for).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+    ///
+    /// let mut p = PartitionEpochs::new();
+    /// p.data(EpochStamp { epoch: 1, attempt: "a".into() }, "x");
+    /// p.data(EpochStamp { epoch: 1, attempt: "b".into() }, "y");
+    /// assert_eq!(p.held(), 2);
+    /// p.marker(&EpochMarker { epoch: 1, attempt: "a".into(), feed_time: None });
+    /// assert_eq!(p.held(), 0);
+    /// ```
+    pub fn held(&self) -> usize {
+        self.open.len()
+    }
+
     /// Whether a record of `stamp` would open one (epoch, attempt) more
     /// than [`MAX_OPEN_EPOCHS`] on this partition: forged or broken framing
     /// (a producer has one attempt open at a time, and the read-ahead
