@@ -9,6 +9,30 @@
 //! at `read_committed` unless the user's `-X` says otherwise. A log takes as
 //! long as it takes to read; only a stall (no record and no end for the
 //! given time) is an error.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use timely_kafka::scan::{last_of, scan_topic, Scan};
+//! use timely_kafka::KafkaConfig;
+//! use rdkafka::Message;
+//!
+//! let kafka = KafkaConfig::new("127.0.0.1:9092");
+//! let stall = Duration::from_secs(30);
+//! // Every record of a 3-partition topic, read committed, to its end.
+//! let mut keys = 0;
+//! scan_topic(&kafka, "counting keys", "events", 3, stall, |record| {
+//!     keys += usize::from(record.key().is_some());
+//!     Scan::More
+//! })?;
+//! // The last record of each partition whose key is "checkpoint", read
+//! // backwards from the end: the cost of the last records, not of the topic.
+//! let last = last_of(&kafka, "the last checkpoint", "events", stall, |record| {
+//!     (record.key() == Some(b"checkpoint")).then(|| record.offset())
+//! })?;
+//! # Ok::<(), timely_kafka::KafkaError>(())
+//! ```
 
 use super::config::ReaderContext;
 use super::{KafkaConfig, KafkaError};

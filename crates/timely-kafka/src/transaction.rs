@@ -16,6 +16,36 @@ use std::time::Duration;
 /// When librdkafka declares the producer unusable for a reason other than
 /// a fencing (see [`is_fatal`]), the next [`Self::begin`] replaces it with a
 /// new one as the same `transactional.id`, as a restarted process would.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use rdkafka::producer::BaseRecord;
+/// use timely_kafka::transaction::TransactionalProducer;
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9092");
+/// let mut producer = TransactionalProducer::connect(&kafka, "my-job", Duration::from_secs(30))?;
+/// producer.begin()?;
+/// producer.send(BaseRecord::<str, str>::to("events").key("k").payload("v"))?;
+/// // A commit that times out goes on in the background: `commit` resumes
+/// // it rather than aborting a transaction the broker may complete.
+/// producer.commit()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Without a broker, connecting fails within the timeout and says so:
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::transaction::TransactionalProducer;
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = TransactionalProducer::connect(&kafka, "my-job", Duration::from_secs(1)).unwrap_err();
+/// assert!(!error.is_fatal(), "{error}");
+/// ```
 pub struct TransactionalProducer {
     producer: ThreadedProducer<ReaderContext>,
     timeout: Duration,
