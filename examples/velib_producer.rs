@@ -82,7 +82,7 @@ struct Args {
 
     /// Topic for rejected HTTP responses, raw (cut to 64 KiB) with why in
     /// headers ("" to only log and count them).
-    #[arg(long, default_value = velib_dataflow::kafka::dead_letter::DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
+    #[arg(long, default_value = velib_dataflow::kafka::DEFAULT_DEAD_LETTER_TOPIC, value_name = "TOPIC")]
     dead_letter_topic: String,
 
     /// Keep only these stations, by code or id [default: all].

@@ -43,7 +43,7 @@ pub const DEFAULT_INPUT_TOPIC: &str = "velib-projet";
 /// The seeds' output topic.
 pub const DEFAULT_OUTPUT_TOPIC: &str = "velib-projet-clean";
 /// Where records that cannot be read go, by default.
-pub const DEFAULT_DEAD_LETTER_TOPIC: &str = crate::kafka::dead_letter::DEFAULT_DEAD_LETTER_TOPIC;
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = crate::kafka::DEFAULT_DEAD_LETTER_TOPIC;
 /// The state a restart restores from, by default: the output topic's name
 /// and this suffix.
 pub const STATE_TOPIC_SUFFIX: &str = "-state";

@@ -28,6 +28,35 @@ fn output(address: &str) -> Vec<serde_json::Value> {
     common::json_lines("kcat", &out)
 }
 
+/// Runs the aggregator, calls `meanwhile` once it is started, and stops it
+/// once `last` is committed; fails if it stops first or takes over two
+/// minutes (a bound on a hang, not a timing).
+fn run_until_committed(
+    timely: timely::Config,
+    config: AggregatorConfig,
+    last: u64,
+    meanwhile: impl FnOnce(),
+) {
+    let handle = AggregatorHandle::default();
+    let running = handle.clone();
+    let thread = std::thread::spawn(move || run(timely, config, running));
+    meanwhile();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handle.committed() != Some(last) {
+        assert!(
+            Instant::now() < deadline && !thread.is_finished(),
+            "the aggregator did not get to epoch {last}: committed {:?}",
+            handle.committed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    handle.stop();
+    thread
+        .join()
+        .unwrap()
+        .expect("the aggregator stops cleanly");
+}
+
 /// librdkafka gives up on the sink's producer while it commits an epoch
 /// (`INVALID_TXN_STATE` on `EndTxn`: a fatal error), after the epoch's
 /// records and progress records were sent. The sink replaces the producer
@@ -65,24 +94,8 @@ fn a_commit_the_producer_fails_in_is_settled_not_written_twice() {
     config.dead_letter_topic = Some(DEAD.into());
     config.state_topic = velib_dataflow::aggregator::StateTopic::None;
     config.create_partitions = None;
-    let handle = AggregatorHandle::default();
-    let running = handle.clone();
-    let thread = std::thread::spawn(move || run(timely::Config::thread(), config, running));
     let last = epochs.last().unwrap().0.epoch;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while handle.committed() != Some(last) {
-        assert!(
-            Instant::now() < deadline && !thread.is_finished(),
-            "the aggregator did not go on: committed {:?}",
-            handle.committed()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    handle.stop();
-    thread
-        .join()
-        .unwrap()
-        .expect("the aggregator stops cleanly");
+    run_until_committed(timely::Config::thread(), config, last, || {});
     let progress_epochs: Vec<u64> = output(&address)
         .iter()
         .filter(|r| common::output::header(r, "velib-kind") == Some("progress"))
@@ -165,28 +178,11 @@ fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
     config.dead_letter_topic = Some(DEAD.into());
     // The mock cluster has no CreateTopics: they were made above.
     config.create_partitions = None;
-    let handle = AggregatorHandle::default();
-    let running = handle.clone();
-    let thread = std::thread::spawn(move || run(timely::Config::process(2), config, running));
-
-    std::thread::sleep(Duration::from_secs(3));
-    mock.broker_up(-1).unwrap();
-
     let last = epochs.last().unwrap().0.epoch;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while handle.committed() != Some(last) {
-        assert!(
-            Instant::now() < deadline && !thread.is_finished(),
-            "the aggregator did not recover: committed {:?}",
-            handle.committed()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    handle.stop();
-    thread
-        .join()
-        .unwrap()
-        .expect("the aggregator stops cleanly");
+    run_until_committed(timely::Config::process(2), config, last, || {
+        std::thread::sleep(Duration::from_secs(3));
+        mock.broker_up(-1).unwrap();
+    });
 
     assert_epochs_on_topic(&output(&address), &epochs);
 }

@@ -676,10 +676,8 @@ fn a_restart_reads_the_state_topic_not_the_status_topics_history() {
         &published_topics("st", true),
         Duration::from_secs(30),
     );
-    assert!(
-        before.is_err(),
-        "no state topic yet: a clear error, not an empty state"
-    );
+    let error = before.expect_err("no state topic yet: a clear error, not an empty state");
+    assert!(error.to_string().contains("st-projet-state"), "{error}");
     run_to(&config, &files[2..6], epochs_of(6) as Epoch);
     let (after_repair, _) =
         assert_state_read_equals_full_read(&broker, "st", epochs_of(6) as Epoch);

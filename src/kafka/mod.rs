@@ -9,5 +9,9 @@
 
 pub use timely_kafka::*;
 
+/// Where the producer's rejected responses and the aggregator's unreadable
+/// records go, by default: one dead-letter topic for the whole pipeline.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
+
 pub mod publish;
 pub mod recovery;

@@ -3,12 +3,13 @@
 //! that reads back what was published so that a restart neither goes back
 //! in time nor republishes everything.
 
-use super::dead_letter::{response_record, DEFAULT_DEAD_LETTER_TOPIC};
+use super::dead_letter::response_record;
 use super::protocol::Epoch;
 use super::protocol::{EpochMarker, MARKER_KEY};
 use super::recovery::{read_back, PublishedTopics, Recovered};
 use super::topics::{ensure_topics, TopicSpec};
 use super::transaction::{owned_headers, TransactionalProducer};
+use super::DEFAULT_DEAD_LETTER_TOPIC;
 use super::{KafkaConfig, KafkaError};
 use crate::feed::{FeedTime, StationId};
 use crate::station_records::{station_key, station_value};

@@ -171,8 +171,8 @@ impl PartitionStart {
 ///
 /// // No broker listens there: the error says what was being done.
 /// let kafka = KafkaConfig::new("127.0.0.1:9");
-/// let error = read_as_of(&kafka, &["velib-projet"], Duration::from_secs(1)).unwrap_err();
-/// assert!(error.to_string().contains("velib-projet"), "{error}");
+/// let error = read_as_of(&kafka, &["events"], Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains("events"), "{error}");
 /// ```
 pub fn read_as_of(
     kafka: &KafkaConfig,

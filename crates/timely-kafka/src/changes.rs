@@ -14,9 +14,9 @@
 /// ```
 /// use timely_kafka::changes::KeyChange;
 ///
-/// let changes: Vec<KeyChange<&str, i64>> = vec![KeyChange::Upsert("75016", 12), KeyChange::Delete("75116")];
+/// let changes: Vec<KeyChange<&str, i64>> = vec![KeyChange::Upsert("a", 12), KeyChange::Delete("b")];
 /// let keys: Vec<_> = changes.iter().map(|c| *c.key()).collect();
-/// assert_eq!(keys, ["75016", "75116"]);
+/// assert_eq!(keys, ["a", "b"]);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeyChange<K, V> {
@@ -46,13 +46,13 @@ impl<K, V> KeyChange<K, V> {
 /// use timely_kafka::changes::{key_changes, KeyChange};
 ///
 /// let updates = vec![
-///     (("75001", 3), -1), (("75001", 4), 1),   // changed
-///     (("75002", 5), -1), (("75002", 5), 1),   // unchanged
-///     (("75003", 1), -1),                      // gone
+///     (("a", 3), -1), (("a", 4), 1),   // changed
+///     (("b", 5), -1), (("b", 5), 1),   // unchanged
+///     (("c", 1), -1),                      // gone
 /// ];
 /// assert_eq!(key_changes(updates), vec![
-///     KeyChange::Upsert("75001", 4),
-///     KeyChange::Delete("75003"),
+///     KeyChange::Upsert("a", 4),
+///     KeyChange::Delete("c"),
 /// ]);
 /// ```
 pub fn key_changes<K: Ord + Clone, V: Ord + Clone>(

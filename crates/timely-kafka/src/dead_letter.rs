@@ -37,8 +37,6 @@ pub const TRUNCATED_HEADER: &str = "velib-dlq-original-bytes";
 /// The header with the URL of a rejected HTTP response (instead of topic,
 /// partition and offset).
 pub const URL_HEADER: &str = "velib-dlq-url";
-/// Where records and responses that cannot be read go, by default.
-pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "velib-projet-dead-letters";
 
 /// The dead-letter record of a rejected HTTP response from `url`: its
 /// `body` cut to [`MAX_DEAD_LETTER_BYTES`], why (`reason`, `error`) in

@@ -54,7 +54,7 @@ use timely::dataflow::{Scope, Stream};
 ///     }
 /// }
 /// let progress = EpochProgress { epoch: 3, ..Default::default() };
-/// assert_eq!(Text.value(&"75016".into(), &12, &progress), b"12 at epoch 3");
+/// assert_eq!(Text.value(&"a".into(), &12, &progress), b"12 at epoch 3");
 /// ```
 pub trait RecordEncoder<K, V>: 'static {
     /// The record's key.
@@ -75,8 +75,8 @@ pub trait RecordEncoder<K, V>: 'static {
 /// use timely_kafka::sink::EpochProgress;
 ///
 /// let progress: EpochProgress = serde_json::from_str(
-///     r#"{"epoch":42,"feed_time":1732004538,"positions":{"velib-projet":{"0":1290,"1":1187}}}"#)?;
-/// assert_eq!(progress.positions["velib-projet"][&1], 1187);
+///     r#"{"epoch":42,"feed_time":1732004538,"positions":{"events":{"0":1290,"1":1187}}}"#)?;
+/// assert_eq!(progress.positions["events"][&1], 1187);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,8 +134,8 @@ impl EpochProgress {
 ///
 /// let mut config = SinkConfig::new(
 ///     KafkaConfig::new("127.0.0.1:9092"),
-///     "velib-projet-clean",
-///     "velib-aggregator-velib-projet-clean",
+///     "counts",
+///     "counts-sink",
 /// );
 /// config.timeout = Duration::from_secs(10);
 /// ```
@@ -343,7 +343,7 @@ impl SinkHandle {
 ///         kafka_sink(counts, no_positions(scope), config, Text, handle.clone());
 ///         input
 ///     });
-///     input.insert(("75016".to_string(), 12));
+///     input.insert(("a".to_string(), 12));
 /// });
 /// ```
 pub fn kafka_sink<'s, K, V, E>(

@@ -62,7 +62,7 @@ use timely::scheduling::SyncActivator;
 /// use timely_kafka::KafkaConfig;
 ///
 /// // A plain producer (the seeds' producer.py) writes records without epochs:
-/// let seeds = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"]).framing(Framing::Ingestion);
+/// let seeds = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]).framing(Framing::Ingestion);
 /// assert_eq!(seeds.framing, Framing::Ingestion);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -86,11 +86,11 @@ pub enum Framing {
 /// use timely_kafka::source::{Framing, SourceConfig};
 /// use timely_kafka::KafkaConfig;
 ///
-/// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["velib-projet"])
+/// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"])
 ///     .framing(Framing::Ingestion)
-///     .dead_letters("velib-projet-dead-letters");
+///     .dead_letters("events-dead-letters");
 /// assert_eq!(config.read_ahead, 8);
-/// assert_eq!(config.dead_letter_topic.as_deref(), Some("velib-projet-dead-letters"));
+/// assert_eq!(config.dead_letter_topic.as_deref(), Some("events-dead-letters"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct SourceConfig {

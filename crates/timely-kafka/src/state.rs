@@ -24,9 +24,9 @@
 //! ```
 //! use timely_kafka::state::{source_of, state_key};
 //!
-//! let key = state_key("velib-projet", &213_688_169u64);
-//! assert_eq!(key, b"velib-projet\0213688169");
-//! assert_eq!(source_of(&key), Some("velib-projet"));
+//! let key = state_key("events", &7u64);
+//! assert_eq!(key, b"events\07");
+//! assert_eq!(source_of(&key), Some("events"));
 //! ```
 
 use super::protocol::Epoch;
@@ -58,7 +58,7 @@ pub type StateRecord = (Vec<u8>, Vec<u8>);
 /// use timely_kafka::state::StateSummary;
 ///
 /// let summary: StateSummary = serde_json::from_str(
-///     r#"{"topic":"velib-projet-clean-state","partitions":3,"keys":{"0":480,"1":502,"2":488},"sources":["velib-directory","velib-projet"]}"#)?;
+///     r#"{"topic":"counts-state","partitions":3,"keys":{"0":480,"1":502,"2":488},"sources":["entities","events"]}"#)?;
 /// assert_eq!(summary.total_keys(), 1470);
 /// # Ok::<(), serde_json::Error>(())
 /// ```

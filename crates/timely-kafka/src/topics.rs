@@ -20,7 +20,7 @@ pub const CHANGELOG_SEGMENT_MS: &str = "3600000";
 /// ```
 /// use timely_kafka::topics::TopicSpec;
 ///
-/// let spec = TopicSpec::new("velib-directory", 3).compacted().replication(3);
+/// let spec = TopicSpec::new("entities", 3).compacted().replication(3);
 /// assert!(spec.compacted);
 /// assert_eq!((spec.partitions, spec.replication), (3, 3));
 /// ```
@@ -68,7 +68,7 @@ impl TopicSpec {
     /// ```
     /// use timely_kafka::topics::TopicSpec;
     ///
-    /// let spec = TopicSpec::new("velib-projet-state", 3).changelog();
+    /// let spec = TopicSpec::new("counts-state", 3).changelog();
     /// assert!(spec.compacted);
     /// assert_eq!(spec.configs, [("segment.ms".to_owned(), "3600000".to_owned())]);
     /// ```
@@ -99,7 +99,7 @@ impl TopicSpec {
 /// use timely_kafka::KafkaConfig;
 ///
 /// let kafka = KafkaConfig::new("127.0.0.1:9092");
-/// for (topic, outcome) in ensure_topics(&kafka, &[TopicSpec::new("velib-projet", 3)], Duration::from_secs(30))? {
+/// for (topic, outcome) in ensure_topics(&kafka, &[TopicSpec::new("events", 3)], Duration::from_secs(30))? {
 ///     match outcome {
 ///         TopicOutcome::Created => println!("{topic}: created"),
 ///         TopicOutcome::Exists { partitions } => println!("{topic}: {partitions} partitions"),
@@ -335,11 +335,11 @@ mod tests {
         assert!(compaction_verdict("t", Some("compact,delete")).unwrap());
         assert!(compaction_verdict("t", Some("delete, compact")).unwrap());
         assert!(!compaction_verdict("t", None).unwrap());
-        let e = compaction_verdict("velib-projet-clean", Some("delete"))
+        let e = compaction_verdict("counts", Some("delete"))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("velib-projet-clean")
+            e.contains("counts")
                 && e.contains("\"delete\"")
                 && e.contains("cleanup.policy=compact"),
             "{e}"
