@@ -89,7 +89,7 @@ use crate::counts::PostcodeCounts;
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
-use crate::kafka::config::ReaderContext;
+use crate::kafka::config::KafkaContext;
 use crate::kafka::decode::{check_size, RawRecord, RecordDecoder};
 use crate::kafka::protocol::{framing, Framed, PartitionEpochs, RecordHeaders};
 use crate::kafka::sink::EpochProgress;
@@ -623,7 +623,7 @@ enum Polled {
 struct TopicReader {
     topic: String,
     brokers: String,
-    consumer: BaseConsumer<ReaderContext>,
+    consumer: BaseConsumer<KafkaContext>,
     /// Low watermark of each partition when the audit started.
     low: Vec<i64>,
     /// The next offset to hand out, per partition.
@@ -670,8 +670,8 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("allow.auto.create.topics", "false");
-        let consumer: BaseConsumer<ReaderContext> = client
-            .create_with_context(ReaderContext::default())
+        let consumer: BaseConsumer<KafkaContext> = client
+            .create_with_context(KafkaContext::default())
             .map_err(KafkaError::client(format!(
                 "creating a consumer to read {topic}"
             )))

@@ -196,7 +196,7 @@ impl EpochPublisher {
             &config.kafka,
             &config.transactional_id,
             config.timeout,
-            super::config::ReaderContext { on_stats },
+            super::config::KafkaContext { on_stats },
         )?;
         let with_count = |topic: &String| -> Result<(String, i32), KafkaError> {
             Ok((topic.clone(), producer.partitions(topic)?))

@@ -150,18 +150,18 @@ impl KafkaConfig {
 /// With `on_stats`, it also hands librdkafka's statistics (emitted every
 /// `statistics.interval.ms`) to it.
 #[derive(Clone, Default)]
-pub struct ReaderContext {
+pub struct KafkaContext {
     /// Receives librdkafka's statistics, when set.
     pub on_stats: Option<std::sync::Arc<dyn Fn(rdkafka::Statistics) + Send + Sync>>,
 }
 
-impl std::fmt::Debug for ReaderContext {
+impl std::fmt::Debug for KafkaContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReaderContext").finish_non_exhaustive()
+        f.debug_struct("KafkaContext").finish_non_exhaustive()
     }
 }
 
-impl rdkafka::ClientContext for ReaderContext {
+impl rdkafka::ClientContext for KafkaContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         if let Some(on_stats) = &self.on_stats {
             on_stats(statistics);
@@ -179,9 +179,9 @@ impl rdkafka::ClientContext for ReaderContext {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+impl rdkafka::consumer::ConsumerContext for KafkaContext {}
 
-impl rdkafka::producer::ProducerContext for ReaderContext {
+impl rdkafka::producer::ProducerContext for KafkaContext {
     type DeliveryOpaque = ();
     // Failed deliveries fail the transaction's commit, where they are handled.
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}

@@ -34,7 +34,7 @@
 //! # Ok::<(), timely_kafka::KafkaError>(())
 //! ```
 
-use super::config::ReaderContext;
+use super::config::KafkaContext;
 use super::{KafkaConfig, KafkaError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -115,8 +115,8 @@ pub fn scan_partitions(
     for (key, value) in forced {
         config.set(*key, *value);
     }
-    let consumer: BaseConsumer<ReaderContext> = config
-        .create_with_context(ReaderContext::default())
+    let consumer: BaseConsumer<KafkaContext> = config
+        .create_with_context(KafkaContext::default())
         .map_err(KafkaError::client(format!(
             "creating a consumer for {purpose}"
         )))?;
@@ -193,9 +193,9 @@ pub fn watermarks(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i64, i64)>, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> = kafka
+    let consumer: BaseConsumer<KafkaContext> = kafka
         .client_config(&[("group.id", "velib-dataflow-scan")])
-        .create_with_context(ReaderContext::default())
+        .create_with_context(KafkaContext::default())
         .map_err(KafkaError::client(format!(
             "creating a consumer to read the ends of {topic}"
         )))?;

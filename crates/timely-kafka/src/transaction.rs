@@ -1,7 +1,7 @@
 //! The transactional producer both writers use: the producer publishing
 //! input epochs and the sink writing output epochs.
 
-use super::config::ReaderContext;
+use super::config::KafkaContext;
 use super::{KafkaConfig, KafkaError};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
@@ -47,11 +47,11 @@ use std::time::Duration;
 /// assert!(!error.is_fatal(), "{error}");
 /// ```
 pub struct TransactionalProducer {
-    producer: ThreadedProducer<ReaderContext>,
+    producer: ThreadedProducer<KafkaContext>,
     timeout: Duration,
     kafka: KafkaConfig,
     transactional_id: String,
-    context: ReaderContext,
+    context: KafkaContext,
 }
 
 impl std::fmt::Debug for TransactionalProducer {
@@ -70,7 +70,7 @@ impl TransactionalProducer {
         transactional_id: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        Self::connect_with(kafka, transactional_id, timeout, ReaderContext::default())
+        Self::connect_with(kafka, transactional_id, timeout, KafkaContext::default())
     }
 
     /// As [`Self::connect`], handing librdkafka's statistics (every 5 s) to
@@ -79,7 +79,7 @@ impl TransactionalProducer {
         kafka: &KafkaConfig,
         transactional_id: &str,
         timeout: Duration,
-        context: ReaderContext,
+        context: KafkaContext,
     ) -> Result<Self, KafkaError> {
         let producer = Self::create(kafka, transactional_id, timeout, context.clone())?;
         Ok(TransactionalProducer {
@@ -97,15 +97,15 @@ impl TransactionalProducer {
         kafka: &KafkaConfig,
         transactional_id: &str,
         timeout: Duration,
-        context: ReaderContext,
-    ) -> Result<ThreadedProducer<ReaderContext>, KafkaError> {
+        context: KafkaContext,
+    ) -> Result<ThreadedProducer<KafkaContext>, KafkaError> {
         let timeout_ms = timeout.as_millis().to_string();
         let interval = if context.on_stats.is_some() {
             "5000"
         } else {
             "0"
         };
-        let producer: ThreadedProducer<ReaderContext> = kafka
+        let producer: ThreadedProducer<KafkaContext> = kafka
             .client_config(&[
                 ("statistics.interval.ms", interval),
                 ("transactional.id", transactional_id),
