@@ -21,11 +21,11 @@ use timely::dataflow::operators::Probe;
 use velib_dataflow::aggregator::table_directory;
 use velib_dataflow::counts::PostcodeCounts;
 use velib_dataflow::dataflow::{postcode_counts, Epoch};
-use velib_dataflow::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
+use velib_dataflow::kafka::sink::{KafkaSink, SinkConfig, SinkHandle};
 use velib_dataflow::kafka::source::{
-    written_as_far_as_read, KafkaSource, SourceConfig, SourceHandle,
+    written_as_far_as_read, KafkaSource, SourceConfig, SourceHandle, Sources,
 };
-use velib_dataflow::kafka::upsert::upsert;
+use velib_dataflow::kafka::upsert::Upsert;
 use velib_dataflow::postcode::{Postcode, PostcodeTable};
 use velib_dataflow::station_records::StationStatusDecoder;
 
@@ -68,13 +68,14 @@ fn main() -> Result<(), String> {
         let dataflow = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| {
             // The source: one keyed upsert per station record, in epochs.
-            let source = KafkaSource::new(
+            // Built into `inputs`, it reports to the sink by construction.
+            let mut inputs = Sources::new(scope, &sources).finished(&finished);
+            let statuses = KafkaSource::new(
                 SourceConfig::new(kafka.clone(), [args.input_topic.clone()]),
                 StationStatusDecoder,
             )
-            .finished(finished.clone())
-            .build(scope, sources.clone());
-            let statuses = upsert(source.updates);
+            .build(&mut inputs)
+            .upsert();
 
             // Your own computation: the city-wide total, per epoch.
             statuses
@@ -95,19 +96,19 @@ fn main() -> Result<(), String> {
             let directory = table_directory(&statuses, Arc::new(PostcodeTable::velib()));
             let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
                 postcode_counts(statuses, directory);
-            kafka_sink(
-                counts,
-                // Where each input partition stood, for the progress record.
-                source.positions.probe_with(&read),
-                SinkConfig::new(
-                    kafka.clone(),
-                    args.output_topic.clone(),
-                    "embed-city-totals",
-                ),
-                velib_dataflow::output::PostcodeRecordEncoder,
-                sink.clone(),
-            )
-            .probe_with(&finished);
+            counts
+                .kafka_sink(
+                    // Where each input partition stood, for the progress record.
+                    inputs.progress().probe_with(&read),
+                    SinkConfig::new(
+                        kafka.clone(),
+                        args.output_topic.clone(),
+                        "embed-city-totals",
+                    ),
+                    velib_dataflow::output::PostcodeRecordEncoder,
+                    sink.clone(),
+                )
+                .probe_with(&finished);
         });
         while !finished.done() {
             if sources.is_stopped() && written_as_far_as_read(&finished, &read) {

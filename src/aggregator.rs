@@ -15,17 +15,15 @@ use crate::dataflow::{postcode_counts, Epoch};
 use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::kafka::as_of::{read_as_of, read_framing};
-use crate::kafka::sink::{
-    committed_progress, kafka_sink_with_state, EpochProgress, SinkConfig, SinkHandle,
-};
+use crate::kafka::sink::{committed_progress, EpochProgress, KafkaSink, SinkConfig, SinkHandle};
 use crate::kafka::source::{
-    written_as_far_as_read, Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats,
+    written_as_far_as_read, Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats, Sources,
 };
 use crate::kafka::state::{
     read_state_share, restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
 };
 use crate::kafka::topics::{ensure_topics, TopicSpec};
-use crate::kafka::upsert::upsert_keyed;
+use crate::kafka::upsert::Upsert;
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
@@ -596,31 +594,21 @@ fn build_dataflow<'s>(
     };
     let restored_statuses = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
     let restored_entries = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
+    let mut sources = Sources::new(scope, &handle.sources).finished(finished);
     let statuses = KafkaSource::new(source_config(&config.input_topic), StationStatusDecoder)
-        .finished(finished.clone())
-        .build(scope, handle.sources.clone());
-    let status_keyed = upsert_keyed(restored_statuses(statuses.updates, &config.input_topic));
+        .build(&mut sources);
+    let status_keyed = restored_statuses(statuses, &config.input_topic).upsert_keyed();
     let status_collection = status_keyed.clone().map(|(_, status)| status);
     let mut state = state_records(&config.input_topic, status_keyed);
-    let status_positions = statuses.positions.probe_with(read);
-    let mut dead_letters = statuses.dead_letters;
-    let (directory, positions) = match &start.directory_topic {
+    let directory = match &start.directory_topic {
         Some(topic) => {
-            let entries = KafkaSource::new(source_config(topic), DirectoryEntryDecoder)
-                .finished(finished.clone())
-                .build(scope, handle.sources.clone());
-            let directory_keyed = upsert_keyed(restored_entries(entries.updates, topic));
+            let entries =
+                KafkaSource::new(source_config(topic), DirectoryEntryDecoder).build(&mut sources);
+            let directory_keyed = restored_entries(entries, topic).upsert_keyed();
             state = state.concat(state_records(topic, directory_keyed.clone()));
-            dead_letters = dead_letters.concat(entries.dead_letters);
-            (
-                directory_keyed.map(|(_, entry)| entry),
-                status_positions.concat(entries.positions.probe_with(read)),
-            )
+            directory_keyed.map(|(_, entry)| entry)
         }
-        None => (
-            table_directory(&status_collection, Arc::clone(&config.postcodes)),
-            status_positions,
-        ),
+        None => table_directory(&status_collection, Arc::clone(&config.postcodes)),
     };
     let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
         postcode_counts(status_collection, directory);
@@ -632,16 +620,15 @@ fn build_dataflow<'s>(
     sink.state_topic = config.state_topic.name(&config.output_topic);
     sink.resume = start.committed.clone();
     sink.dead_letter_topic = config.dead_letter_topic.clone();
-    kafka_sink_with_state(
-        counts,
-        state,
-        positions,
-        dead_letters,
-        sink,
-        PostcodeRecordEncoder,
-        handle.sink.clone(),
-    )
-    .probe_with(finished);
+    counts
+        .kafka_sink_with_state(
+            state,
+            sources.progress().probe_with(read),
+            sink,
+            PostcodeRecordEncoder,
+            handle.sink.clone(),
+        )
+        .probe_with(finished);
 }
 
 /// A source's upserts, after the state restored for it (its topic names

@@ -10,8 +10,8 @@ use differential_dataflow::input::Input;
 use std::time::Duration;
 use timely::dataflow::operators::{Input as _, Probe};
 use velib_dataflow::dataflow::{postcode_counts, Epoch};
-use velib_dataflow::kafka::sink::{kafka_sink, SinkConfig, SinkHandle};
-use velib_dataflow::kafka::source::SourcePosition;
+use velib_dataflow::kafka::sink::{KafkaSink, SinkConfig, SinkHandle};
+use velib_dataflow::kafka::source::{SourcePosition, SourceProgress};
 use velib_dataflow::kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
 use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::output::PostcodeRecordEncoder;
@@ -32,9 +32,8 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
                 let (directory, directory_collection) = scope.new_collection();
                 let (positions, position_stream) = scope.new_input::<Vec<SourcePosition>>();
                 let counts = postcode_counts(status_collection, directory_collection);
-                let committed = kafka_sink(
-                    counts,
-                    position_stream,
+                let committed = counts.kafka_sink(
+                    SourceProgress::from_positions(position_stream),
                     config,
                     PostcodeRecordEncoder,
                     sink_handle,

@@ -1,7 +1,7 @@
 //! What changed per key in one epoch of a keyed collection's output.
 //!
 //! A keyed collection (one value per key at every time, such as the output of
-//! a `reduce` or of [`crate::upsert::upsert`]) changes by retracting a key's old
+//! a `reduce` or of [`Upsert::upsert`](crate::upsert::Upsert::upsert)) changes by retracting a key's old
 //! value and inserting its new one. Consolidated per key, an epoch's updates
 //! become at most one [`KeyChange`] per key: the new value, or a deletion when
 //! the key is gone; a key retracted and reinserted with the same value is no

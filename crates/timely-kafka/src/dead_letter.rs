@@ -7,9 +7,9 @@
 //! goes on.
 //!
 //! A source hands its dead letters to the dataflow ([`DeadLetter`], on
-//! [`super::source::SourceStreams::dead_letters`]) with the epoch whose
+//! [`super::source::SourceProgress`]) with the epoch whose
 //! positions include them, and the sink writes them in that epoch's
-//! transaction ([`super::sink::kafka_sink_with_state`]): exactly once with
+//! transaction ([`super::sink::KafkaSink`]): exactly once with
 //! the output, never again after a restart. A source given its own
 //! dead-letter topic ([`super::source::SourceConfig::dead_letter_topic`])
 //! writes them itself, outside any transaction: at least once.

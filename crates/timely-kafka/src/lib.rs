@@ -29,6 +29,7 @@ pub mod scan;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod timestamp;
 pub mod topics;
 pub mod transaction;
 pub mod upsert;

@@ -18,8 +18,9 @@
 
 use super::dead_letter::DeadLetter;
 use super::protocol::{Epoch, EpochTime};
-use super::source::SourcePosition;
+use super::source::{SourcePosition, SourceProgress};
 use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
+use super::timestamp::EpochTimestamp;
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::changes::{key_changes, KeyChange};
@@ -35,7 +36,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Stream;
 
 /// How a key and its value become a Kafka record.
 ///
@@ -94,7 +95,7 @@ pub struct EpochProgress {
     #[serde(default)]
     pub passed: BTreeMap<String, BTreeMap<i32, Epoch>>,
     /// What the state topic holds as of this epoch, when the sink writes one
-    /// ([`kafka_sink_with_state`]).
+    /// ([`KafkaSink::kafka_sink_with_state`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateSummary>,
 }
@@ -150,10 +151,10 @@ pub struct SinkConfig {
     pub transactional_id: String,
     /// How long a transaction step may take before it is retried.
     pub timeout: Duration,
-    /// Where [`kafka_sink_with_state`] writes the state (a compacted topic
+    /// Where [`KafkaSink::kafka_sink_with_state`] writes the state (a compacted topic
     /// that should exist); `None` writes none.
     pub state_topic: Option<String>,
-    /// Where [`kafka_sink_with_state`] writes the sources' dead letters;
+    /// Where [`KafkaSink::kafka_sink_with_state`] writes the sources' dead letters;
     /// `None` writes none (they are still counted by the sources).
     pub dead_letter_topic: Option<String>,
     /// The last committed progress ([`super::progress::last_progress`]):
@@ -308,98 +309,160 @@ impl SinkHandle {
     }
 }
 
-/// Writes the changes of `collection` (one value per key at every time) to
-/// Kafka, one transaction per epoch, and returns the stream of committed
-/// epochs: an epoch appears on it once its output is committed, so a probe
-/// on it measures "output committed".
+/// The Kafka sink, as methods of any keyed collection whose time epochs map
+/// to ([`EpochTimestamp`]).
 ///
-/// `positions` is what the sources say of each epoch
-/// ([`SourceStreams::positions`](super::source::SourceStreams)); the
-/// progress record of an epoch holds them as an [`EpochProgress`]. An epoch
-/// that changes no key but appears on `positions` still gets its progress
-/// record. Pass [`no_positions`] when the collection does not come from a
-/// Kafka source.
+/// [`KafkaSink::kafka_sink`] writes the changes of the collection (one
+/// value per key at every time) to Kafka, one transaction per epoch, and
+/// returns the stream of committed epochs: an epoch appears on it once its
+/// output is committed, so a probe on it measures "output committed".
 ///
-/// # Examples
+/// `progress` is what the sources say of each epoch ([`Sources::progress`]);
+/// the progress record of an epoch holds their positions as an
+/// [`EpochProgress`], and their dead letters go to
+/// [`SinkConfig::dead_letter_topic`] in the epoch's transaction: exactly
+/// once with the output. An epoch that changes no key but that the sources
+/// passed still gets its progress record. Use [`SourceProgress::none`]
+/// when the collection does not come from a Kafka source.
 ///
-/// A runnable example needs a broker; this one only builds the dataflow.
-///
-/// ```no_run
-/// use differential_dataflow::input::Input;
-/// use timely_kafka::sink::{kafka_sink, no_positions, EpochProgress, RecordEncoder, SinkConfig, SinkHandle};
-/// use timely_kafka::KafkaConfig;
-///
-/// struct Text;
-/// impl RecordEncoder<String, i64> for Text {
-///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
-///     fn value(&self, _: &String, value: &i64, _: &EpochProgress) -> Vec<u8> { value.to_string().into_bytes() }
-/// }
-///
-/// timely::execute_directly(|worker| {
-///     let handle = SinkHandle::default();
-///     let config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9092"), "counts", "counts-sink");
-///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
-///         let (input, counts) = scope.new_collection::<(String, i64), isize>();
-///         kafka_sink(counts, no_positions(scope), config, Text, handle.clone());
-///         input
-///     });
-///     input.insert(("a".to_string(), 12));
-/// });
-/// ```
-pub fn kafka_sink<'s, K, V, E>(
-    collection: VecCollection<'s, Epoch, (K, V)>,
-    positions: Stream<'s, Epoch, Vec<SourcePosition>>,
-    config: SinkConfig,
-    encoder: E,
-    handle: SinkHandle,
-) -> Stream<'s, Epoch, Vec<Epoch>>
-where
-    K: differential_dataflow::ExchangeData,
-    V: differential_dataflow::ExchangeData,
-    E: RecordEncoder<K, V>,
-{
-    let scope = collection.scope();
-    let state = no_state(scope);
-    let dead_letters = timely::dataflow::operators::generic::operator::empty(scope);
-    kafka_sink_with_state(
-        collection,
-        state,
-        positions,
-        dead_letters,
-        config,
-        encoder,
-        handle,
-    )
+/// [`Sources::progress`]: crate::source::Sources::progress
+pub trait KafkaSink<'s, T: EpochTimestamp, K, V> {
+    /// Writes the collection's changes, one transaction per epoch.
+    ///
+    /// # Examples
+    ///
+    /// A runnable example needs a broker; this one only builds the dataflow.
+    ///
+    /// ```no_run
+    /// use differential_dataflow::input::Input;
+    /// use timely_kafka::sink::{EpochProgress, KafkaSink, RecordEncoder, SinkConfig, SinkHandle};
+    /// use timely_kafka::source::SourceProgress;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// struct Text;
+    /// impl RecordEncoder<String, i64> for Text {
+    ///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
+    ///     fn value(&self, _: &String, value: &i64, _: &EpochProgress) -> Vec<u8> { value.to_string().into_bytes() }
+    /// }
+    ///
+    /// timely::execute_directly(|worker| {
+    ///     let handle = SinkHandle::default();
+    ///     let config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9092"), "counts", "counts-sink");
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let (input, counts) = scope.new_collection::<(String, i64), isize>();
+    ///         counts.kafka_sink(SourceProgress::none(scope), config, Text, handle.clone());
+    ///         input
+    ///     });
+    ///     input.insert(("a".to_string(), 12));
+    /// });
+    /// ```
+    fn kafka_sink<E: RecordEncoder<K, V>>(
+        self,
+        progress: SourceProgress<'s, T>,
+        config: SinkConfig,
+        encoder: E,
+        handle: SinkHandle,
+    ) -> Stream<'s, T, Vec<Epoch>>;
+
+    /// As [`KafkaSink::kafka_sink`], and also writes `state`'s changes
+    /// (state records, see [`super::state`]) to [`SinkConfig::state_topic`]
+    /// in each epoch's transaction, so that a restart restores the state as
+    /// of its last committed epoch ([`super::state::restore_state`]) instead
+    /// of reading its inputs again. The progress record says how many keys
+    /// each state partition holds.
+    ///
+    /// With [`SinkConfig::resume`], epochs up to the resumed one are neither
+    /// written nor counted: their output is committed already (the restored
+    /// state arrives at the resumed epoch).
+    ///
+    /// # Examples
+    ///
+    /// A runnable example needs a broker; this one only builds the dataflow.
+    ///
+    /// ```no_run
+    /// use differential_dataflow::input::Input;
+    /// use timely_kafka::sink::{EpochProgress, KafkaSink, RecordEncoder, SinkConfig, SinkHandle};
+    /// use timely_kafka::source::SourceProgress;
+    /// use timely_kafka::state::state_records;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// struct Text;
+    /// impl RecordEncoder<String, i64> for Text {
+    ///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
+    ///     fn value(&self, _: &String, value: &i64, _: &EpochProgress) -> Vec<u8> { value.to_string().into_bytes() }
+    /// }
+    ///
+    /// timely::execute_directly(|worker| {
+    ///     let mut config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9092"), "counts", "counts-sink");
+    ///     config.state_topic = Some("counts-state".into());
+    ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let (input, counts) = scope.new_collection::<(String, i64), isize>();
+    ///         // Here the state is the output itself; usually it is the inputs' upserts.
+    ///         let state = state_records("counts", counts.clone());
+    ///         counts.kafka_sink_with_state(state, SourceProgress::none(scope), config, Text, SinkHandle::default());
+    ///         input
+    ///     });
+    ///     input.insert(("a".to_string(), 12));
+    /// });
+    /// ```
+    fn kafka_sink_with_state<E: RecordEncoder<K, V>>(
+        self,
+        state: VecCollection<'s, T, StateRecord>,
+        progress: SourceProgress<'s, T>,
+        config: SinkConfig,
+        encoder: E,
+        handle: SinkHandle,
+    ) -> Stream<'s, T, Vec<Epoch>>;
 }
 
-/// As [`kafka_sink`], and also writes `state`'s changes (state records, see
-/// [`super::state`]) to [`SinkConfig::state_topic`] in each epoch's
-/// transaction, so that a restart restores the state as of its last
-/// committed epoch ([`super::state::restore_state`]) instead of reading its
-/// inputs again. The progress record says how many keys each state partition
-/// holds.
-///
-/// `dead_letters` (the sources' [`SourceStreams::dead_letters`](super::source::SourceStreams))
-/// go to [`SinkConfig::dead_letter_topic`] in the transaction of their
-/// epoch: exactly once with the output.
-///
-/// With [`SinkConfig::resume`], epochs up to the resumed one are neither
-/// written nor counted: their output is committed already (the restored
-/// state arrives at the resumed epoch).
-pub fn kafka_sink_with_state<'s, K, V, E>(
-    collection: VecCollection<'s, Epoch, (K, V)>,
-    state: VecCollection<'s, Epoch, StateRecord>,
-    positions: Stream<'s, Epoch, Vec<SourcePosition>>,
-    dead_letters: Stream<'s, Epoch, Vec<DeadLetter>>,
+impl<'s, T, K, V> KafkaSink<'s, T, K, V> for VecCollection<'s, T, (K, V)>
+where
+    T: EpochTimestamp,
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+{
+    fn kafka_sink<E: RecordEncoder<K, V>>(
+        self,
+        progress: SourceProgress<'s, T>,
+        config: SinkConfig,
+        encoder: E,
+        handle: SinkHandle,
+    ) -> Stream<'s, T, Vec<Epoch>> {
+        let state = no_state(self.inner.scope());
+        write_epochs(self, state, progress, config, encoder, handle)
+    }
+
+    fn kafka_sink_with_state<E: RecordEncoder<K, V>>(
+        self,
+        state: VecCollection<'s, T, StateRecord>,
+        progress: SourceProgress<'s, T>,
+        config: SinkConfig,
+        encoder: E,
+        handle: SinkHandle,
+    ) -> Stream<'s, T, Vec<Epoch>> {
+        write_epochs(self, state, progress, config, encoder, handle)
+    }
+}
+
+/// The sink's operator, on worker 0.
+fn write_epochs<'s, T, K, V, E>(
+    collection: VecCollection<'s, T, (K, V)>,
+    state: VecCollection<'s, T, StateRecord>,
+    progress: SourceProgress<'s, T>,
     config: SinkConfig,
     encoder: E,
     handle: SinkHandle,
-) -> Stream<'s, Epoch, Vec<Epoch>>
+) -> Stream<'s, T, Vec<Epoch>>
 where
+    T: EpochTimestamp,
     K: differential_dataflow::ExchangeData,
     V: differential_dataflow::ExchangeData,
     E: RecordEncoder<K, V>,
 {
+    let SourceProgress {
+        positions,
+        dead_letters,
+    } = progress;
     let writer_worker = collection.inner.scope().index() == 0;
     let dead_letters = dead_letters
         .unary::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
@@ -445,7 +508,7 @@ where
                 } else {
                     None
                 };
-                let mut pending: BTreeMap<Epoch, OpenEpoch<K, V>> = BTreeMap::new();
+                let mut pending: BTreeMap<Epoch, OpenEpoch<T, K, V>> = BTreeMap::new();
                 let mut progress = config.resume.clone().unwrap_or_default();
                 // Resumed without a state topic (written by a sink without
                 // one): the skipped epochs' state is written with the first
@@ -472,7 +535,7 @@ where
                         // updates under coarser capabilities than their times.
                         for (row, time, diff) in data.drain(..) {
                             let open = pending
-                                .entry(time)
+                                .entry(time.epoch())
                                 .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)));
                             match row {
                                 SinkRow::Output(k, v) => open.updates.push(((k, v), diff)),
@@ -484,15 +547,15 @@ where
                     reports.for_each(|capability, data| {
                         let time = *capability.time();
                         pending
-                            .entry(time)
+                            .entry(time.epoch())
                             .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)))
                             .positions
                             .append(data);
                     });
                     while let Some(entry) = pending.first_entry() {
                         let epoch = *entry.key();
-                        if updates_frontier.less_equal(&epoch)
-                            || reports_frontier.less_equal(&epoch)
+                        let time = T::from_epoch(epoch);
+                        if updates_frontier.less_equal(&time) || reports_frontier.less_equal(&time)
                         {
                             break;
                         }
@@ -582,24 +645,18 @@ pub fn committed_progress(
     super::progress::last_progress(kafka, topic, stall)
 }
 
-/// No source positions: for a sink whose collection does not come from a
-/// Kafka source.
-pub fn no_positions(scope: Scope<'_, Epoch>) -> Stream<'_, Epoch, Vec<SourcePosition>> {
-    timely::dataflow::operators::generic::operator::empty(scope)
-}
-
 /// An epoch not yet complete: the capability to report it, its updates and
 /// what the sources said of it.
-struct OpenEpoch<K, V> {
-    capability: Capability<Epoch>,
+struct OpenEpoch<T: EpochTimestamp, K, V> {
+    capability: Capability<T>,
     updates: Vec<((K, V), isize)>,
     state: Vec<(StateRecord, isize)>,
     positions: Vec<SourcePosition>,
     dead_letters: Vec<DeadLetter>,
 }
 
-impl<K, V> OpenEpoch<K, V> {
-    fn new(capability: Capability<Epoch>) -> Self {
+impl<T: EpochTimestamp, K, V> OpenEpoch<T, K, V> {
+    fn new(capability: Capability<T>) -> Self {
         OpenEpoch {
             capability,
             updates: Vec::new(),

@@ -2,7 +2,7 @@
 //! its last committed epoch, without reading its inputs' history again.
 //!
 //! The state of a dataflow fed by upsert sources is the current value of
-//! every key of every source. The sink ([`super::sink::kafka_sink_with_state`])
+//! every key of every source. The sink ([`KafkaSink::kafka_sink_with_state`](super::sink::KafkaSink::kafka_sink_with_state))
 //! writes, in each epoch's transaction, the keys whose value changed to a
 //! compacted **state topic** (one record per key, a tombstone when the key is
 //! gone), next to the epoch's output and its progress record; the progress
@@ -31,6 +31,7 @@
 
 use super::protocol::Epoch;
 use super::scan::{scan_partitions, Scan};
+use super::timestamp::EpochTimestamp;
 use super::{KafkaConfig, EPOCH_HEADER};
 use differential_dataflow::{AsCollection, VecCollection};
 use rdkafka::message::{Headers, Message};
@@ -44,6 +45,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Scope, Stream};
+use timely::progress::Timestamp;
 
 /// A state record: its key (the source's name, NUL, the key as JSON) and
 /// its value (JSON).
@@ -108,9 +110,9 @@ pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
     i32::try_from(hash % partitions).unwrap_or(0)
 }
 
-/// A keyed collection (one value per key, as [`crate::upsert::upsert_keyed`]
+/// A keyed collection (one value per key, as [`Upsert::upsert_keyed`](crate::upsert::Upsert::upsert_keyed)
 /// gives) as state records of the source named `source`: what
-/// [`super::sink::kafka_sink_with_state`] writes to the state topic.
+/// [`KafkaSink::kafka_sink_with_state`](super::sink::KafkaSink::kafka_sink_with_state) writes to the state topic.
 ///
 /// # Examples
 ///
@@ -132,11 +134,12 @@ pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
 /// let out = out.lock().unwrap();
 /// assert_eq!(out[0].0, (b"counters\0\"bikes\"".to_vec(), b"42".to_vec()));
 /// ```
-pub fn state_records<'s, K, V>(
+pub fn state_records<'s, T, K, V>(
     source: &str,
-    collection: VecCollection<'s, Epoch, (K, V)>,
-) -> VecCollection<'s, Epoch, StateRecord>
+    collection: VecCollection<'s, T, (K, V)>,
+) -> VecCollection<'s, T, StateRecord>
 where
+    T: Timestamp,
     K: differential_dataflow::Data + Serialize,
     V: differential_dataflow::Data + Serialize,
 {
@@ -163,16 +166,36 @@ pub struct RestoreConfig {
 
 /// Gives `records` (what [`read_state_share`] read) at `epoch`, then
 /// nothing: the restored state, as of the committed epoch.
-pub fn restore_state<'s>(
-    scope: Scope<'s, Epoch>,
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{Capture, capture::Extract};
+/// use timely_kafka::state::{restore_state, state_key};
+///
+/// let (send, receive) = std::sync::mpsc::channel();
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let records = vec![(state_key("counters", "bikes"), b"42".to_vec())];
+///         restore_state(scope, 7, records).capture_into(send);
+///     });
+/// });
+/// // Everything at the committed epoch, 7.
+/// let restored: Vec<(u64, Vec<_>)> = receive.extract();
+/// assert_eq!(restored.len(), 1);
+/// assert_eq!(restored[0].0, 7);
+/// assert_eq!(restored[0].1[0].1, b"42");
+/// ```
+pub fn restore_state<'s, T: EpochTimestamp>(
+    scope: Scope<'s, T>,
     epoch: Epoch,
     records: Vec<StateRecord>,
-) -> Stream<'s, Epoch, Vec<StateRecord>> {
+) -> Stream<'s, T, Vec<StateRecord>> {
     source::<_, CapacityContainerBuilder<Vec<_>>, _, _>(
         scope,
         "RestoreState",
         move |capability, _info| {
-            let mut pending = Some((capability.delayed(&epoch), records));
+            let mut pending = Some((capability.delayed(&T::from_epoch(epoch)), records));
             move |output| {
                 if let Some((cap, records)) = pending.take() {
                     output.session(&cap).give_iterator(records.into_iter());
@@ -185,12 +208,13 @@ pub fn restore_state<'s>(
 /// The restored records of the source named `name`, as upserts at their
 /// epoch; a record that does not decode calls `failed`, as
 /// [`restore_state`] does.
-pub fn restored_upserts<'s, K, V>(
-    restored: Stream<'s, Epoch, Vec<StateRecord>>,
+pub fn restored_upserts<'s, T, K, V>(
+    restored: Stream<'s, T, Vec<StateRecord>>,
     name: &str,
     failed: impl Fn(String) + 'static,
-) -> Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>
+) -> Stream<'s, T, Vec<(K, Option<V>, T)>>
 where
+    T: Timestamp,
     K: DeserializeOwned + Clone + 'static,
     V: DeserializeOwned + Clone + 'static,
 {
@@ -201,7 +225,7 @@ where
         move |_capability, _info| {
             move |input, output| {
                 input.for_each(|capability, records| {
-                    let epoch = *capability.time();
+                    let time = capability.time().clone();
                     let mut session = output.session(&capability);
                     for (key, value) in records.drain(..) {
                         if source_of(&key) != Some(name.as_str()) {
@@ -209,7 +233,7 @@ where
                         }
                         let json = &key[name.len() + 1..];
                         let decoded = serde_json::from_slice::<K>(json).and_then(|k| {
-                            serde_json::from_slice::<V>(&value).map(|v| (k, Some(v), epoch))
+                            serde_json::from_slice::<V>(&value).map(|v| (k, Some(v), time.clone()))
                         });
                         match decoded {
                             Ok(upsert) => session.give(upsert),
@@ -358,7 +382,7 @@ pub(crate) fn count_keys(summary: &mut StateSummary, updates: &[(StateRecord, is
 }
 
 /// An empty stream of state records: for a sink with no state to keep.
-pub(crate) fn no_state(scope: Scope<'_, Epoch>) -> VecCollection<'_, Epoch, StateRecord> {
+pub(crate) fn no_state<T: Timestamp>(scope: Scope<'_, T>) -> VecCollection<'_, T, StateRecord> {
     timely::dataflow::operators::generic::operator::empty(scope).as_collection()
 }
 

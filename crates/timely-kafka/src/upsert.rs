@@ -1,6 +1,5 @@
 //! From keyed upserts (what a compacted Kafka topic holds) to a collection.
 
-use super::protocol::Epoch;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use std::collections::{BTreeMap, HashMap};
@@ -10,120 +9,133 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+use timely::order::TotalOrder;
+use timely::progress::Timestamp;
+
+/// A stream of keyed upserts: `(key, value, time)`, the key's new value at
+/// that time (`None`: the key is gone). What a
+/// [`KafkaSource`](crate::source::KafkaSource) gives, and what [`Upsert`]
+/// makes a collection of.
+pub type Upserts<'s, T, K, V> = Stream<'s, T, Vec<(K, Option<V>, T)>>;
 
 /// Upserts of one time, waiting for the frontier to pass it: only the last
 /// of each key is kept, which is all that applying them in order decides
 /// (a source starting at a later epoch releases a whole history at once).
-type Pending<K, V> = (Capability<Epoch>, HashMap<K, Option<V>>);
+type Pending<T, K, V> = (Capability<T>, HashMap<K, Option<V>>);
 
-/// The collection of the current value of every key: each `(key, value,
-/// epoch)` replaces the key's value at that epoch (`None` removes it), so
-/// the output retracts the old value and inserts the new one. An upsert
-/// that repeats the current value changes nothing. Upserts of one key at one
-/// epoch apply in the order they arrive.
+/// Keyed upserts as a collection, in any totally ordered time (the updates
+/// of a [`KafkaSource`](crate::source::KafkaSource) are such a stream).
 ///
-/// Keys are spread over workers by hash; each worker keeps the current
-/// value of its keys.
-///
-/// # Examples
-///
-/// ```
-/// use timely::dataflow::operators::ToStream;
-/// use timely_kafka::upsert::upsert;
-/// use std::sync::{Arc, Mutex};
-///
-/// let out = Arc::new(Mutex::new(Vec::new()));
-/// let sink = out.clone();
-/// timely::example(move |scope| {
-///     let a = || "a".to_string();
-///     let upserts = vec![(a(), Some(1), 1u64), (a(), Some(2), 2), (a(), Some(2), 3), (a(), None, 4)];
-///     upsert(upserts.to_stream(scope))
-///         .inspect(move |x| sink.lock().unwrap().push(*x));
-/// });
-/// let mut out = out.lock().unwrap().clone();
-/// out.sort_by_key(|(_, t, d)| (*t, *d));
-/// assert_eq!(out, vec![(1, 1, 1), (1, 2, -1), (2, 2, 1), (2, 4, -1)]);
-/// ```
-pub fn upsert<'s, K, V>(
-    upserts: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
-) -> VecCollection<'s, Epoch, V>
-where
-    K: ExchangeData + Hash,
-    V: ExchangeData,
-{
-    upsert_keyed(upserts).map(|(_key, value)| value)
+/// Each `(key, value, time)` replaces the key's value at that time (`None`
+/// removes it), so the output retracts the old value and inserts the new
+/// one. An upsert that repeats the current value changes nothing. Upserts
+/// of one key at one time apply in the order they arrive. Keys are spread
+/// over workers by hash; each worker keeps the current value of its keys.
+pub trait Upsert<'s, T: Timestamp, K, V> {
+    /// The collection of the current value of every key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::ToStream;
+    /// use timely_kafka::upsert::Upsert;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let out = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = out.clone();
+    /// timely::example(move |scope| {
+    ///     let a = || "a".to_string();
+    ///     let upserts = vec![(a(), Some(1), 1u64), (a(), Some(2), 2), (a(), Some(2), 3), (a(), None, 4)];
+    ///     upserts.to_stream(scope).upsert()
+    ///         .inspect(move |x| sink.lock().unwrap().push(*x));
+    /// });
+    /// let mut out = out.lock().unwrap().clone();
+    /// out.sort_by_key(|(_, t, d)| (*t, *d));
+    /// assert_eq!(out, vec![(1, 1, 1), (1, 2, -1), (2, 2, 1), (2, 4, -1)]);
+    /// ```
+    fn upsert(self) -> VecCollection<'s, T, V>;
+
+    /// As [`Upsert::upsert`], keeping each value's key: the collection of
+    /// `(key, value)` pairs, one per key, which is what a state changelog
+    /// records ([`crate::state::state_records`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::ToStream;
+    /// use timely_kafka::upsert::Upsert;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let out = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = out.clone();
+    /// timely::example(move |scope| {
+    ///     let upserts = vec![("a".to_string(), Some(1), 1u64), ("a".to_string(), Some(2), 2)];
+    ///     upserts.to_stream(scope).upsert_keyed()
+    ///         .inspect(move |x| sink.lock().unwrap().push(x.clone()));
+    /// });
+    /// let mut out = out.lock().unwrap().clone();
+    /// out.sort_by_key(|(_, t, d)| (*t, *d));
+    /// let a = || "a".to_string();
+    /// assert_eq!(out, vec![((a(), 1), 1, 1), ((a(), 1), 2, -1), ((a(), 2), 2, 1)]);
+    /// ```
+    fn upsert_keyed(self) -> VecCollection<'s, T, (K, V)>;
 }
 
-/// As [`upsert`], keeping each value's key: the collection of `(key,
-/// value)` pairs, one per key, which is what a state changelog records
-/// ([`crate::state::state_records`]).
-///
-/// # Examples
-///
-/// ```
-/// use timely::dataflow::operators::ToStream;
-/// use timely_kafka::upsert::upsert_keyed;
-/// use std::sync::{Arc, Mutex};
-///
-/// let out = Arc::new(Mutex::new(Vec::new()));
-/// let sink = out.clone();
-/// timely::example(move |scope| {
-///     let upserts = vec![("a".to_string(), Some(1), 1u64), ("a".to_string(), Some(2), 2)];
-///     upsert_keyed(upserts.to_stream(scope))
-///         .inspect(move |x| sink.lock().unwrap().push(x.clone()));
-/// });
-/// let mut out = out.lock().unwrap().clone();
-/// out.sort_by_key(|(_, t, d)| (*t, *d));
-/// let a = || "a".to_string();
-/// assert_eq!(out, vec![((a(), 1), 1, 1), ((a(), 1), 2, -1), ((a(), 2), 2, 1)]);
-/// ```
-pub fn upsert_keyed<'s, K, V>(
-    upserts: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
-) -> VecCollection<'s, Epoch, (K, V)>
+impl<'s, T, K, V> Upsert<'s, T, K, V> for Upserts<'s, T, K, V>
 where
+    T: Timestamp + TotalOrder,
     K: ExchangeData + Hash,
     V: ExchangeData,
 {
-    upserts
-        .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), Epoch, isize)>>, _, _, _>(
-            Exchange::new(|(key, _, _): &(K, Option<V>, Epoch)| key.hashed()),
-            "Upsert",
-            |_capability, _info| {
-                let mut current: HashMap<K, V> = HashMap::new();
-                let mut pending: BTreeMap<Epoch, Pending<K, V>> = BTreeMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|capability, data| {
-                        for (key, value, time) in data.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (capability.delayed(&time, 0), HashMap::new()))
-                                .1
-                                .insert(key, value);
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (capability, upserts) = entry.remove();
-                        let mut session = output.session(&capability);
-                        for (key, value) in upserts {
-                            let old = match &value {
-                                Some(new) if current.get(&key) == Some(new) => continue,
-                                Some(new) => current.insert(key.clone(), new.clone()),
-                                None => current.remove(&key),
-                            };
-                            if let Some(old) = old {
-                                session.give(((key.clone(), old), time, -1));
+    fn upsert(self) -> VecCollection<'s, T, V> {
+        self.upsert_keyed().map(|(_key, value)| value)
+    }
+
+    fn upsert_keyed(self) -> VecCollection<'s, T, (K, V)> {
+        let upserts = self;
+        upserts
+            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), T, isize)>>, _, _, _>(
+                Exchange::new(|(key, _, _): &(K, Option<V>, T)| key.hashed()),
+                "Upsert",
+                |_capability, _info| {
+                    let mut current: HashMap<K, V> = HashMap::new();
+                    let mut pending: BTreeMap<T, Pending<T, K, V>> = BTreeMap::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|capability, data| {
+                            for (key, value, time) in data.drain(..) {
+                                pending
+                                    .entry(time.clone())
+                                    .or_insert_with(|| {
+                                        (capability.delayed(&time, 0), HashMap::new())
+                                    })
+                                    .1
+                                    .insert(key, value);
                             }
-                            if let Some(new) = value {
-                                session.give(((key, new), time, 1));
+                        });
+                        while let Some(entry) = pending.first_entry() {
+                            let time = entry.key().clone();
+                            if frontier.less_equal(&time) {
+                                break;
+                            }
+                            let (capability, upserts) = entry.remove();
+                            let mut session = output.session(&capability);
+                            for (key, value) in upserts {
+                                let old = match &value {
+                                    Some(new) if current.get(&key) == Some(new) => continue,
+                                    Some(new) => current.insert(key.clone(), new.clone()),
+                                    None => current.remove(&key),
+                                };
+                                if let Some(old) = old {
+                                    session.give(((key.clone(), old), time.clone(), -1));
+                                }
+                                if let Some(new) = value {
+                                    session.give(((key, new), time.clone(), 1));
+                                }
                             }
                         }
                     }
-                }
-            },
-        )
-        .as_collection()
+                },
+            )
+            .as_collection()
+    }
 }

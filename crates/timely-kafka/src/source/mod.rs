@@ -14,7 +14,7 @@
 //! oldest epoch a partition it owns has not passed, so an idle partition
 //! stalls nothing: its markers move it on. A marker going back, or a
 //! marker or record far beyond the partition's epochs
-//! ([`PartitionEpochs::check_marker`]), is forged or broken framing: it
+//! ([`PartitionEpochs::check_marker`](crate::protocol::PartitionEpochs::check_marker)), is forged or broken framing: it
 //! goes to the dead letters and the partition reads on as if it were not
 //! there.
 //!
@@ -41,13 +41,17 @@ mod framing;
 mod handle;
 mod ingestion_framing;
 mod read_loop;
+mod sources;
 
 pub use handle::{SourceHandle, SourceStats};
+pub use sources::{SourceProgress, Sources};
 
 use crate::dead_letter::DeadLetter;
 use crate::decode::RecordDecoder;
 use crate::protocol::{Epoch, EpochTime};
 use crate::sink::EpochProgress;
+use crate::timestamp::EpochTimestamp;
+use crate::upsert::Upserts;
 use crate::KafkaConfig;
 use read_loop::Reader;
 use serde::{Deserialize, Serialize};
@@ -56,7 +60,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Scope;
+use timely::progress::Timestamp;
 
 /// How the records of the source's topics mark their epochs.
 ///
@@ -193,26 +198,12 @@ pub struct SourcePosition {
     pub closed_at_ms: Option<i64>,
 }
 
-/// The source's two streams.
-#[derive(Debug)]
-pub struct SourceStreams<'s, K, V> {
-    /// `(key, value, epoch)`: the key's new value at that epoch, `None` when
-    /// the key is gone. A key changes at most once per epoch and partition.
-    pub updates: Stream<'s, Epoch, Vec<(K, Option<V>, Epoch)>>,
-    /// At each epoch, the position of each partition that passed it.
-    pub positions: Stream<'s, Epoch, Vec<SourcePosition>>,
-    /// At each epoch, the records that could not be read and that the
-    /// epoch's positions include: for the sink to write in the epoch's
-    /// transaction ([`super::sink::kafka_sink_with_state`]).
-    pub dead_letters: Stream<'s, Epoch, Vec<DeadLetter>>,
-}
-
 /// Whether everything the sources released is through: the frontier of
 /// `finished` (a probe at the end of the dataflow) has reached that of
-/// `sources` (a probe on the sources' [`SourceStreams::positions`]). Once the
-/// sources are stopped ([`SourceHandle::stop`]), this is when a worker can
-/// drop its dataflow (`Worker::drop_dataflow`): every epoch the sources
-/// completed is written.
+/// `sources` (a probe on the sources' positions,
+/// [`SourceProgress::probe_with`]). Once the sources are stopped
+/// ([`SourceHandle::stop`]), this is when a worker can drop its dataflow
+/// (`Worker::drop_dataflow`): every epoch the sources completed is written.
 ///
 /// # Examples
 ///
@@ -223,21 +214,30 @@ pub struct SourceStreams<'s, K, V> {
 /// // Two probes that have seen nothing yet agree.
 /// assert!(written_as_far_as_read(&ProbeHandle::<u64>::new(), &ProbeHandle::new()));
 /// ```
-pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHandle<Epoch>) -> bool {
+pub fn written_as_far_as_read<T: Timestamp>(
+    finished: &ProbeHandle<T>,
+    sources: &ProbeHandle<T>,
+) -> bool {
     let read = sources.with_frontier(|f| f.to_vec());
     finished.with_frontier(|f| f.to_vec()) == read
 }
 
-/// A Kafka source, ready to be built into a dataflow.
+/// A Kafka source, ready to be built into a dataflow's [`Sources`].
+///
+/// Its updates are `(key, value, time)`: the key's new value at the time of
+/// its epoch ([`EpochTimestamp::from_epoch`]), `None` when the key is gone.
+/// A key changes at most once per epoch and partition.
 ///
 /// # Examples
 ///
-/// A runnable example needs a broker; this one only builds the dataflow.
+/// A runnable example needs a broker; this one only builds the dataflow,
+/// timed in milliseconds.
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use timely::dataflow::operators::Inspect;
 /// use timely_kafka::decode::{RawRecord, RecordDecoder};
-/// use timely_kafka::source::{KafkaSource, SourceConfig, SourceHandle};
+/// use timely_kafka::source::{Framing, KafkaSource, SourceConfig, SourceHandle, Sources};
 /// use timely_kafka::{DecodeError, KafkaConfig};
 ///
 /// /// Keys and values as text.
@@ -253,10 +253,13 @@ pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHand
 ///
 /// let handle = SourceHandle::default();
 /// timely::execute_directly(move |worker| {
-///     worker.dataflow::<u64, _, _>(|scope| {
-///         let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]);
-///         let streams = KafkaSource::new(config, Text).build(scope, handle.clone());
-///         streams.updates.inspect(|(key, value, epoch)| println!("{epoch}: {key} {value:?}"));
+///     worker.dataflow::<Duration, _, _>(|scope| {
+///         let mut sources = Sources::new(scope, &handle);
+///         let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"])
+///             .framing(Framing::Ingestion);
+///         KafkaSource::new(config, Text)
+///             .build(&mut sources)
+///             .inspect(|(key, value, at)| println!("{at:?}: {key} {value:?}"));
 ///     });
 /// });
 /// ```
@@ -264,47 +267,45 @@ pub fn written_as_far_as_read(finished: &ProbeHandle<Epoch>, sources: &ProbeHand
 pub struct KafkaSource<D> {
     config: SourceConfig,
     decoder: D,
-    finished: Option<ProbeHandle<Epoch>>,
 }
 
 impl<D: RecordDecoder> KafkaSource<D> {
     /// Reading as `config` says, decoding with `decoder`.
     pub fn new(config: SourceConfig, decoder: D) -> Self {
-        KafkaSource {
-            config,
-            decoder,
-            finished: None,
-        }
+        KafkaSource { config, decoder }
     }
 
-    /// Bounds the read-ahead by what `finished` (a probe at the end of the
-    /// dataflow) has seen complete. Without it, the source reads as fast as
-    /// Kafka gives.
-    pub fn finished(mut self, finished: ProbeHandle<Epoch>) -> Self {
-        self.finished = Some(finished);
-        self
-    }
-
-    /// Builds the operator in `scope`; every worker must build it.
-    pub fn build<'s>(
+    /// Builds the operator into `sources`, whose progress gets its
+    /// positions and dead letters; returns its updates. Every worker must
+    /// build it.
+    pub fn build<'s, T: EpochTimestamp>(
         self,
-        scope: Scope<'s, Epoch>,
-        handle: SourceHandle,
-    ) -> SourceStreams<'s, D::Key, D::Value>
+        sources: &mut Sources<'s, T>,
+    ) -> Upserts<'s, T, D::Key, D::Value>
     where
         D::Key: Clone + 'static,
         D::Value: Clone + 'static,
     {
-        let KafkaSource {
-            config,
-            decoder,
-            finished,
-        } = self;
+        sources.add(self)
+    }
+
+    /// The operator's updates, and its progress.
+    fn build_streams<'s, T: EpochTimestamp>(
+        self,
+        scope: Scope<'s, T>,
+        handle: &SourceHandle,
+        finished: Option<ProbeHandle<T>>,
+    ) -> (Upserts<'s, T, D::Key, D::Value>, SourceProgress<'s, T>)
+    where
+        D::Key: Clone + 'static,
+        D::Value: Clone + 'static,
+    {
+        let handle = handle.clone();
+        let KafkaSource { config, decoder } = self;
         let mut builder =
             OperatorBuilder::new(format!("KafkaSource({})", config.topics.join(",")), scope);
         let info = builder.operator_info();
-        let (updates_output, updates) =
-            builder.new_output::<Vec<(D::Key, Option<D::Value>, Epoch)>>();
+        let (updates_output, updates) = builder.new_output::<Vec<(D::Key, Option<D::Value>, T)>>();
         let (positions_output, positions) = builder.new_output::<Vec<SourcePosition>>();
         let (dead_letters_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut updates_output =
@@ -341,29 +342,30 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 }
                 let finished_at = finished
                     .as_ref()
-                    .map(|p| p.with_frontier(|f| f.first().copied()));
+                    .map(|p| p.with_frontier(|f| f.first().map(EpochTimestamp::epoch)));
                 let emitted = r.read(&config, &decoder, &handle, finished_at);
                 let mut updates = updates_output.activate();
                 let mut positions = positions_output.activate();
                 let mut dead_letters = dead_letters_output.activate();
                 for (epoch, emitted) in emitted {
-                    let cap = caps[0].delayed(&epoch);
+                    let time = T::from_epoch(epoch);
+                    let cap = caps[0].delayed(&time);
                     let mut session = updates.session(&cap);
                     for (key, value) in emitted.records {
-                        session.give((key, value, epoch));
+                        session.give((key, value, time));
                     }
-                    let cap = caps[1].delayed(&epoch);
+                    let cap = caps[1].delayed(&time);
                     positions
                         .session(&cap)
                         .give_iterator(emitted.positions.into_iter());
                     if !emitted.dead_letters.is_empty() {
-                        let cap = caps[2].delayed(&epoch);
+                        let cap = caps[2].delayed(&time);
                         dead_letters
                             .session(&cap)
                             .give_iterator(emitted.dead_letters.into_iter());
                     }
                 }
-                let lower = r.lower_bound();
+                let lower = T::from_epoch(r.lower_bound());
                 for cap in &mut caps {
                     if *cap.time() < lower {
                         cap.downgrade(&lower);
@@ -374,10 +376,12 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 }
             }
         });
-        SourceStreams {
+        (
             updates,
-            positions,
-            dead_letters,
-        }
+            SourceProgress {
+                positions,
+                dead_letters,
+            },
+        )
     }
 }
