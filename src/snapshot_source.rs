@@ -145,3 +145,44 @@ pub trait SnapshotSource {
     /// How long to wait before the next poll.
     fn interval(&self) -> Duration;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// The feed's errors, wrapped, read as they did before they moved to
+    /// `gbfs_feed::poll`: counters, dead letters and logs depend on it.
+    #[test]
+    fn a_wrapped_feed_error_keeps_its_reason_message_and_source() {
+        let e = PollError::from(feed_poll::PollError::NoStatusFeed {
+            url: "http://x/gbfs.json".into(),
+            language: Some("fr".into()),
+        });
+        assert_eq!(e.reason(), "no_status_feed");
+        assert_eq!(
+            e.to_string(),
+            "http://x/gbfs.json: the discovery file lists no station_status feed in language \"fr\""
+        );
+        let rejected = crate::feed::payload::parse_status(b"{").unwrap_err();
+        let (why, message) = (rejected.to_string(), format!("http://x/s.json: {rejected}"));
+        let e = PollError::from(feed_poll::PollError::Rejected {
+            url: "http://x/s.json".into(),
+            body: b"{"[..].into(),
+            source: Box::new(rejected),
+        });
+        assert_eq!(e.reason(), "invalid_json");
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.source().unwrap().to_string(), why);
+        let e = PollError::from(FetchError::RateLimited {
+            url: "http://x/s.json".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        });
+        assert_eq!(e.reason(), "rate_limited");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            e.to_string(),
+            "http://x/s.json: rate limited (429), asked to retry after 3 s"
+        );
+    }
+}
