@@ -8,6 +8,7 @@
 
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
+use crate::feed::poll as feed_poll;
 use crate::fetch::{Backoff, FetchError};
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
@@ -286,7 +287,7 @@ pub fn run_with_source(
 /// A rejected response's body goes to the dead-letter topic; failing to
 /// write it is logged, never a reason to stop polling.
 fn dead_letter(publisher: &mut EpochPublisher, error: &PollError) {
-    if let PollError::Feed { url, body, source } = error {
+    if let PollError::Feed(feed_poll::PollError::Rejected { url, body, source }) = error {
         let written =
             publisher.dead_letter_response(url, body, source.reason(), &error.to_string());
         if let Err(e) = written {

@@ -5,7 +5,8 @@
 //! ([`RecordedSource`](crate::recorded::RecordedSource)) are two sources;
 //! yours is a third.
 
-use crate::feed::{FeedError, StationId};
+use crate::feed::poll as feed_poll;
+use crate::feed::StationId;
 use crate::fetch::FetchError;
 use crate::snapshot::Snapshot;
 use serde_json::{Map, Value};
@@ -35,22 +36,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PollError {
-    /// The request failed.
+    /// The feed could not be polled: the request failed
+    /// ([`Fetch`](feed_poll::PollError::Fetch)), the payload was rejected
+    /// ([`Rejected`](feed_poll::PollError::Rejected), its body cut to
+    /// [`MAX_DEAD_LETTER_BYTES`](crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES):
+    /// what the producer puts on the dead-letter topic), or the discovery
+    /// file lists no status ([`NoStatusFeed`](feed_poll::PollError::NoStatusFeed)).
     #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// The payload was rejected.
-    #[error("{url}: {source}")]
-    Feed {
-        /// Where it came from.
-        url: String,
-        /// The body, cut to
-        /// [`MAX_DEAD_LETTER_BYTES`](crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES):
-        /// what the producer puts on the dead-letter topic.
-        body: Box<[u8]>,
-        /// Why it was rejected.
-        #[source]
-        source: Box<FeedError>,
-    },
+    Feed(#[from] feed_poll::PollError),
     /// Another source's error: a recorded file that could not be used
     /// ([`RecordedError`](crate::recorded::RecordedError)), or yours.
     #[error("{source}")]
@@ -60,38 +53,30 @@ pub enum PollError {
         /// The error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The discovery file lists no `station_status`.
-    #[error("{url}: the discovery file lists no station_status feed{}", language_text(.language))]
-    NoStatusFeed {
-        /// The discovery file.
-        url: String,
-        /// The language asked for.
-        language: Option<String>,
-    },
 }
 
-fn language_text(language: &Option<String>) -> String {
-    language
-        .as_ref()
-        .map_or_else(String::new, |l| format!(" in language {l:?}"))
+/// A source of your own that fetches with [`FeedFetcher`](crate::fetch::FeedFetcher)
+/// can `?` its errors: they are the feed's request failures.
+impl From<FetchError> for PollError {
+    fn from(error: FetchError) -> Self {
+        PollError::Feed(error.into())
+    }
 }
 
 impl PollError {
     /// A short, stable name for the kind of failure, for logs and counters.
     pub fn reason(&self) -> &'static str {
         match self {
-            PollError::Fetch(e) => e.reason(),
-            PollError::Feed { source, .. } => source.reason(),
+            PollError::Feed(e) => e.reason(),
             PollError::Source { reason, .. } => reason,
-            PollError::NoStatusFeed { .. } => "no_status_feed",
         }
     }
 
     /// How long the server asked to wait before the next request.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            PollError::Fetch(e) => e.retry_after(),
-            _ => None,
+            PollError::Feed(e) => e.retry_after(),
+            PollError::Source { .. } => None,
         }
     }
 }
@@ -159,4 +144,45 @@ pub trait SnapshotSource {
     fn poll(&mut self) -> Result<PollOutcome, PollError>;
     /// How long to wait before the next poll.
     fn interval(&self) -> Duration;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// The feed's errors, wrapped, read as they did before they moved to
+    /// `gbfs_feed::poll`: counters, dead letters and logs depend on it.
+    #[test]
+    fn a_wrapped_feed_error_keeps_its_reason_message_and_source() {
+        let e = PollError::from(feed_poll::PollError::NoStatusFeed {
+            url: "http://x/gbfs.json".into(),
+            language: Some("fr".into()),
+        });
+        assert_eq!(e.reason(), "no_status_feed");
+        assert_eq!(
+            e.to_string(),
+            "http://x/gbfs.json: the discovery file lists no station_status feed in language \"fr\""
+        );
+        let rejected = crate::feed::payload::parse_status(b"{").unwrap_err();
+        let (why, message) = (rejected.to_string(), format!("http://x/s.json: {rejected}"));
+        let e = PollError::from(feed_poll::PollError::Rejected {
+            url: "http://x/s.json".into(),
+            body: b"{"[..].into(),
+            source: Box::new(rejected),
+        });
+        assert_eq!(e.reason(), "invalid_json");
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.source().unwrap().to_string(), why);
+        let e = PollError::from(FetchError::RateLimited {
+            url: "http://x/s.json".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        });
+        assert_eq!(e.reason(), "rate_limited");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            e.to_string(),
+            "http://x/s.json: rate limited (429), asked to retry after 3 s"
+        );
+    }
 }

@@ -23,6 +23,7 @@ pub mod gbfs;
 mod json;
 pub mod opendata_paris;
 pub mod payload;
+pub mod poll;
 mod timestamp;
 
 pub use error::{FeedError, FeedKind, Problem};
