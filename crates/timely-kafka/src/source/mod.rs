@@ -14,7 +14,7 @@
 //! oldest epoch a partition it owns has not passed, so an idle partition
 //! stalls nothing: its markers move it on. A marker going back, or a
 //! marker or record far beyond the partition's epochs
-//! ([`PartitionEpochs::check_marker`]), is forged or broken framing: it
+//! ([`PartitionEpochs::check_marker`](crate::protocol::PartitionEpochs::check_marker)), is forged or broken framing: it
 //! goes to the dead letters and the partition reads on as if it were not
 //! there.
 //!
