@@ -3,18 +3,16 @@
 //! that reads back what was published so that a restart neither goes back
 //! in time nor republishes everything.
 
+use super::config::KafkaContext;
 use super::dead_letter::response_record;
+use super::epoch_writer::EpochWriter;
 use super::protocol::Epoch;
-use super::protocol::{EpochMarker, MARKER_KEY};
 use super::recovery::{read_back, PublishedTopics, Recovered};
 use super::topics::{ensure_topics, TopicSpec};
-use super::transaction::{owned_headers, TransactionalProducer};
 use super::DEFAULT_DEAD_LETTER_TOPIC;
 use super::{KafkaConfig, KafkaError};
 use crate::feed::{FeedTime, StationId};
 use crate::station_records::{station_key, station_value};
-use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::producer::BaseRecord;
 use std::time::Duration;
 
 /// The producer's default station status topic (the seeds' topic).
@@ -159,11 +157,9 @@ pub struct StationRecord {
 /// ```
 #[derive(Debug)]
 pub struct EpochPublisher {
-    producer: TransactionalProducer,
+    /// Writes the epochs on the status, directory and state topics.
+    writer: EpochWriter,
     config: PublisherConfig,
-    partitions: Vec<(String, i32)>,
-    run: String,
-    tries: u64,
     /// What the state topic lacks (the statuses of a full read back), as
     /// records: written with the next epoch.
     state_repair: Vec<(StationId, Option<Vec<u8>>)>,
@@ -192,19 +188,31 @@ impl EpochPublisher {
                 tracing::debug!(topic, ?outcome, "topic ready");
             }
         }
-        let producer = TransactionalProducer::connect_with(
+        // The state topic is one more topic of each epoch, marked as the
+        // others are: what it means is read back here, not by the writer.
+        let epoch_topics: Vec<&str> = [
+            Some(config.status_topic.as_str()),
+            Some(config.directory_topic.as_str()),
+            config.state_topic.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut writer = EpochWriter::connect_with(
             &config.kafka,
             &config.transactional_id,
+            &epoch_topics,
             config.timeout,
-            super::config::KafkaContext { on_stats },
+            KafkaContext { on_stats },
         )?;
-        let with_count = |topic: &String| -> Result<(String, i32), KafkaError> {
-            Ok((topic.clone(), producer.partitions(topic)?))
-        };
-        let topics = PublishedTopics {
-            status: with_count(&config.status_topic)?,
-            directory: with_count(&config.directory_topic)?,
-            state: config.state_topic.as_ref().map(with_count).transpose()?,
+        // In the order given: status, directory, then the state topic if any.
+        let topics = match writer.partitions() {
+            [status, directory, state @ ..] => PublishedTopics {
+                status: status.clone(),
+                directory: directory.clone(),
+                state: state.first().cloned(),
+            },
+            _ => unreachable!("the writer has the status and directory topics"),
         };
         let recovered = read_back(&config.kafka, &topics, config.timeout)?;
         let epoch = recovered.last.as_ref().map_or(0, |m| m.epoch);
@@ -218,18 +226,6 @@ impl EpochPublisher {
                 )
             })
             .collect();
-        let partitions = [Some(topics.status), Some(topics.directory), topics.state]
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut publisher = EpochPublisher {
-            producer,
-            config,
-            partitions,
-            run: new_run_id(),
-            tries: 0,
-            state_repair,
-        };
         if let (Some(last), false) = (&recovered.last, recovered.unmarked.is_empty()) {
             tracing::warn!(
                 epoch = last.epoch,
@@ -237,19 +233,24 @@ impl EpochPublisher {
                 partitions = ?recovered.unmarked,
                 "epoch's markers only partly visible: completing it as its attempt wrote it"
             );
-            publisher.in_transaction(|p| p.markers(last, &recovered.unmarked))?;
+            writer.complete_markers(last, &recovered.unmarked)?;
         }
+        let publisher = EpochPublisher {
+            writer,
+            config,
+            state_repair,
+        };
         Ok((publisher, recovered))
     }
 
     /// The attempt id the next try will write under.
     pub fn next_attempt(&self) -> String {
-        format!("{}.{}", self.run, self.tries + 1)
+        self.writer.next_attempt()
     }
 
     /// The topics and their partition counts.
     pub fn partitions(&self) -> &[(String, i32)] {
-        &self.partitions
+        self.writer.partitions()
     }
 
     /// Publishes `epoch`: its records (statuses also on the state topic,
@@ -264,50 +265,31 @@ impl EpochPublisher {
         feed_time: FeedTime,
         records: &[StationRecord],
     ) -> Result<String, KafkaError> {
-        let marker = EpochMarker {
-            epoch,
-            attempt: self.next_attempt(),
-            feed_time: Some(feed_time),
-        };
-        let everywhere: Vec<(String, i32)> = self
-            .partitions
-            .iter()
-            .flat_map(|(topic, count)| (0..*count).map(move |p| (topic.clone(), p)))
-            .collect();
-        self.in_transaction(|p| {
-            let headers = marker.stamp().headers();
+        let config = &self.config;
+        let state_repair = &self.state_repair;
+        let marker = self.writer.write_epoch(epoch, Some(feed_time), |out| {
             let send = |topic: &str, station: &StationId, value: &Option<Vec<u8>>| {
-                let key = station_key(station);
-                let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                    .key(&key[..])
-                    .headers(owned_headers(&headers));
-                if let Some(value) = value {
-                    out = out.payload(&value[..]);
-                }
-                p.producer.send(out)
+                out.send(topic, &station_key(station), value.as_deref())
             };
-            let state = p.config.state_topic.as_deref();
+            let state = config.state_topic.as_deref();
             if let Some(state) = state {
                 // First: this epoch's own records of a station come later
                 // and win.
-                for (station, value) in &p.state_repair {
+                for (station, value) in state_repair {
                     send(state, station, value)?;
                 }
             }
             for record in records {
                 let topic = match record.topic {
-                    PublishedTopic::Status => &p.config.status_topic,
-                    PublishedTopic::Directory => &p.config.directory_topic,
+                    PublishedTopic::Status => &config.status_topic,
+                    PublishedTopic::Directory => &config.directory_topic,
                 };
                 send(topic, &record.station, &record.value)?;
                 if let (PublishedTopic::Status, Some(state)) = (record.topic, state) {
                     send(state, &record.station, &record.value)?;
                 }
             }
-            // Every record is on the log before any marker is: a marker
-            // never precedes a record of its own epoch.
-            p.producer.flush()?;
-            p.markers(&marker, &everywhere)
+            Ok(())
         })?;
         if !self.state_repair.is_empty() {
             tracing::info!(
@@ -330,68 +312,10 @@ impl EpochPublisher {
         reason: &str,
         error: &str,
     ) -> Result<(), KafkaError> {
-        let Some(topic) = self.config.dead_letter_topic.clone() else {
+        let Some(topic) = self.config.dead_letter_topic.as_deref() else {
             return Ok(());
         };
-        let result = self
-            .producer
-            .begin()
-            .and_then(|()| {
-                self.producer
-                    .send(response_record(&topic, url, body, reason, error))
-            })
-            .and_then(|()| self.producer.commit());
-        result.map_err(|source| {
-            self.producer.abort();
-            KafkaError::Client {
-                context: format!("writing a rejected response to {topic}"),
-                source,
-            }
-        })
+        self.writer
+            .write_outside_epochs(|out| out.send(response_record(topic, url, body, reason, error)))
     }
-
-    fn markers(&self, marker: &EpochMarker, on: &[(String, i32)]) -> Result<(), RdKafkaError> {
-        let value = marker.to_json();
-        for (topic, partition) in on {
-            let out: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
-                .partition(*partition)
-                .key(MARKER_KEY)
-                .payload(&value[..])
-                .headers(owned_headers(&marker.headers()));
-            self.producer.send(out)?;
-        }
-        Ok(())
-    }
-
-    fn in_transaction(
-        &mut self,
-        body: impl FnOnce(&Self) -> Result<(), RdKafkaError>,
-    ) -> Result<(), KafkaError> {
-        self.tries += 1;
-        let result = self
-            .producer
-            .begin()
-            .and_then(|()| body(self))
-            .and_then(|()| self.producer.commit());
-        result.map_err(|source| {
-            self.producer.abort();
-            KafkaError::Client {
-                context: format!(
-                    "publishing to {} and {} as attempt {}.{}",
-                    self.config.status_topic, self.config.directory_topic, self.run, self.tries
-                ),
-                source,
-            }
-        })
-    }
-}
-
-/// A new id for this run of the producer: the time and randomness, so that
-/// two runs never share one.
-fn new_run_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    format!("{millis:x}-{:08x}", fastrand::u32(..))
 }

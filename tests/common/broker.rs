@@ -18,6 +18,11 @@
 //!
 //! kcat runs with Debian's own librdkafka: `LD_LIBRARY_PATH` is cleared for
 //! it, so that it can never load the crate's.
+//!
+//! The operators crate's broker tests include this file too
+//! (`crates/timely-kafka/tests`, with `#[path]`): it depends on no module
+//! of the root's tests nor on the root crate, only on rdkafka,
+//! futures-executor, serde_json, tempfile and libc.
 
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
@@ -42,8 +47,15 @@ pub struct Broker {
     dir: tempfile::TempDir,
 }
 
+/// `scripts/apache-kafka` of the workspace: found from the package being
+/// tested upwards, since a member crate's tests include this file too.
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/apache-kafka")
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .ancestors()
+        .map(|dir| dir.join("scripts/apache-kafka"))
+        .find(|script| script.is_file())
+        .unwrap_or_else(|| panic!("no scripts/apache-kafka above {}", package.display()))
 }
 
 fn free_port() -> u16 {
@@ -282,7 +294,7 @@ impl Broker {
                 self.log_tail()
             );
         }
-        super::json_lines("kcat", &out)
+        json_lines("kcat", &out)
     }
 
     /// Writes `lines` to `topic` with kcat, one unkeyed message per line.
@@ -334,6 +346,29 @@ impl Drop for Broker {
         }
         self.kill();
     }
+}
+
+/// The JSON objects a command printed one per line, once it succeeded.
+pub fn json_lines(what: &str, out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what} printed {l:?}: {e}")))
+        .collect()
+}
+
+/// The value of header `name` in kcat's JSON envelope of a record (`-J`:
+/// `"headers": [name, value, name, value…]`).
+pub fn header<'a>(record: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    let headers = record["headers"].as_array()?;
+    headers
+        .chunks(2)
+        .find(|kv| kv[0] == name)
+        .and_then(|kv| kv[1].as_str())
 }
 
 /// Makes the kernel kill `command`'s process when the thread that spawns it

@@ -17,18 +17,9 @@ use velib_dataflow::reference::postcode_counts_from_scratch;
 use velib_dataflow::replay::{run, EpochOutput};
 use velib_dataflow::snapshot::{EpochUpdates, Snapshot, SnapshotSequencer};
 
-/// The JSON objects a command printed one per line, once it succeeded.
-pub fn json_lines(what: &str, out: &std::process::Output) -> Vec<serde_json::Value> {
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what} printed {l:?}: {e}")))
-        .collect()
-}
+// Kept beside the broker, whose kcat reads need it; not every test uses it.
+#[allow(unused_imports)]
+pub use broker::json_lines;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -7,13 +7,9 @@ use velib_dataflow::dataflow::Epoch;
 use velib_dataflow::output::PostcodeRecord;
 use velib_dataflow::snapshot::EpochUpdates;
 
-pub fn header<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
-    let headers = record["headers"].as_array()?;
-    headers
-        .chunks(2)
-        .find(|kv| kv[0] == name)
-        .and_then(|kv| kv[1].as_str())
-}
+// Kept beside the broker, whose kcat reads need it; not every test uses it.
+#[allow(unused_imports)]
+pub use super::broker::header;
 
 /// The records on an output topic (kcat's -J envelopes) hold, for each
 /// epoch, exactly one record per postcode whose counts changed, equal to

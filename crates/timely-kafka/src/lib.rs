@@ -22,6 +22,7 @@ pub mod changes;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod epoch_writer;
 mod error;
 pub mod progress;
 pub mod protocol;
