@@ -44,10 +44,10 @@ pub use error::KafkaError;
 /// # Examples
 ///
 /// ```
-/// use timely_kafka::protocol::{framing, Framed, RecordHeaders};
+/// use timely_kafka::protocol::{framing, Framed, RecordHeaders, ATTEMPT_HEADER};
 /// use timely_kafka::EPOCH_HEADER;
 ///
-/// let headers = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"42".as_slice())), ("velib-attempt", Some(b"a".as_slice()))]);
+/// let headers = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"42".as_slice())), (ATTEMPT_HEADER, Some(b"a".as_slice()))]);
 /// assert!(matches!(framing(&headers, Some(b"v"))?, Framed::Data(s) if s.epoch == 42));
 /// # Ok::<(), timely_kafka::DecodeError>(())
 /// ```
@@ -73,8 +73,8 @@ pub const KIND_HEADER: &str = "velib-kind";
 /// ```
 /// use timely_kafka::PROGRESS_KEY;
 ///
-/// // Readers of an output topic tell progress records from data by this key.
-/// let key: &[u8] = b"__velib_progress";
-/// assert_eq!(key, PROGRESS_KEY.as_bytes());
+/// // Readers of an output topic tell progress records from data by their key.
+/// let is_progress = |key: Option<&[u8]>| key == Some(PROGRESS_KEY.as_bytes());
+/// assert!(is_progress(Some(PROGRESS_KEY.as_bytes())) && !is_progress(Some(b"a")));
 /// ```
 pub const PROGRESS_KEY: &str = "__velib_progress";

@@ -396,10 +396,10 @@ fn header_text<'a>(
 /// # Examples
 ///
 /// ```
-/// use timely_kafka::protocol::{framing, Framed, RecordHeaders};
+/// use timely_kafka::protocol::{framing, Framed, RecordHeaders, ATTEMPT_HEADER};
 /// use timely_kafka::EPOCH_HEADER;
 ///
-/// let data = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"3".as_slice())), ("velib-attempt", Some(b"a".as_slice()))]);
+/// let data = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"3".as_slice())), (ATTEMPT_HEADER, Some(b"a".as_slice()))]);
 /// assert!(matches!(framing(&data, Some(b"v"))?, Framed::Data(s) if s.epoch == 3));
 /// // An epoch without its attempt is broken framing, not unframed data.
 /// let broken = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"3".as_slice()))]);
