@@ -1,6 +1,17 @@
 use std::fmt;
 
 /// Which payload a [`FeedError`] is about.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, FeedError, FeedKind};
+///
+/// let error = gbfs::parse_information(b"[]").unwrap_err();
+/// assert!(matches!(error, FeedError::Field { feed: FeedKind::StationInformation, .. }), "{error}");
+/// // Its text names the file, as an operator knows it.
+/// assert_eq!(FeedKind::StationStatus.to_string(), "station_status.json");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FeedKind {
@@ -26,6 +37,17 @@ impl fmt::Display for FeedKind {
 }
 
 /// What is wrong with a field.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, FeedError, Problem};
+///
+/// let error = gbfs::parse_status(br#"{"last_updated": 1, "data": {"stations": [{"station_id": "a",
+///     "num_docks_available": 0, "is_installed": 1, "is_renting": 1, "is_returning": 1}]}}"#).unwrap_err();
+/// assert!(matches!(error, FeedError::Field { problem: Problem::Missing, .. }), "{error}");
+/// assert_eq!(Problem::Negative("-1".into()).to_string(), "is negative (-1)");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Problem {
@@ -132,6 +154,16 @@ pub enum FeedError {
 
 impl FeedError {
     /// A short, stable name for the error's kind, for counters and logs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::gbfs;
+    ///
+    /// // Stable across messages, so it can label a counter.
+    /// let error = gbfs::parse_status(b"not json").unwrap_err();
+    /// assert_eq!(error.reason(), "invalid_json");
+    /// ```
     pub fn reason(&self) -> &'static str {
         match self {
             FeedError::TooLarge { .. } => "too_large",

@@ -58,6 +58,17 @@ impl Default for FetchConfig {
 }
 
 /// What a successful fetch gave.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::fetch::Fetched;
+///
+/// // A poll loop keeps its last snapshot on `NotModified`, rather than parsing nothing.
+/// let answers = [Fetched::Body(b"{}".to_vec()), Fetched::NotModified];
+/// let bodies = answers.iter().filter(|a| matches!(a, Fetched::Body(_))).count();
+/// assert_eq!(bodies, 1);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fetched {
     /// A new body.
@@ -170,6 +181,19 @@ fn declared_text(declared: &Option<u64>) -> String {
 
 impl FetchError {
     /// A short, stable name for the kind of failure, for logs and counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
+    ///
+    /// let config = FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() };
+    /// let error = FeedFetcher::new(config)?.fetch("http://127.0.0.1:9/gbfs.json").unwrap_err();
+    /// // The same name whatever the URL or the operating system's message.
+    /// assert_eq!(error.reason(), "connect");
+    /// # Ok::<(), gbfs_feed::fetch::FetchError>(())
+    /// ```
     pub fn reason(&self) -> &'static str {
         match self {
             FetchError::Connect { .. } => "connect",
@@ -185,6 +209,19 @@ impl FetchError {
     }
 
     /// How long the server asked to wait before the next request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
+    ///
+    /// let config = FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() };
+    /// let error = FeedFetcher::new(config)?.fetch("http://127.0.0.1:9/gbfs.json").unwrap_err();
+    /// // Only a 429 carries a wait; after any other failure, the caller's backoff decides.
+    /// assert_eq!(error.retry_after(), None);
+    /// # Ok::<(), gbfs_feed::fetch::FetchError>(())
+    /// ```
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             FetchError::RateLimited { retry_after, .. } => *retry_after,
@@ -225,6 +262,17 @@ pub struct FeedFetcher {
 
 impl FeedFetcher {
     /// A fetcher with this configuration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
+    ///
+    /// // Building one makes no request.
+    /// let fetcher = FeedFetcher::new(FetchConfig::default())?;
+    /// assert_eq!(fetcher.config().max_bytes, 16 << 20);
+    /// # Ok::<(), gbfs_feed::fetch::FetchError>(())
+    /// ```
     pub fn new(config: FetchConfig) -> Result<Self, FetchError> {
         let client = Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -244,18 +292,54 @@ impl FeedFetcher {
     }
 
     /// The configuration in use.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
+    ///
+    /// let fetcher = FeedFetcher::new(FetchConfig { timeout: Duration::from_secs(3), ..FetchConfig::default() })?;
+    /// assert_eq!(fetcher.config().timeout, Duration::from_secs(3));
+    /// # Ok::<(), gbfs_feed::fetch::FetchError>(())
+    /// ```
     pub fn config(&self) -> &FetchConfig {
         &self.config
     }
 
     /// Forgets `url`'s validators, so that the next fetch gets a full body
     /// even if nothing changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig};
+    ///
+    /// let mut fetcher = FeedFetcher::new(FetchConfig::default())?;
+    /// // After a restart from a stale snapshot, ask for a full body even if unchanged.
+    /// fetcher.forget("https://example.org/station_status.json");
+    /// # Ok::<(), gbfs_feed::fetch::FetchError>(())
+    /// ```
     pub fn forget(&mut self, url: &str) {
         self.validators.remove(url);
     }
 
     /// One GET of `url`: conditional when an earlier body of it had
     /// validators.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::{FeedFetcher, FetchConfig, FetchError};
+    ///
+    /// let config = FetchConfig { connect_timeout: Duration::from_secs(1), ..FetchConfig::default() };
+    /// let mut fetcher = FeedFetcher::new(config)?;
+    /// // Nothing listens on port 9: one attempt, one classified error, no retry.
+    /// let error = fetcher.fetch("http://127.0.0.1:9/station_status.json").unwrap_err();
+    /// assert!(matches!(error, FetchError::Connect { ref url, .. } if url.ends_with("/station_status.json")));
+    /// # Ok::<(), FetchError>(())
+    /// ```
     pub fn fetch(&mut self, url: &str) -> Result<Fetched, FetchError> {
         let mut request = self.client.get(url);
         if let Some(v) = self.validators.get(url) {
@@ -400,6 +484,17 @@ pub struct Backoff {
 
 impl Backoff {
     /// Starts at `base`, never waits more than `max`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::Backoff;
+    ///
+    /// // A cap below the base is raised to it.
+    /// let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
+    /// assert!(backoff.next_delay() <= Duration::from_secs(2));
+    /// ```
     pub fn new(base: Duration, max: Duration) -> Self {
         Backoff {
             base,
@@ -409,6 +504,18 @@ impl Backoff {
     }
 
     /// The delay before the next attempt, after one more failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::Backoff;
+    ///
+    /// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+    /// let delays: Vec<_> = (0..4).map(|_| backoff.next_delay()).collect();
+    /// // The fourth failure in a row waits at least half of 8 × 100 ms.
+    /// assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
+    /// ```
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base
@@ -420,11 +527,36 @@ impl Backoff {
     }
 
     /// How many failures in a row so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::Backoff;
+    ///
+    /// let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    /// backoff.next_delay();
+    /// backoff.next_delay();
+    /// assert_eq!(backoff.failures(), 2);
+    /// ```
     pub fn failures(&self) -> u32 {
         self.failures
     }
 
     /// After a success: the next failure starts again at `base`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gbfs_feed::fetch::Backoff;
+    ///
+    /// let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    /// (0..5).for_each(|_| { backoff.next_delay(); });
+    /// backoff.reset();
+    /// assert_eq!(backoff.failures(), 0);
+    /// assert!(backoff.next_delay() <= Duration::from_millis(10));
+    /// ```
     pub fn reset(&mut self) {
         self.failures = 0;
     }

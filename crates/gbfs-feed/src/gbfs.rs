@@ -34,6 +34,18 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 
 /// A feed listed by a discovery file.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::gbfs;
+///
+/// let discovery = gbfs::parse_discovery(br#"{"last_updated": 0, "data": {"en": {"feeds": [
+///     {"name": "system_information", "url": "https://example.org/en/system_information.json"}]}}}"#)?;
+/// let (language, feeds) = &discovery.languages[0];
+/// assert_eq!((language.as_deref(), feeds[0].name.as_str()), (Some("en"), "system_information"));
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedLink {
     /// The feed's name, e.g. `station_status`.
@@ -70,6 +82,21 @@ impl Discovery {
     /// The URL of feed `name` in `language` (or the first language when
     /// `None`). A v3 discovery has one list for all languages: it answers
     /// for any language.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::gbfs;
+    ///
+    /// let discovery = gbfs::parse_discovery(br#"{"last_updated": 0, "data": {
+    ///     "en": {"feeds": [{"name": "station_status", "url": "https://example.org/en/s.json"}]},
+    ///     "fr": {"feeds": [{"name": "station_status", "url": "https://example.org/fr/s.json"}]}}}"#)?;
+    /// assert_eq!(discovery.feed_url("station_status", Some("fr")), Some("https://example.org/fr/s.json"));
+    /// // No language given: the file's first.
+    /// assert_eq!(discovery.feed_url("station_status", None), Some("https://example.org/en/s.json"));
+    /// assert_eq!(discovery.feed_url("free_bike_status", None), None);
+    /// # Ok::<(), gbfs_feed::FeedError>(())
+    /// ```
     pub fn feed_url(&self, name: &str, language: Option<&str>) -> Option<&str> {
         let feeds = match (language, self.languages.as_slice()) {
             (_, [(None, feeds)]) => Some(feeds),

@@ -36,9 +36,32 @@ use std::fmt;
 ///
 /// The whole Vélib' status feed is about 1 MB; anything near this limit is not
 /// a feed and is refused before it is parsed.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, MAX_PAYLOAD_BYTES};
+///
+/// // Refused on its size alone, before any parsing.
+/// let error = gbfs::parse_status(&vec![b' '; MAX_PAYLOAD_BYTES + 1]).unwrap_err();
+/// assert_eq!(error.reason(), "too_large");
+/// ```
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// Seconds since the Unix epoch, as the feed reports its own time.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, parse_rfc3339, FeedTime};
+///
+/// // A v3 feed's RFC 3339 time becomes the same seconds as a v2 feed's number.
+/// let status = gbfs::parse_status(br#"{"last_updated": 1700000000, "data": {"stations": [{"station_id": "a",
+///     "num_bikes_available": 1, "num_docks_available": 2, "is_installed": 1, "is_renting": 1, "is_returning": 1}]}}"#)?;
+/// let t: FeedTime = status.feed_time;
+/// assert_eq!(Some(t), parse_rfc3339("2023-11-14T22:13:20Z"));
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 pub type FeedTime = i64;
 
 /// A station's identifier as the feed writes it.
@@ -139,6 +162,19 @@ impl From<&str> for StationId {
 ///
 /// Bikes whose type is neither mechanical nor electric (cargo bikes, scooters
 /// in a v3 feed) are counted in `other`.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, BikeTypes};
+///
+/// let status = gbfs::parse_station_record(br#"{"station_id": "a", "num_bikes_available": 4,
+///     "num_bikes_available_types": [{"mechanical": 1}, {"ebike": 2}, {"cargo": 1}],
+///     "num_docks_available": 0, "is_installed": 1, "is_renting": 1, "is_returning": 1}"#)?;
+/// // A type the parser does not know is still counted.
+/// assert_eq!(status.bike_types, Some(BikeTypes { mechanical: 1, ebike: 2, other: 1 }));
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -190,6 +226,18 @@ pub struct StationStatus {
 
 impl StationStatus {
     /// Whether a rider can take a bike here now: installed and renting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::gbfs;
+    ///
+    /// // Bikes at a station that is not renting cannot be taken.
+    /// let status = gbfs::parse_station_record(br#"{"station_id": "a", "num_bikes_available": 5,
+    ///     "num_docks_available": 0, "is_installed": 1, "is_renting": 0, "is_returning": 1}"#)?;
+    /// assert!(status.bikes_available > 0 && !status.is_rentable());
+    /// # Ok::<(), gbfs_feed::FeedError>(())
+    /// ```
     pub fn is_rentable(&self) -> bool {
         self.is_installed && self.is_renting
     }
@@ -199,6 +247,21 @@ impl StationStatus {
     ///
     /// Stations report every few minutes with nothing changed; this is what
     /// keeps such reports from becoming updates.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gbfs_feed::gbfs;
+    ///
+    /// let before = gbfs::parse_station_record(br#"{"station_id": "a", "num_bikes_available": 5, "num_docks_available": 0,
+    ///     "is_installed": 1, "is_renting": 1, "is_returning": 1, "last_reported": 100}"#)?;
+    /// let mut after = before.clone();
+    /// after.last_reported = Some(400);
+    /// assert!(before.same_availability(&after));
+    /// after.bikes_available = 4;
+    /// assert!(!before.same_availability(&after));
+    /// # Ok::<(), gbfs_feed::FeedError>(())
+    /// ```
     pub fn same_availability(&self, other: &Self) -> bool {
         self.station_id == other.station_id
             && self.code == other.code
@@ -215,6 +278,17 @@ impl StationStatus {
 ///
 /// Parsers only build finite, in-range positions, which is what makes the
 /// total order (and therefore use as dataflow data) sound.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::Position;
+///
+/// // Ordered and hashed like an integer pair, so it can be dataflow data.
+/// let mut positions = vec![Position { lat: 48.87, lon: 2.35 }, Position { lat: 48.85, lon: 2.35 }];
+/// positions.sort();
+/// assert_eq!(positions[0].lat, 48.85);
+/// ```
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Position {
     /// Latitude, -90 to 90.
@@ -272,6 +346,19 @@ impl std::hash::Hash for Position {
 }
 
 /// One station's directory information, as the feed gives it.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, StationId};
+///
+/// let info = gbfs::parse_information(br#"{"last_updated": 1, "data": {"stations": [{"station_id": "a",
+///     "short_name": "A1", "name": "Gare", "lat": 48.84, "lon": 2.37, "capacity": 20, "post_code": "75012"}]}}"#)?;
+/// let station = &info.stations[0];
+/// assert_eq!((&station.station_id, station.code.as_deref()), (&StationId::from("a"), Some("A1")));
+/// assert_eq!(station.post_code.as_deref(), Some("75012"));
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StationInfo {
     /// The feed's identifier of the station.
@@ -289,6 +376,20 @@ pub struct StationInfo {
 }
 
 /// What a snapshot's [`FeedTime`] is, and so whether it can order snapshots.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{opendata_paris, FeedTimeKind};
+///
+/// // The Paris export has no time of its own: its latest report stands for it.
+/// let (status, _) = opendata_paris::parse(br#"[{"stationcode": "1", "name": "A", "is_installed": "OUI",
+///     "capacity": 2, "numdocksavailable": 1, "numbikesavailable": 1, "mechanical": 1, "ebike": 0,
+///     "is_renting": "OUI", "is_returning": "OUI", "duedate": "2024-11-05T09:00:01+01:00",
+///     "coordonnees_geo": {"lon": 2.3, "lat": 48.8}}]"#)?;
+/// assert_eq!(status.feed_time_kind, FeedTimeKind::LatestReport);
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FeedTimeKind {
@@ -303,6 +404,20 @@ pub enum FeedTimeKind {
 }
 
 /// A whole `station_status` payload, normalised.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::gbfs;
+///
+/// let snapshot = gbfs::parse_status(br#"{"last_updated": 60, "ttl": 30, "version": "2.3", "data": {"stations": [
+///     {"station_id": "a", "num_bikes_available": 1, "num_docks_available": 2, "is_installed": 1, "is_renting": 1, "is_returning": 1},
+///     {"station_id": "b", "num_bikes_available": 0, "num_docks_available": 3, "is_installed": 1, "is_renting": 1, "is_returning": 1}]}}"#)?;
+/// assert_eq!((snapshot.feed_time, snapshot.ttl, snapshot.version.as_deref()), (60, Some(30), Some("2.3")));
+/// let bikes: u32 = snapshot.stations.iter().map(|s| s.bikes_available).sum();
+/// assert_eq!(bikes, 1);
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusSnapshot {
     /// The feed's time of this snapshot (`last_updated`, Vélib' `lastUpdatedOther`).
@@ -318,6 +433,18 @@ pub struct StatusSnapshot {
 }
 
 /// A whole `station_information` payload, normalised.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::gbfs;
+///
+/// let info = gbfs::parse_information(br#"{"last_updated": 5, "ttl": 3600, "data": {"stations": [
+///     {"station_id": "a", "name": "Gare", "lat": 48.84, "lon": 2.37}]}}"#)?;
+/// assert_eq!((info.feed_time, info.ttl), (5, Some(3600)));
+/// assert_eq!(info.stations[0].capacity, None);
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InformationSnapshot {
     /// The feed's time of this snapshot.

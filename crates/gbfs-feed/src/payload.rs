@@ -36,6 +36,17 @@ pub fn parse_status(
 /// Each station's own JSON object in a status payload of either format, in
 /// payload order: what the parsers read [`StatusSnapshot::stations`] from,
 /// one for one. `None` when the payload does not have that shape.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::payload;
+///
+/// // Fields the model drops, such as an operator's own, are still there.
+/// let objects = payload::station_objects(br#"{"data": {"stations": [{"station_id": "a", "x_note": "closed"}]}}"#).unwrap();
+/// assert_eq!(objects[0]["x_note"], "closed");
+/// assert!(payload::station_objects(b"[1, 2]").is_none());
+/// ```
 pub fn station_objects(bytes: &[u8]) -> Option<Vec<Map<String, Value>>> {
     let root: Value = serde_json::from_slice(bytes).ok()?;
     let stations = match root {
@@ -63,6 +74,19 @@ pub fn station_objects(bytes: &[u8]) -> Option<Vec<Map<String, Value>>> {
 
 /// Each station's own JSON object in a status payload, by station id;
 /// empty when the payload's objects do not match `status` one for one.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{payload, StationId};
+///
+/// let bytes = br#"{"last_updated": 1, "data": {"stations": [{"station_id": "a", "num_bikes_available": 1,
+///     "num_docks_available": 2, "is_installed": 1, "is_renting": 1, "is_returning": 1, "x_note": "new"}]}}"#;
+/// let (status, _) = payload::parse_status(bytes)?;
+/// let fields = payload::station_fields(bytes, &status);
+/// assert_eq!(fields[&StationId::from("a")]["x_note"], "new");
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
 pub fn station_fields(
     bytes: &[u8],
     status: &StatusSnapshot,

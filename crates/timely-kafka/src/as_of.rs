@@ -81,6 +81,20 @@ impl StartPoint {
     /// The framing the partitions' first records show: the epoch protocol
     /// if any partition has it, the seeds' format if every non-empty
     /// partition has that, `None` when all are empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::as_of::StartPoint;
+    /// use timely_kafka::source::Framing;
+    ///
+    /// let mut start = StartPoint::default();
+    /// start.unframed.push(("events".into(), 0));
+    /// assert_eq!(start.framing(), Some(Framing::Ingestion));
+    /// // One partition in the protocol is enough: unframed records there are dead letters.
+    /// start.framed.push(("events".into(), 1));
+    /// assert_eq!(start.framing(), Some(Framing::Epochs));
+    /// ```
     pub fn framing(&self) -> Option<Framing> {
         if !self.framed.is_empty() {
             Some(Framing::Epochs)
@@ -187,6 +201,18 @@ pub fn read_as_of(
 /// anything then):
 /// what a source resumed at committed positions needs, in the time of one
 /// fetch whatever the topics hold.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::as_of::read_framing;
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = read_framing(&kafka, &["events", "counters"], Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains("events"), "{error}");
+/// ```
 pub fn read_framing(
     kafka: &KafkaConfig,
     topics: &[impl AsRef<str>],

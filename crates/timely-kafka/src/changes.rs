@@ -28,6 +28,15 @@ pub enum KeyChange<K, V> {
 
 impl<K, V> KeyChange<K, V> {
     /// The key that changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::changes::KeyChange;
+    ///
+    /// assert_eq!(KeyChange::<_, i64>::Delete("a").key(), &"a");
+    /// assert_eq!(KeyChange::Upsert("b", 3).key(), &"b");
+    /// ```
     pub fn key(&self) -> &K {
         match self {
             KeyChange::Upsert(k, _) | KeyChange::Delete(k) => k,

@@ -65,6 +65,17 @@ const PROTECTED: [(&str, &str); 8] = [
 
 impl KafkaConfig {
     /// Brokers as `HOST:PORT[,HOST:PORT…]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// // Nothing connects until a client is built from it.
+    /// let config = KafkaConfig::new("broker-1:9092,broker-2:9092");
+    /// assert_eq!(config.brokers(), "broker-1:9092,broker-2:9092");
+    /// assert!(config.properties().is_empty());
+    /// ```
     pub fn new(brokers: impl Into<String>) -> Self {
         KafkaConfig {
             brokers: brokers.into(),
@@ -108,23 +119,68 @@ impl KafkaConfig {
     /// services show them to every reader, and the epoch protocol must leave
     /// them out. For testing that; what was committed (the output's progress,
     /// the state) is still read at `read_committed`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = KafkaConfig::new("127.0.0.1:9092").read_uncommitted();
+    /// // Only consumers, which ask for an isolation level, read uncommitted.
+    /// let consumer = config.client_config(&[("isolation.level", "read_committed")]);
+    /// assert_eq!(consumer.get("isolation.level"), Some("read_uncommitted"));
+    /// assert_eq!(config.client_config(&[]).get("isolation.level"), None);
+    /// ```
     pub fn read_uncommitted(mut self) -> Self {
         self.read_uncommitted = true;
         self
     }
 
     /// The brokers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// assert_eq!(KafkaConfig::new("127.0.0.1:9092").brokers(), "127.0.0.1:9092");
+    /// ```
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
 
     /// The properties, in the order given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = KafkaConfig::new("x").with_property("linger.ms=5")?.with_property("linger.ms=10")?;
+    /// // Both kept in order; the later wins when a client is configured.
+    /// assert_eq!(config.properties()[1], ("linger.ms".to_owned(), "10".to_owned()));
+    /// assert_eq!(config.client_config(&[]).get("linger.ms"), Some("10"));
+    /// # Ok::<(), timely_kafka::KafkaError>(())
+    /// ```
     pub fn properties(&self) -> &[(String, String)] {
         &self.properties
     }
 
     /// A librdkafka configuration: the brokers, then the user's properties
     /// (which may override anything set before them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = KafkaConfig::new("127.0.0.1:9092").with_property("linger.ms=50")?;
+    /// // The user's properties override the defaults given here.
+    /// let client = config.client_config(&[("linger.ms", "5"), ("acks", "all")]);
+    /// assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    /// assert_eq!((client.get("linger.ms"), client.get("acks")), (Some("50"), Some("all")));
+    /// # Ok::<(), timely_kafka::KafkaError>(())
+    /// ```
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
@@ -149,6 +205,23 @@ impl KafkaConfig {
 ///
 /// With `on_stats`, it also hands librdkafka's statistics (emitted every
 /// `statistics.interval.ms`) to it.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use rdkafka::consumer::BaseConsumer;
+/// use timely_kafka::config::KafkaContext;
+/// use timely_kafka::KafkaConfig;
+///
+/// let on_stats = Arc::new(|stats: rdkafka::Statistics| println!("{} messages queued", stats.msg_cnt));
+/// let context = KafkaContext { on_stats: Some(on_stats) };
+/// assert_eq!(format!("{context:?}"), "KafkaContext { .. }");
+/// // Building a client does not connect; statistics come every interval once it runs.
+/// let config = KafkaConfig::new("127.0.0.1:9").client_config(&[("statistics.interval.ms", "1000")]);
+/// let _consumer: BaseConsumer<KafkaContext> = config.create_with_context(context)?;
+/// # Ok::<(), rdkafka::error::KafkaError>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct KafkaContext {
     /// Receives librdkafka's statistics, when set.

@@ -21,26 +21,137 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use std::time::Duration;
 
 /// Key and value are each cut to this many bytes.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::dead_letter::{DeadLetter, MAX_DEAD_LETTER_BYTES};
+/// use timely_kafka::decode::{check_size, RawRecord};
+///
+/// let big = vec![b'x'; 2 << 20];
+/// let record = RawRecord { topic: "events", partition: 0, offset: 5, key: None, value: Some(&big) };
+/// let letter = DeadLetter::new(&record, &check_size(&record).unwrap_err());
+/// // Enough to see what was wrong, with the original size kept beside it.
+/// assert_eq!((letter.value.unwrap().len(), letter.value_bytes), (MAX_DEAD_LETTER_BYTES, 2 << 20));
+/// ```
 pub const MAX_DEAD_LETTER_BYTES: usize = 64 << 10;
 /// The header with [`DecodeError::reason`].
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// use timely_kafka::dead_letter::{response_record, REASON_HEADER};
+///
+/// let record = response_record("events-dlq", "https://example.org/a.json", b"<html>", "invalid_json", "expected value");
+/// let headers = record.headers.as_ref().unwrap();
+/// // What a counter or an alert keys on.
+/// assert!(headers.iter().any(|h| h.key == REASON_HEADER && h.value == Some(b"invalid_json".as_slice())));
+/// ```
 pub const REASON_HEADER: &str = "velib-dlq-reason";
 /// The header with the full error message (cut to 1 KiB).
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// use timely_kafka::dead_letter::{response_record, ERROR_HEADER};
+///
+/// let error = "é".repeat(1000);
+/// let record = response_record("events-dlq", "https://example.org/a.json", b"", "invalid_json", &error);
+/// let header = record.headers.as_ref().unwrap().iter().find(|h| h.key == ERROR_HEADER).unwrap();
+/// // Cut to 1 KiB, on a character boundary.
+/// assert_eq!(std::str::from_utf8(header.value.unwrap()).unwrap().len(), 1024);
+/// ```
 pub const ERROR_HEADER: &str = "velib-dlq-error";
 /// The header with the source topic.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::{Header, Headers, OwnedHeaders};
+/// use timely_kafka::dead_letter::{OFFSET_HEADER, PARTITION_HEADER, TOPIC_HEADER};
+///
+/// // A tool reading the dead-letter topic finds where a record came from.
+/// let headers = OwnedHeaders::new()
+///     .insert(Header { key: TOPIC_HEADER, value: Some("events") })
+///     .insert(Header { key: PARTITION_HEADER, value: Some("2") })
+///     .insert(Header { key: OFFSET_HEADER, value: Some("17") });
+/// let origin: Vec<&[u8]> = headers.iter().filter_map(|h| h.value).collect();
+/// assert_eq!(origin, [b"events".as_slice(), b"2", b"17"]);
+/// ```
 pub const TOPIC_HEADER: &str = "velib-dlq-topic";
 /// The header with the source partition.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::{Header, Headers, OwnedHeaders};
+/// use timely_kafka::dead_letter::PARTITION_HEADER;
+///
+/// // Decimal text, as the record's partition.
+/// let headers = OwnedHeaders::new().insert(Header { key: PARTITION_HEADER, value: Some("2") });
+/// let partition: i32 = std::str::from_utf8(headers.get(0).value.unwrap()).unwrap().parse().unwrap();
+/// assert_eq!(partition, 2);
+/// ```
 pub const PARTITION_HEADER: &str = "velib-dlq-partition";
 /// The header with the source offset.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::{Header, Headers, OwnedHeaders};
+/// use timely_kafka::dead_letter::OFFSET_HEADER;
+///
+/// // Decimal text: with topic and partition, enough to read the original again.
+/// let headers = OwnedHeaders::new().insert(Header { key: OFFSET_HEADER, value: Some("17") });
+/// let offset: i64 = std::str::from_utf8(headers.get(0).value.unwrap()).unwrap().parse().unwrap();
+/// assert_eq!(offset, 17);
+/// ```
 pub const OFFSET_HEADER: &str = "velib-dlq-offset";
 /// The header with the original value size, present when the value was cut.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// use timely_kafka::dead_letter::{response_record, MAX_DEAD_LETTER_BYTES, TRUNCATED_HEADER};
+///
+/// let body = vec![b'x'; MAX_DEAD_LETTER_BYTES + 1];
+/// let record = response_record("events-dlq", "https://example.org/a.json", &body, "too_large", "too large");
+/// let header = record.headers.as_ref().unwrap().iter().find(|h| h.key == TRUNCATED_HEADER).unwrap();
+/// assert_eq!(header.value, Some((MAX_DEAD_LETTER_BYTES + 1).to_string().as_bytes()));
+/// ```
 pub const TRUNCATED_HEADER: &str = "velib-dlq-original-bytes";
 /// The header with the URL of a rejected HTTP response (instead of topic,
 /// partition and offset).
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// use timely_kafka::dead_letter::{response_record, URL_HEADER};
+///
+/// let record = response_record("events-dlq", "https://example.org/a.json", b"", "invalid_json", "empty");
+/// let header = record.headers.as_ref().unwrap().iter().find(|h| h.key == URL_HEADER).unwrap();
+/// assert_eq!(header.value, Some(b"https://example.org/a.json".as_slice()));
+/// ```
 pub const URL_HEADER: &str = "velib-dlq-url";
 
 /// The dead-letter record of a rejected HTTP response from `url`: its
 /// `body` cut to [`MAX_DEAD_LETTER_BYTES`], why (`reason`, `error`) in
 /// headers.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::dead_letter::response_record;
+///
+/// // A body the parser refused, kept raw for a human, to queue on any producer.
+/// let record = response_record("events-dlq", "https://example.org/a.json", b"<html>", "invalid_json", "expected value");
+/// assert_eq!((record.topic, record.payload), ("events-dlq", Some(b"<html>".as_slice())));
+/// assert!(record.key.is_none());
+/// ```
 pub fn response_record<'a>(
     topic: &'a str,
     url: &str,
@@ -110,6 +221,19 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The dead letter of `record`, which failed with `error`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::dead_letter::DeadLetter;
+    /// use timely_kafka::decode::RawRecord;
+    /// use timely_kafka::DecodeError;
+    ///
+    /// let record = RawRecord { topic: "events", partition: 0, offset: 3, key: Some(b"a"), value: Some(b"{") };
+    /// let letter = DeadLetter::new(&record, &DecodeError::Key { problem: "not a number".into() });
+    /// assert_eq!((letter.reason.as_str(), letter.error.as_str()), ("invalid_key", "key: not a number"));
+    /// assert_eq!(letter.key.as_deref(), Some(b"a".as_slice()));
+    /// ```
     pub fn new(record: &RawRecord<'_>, error: &DecodeError) -> Self {
         DeadLetter {
             topic: record.topic.to_owned(),

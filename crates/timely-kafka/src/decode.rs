@@ -10,9 +10,33 @@ use super::protocol::Epoch;
 
 /// Records larger than this are refused (and sent to the dead-letter topic)
 /// rather than parsed.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::decode::{check_size, RawRecord, MAX_RECORD_BYTES};
+///
+/// // Key and value count together.
+/// let (key, value) = (vec![0; 1], vec![0; MAX_RECORD_BYTES]);
+/// let record = RawRecord { topic: "events", partition: 0, offset: 0, key: Some(&key), value: Some(&value) };
+/// assert_eq!(check_size(&record).unwrap_err().reason(), "too_large");
+/// ```
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// A record as read from Kafka.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::dead_letter::DeadLetter;
+/// use timely_kafka::decode::RawRecord;
+/// use timely_kafka::DecodeError;
+///
+/// // A tombstone: a key and no value.
+/// let record = RawRecord { topic: "events", partition: 1, offset: 9, key: Some(b"a"), value: None };
+/// let letter = DeadLetter::new(&record, &DecodeError::MissingValue);
+/// assert_eq!((letter.topic.as_str(), letter.partition, letter.offset), ("events", 1, 9));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
     /// Its topic.
@@ -130,6 +154,17 @@ pub enum DecodeError {
 impl DecodeError {
     /// A short, stable name for the kind of error: the dead-letter header
     /// and the label of the rejected-records counter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::DecodeError;
+    ///
+    /// // A decoder's own errors keep the name it gives them.
+    /// let error = DecodeError::Value { reason: "negative_count", source: "count is -1".into() };
+    /// assert_eq!(error.reason(), "negative_count");
+    /// assert_eq!(DecodeError::MissingValue.reason(), "missing_value");
+    /// ```
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -187,6 +222,15 @@ pub trait RecordDecoder: 'static {
 }
 
 /// Refuses a record larger than [`MAX_RECORD_BYTES`] (key and value).
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::decode::{check_size, RawRecord};
+///
+/// let record = RawRecord { topic: "events", partition: 0, offset: 0, key: Some(b"a"), value: Some(b"1") };
+/// assert!(check_size(&record).is_ok());
+/// ```
 pub fn check_size(record: &RawRecord<'_>) -> Result<(), DecodeError> {
     let size = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
     if size > MAX_RECORD_BYTES {

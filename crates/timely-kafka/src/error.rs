@@ -45,6 +45,16 @@ pub enum KafkaError {
 impl KafkaError {
     /// Turns an rdkafka error into [`KafkaError::Client`] saying what was
     /// being done (`context`): for `map_err`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::KafkaError;
+    ///
+    /// let failed: Result<(), rdkafka::error::KafkaError> = Err(rdkafka::error::KafkaError::Canceled);
+    /// let error = failed.map_err(KafkaError::client("flushing events")).unwrap_err();
+    /// assert!(error.to_string().starts_with("flushing events: "), "{error}");
+    /// ```
     pub fn client(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| KafkaError::Client { context, source }
@@ -55,6 +65,19 @@ impl KafkaError {
     /// Whether retrying cannot help: the producer was fenced by a newer one
     /// with the same `transactional.id`, or is not authorised. (Another
     /// error librdkafka calls fatal is got past with a new producer.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use rdkafka::{error::KafkaError as RdKafkaError, types::RDKafkaErrorCode};
+    /// use timely_kafka::KafkaError;
+    ///
+    /// // A broker that does not answer: a later try, or a new producer, may succeed.
+    /// let timed_out = Err::<(), _>(RdKafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+    /// let error = timed_out.map_err(KafkaError::client("flushing events")).unwrap_err();
+    /// assert!(!error.is_fatal());
+    /// assert!(!KafkaError::BadProperty("acks".into()).is_fatal());
+    /// ```
     pub fn is_fatal(&self) -> bool {
         matches!(self, KafkaError::Client { source, .. } if super::transaction::is_fatal(source))
     }

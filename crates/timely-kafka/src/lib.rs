@@ -40,8 +40,41 @@ pub use decode::DecodeError;
 pub use error::KafkaError;
 
 /// The header that carries a record's epoch (decimal text).
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, Framed, RecordHeaders, ATTEMPT_HEADER};
+/// use timely_kafka::EPOCH_HEADER;
+///
+/// let headers = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"42".as_slice())), (ATTEMPT_HEADER, Some(b"a".as_slice()))]);
+/// assert!(matches!(framing(&headers, Some(b"v"))?, Framed::Data(s) if s.epoch == 42));
+/// # Ok::<(), timely_kafka::DecodeError>(())
+/// ```
 pub const EPOCH_HEADER: &str = "velib-epoch";
 /// The header that says what a record is: `progress` for progress records.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, EpochStamp, RecordHeaders};
+/// use timely_kafka::KIND_HEADER;
+///
+/// // An input record may be data or a marker; any other kind is refused.
+/// let mut headers = EpochStamp { epoch: 1, attempt: "a".into() }.headers();
+/// headers.push((KIND_HEADER, "progress".into()));
+/// assert!(framing(&RecordHeaders::from_pairs(&headers), Some(b"{}")).is_err());
+/// ```
 pub const KIND_HEADER: &str = "velib-kind";
 /// The key of progress records on the output topic.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::PROGRESS_KEY;
+///
+/// // Readers of an output topic tell progress records from data by their key.
+/// let is_progress = |key: Option<&[u8]>| key == Some(PROGRESS_KEY.as_bytes());
+/// assert!(is_progress(Some(PROGRESS_KEY.as_bytes())) && !is_progress(Some(b"a")));
+/// ```
 pub const PROGRESS_KEY: &str = "__velib_progress";

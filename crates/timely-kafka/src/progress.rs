@@ -56,6 +56,19 @@ use std::time::Duration;
 ///
 /// Partitions ending with progress of different epochs (which one sink
 /// cannot write) are an error, rather than a guess.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::progress::last_progress;
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// // With a broker: `Ok(Some(progress))` says where a restarted sink stands.
+/// let error = last_progress(&kafka, "counters", Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().starts_with("reading the partitions of counters"), "{error}");
+/// ```
 pub fn last_progress(
     kafka: &KafkaConfig,
     topic: &str,
@@ -111,6 +124,19 @@ pub fn last_progress(
 }
 
 /// The epochs of an output topic, as a reader follows them.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::progress::OutputEpochs;
+///
+/// // A reader applies whole epochs only, whatever order partitions arrive in.
+/// let mut output = OutputEpochs::new(2);
+/// output.progress(1, 1);
+/// output.record(1, ("a", 3));
+/// output.progress(0, 1);
+/// assert_eq!(output.complete(), [(1, vec![("a", 3)])]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct OutputEpochs<T> {
     partitions: usize,
@@ -124,6 +150,15 @@ pub struct OutputEpochs<T> {
 
 impl<T> OutputEpochs<T> {
     /// Following a topic of `partitions` partitions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::progress::OutputEpochs;
+    ///
+    /// let output: OutputEpochs<()> = OutputEpochs::new(3);
+    /// assert_eq!(output.complete_through(), None);
+    /// ```
     pub fn new(partitions: i32) -> Self {
         OutputEpochs {
             partitions: usize::try_from(partitions).unwrap_or(0),
@@ -135,6 +170,19 @@ impl<T> OutputEpochs<T> {
 
     /// Holds a record of `epoch` until the epoch is complete. Returns
     /// `false`, and keeps nothing, for an epoch already complete.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::progress::OutputEpochs;
+    ///
+    /// let mut output = OutputEpochs::new(1);
+    /// assert!(output.record(1, "a"));
+    /// output.progress(0, 1);
+    /// output.complete();
+    /// // Already handed out: a record of epoch 1 read again is late.
+    /// assert!(!output.record(1, "a"));
+    /// ```
     pub fn record(&mut self, epoch: Epoch, record: T) -> bool {
         if self.complete.is_some_and(|c| c >= epoch) {
             return false;
@@ -145,6 +193,20 @@ impl<T> OutputEpochs<T> {
 
     /// A progress record of `epoch` on `partition` (one beyond the topic's
     /// partitions is ignored).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::progress::OutputEpochs;
+    ///
+    /// let mut output = OutputEpochs::<()>::new(2);
+    /// output.progress(0, 5);
+    /// output.progress(1, 4);
+    /// // An older record changes nothing; a partition the topic lacks is ignored.
+    /// output.progress(0, 3);
+    /// output.progress(7, 1);
+    /// assert_eq!(output.complete_through(), Some(4));
+    /// ```
     pub fn progress(&mut self, partition: i32, epoch: Epoch) {
         if usize::try_from(partition).map_or(true, |p| p >= self.partitions) {
             return;
@@ -154,6 +216,18 @@ impl<T> OutputEpochs<T> {
     }
 
     /// Every epoch up to which all partitions have progress, if all have.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::progress::OutputEpochs;
+    ///
+    /// let mut output = OutputEpochs::<()>::new(2);
+    /// output.progress(0, 2);
+    /// assert_eq!(output.complete_through(), None);
+    /// output.progress(1, 3);
+    /// assert_eq!(output.complete_through(), Some(2));
+    /// ```
     pub fn complete_through(&self) -> Option<Epoch> {
         if self.partitions == 0 || self.progress.len() < self.partitions {
             return None;
@@ -165,6 +239,20 @@ impl<T> OutputEpochs<T> {
     /// order they were read. An epoch with no records of its own (only
     /// progress) is not listed; [`OutputEpochs::complete_through`] says how
     /// far the output is complete.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::progress::OutputEpochs;
+    ///
+    /// let mut output = OutputEpochs::new(1);
+    /// output.record(1, "a");
+    /// output.record(2, "b");
+    /// output.progress(0, 1);
+    /// assert_eq!(output.complete(), [(1, vec!["a"])]);
+    /// // Each epoch is handed out once.
+    /// assert!(output.complete().is_empty());
+    /// ```
     pub fn complete(&mut self) -> Vec<(Epoch, Vec<T>)> {
         let Some(through) = self.complete_through() else {
             return Vec::new();

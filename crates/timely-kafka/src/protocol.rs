@@ -63,23 +63,93 @@ use serde::{Deserialize, Serialize};
 
 /// An epoch: one snapshot of what the producer reads, numbered by it from
 /// 1, strictly increasing; the timestamp of the dataflows that read it.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{Epoch, EpochStamp};
+///
+/// // Epochs are numbered from 1; the header carries them in decimal.
+/// let first: Epoch = 1;
+/// let stamp = EpochStamp { epoch: first, attempt: "a".into() };
+/// assert_eq!(stamp.headers()[0].1, "1");
+/// ```
 pub type Epoch = u64;
 
 /// When an epoch's snapshot was taken, in seconds since the Unix epoch (a
 /// GBFS feed's `last_updated`), as markers and progress records carry it.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochMarker, EpochTime};
+///
+/// let feed_time: EpochTime = 1_700_000_000;
+/// let marker = EpochMarker { epoch: 2, attempt: "a".into(), feed_time: Some(feed_time) };
+/// assert!(String::from_utf8(marker.to_json()).unwrap().contains("1700000000"));
+/// ```
 pub type EpochTime = i64;
 
 /// The header naming the producer attempt that wrote a record.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochStamp, ATTEMPT_HEADER};
+///
+/// let headers = EpochStamp { epoch: 3, attempt: "run-2".into() }.headers();
+/// assert!(headers.contains(&(ATTEMPT_HEADER, "run-2".to_owned())));
+/// ```
 pub const ATTEMPT_HEADER: &str = "velib-attempt";
 /// The key of epoch markers.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::MARKER_KEY;
+///
+/// // One key for every marker of a partition: compaction keeps only the latest.
+/// assert!(MARKER_KEY.starts_with("__"));
+/// ```
 pub const MARKER_KEY: &str = "__velib_marker";
 /// The [`KIND_HEADER`] value of epoch markers.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochMarker, MARKER_KIND};
+/// use timely_kafka::KIND_HEADER;
+///
+/// let headers = EpochMarker { epoch: 1, attempt: "a".into(), feed_time: None }.headers();
+/// assert!(headers.contains(&(KIND_HEADER, MARKER_KIND.to_owned())));
+/// ```
 pub const MARKER_KIND: &str = "marker";
 /// Attempt ids longer than this are refused: they are copied into every
 /// buffered record's bookkeeping.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, EpochStamp, RecordHeaders, MAX_ATTEMPT_BYTES};
+///
+/// let long = EpochStamp { epoch: 1, attempt: "a".repeat(MAX_ATTEMPT_BYTES + 1) }.headers();
+/// let error = framing(&RecordHeaders::from_pairs(&long), Some(b"v")).unwrap_err();
+/// assert_eq!(error.reason(), "invalid_header");
+/// ```
 pub const MAX_ATTEMPT_BYTES: usize = 128;
 
 /// Which epoch a record belongs to, and which producer attempt wrote it.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, EpochStamp, Framed, RecordHeaders};
+///
+/// let stamp = EpochStamp { epoch: 5, attempt: "a".into() };
+/// let headers = stamp.headers();
+/// assert_eq!(framing(&RecordHeaders::from_pairs(&headers), Some(b"v"))?, Framed::Data(stamp));
+/// # Ok::<(), timely_kafka::DecodeError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EpochStamp {
     /// The epoch.
@@ -90,6 +160,17 @@ pub struct EpochStamp {
 
 impl EpochStamp {
     /// The headers every record of this epoch and attempt carries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::EpochStamp;
+    /// use timely_kafka::EPOCH_HEADER;
+    ///
+    /// let headers = EpochStamp { epoch: 12, attempt: "a".into() }.headers();
+    /// assert_eq!(headers[0], (EPOCH_HEADER, "12".to_owned()));
+    /// assert_eq!(headers.len(), 2);
+    /// ```
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         vec![
             (EPOCH_HEADER, self.epoch.to_string()),
@@ -99,6 +180,18 @@ impl EpochStamp {
 }
 
 /// The end of an epoch on one partition.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, EpochMarker, RecordHeaders};
+///
+/// // A marker whose value disagrees with its headers is refused.
+/// let marker = EpochMarker { epoch: 4, attempt: "a".into(), feed_time: None };
+/// let other = EpochMarker { epoch: 5, ..marker.clone() };
+/// let headers = marker.headers();
+/// assert!(framing(&RecordHeaders::from_pairs(&headers), Some(&other.to_json())).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochMarker {
     /// The epoch that ends.
@@ -111,6 +204,17 @@ pub struct EpochMarker {
 
 impl EpochMarker {
     /// The marker's headers: the stamp, and [`KIND_HEADER`]` = marker`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, RecordHeaders};
+    /// use timely_kafka::KIND_HEADER;
+    ///
+    /// let headers = EpochMarker { epoch: 4, attempt: "a".into(), feed_time: None }.headers();
+    /// let headers = RecordHeaders::from_pairs(&headers);
+    /// assert_eq!(headers.get(KIND_HEADER), Some(Some(b"marker".as_slice())));
+    /// ```
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = self.stamp().headers();
         headers.push((KIND_HEADER, MARKER_KIND.to_owned()));
@@ -118,11 +222,31 @@ impl EpochMarker {
     }
 
     /// The marker's value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::EpochMarker;
+    ///
+    /// let marker = EpochMarker { epoch: 4, attempt: "a".into(), feed_time: Some(60) };
+    /// let back: EpochMarker = serde_json::from_slice(&marker.to_json())?;
+    /// assert_eq!(back, marker);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a marker of integers and strings always serialises")
     }
 
     /// The epoch and attempt it closes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, EpochStamp};
+    ///
+    /// let marker = EpochMarker { epoch: 4, attempt: "a".into(), feed_time: None };
+    /// assert_eq!(marker.stamp(), EpochStamp { epoch: 4, attempt: "a".into() });
+    /// ```
     pub fn stamp(&self) -> EpochStamp {
         EpochStamp {
             epoch: self.epoch,
@@ -132,6 +256,16 @@ impl EpochMarker {
 }
 
 /// What a record is, by its headers.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, Framed, RecordHeaders};
+///
+/// // A record without epoch headers is read as it is, outside any epoch.
+/// assert_eq!(framing(&RecordHeaders::default(), Some(b"v"))?, Framed::Unframed);
+/// # Ok::<(), timely_kafka::DecodeError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Framed {
     /// No epoch headers: the seeds' format.
@@ -161,11 +295,31 @@ pub struct RecordHeaders<'a> {
 
 impl<'a> RecordHeaders<'a> {
     /// From `(name, value)` pairs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::RecordHeaders;
+    ///
+    /// // A header may have no value, which is not the same as no header.
+    /// let headers = RecordHeaders::new(vec![("trace", None)]);
+    /// assert_eq!(headers.get("trace"), Some(None));
+    /// ```
     pub fn new(headers: Vec<(&'a str, Option<&'a [u8]>)>) -> Self {
         RecordHeaders { headers }
     }
 
     /// From owned pairs, as [`EpochStamp::headers`] gives them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochStamp, RecordHeaders};
+    /// use timely_kafka::EPOCH_HEADER;
+    ///
+    /// let pairs = EpochStamp { epoch: 9, attempt: "a".into() }.headers();
+    /// assert_eq!(RecordHeaders::from_pairs(&pairs).get(EPOCH_HEADER), Some(Some(b"9".as_slice())));
+    /// ```
     pub fn from_pairs(pairs: &'a [(&'static str, String)]) -> Self {
         RecordHeaders {
             headers: pairs
@@ -176,6 +330,16 @@ impl<'a> RecordHeaders<'a> {
     }
 
     /// The value of the last header named `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::RecordHeaders;
+    ///
+    /// let headers = RecordHeaders::new(vec![("a", Some(b"1".as_slice())), ("a", Some(b"2".as_slice()))]);
+    /// assert_eq!(headers.get("a"), Some(Some(b"2".as_slice())));
+    /// assert_eq!(headers.get("b"), None);
+    /// ```
     pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
         self.headers
             .iter()
@@ -185,6 +349,17 @@ impl<'a> RecordHeaders<'a> {
     }
 
     /// The headers, in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::RecordHeaders;
+    ///
+    /// // Unlike `get`, every header, repeated ones included.
+    /// let headers = RecordHeaders::new(vec![("a", Some(b"1".as_slice())), ("a", Some(b"2".as_slice()))]);
+    /// let names: Vec<&str> = headers.iter().map(|(name, _)| *name).collect();
+    /// assert_eq!(names, ["a", "a"]);
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = &(&'a str, Option<&'a [u8]>)> {
         self.headers.iter()
     }
@@ -217,6 +392,20 @@ fn header_text<'a>(
 /// [`Framed::Unframed`]; one with only one of them, a non-numeric epoch, an
 /// empty or oversized attempt, or a marker whose value disagrees with its
 /// headers is an error.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{framing, Framed, RecordHeaders, ATTEMPT_HEADER};
+/// use timely_kafka::EPOCH_HEADER;
+///
+/// let data = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"3".as_slice())), (ATTEMPT_HEADER, Some(b"a".as_slice()))]);
+/// assert!(matches!(framing(&data, Some(b"v"))?, Framed::Data(s) if s.epoch == 3));
+/// // An epoch without its attempt is broken framing, not unframed data.
+/// let broken = RecordHeaders::new(vec![(EPOCH_HEADER, Some(b"3".as_slice()))]);
+/// assert_eq!(framing(&broken, Some(b"v")).unwrap_err().reason(), "invalid_header");
+/// # Ok::<(), timely_kafka::DecodeError>(())
+/// ```
 pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Framed, DecodeError> {
     let epoch = header_text(headers, EPOCH_HEADER)?;
     let attempt = header_text(headers, ATTEMPT_HEADER)?;
@@ -285,6 +474,16 @@ pub fn framing(headers: &RecordHeaders<'_>, value: Option<&[u8]>) -> Result<Fram
 
 /// At most this many (epoch, attempt) pairs are held open per partition:
 /// see [`PartitionEpochs::is_full_for`].
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochStamp, PartitionEpochs, MAX_OPEN_EPOCHS};
+///
+/// let mut p = PartitionEpochs::new();
+/// (0..MAX_OPEN_EPOCHS as u64).for_each(|e| { p.data(EpochStamp { epoch: e + 1, attempt: "a".into() }, ()); });
+/// assert!(p.is_full_for(&EpochStamp { epoch: MAX_OPEN_EPOCHS as u64 + 1, attempt: "a".into() }));
+/// ```
 pub const MAX_OPEN_EPOCHS: usize = 256;
 
 /// How far past what a partition has shown a record's epoch may be: a
@@ -304,6 +503,16 @@ pub const MAX_OPEN_EPOCHS: usize = 256;
 /// its keys freeze. An aggregator stopped longer than that on a
 /// cleaned input refuses its first markers the same way, and must start
 /// over (see `docs/operations.md`, "Bad input").
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochMarker, PartitionEpochs, MAX_EPOCH_GAP};
+///
+/// let p = PartitionEpochs::<()>::resumed(10);
+/// let forged = EpochMarker { epoch: 11 + MAX_EPOCH_GAP, attempt: "a".into(), feed_time: None };
+/// assert_eq!(p.check_marker(&forged).unwrap_err().reason(), "epoch_gap_too_large");
+/// ```
 pub const MAX_EPOCH_GAP: Epoch = 1 << 20;
 
 /// One partition's epochs as a reader follows them: records are held by
@@ -347,6 +556,18 @@ pub struct PartitionEpochs<T> {
 }
 
 /// What a marker released on one partition.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+///
+/// let mut p = PartitionEpochs::new();
+/// p.data(EpochStamp { epoch: 1, attempt: "a".into() }, "x");
+/// let passed = p.marker(&EpochMarker { epoch: 1, attempt: "a".into(), feed_time: None }).unwrap();
+/// assert_eq!(passed.released, ["x"]);
+/// assert!(passed.dropped.is_empty() && passed.compacted.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassedEpoch<T> {
     /// The records of the completing attempt, in the order read, after
@@ -371,12 +592,32 @@ impl<T> Default for PartitionEpochs<T> {
 
 impl<T> PartitionEpochs<T> {
     /// A partition read from its start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::PartitionEpochs;
+    ///
+    /// let p = PartitionEpochs::<()>::new();
+    /// assert_eq!((p.passed(), p.held()), (None, 0));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// A partition read from just after the marker of `epoch` (a restart
     /// at a committed position): records of `epoch` and before are late.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochStamp, PartitionEpochs};
+    ///
+    /// let mut p = PartitionEpochs::resumed(7);
+    /// // Epoch 7 was committed before the restart: its records are not read twice.
+    /// assert!(!p.data(EpochStamp { epoch: 7, attempt: "a".into() }, "x"));
+    /// assert!(p.data(EpochStamp { epoch: 8, attempt: "a".into() }, "y"));
+    /// ```
     pub fn resumed(epoch: Epoch) -> Self {
         PartitionEpochs {
             passed: Some(epoch),
@@ -394,12 +635,35 @@ impl<T> PartitionEpochs<T> {
     /// surviving marker). 0 says nothing.
     ///
     /// [`SourceConfig::as_of`]: super::source::SourceConfig::as_of
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs, MAX_EPOCH_GAP};
+    ///
+    /// let marker = EpochMarker { epoch: 500 + MAX_EPOCH_GAP, attempt: "a".into(), feed_time: None };
+    /// let mut p = PartitionEpochs::new();
+    /// // A key unchanged since epoch 1, before a cleaned partition's first marker.
+    /// p.data(EpochStamp { epoch: 1, attempt: "a".into() }, "x");
+    /// assert!(p.check_marker(&marker).is_err());
+    /// assert!(p.reading_as_of(500).check_marker(&marker).is_ok());
+    /// ```
     pub fn reading_as_of(mut self, as_of: Epoch) -> Self {
         self.as_of = (as_of > 0).then_some(as_of);
         self
     }
 
     /// The last epoch whose marker this partition has passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, PartitionEpochs};
+    ///
+    /// let mut p = PartitionEpochs::<()>::new();
+    /// p.marker(&EpochMarker { epoch: 3, attempt: "a".into(), feed_time: None });
+    /// assert_eq!(p.passed(), Some(3));
+    /// ```
     pub fn passed(&self) -> Option<Epoch> {
         self.passed
     }
@@ -537,6 +801,18 @@ impl<T> PartitionEpochs<T> {
 
     /// Holds a data record until its epoch's marker. Returns `false`, and
     /// keeps nothing, for a record of an epoch already passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+    ///
+    /// let mut p = PartitionEpochs::new();
+    /// assert!(p.data(EpochStamp { epoch: 2, attempt: "a".into() }, "x"));
+    /// p.marker(&EpochMarker { epoch: 2, attempt: "a".into(), feed_time: None });
+    /// // Late: a retried attempt's record of an epoch already passed.
+    /// assert!(!p.data(EpochStamp { epoch: 2, attempt: "b".into() }, "y"));
+    /// ```
     pub fn data(&mut self, stamp: EpochStamp, record: T) -> bool {
         if self.passed.is_some_and(|e| e >= stamp.epoch) {
             return false;
@@ -555,6 +831,19 @@ impl<T> PartitionEpochs<T> {
     /// epoch already passed (the first marker of an epoch decides). It
     /// passes any later marker: a reader refuses first what
     /// [`check_marker`](Self::check_marker) refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::protocol::{EpochMarker, EpochStamp, PartitionEpochs};
+    ///
+    /// let mut p = PartitionEpochs::new();
+    /// p.data(EpochStamp { epoch: 1, attempt: "crashed".into() }, "x");
+    /// p.data(EpochStamp { epoch: 1, attempt: "retry".into() }, "y");
+    /// let passed = p.marker(&EpochMarker { epoch: 1, attempt: "retry".into(), feed_time: None }).unwrap();
+    /// assert_eq!(passed.released, ["y"]);
+    /// assert_eq!(passed.dropped, [(EpochStamp { epoch: 1, attempt: "crashed".into() }, 1)]);
+    /// ```
     pub fn marker(&mut self, marker: &EpochMarker) -> Option<PassedEpoch<T>> {
         if self.passed.is_some_and(|e| e >= marker.epoch) {
             return None;

@@ -44,6 +44,22 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// What the caller of [`scan_topic`] wants after a record.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use rdkafka::{Message, Offset};
+/// use timely_kafka::scan::{scan_partitions, Scan};
+/// use timely_kafka::KafkaConfig;
+///
+/// // Stop reading a partition at its first record keyed "a"; no broker here, so
+/// // the scan stalls, and says so.
+/// let starts = [(0, Offset::Beginning)];
+/// let error = scan_partitions(&KafkaConfig::new("127.0.0.1:9"), "finding a", "events", &starts, &[],
+///     Duration::from_secs(1), |r| if r.key() == Some(b"a") { Scan::Done } else { Scan::More }).unwrap_err();
+/// assert!(error.to_string().contains("stalled"), "{error}");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
     /// Read on.
@@ -55,6 +71,19 @@ pub enum Scan {
 /// Reads every partition of `topic` (it has `partitions`) from its start
 /// until its end, or until `on_record` says it is done with it. Returns how
 /// many records were read.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::scan::{scan_topic, Scan};
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = scan_topic(&kafka, "counting", "events", 3, Duration::from_secs(1), |_| Scan::More).unwrap_err();
+/// // It first asks the broker where each partition starts.
+/// assert!(error.to_string().starts_with("reading the partitions of events"), "{error}");
+/// ```
 pub fn scan_topic(
     kafka: &KafkaConfig,
     purpose: &str,
@@ -82,6 +111,25 @@ pub fn scan_topic(
 /// Reads the partitions `starts` names, each from its offset, until its end
 /// or until `on_record` says it is done with it, with librdkafka properties
 /// `forced` over the user's. Returns how many records were read.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use rdkafka::Offset;
+/// use timely_kafka::scan::{scan_partitions, Scan};
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// // No partitions to read: done without a connection.
+/// assert_eq!(scan_partitions(&kafka, "nothing", "events", &[], &[], Duration::from_secs(1), |_| Scan::More)?, 0);
+/// // Partition 1 from offset 100, reading aborted records too.
+/// let starts = [(1, Offset::Offset(100))];
+/// let forced = [("isolation.level", "read_uncommitted")];
+/// let error = scan_partitions(&kafka, "replaying", "events", &starts, &forced, Duration::from_secs(1), |_| Scan::More).unwrap_err();
+/// assert!(error.to_string().contains("replaying: reading it stalled"), "{error}");
+/// # Ok::<(), timely_kafka::KafkaError>(())
+/// ```
 pub fn scan_partitions(
     kafka: &KafkaConfig,
     purpose: &str,
@@ -188,6 +236,17 @@ pub fn scan_partitions(
 
 /// The low and high watermarks of each of `topic`'s partitions, in
 /// partition order.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::scan::watermarks;
+/// use timely_kafka::KafkaConfig;
+///
+/// let error = watermarks(&KafkaConfig::new("127.0.0.1:9"), "events", Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().starts_with("reading the partitions of events"), "{error}");
+/// ```
 pub fn watermarks(
     kafka: &KafkaConfig,
     topic: &str,
@@ -217,6 +276,22 @@ pub fn watermarks(
 /// partition's start is reached: the cost of the partition's last
 /// records, not of its history. Partitions with no such record are absent.
 /// Read at `read_committed` whatever the user's properties say.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use rdkafka::Message;
+/// use timely_kafka::scan::last_of;
+/// use timely_kafka::KafkaConfig;
+///
+/// // The offset of each partition's last record keyed "a".
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// let error = last_of(&kafka, "the last a", "events", Duration::from_secs(1), |r| {
+///     (r.key() == Some(b"a")).then(|| r.offset())
+/// }).unwrap_err();
+/// assert!(error.to_string().starts_with("reading the partitions of events"), "{error}");
+/// ```
 pub fn last_of<T>(
     kafka: &KafkaConfig,
     purpose: &str,

@@ -165,6 +165,18 @@ pub struct SinkConfig {
 
 impl SinkConfig {
     /// Writing to `topic` with `transactional.id` `transactional_id`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkConfig;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9092"), "counters", "counters-sink");
+    /// // Output only, from the first epoch: no state, no dead letters, nothing to resume.
+    /// assert!(config.state_topic.is_none() && config.dead_letter_topic.is_none() && config.resume.is_none());
+    /// assert_eq!(config.transactional_id, "counters-sink");
+    /// ```
     pub fn new(
         kafka: KafkaConfig,
         topic: impl Into<String>,
@@ -210,6 +222,19 @@ struct SinkState {
 }
 
 /// Upper bounds of [`LatencyHistogram`]'s buckets, in seconds.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::sink::{LatencyHistogram, LATENCY_BUCKETS};
+///
+/// let mut h = LatencyHistogram::default();
+/// h.observe(0.04);
+/// // One bucket per bound, as a Prometheus histogram's `le` labels.
+/// let buckets = h.cumulative();
+/// assert_eq!(buckets.len(), LATENCY_BUCKETS.len());
+/// assert_eq!(buckets[2], (LATENCY_BUCKETS[2], 1));
+/// ```
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -239,6 +264,18 @@ pub struct LatencyHistogram {
 
 impl LatencyHistogram {
     /// Counts one observation of `seconds`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::LatencyHistogram;
+    ///
+    /// let mut h = LatencyHistogram::default();
+    /// // Beyond the last bucket: counted, and in the sum, but in no bucket.
+    /// h.observe(120.0);
+    /// assert_eq!((h.count(), h.sum()), (1, 120.0));
+    /// assert_eq!(h.cumulative().last(), Some(&(60.0, 0)));
+    /// ```
     pub fn observe(&mut self, seconds: f64) {
         let seconds = seconds.max(0.0);
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
@@ -249,17 +286,52 @@ impl LatencyHistogram {
     }
 
     /// Observations.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::LatencyHistogram;
+    ///
+    /// let mut h = LatencyHistogram::default();
+    /// h.observe(0.1);
+    /// h.observe(0.2);
+    /// assert_eq!(h.count(), 2);
+    /// ```
     pub fn count(&self) -> u64 {
         self.count
     }
 
     /// Their sum, in seconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::LatencyHistogram;
+    ///
+    /// let mut h = LatencyHistogram::default();
+    /// h.observe(0.5);
+    /// h.observe(1.5);
+    /// // With the count, the mean latency.
+    /// assert_eq!(h.sum() / h.count() as f64, 1.0);
+    /// ```
     pub fn sum(&self) -> f64 {
         self.sum
     }
 
     /// `(upper bound, observations at most that)` per bucket; the count is
     /// the `+Inf` bucket.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::LatencyHistogram;
+    ///
+    /// let mut h = LatencyHistogram::default();
+    /// h.observe(0.02);
+    /// h.observe(3.0);
+    /// let le = |bound| h.cumulative().into_iter().find(|(b, _)| *b == bound).unwrap().1;
+    /// assert_eq!((le(0.025), le(2.5), le(5.0)), (1, 1, 2));
+    /// ```
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
         LATENCY_BUCKETS
@@ -275,11 +347,32 @@ impl LatencyHistogram {
 
 impl SinkHandle {
     /// The last epoch whose output is committed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkHandle;
+    ///
+    /// // Before the first commit, and after a restart until the next one.
+    /// let handle = SinkHandle::default();
+    /// assert_eq!(handle.committed(), None);
+    /// ```
     pub fn committed(&self) -> Option<Epoch> {
         self.state.lock().map(|s| s.committed).unwrap_or(None)
     }
 
     /// The time from each epoch's close to its output committed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkHandle;
+    ///
+    /// let handle = SinkHandle::default();
+    /// // A copy: the sink goes on observing into the handle's own.
+    /// let latency = handle.close_to_commit();
+    /// assert_eq!((latency.count(), latency.sum()), (0, 0.0));
+    /// ```
     pub fn close_to_commit(&self) -> LatencyHistogram {
         self.state
             .lock()
@@ -288,12 +381,33 @@ impl SinkHandle {
     }
 
     /// Records written in committed epochs (progress records excluded).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkHandle;
+    ///
+    /// let handle = SinkHandle::default();
+    /// assert_eq!(handle.records(), 0);
+    /// ```
     pub fn records(&self) -> u64 {
         self.state.lock().map(|s| s.records).unwrap_or(0)
     }
 
     /// Why the sink stopped writing, if it did (a fenced producer, a broker
     /// that refuses the topic…). It writes nothing more after an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkHandle;
+    ///
+    /// let handle = SinkHandle::default();
+    /// assert_eq!(handle.error(), None);
+    /// // Cloned handles share what the sink says.
+    /// handle.clone().fail("the output topic is gone".into());
+    /// assert_eq!(handle.error().as_deref(), Some("the output topic is gone"));
+    /// ```
     pub fn error(&self) -> Option<String> {
         self.state.lock().ok().and_then(|s| s.error.clone())
     }
@@ -301,6 +415,18 @@ impl SinkHandle {
     /// Stops the sink for `error`: it writes nothing more, not even the
     /// epochs already complete. For what makes the output wrong if written,
     /// such as a state that could not be restored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::sink::SinkHandle;
+    ///
+    /// let handle = SinkHandle::default();
+    /// handle.fail("the state could not be restored".into());
+    /// handle.fail("a later error".into());
+    /// // The first reason stays: it is what stopped the sink.
+    /// assert_eq!(handle.error().as_deref(), Some("the state could not be restored"));
+    /// ```
     pub fn fail(&self, error: String) {
         tracing::error!("Kafka sink stopped: {error}");
         if let Ok(mut s) = self.state.lock() {
@@ -326,6 +452,38 @@ impl SinkHandle {
 /// when the collection does not come from a Kafka source.
 ///
 /// [`Sources::progress`]: crate::source::Sources::progress
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use differential_dataflow::input::Input;
+/// use timely_kafka::sink::{EpochProgress, KafkaSink, RecordEncoder, SinkConfig, SinkHandle};
+/// use timely_kafka::source::SourceProgress;
+/// use timely_kafka::KafkaConfig;
+///
+/// struct Text;
+/// impl RecordEncoder<String, i64> for Text {
+///     fn key(&self, key: &String) -> Vec<u8> { key.clone().into_bytes() }
+///     fn value(&self, _: &String, value: &i64, _: &EpochProgress) -> Vec<u8> { value.to_string().into_bytes() }
+/// }
+///
+/// let handle = SinkHandle::default();
+/// let mut config = SinkConfig::new(KafkaConfig::new("127.0.0.1:9"), "counters", "counters-sink");
+/// config.timeout = Duration::from_secs(1);
+/// let sink = handle.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, counters) = scope.new_collection::<(String, i64), isize>();
+///         counters.kafka_sink(SourceProgress::none(scope), config, Text, sink);
+///         input
+///     });
+///     input.insert(("a".to_string(), 12));
+/// });
+/// // No broker: nothing committed, and the handle says why.
+/// assert_eq!((handle.committed(), handle.records()), (None, 0));
+/// assert!(handle.error().unwrap().contains("127.0.0.1:9"));
+/// ```
 pub trait KafkaSink<'s, T: EpochTimestamp, K, V> {
     /// Writes the collection's changes, one transaction per epoch.
     ///
@@ -631,6 +789,19 @@ enum SinkRow<K, V> {
 /// `topic` ([`super::progress::last_progress`]): where a restarted sink
 /// stands. Give it to [`SinkConfig::resume`] and the sources'
 /// [`super::source::SourceConfig::resume`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::sink::committed_progress;
+/// use timely_kafka::KafkaConfig;
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9");
+/// // Fencing comes first: without a broker, that is what fails.
+/// let error = committed_progress(&kafka, "counters", "counters-sink", Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().contains(r#"initialising transactions as "counters-sink""#), "{error}");
+/// ```
 pub fn committed_progress(
     kafka: &KafkaConfig,
     topic: &str,

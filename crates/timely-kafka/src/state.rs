@@ -49,6 +49,17 @@ use timely::progress::Timestamp;
 
 /// A state record: its key (the source's name, NUL, the key as JSON) and
 /// its value (JSON).
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::state::{source_of, state_key, StateRecord};
+///
+/// let record: StateRecord = (state_key("counters", "a"), b"12".to_vec());
+/// assert_eq!(source_of(&record.0), Some("counters"));
+/// assert_eq!(serde_json::from_slice::<u64>(&record.1)?, 12);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 pub type StateRecord = (Vec<u8>, Vec<u8>);
 
 /// What the progress record of an epoch says of the state topic, so that a
@@ -78,12 +89,32 @@ pub struct StateSummary {
 
 impl StateSummary {
     /// Live keys over all partitions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::state::StateSummary;
+    ///
+    /// let mut summary = StateSummary::default();
+    /// summary.keys.extend([(0, 3), (2, 4)]);
+    /// assert_eq!(summary.total_keys(), 7);
+    /// ```
     pub fn total_keys(&self) -> u64 {
         self.keys.values().sum()
     }
 }
 
 /// The state record key of `key` of the source named `source`.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::state::state_key;
+///
+/// // Two sources may share a key: their records do not collide.
+/// assert_eq!(state_key("events", "a"), b"events\0\"a\"");
+/// assert_ne!(state_key("events", "a"), state_key("counters", "a"));
+/// ```
 pub fn state_key<K: Serialize + ?Sized>(source: &str, key: &K) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(source.len() + 24);
     bytes.extend_from_slice(source.as_bytes());
@@ -93,6 +124,16 @@ pub fn state_key<K: Serialize + ?Sized>(source: &str, key: &K) -> Vec<u8> {
 }
 
 /// The source named in a state record key; `None` when it is not one.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::state::{source_of, state_key};
+///
+/// assert_eq!(source_of(&state_key("counters", &[1, 2])), Some("counters"));
+/// // Not a state record key: no NUL after a source name.
+/// assert_eq!(source_of(b"counters"), None);
+/// ```
 pub fn source_of(state_key: &[u8]) -> Option<&str> {
     let end = state_key.iter().position(|b| *b == 0)?;
     std::str::from_utf8(&state_key[..end]).ok()
@@ -100,6 +141,18 @@ pub fn source_of(state_key: &[u8]) -> Option<&str> {
 
 /// The state partition of a state record key: FNV-1a of the key, so that it
 /// is the same in every process and every version.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::state::{state_key, state_partition};
+///
+/// let key = state_key("counters", "a");
+/// let partition = state_partition(&key, 6);
+/// assert!((0..6).contains(&partition));
+/// // The same in every process and every run, so restores can count keys per partition.
+/// assert_eq!(partition, state_partition(&key, 6));
+/// ```
 pub fn state_partition(state_key: &[u8], partitions: i32) -> i32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in state_key {
@@ -152,6 +205,20 @@ where
 
 /// Where to restore state from: the state topic, the committed epoch to
 /// restore at, and what its progress record said of the state.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::state::{read_state_share, RestoreConfig, StateSummary};
+/// use timely_kafka::KafkaConfig;
+///
+/// let summary = StateSummary { topic: "counters-state".into(), partitions: 3, ..Default::default() };
+/// let config = RestoreConfig { kafka: KafkaConfig::new("127.0.0.1:9"), epoch: 12, summary, stall: Duration::from_secs(1) };
+/// // Worker 0 of 2 reads partitions 0 and 2; without a broker it says where it failed.
+/// let error = read_state_share(&config, 0, 2).unwrap_err();
+/// assert!(error.starts_with("restoring state: reading the partitions of counters-state"), "{error}");
+/// ```
 #[derive(Clone, Debug)]
 pub struct RestoreConfig {
     /// The cluster.
@@ -208,6 +275,25 @@ pub fn restore_state<'s, T: EpochTimestamp>(
 /// The restored records of the source named `name`, as upserts at their
 /// epoch; a record that does not decode calls `failed`, as
 /// [`restore_state`] does.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::{capture::Extract, Capture};
+/// use timely_kafka::state::{restore_state, restored_upserts, state_key};
+///
+/// let (send, receive) = std::sync::mpsc::channel();
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let records = vec![(state_key("counters", "a"), b"12".to_vec()), (state_key("events", "b"), b"1".to_vec())];
+///         // Only this source's records; the other source's are for its own upserts.
+///         restored_upserts::<_, String, u64>(restore_state(scope, 7, records), "counters", |e| panic!("{e}"))
+///             .capture_into(send);
+///     });
+/// });
+/// let restored: Vec<(u64, Vec<_>)> = receive.extract();
+/// assert_eq!(restored, [(7, vec![("a".to_owned(), Some(12), 7)])]);
+/// ```
 pub fn restored_upserts<'s, T, K, V>(
     restored: Stream<'s, T, Vec<StateRecord>>,
     name: &str,
@@ -258,6 +344,20 @@ where
 /// restoring part of a state would give wrong counts. Every worker must
 /// know that every share is whole before any epoch is written (the
 /// aggregator agrees on it before it builds its dataflow).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use timely_kafka::state::{read_state_share, RestoreConfig, StateSummary};
+/// use timely_kafka::KafkaConfig;
+///
+/// let summary = StateSummary { topic: "counters-state".into(), partitions: 1, ..Default::default() };
+/// let config = RestoreConfig { kafka: KafkaConfig::new("127.0.0.1:9"), epoch: 3, summary, stall: Duration::from_secs(1) };
+/// // An error rather than part of a state: counts from part of it would be wrong.
+/// let error = read_state_share(&config, 0, 1).unwrap_err();
+/// assert!(error.contains("counters-state"), "{error}");
+/// ```
 pub fn read_state_share(
     config: &RestoreConfig,
     index: usize,

@@ -11,6 +11,15 @@ use std::time::Duration;
 /// the log cleaner compacts only rolled segments, so this bounds what a
 /// restart reads beyond the state itself to about an hour of changes
 /// (Kafka's default, seven days, would let it grow to a week's).
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::topics::{TopicSpec, CHANGELOG_SEGMENT_MS};
+///
+/// let spec = TopicSpec::new("counters-state", 3).changelog();
+/// assert!(spec.configs.contains(&("segment.ms".to_owned(), CHANGELOG_SEGMENT_MS.to_owned())));
+/// ```
 pub const CHANGELOG_SEGMENT_MS: &str = "3600000";
 
 /// A topic as a job wants it.
@@ -42,6 +51,15 @@ pub struct TopicSpec {
 
 impl TopicSpec {
     /// A topic with `partitions` partitions, replication 1, not compacted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::topics::TopicSpec;
+    ///
+    /// let spec = TopicSpec::new("events", 6);
+    /// assert_eq!((spec.partitions, spec.replication, spec.compacted), (6, 1, false));
+    /// ```
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         TopicSpec {
             name: name.into(),
@@ -54,6 +72,15 @@ impl TopicSpec {
 
     /// The same topic, created with the topic configuration `key=value`.
     /// A key set twice takes the later value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::topics::TopicSpec;
+    ///
+    /// let spec = TopicSpec::new("events", 3).config("retention.ms", "3600000").config("retention.ms", "60000");
+    /// assert_eq!(spec.configs, [("retention.ms".to_owned(), "60000".to_owned())]);
+    /// ```
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.configs.retain(|(k, _)| k != key);
         self.configs.push((key.to_owned(), value.to_owned()));
@@ -77,12 +104,29 @@ impl TopicSpec {
     }
 
     /// The same topic, compacted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::topics::TopicSpec;
+    ///
+    /// // An output topic: only its latest record per key matters.
+    /// assert!(TopicSpec::new("counters", 3).compacted().compacted);
+    /// ```
     pub fn compacted(mut self) -> Self {
         self.compacted = true;
         self
     }
 
     /// The same topic, with this replication factor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::topics::TopicSpec;
+    ///
+    /// assert_eq!(TopicSpec::new("events", 3).replication(3).replication, 3);
+    /// ```
     pub fn replication(mut self, replication: i32) -> Self {
         self.replication = replication;
         self
@@ -302,6 +346,21 @@ fn visible_partitions<C: rdkafka::ClientContext>(
 
 /// How many partitions `topic` has, as `client`'s broker says; an error
 /// naming the topic when it does not exist or has none.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use rdkafka::admin::AdminClient;
+/// use rdkafka::client::DefaultClientContext;
+/// use timely_kafka::topics::partition_count;
+/// use timely_kafka::KafkaConfig;
+///
+/// let admin: AdminClient<DefaultClientContext> = KafkaConfig::new("127.0.0.1:9").client_config(&[]).create()?;
+/// let error = partition_count(admin.inner(), "events", Duration::from_secs(1)).unwrap_err();
+/// assert!(error.to_string().starts_with("reading the partitions of events"), "{error}");
+/// # Ok::<(), rdkafka::error::KafkaError>(())
+/// ```
 pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,

@@ -65,6 +65,19 @@ impl std::fmt::Debug for TransactionalProducer {
 impl TransactionalProducer {
     /// Connects as `transactional_id`; `timeout` bounds each broker round
     /// trip (initialising, committing, reading metadata).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let kafka = KafkaConfig::new("127.0.0.1:9");
+    /// let error = TransactionalProducer::connect(&kafka, "counters-writer", Duration::from_secs(1)).unwrap_err();
+    /// // It says which id it could not initialise, and where.
+    /// assert!(error.to_string().contains(r#"initialising transactions as "counters-writer" on 127.0.0.1:9"#), "{error}");
+    /// ```
     pub fn connect(
         kafka: &KafkaConfig,
         transactional_id: &str,
@@ -75,6 +88,21 @@ impl TransactionalProducer {
 
     /// As [`Self::connect`], handing librdkafka's statistics (every 5 s) to
     /// the context's callback.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use timely_kafka::config::KafkaContext;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let context = KafkaContext { on_stats: Some(Arc::new(|s: rdkafka::Statistics| println!("{} bytes sent", s.tx_bytes))) };
+    /// let kafka = KafkaConfig::new("127.0.0.1:9");
+    /// let error = TransactionalProducer::connect_with(&kafka, "counters-writer", Duration::from_secs(1), context).unwrap_err();
+    /// assert!(!error.is_fatal(), "{error}");
+    /// ```
     pub fn connect_with(
         kafka: &KafkaConfig,
         transactional_id: &str,
@@ -131,6 +159,20 @@ impl TransactionalProducer {
     }
 
     /// How many partitions `topic` has; an error when it does not exist.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// // One marker per partition closes an epoch: the writer must know them all.
+    /// let partitions = producer.partitions("events")?;
+    /// assert!(partitions > 0);
+    /// # Ok::<(), timely_kafka::KafkaError>(())
+    /// ```
     pub fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
         super::topics::partition_count(self.producer.client(), topic, self.timeout)
     }
@@ -145,6 +187,21 @@ impl TransactionalProducer {
     /// and back after `message.timeout.ms`). No epoch was committed by the
     /// failed tries (a commit fails only when the broker refused it, see
     /// [`Self::commit`]), so the new producer writes it again.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// producer.send(BaseRecord::<str, str>::to("counters").key("a").payload("1"))?;
+    /// producer.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn begin(&mut self) -> Result<(), RdKafkaError> {
         self.replace_if_given_up()?;
         self.producer.begin_transaction()
@@ -152,11 +209,44 @@ impl TransactionalProducer {
 
     /// Whether librdkafka gave up on this producer (a fatal error), so
     /// that [`Self::begin`] will replace it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::{is_fatal, TransactionalProducer};
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// producer.send(BaseRecord::<str, str>::to("counters").key("a").payload("1"))?;
+    /// if let Err(e) = producer.commit() {
+    ///     // Not fenced, but librdkafka gave up: the next `begin` starts a new producer.
+    ///     if !is_fatal(&e) && producer.given_up() {
+    ///         producer.begin()?;
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn given_up(&self) -> bool {
         self.producer.client().fatal_error().is_some()
     }
 
     /// The cluster and `transactional.id` it writes as.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// // Read back from the same cluster, with the same properties.
+    /// assert_eq!(producer.kafka().brokers(), "127.0.0.1:9092");
+    /// # Ok::<(), timely_kafka::KafkaError>(())
+    /// ```
     pub fn kafka(&self) -> &KafkaConfig {
         &self.kafka
     }
@@ -164,6 +254,20 @@ impl TransactionalProducer {
     /// Replaces the producer if librdkafka gave up on it for a reason other
     /// than a fencing (see [`Self::begin`]). The new producer's
     /// initialisation completes or aborts what the old one left open.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// // Before reading back what the last transaction left, rather than at the next `begin`.
+    /// producer.replace_if_given_up()?;
+    /// assert!(!producer.given_up());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn replace_if_given_up(&mut self) -> Result<(), RdKafkaError> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             if !is_final(code) {
@@ -196,6 +300,23 @@ impl TransactionalProducer {
     /// small epoch's latency. This asks librdkafka without
     /// waiting, and looks again shortly; the producer's own thread serves
     /// the events meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// producer.send(BaseRecord::<str, str>::to("events").key("a").payload("1"))?;
+    /// // Every record acknowledged: a failed delivery shows here, before the commit.
+    /// producer.flush()?;
+    /// producer.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush(&self) -> Result<(), RdKafkaError> {
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
@@ -222,6 +343,24 @@ impl TransactionalProducer {
     /// commit succeeds or fails for good (an abortable or fatal error).
     /// Aborting instead would fail, as would every later transaction,
     /// while the commit could well complete in the background.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// producer.send(BaseRecord::<str, str>::to("events").key("a").payload("1"))?;
+    /// // Either every record of the transaction is visible at read_committed, or none.
+    /// if producer.commit().is_err() {
+    ///     producer.abort();
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn commit(&self) -> Result<(), RdKafkaError> {
         // Drained first, commit_transaction's own flush returns at once.
         self.flush()?;
@@ -241,6 +380,22 @@ impl TransactionalProducer {
     /// logged: an abort that timed out goes on in the background, the next
     /// `begin` fails until it is done, and the abort that follows that
     /// failure resumes it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::TransactionalProducer;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// producer.send(BaseRecord::<str, str>::to("events").key("a").payload("half an epoch"))?;
+    /// // Readers at read_committed never see it.
+    /// producer.abort();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn abort(&self) {
         if let Err(e) = self.producer.abort_transaction(self.timeout) {
             tracing::debug!("aborting the transaction: {e}");
@@ -248,6 +403,25 @@ impl TransactionalProducer {
     }
 
     /// Sends, waiting while librdkafka's queue is full.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rdkafka::producer::BaseRecord;
+    /// use timely_kafka::transaction::{owned_headers, TransactionalProducer};
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let mut producer = TransactionalProducer::connect(&KafkaConfig::new("127.0.0.1:9092"), "job", Duration::from_secs(30))?;
+    /// producer.begin()?;
+    /// // However many records, none is refused for a full queue: `send` waits instead.
+    /// for i in 0..1_000_000 {
+    ///     let headers = owned_headers(&[("n", i.to_string())]);
+    ///     producer.send(BaseRecord::<str, str>::to("events").key("a").payload("1").headers(headers))?;
+    /// }
+    /// producer.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
         &self,
         mut record: BaseRecord<'_, K, P>,
@@ -269,6 +443,18 @@ impl TransactionalProducer {
 /// producer with the same `transactional.id`, or not authorised. Any other
 /// error librdkafka calls fatal is not: the next
 /// [`TransactionalProducer::begin`] replaces the producer.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::error::KafkaError as RdKafkaError;
+/// use rdkafka::types::RDKafkaErrorCode;
+/// use timely_kafka::transaction::is_fatal;
+///
+/// // A delivery that timed out while a broker was away: try the epoch again.
+/// assert!(!is_fatal(&RdKafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+/// assert!(!is_fatal(&RdKafkaError::Canceled));
+/// ```
 pub fn is_fatal(e: &RdKafkaError) -> bool {
     match e {
         RdKafkaError::Transaction(t) => t.is_fatal() && is_final(t.code()),
@@ -291,6 +477,18 @@ fn is_final(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Record headers from `(name, value)` pairs.
+///
+/// # Examples
+///
+/// ```
+/// use rdkafka::message::Headers;
+/// use timely_kafka::protocol::EpochStamp;
+/// use timely_kafka::transaction::owned_headers;
+///
+/// let headers = owned_headers(&EpochStamp { epoch: 3, attempt: "a".into() }.headers());
+/// assert_eq!(headers.count(), 2);
+/// assert_eq!(headers.get(0).value, Some(b"3".as_slice()));
+/// ```
 pub fn owned_headers(pairs: &[(&str, String)]) -> OwnedHeaders {
     pairs.iter().fold(OwnedHeaders::new(), |headers, (k, v)| {
         headers.insert(Header {

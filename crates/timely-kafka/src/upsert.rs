@@ -16,6 +16,19 @@ use timely::progress::Timestamp;
 /// that time (`None`: the key is gone). What a
 /// [`KafkaSource`](crate::source::KafkaSource) gives, and what [`Upsert`]
 /// makes a collection of.
+///
+/// # Examples
+///
+/// ```
+/// use timely::dataflow::operators::ToStream;
+/// use timely_kafka::upsert::{Upsert, Upserts};
+///
+/// timely::example(|scope| {
+///     // What a source gives: key "a" set at time 1, gone at time 2.
+///     let upserts: Upserts<_, String, u64> = vec![("a".into(), Some(12), 1), ("a".into(), None, 2)].to_stream(scope);
+///     upserts.upsert().inspect(|(value, time, diff)| assert_eq!((*value, *diff), (12, if *time == 1 { 1 } else { -1 })));
+/// });
+/// ```
 pub type Upserts<'s, T, K, V> = Stream<'s, T, Vec<(K, Option<V>, T)>>;
 
 /// Upserts of one time, waiting for the frontier to pass it: only the last
@@ -31,6 +44,27 @@ type Pending<T, K, V> = (Capability<T>, HashMap<K, Option<V>>);
 /// one. An upsert that repeats the current value changes nothing. Upserts
 /// of one key at one time apply in the order they arrive. Keys are spread
 /// over workers by hash; each worker keeps the current value of its keys.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::{Arc, Mutex};
+/// use timely::dataflow::operators::ToStream;
+/// use timely_kafka::upsert::Upsert;
+///
+/// let out = Arc::new(Mutex::new(Vec::new()));
+/// let sink = Arc::clone(&out);
+/// timely::example(move |scope| {
+///     let upserts = vec![("a".to_string(), Some(1), 1u64), ("b".into(), Some(5), 1), ("a".into(), Some(2), 2)];
+///     upserts.to_stream(scope).upsert().inspect(move |(v, _, d)| sink.lock().unwrap().push((*v, *d)));
+/// });
+/// // Summed over time, the updates leave one current value per key.
+/// let mut current = BTreeMap::new();
+/// out.lock().unwrap().iter().for_each(|(v, d)| *current.entry(*v).or_insert(0) += d);
+/// current.retain(|_, d| *d != 0);
+/// assert_eq!(current, BTreeMap::from([(2, 1), (5, 1)]));
+/// ```
 pub trait Upsert<'s, T: Timestamp, K, V> {
     /// The collection of the current value of every key.
     ///

@@ -85,6 +85,18 @@ impl SourceHandle {
     /// no other does (a half-read epoch is never written). The dataflow is
     /// then done once what finishes it has caught up with the sources: see
     /// [`written_as_far_as_read`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceHandle;
+    ///
+    /// let handle = SourceHandle::default();
+    /// // From a signal handler, say: every worker's sources see it.
+    /// let for_signal = handle.clone();
+    /// for_signal.stop();
+    /// assert!(handle.is_stopped());
+    /// ```
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Ok(activators) = self.shared.activators.lock() {
@@ -95,6 +107,18 @@ impl SourceHandle {
     }
 
     /// The counters so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceHandle;
+    ///
+    /// let handle = SourceHandle::default();
+    /// handle.fail("the job's state could not be restored".into());
+    /// // A snapshot: later counts need another call.
+    /// let stats = handle.stats();
+    /// assert_eq!((stats.records, stats.error.as_deref()), (0, Some("the job's state could not be restored")));
+    /// ```
     pub fn stats(&self) -> SourceStats {
         self.shared
             .stats
@@ -104,11 +128,33 @@ impl SourceHandle {
     }
 
     /// Why a source stopped, if one did.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceHandle;
+    ///
+    /// let handle = SourceHandle::default();
+    /// assert_eq!(handle.error(), None);
+    /// handle.fail("stopped by the job".into());
+    /// assert_eq!(handle.error().as_deref(), Some("stopped by the job"));
+    /// ```
     pub fn error(&self) -> Option<String> {
         self.stats().error
     }
 
     /// Whether [`SourceHandle::stop`] was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceHandle;
+    ///
+    /// let handle = SourceHandle::default();
+    /// assert!(!handle.is_stopped());
+    /// handle.stop();
+    /// assert!(handle.is_stopped());
+    /// ```
     pub fn is_stopped(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
     }
@@ -158,6 +204,18 @@ impl SourceHandle {
     /// Stops the sources for good with `error` (logged, and kept in
     /// [`SourceStats::error`]): what a job does when something outside the
     /// sources went wrong.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceHandle;
+    ///
+    /// let handle = SourceHandle::default();
+    /// handle.fail("first".into());
+    /// handle.fail("second".into());
+    /// // The first error is kept: it is why the sources stopped.
+    /// assert_eq!(handle.error().as_deref(), Some("first"));
+    /// ```
     pub fn fail(&self, error: String) {
         tracing::error!("Kafka source stopped: {error}");
         self.count(|s| {

@@ -140,6 +140,17 @@ pub struct SourceConfig {
 impl SourceConfig {
     /// Reading `topics` with the epoch protocol, 8 epochs of read-ahead and
     /// no dead-letter topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::{Framing, SourceConfig};
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events", "counters"]);
+    /// assert_eq!(config.topics, ["events", "counters"]);
+    /// assert_eq!((config.framing, config.as_of, config.read_ahead), (Framing::Epochs, 0, 8));
+    /// ```
     pub fn new(kafka: KafkaConfig, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         SourceConfig {
             kafka,
@@ -155,18 +166,50 @@ impl SourceConfig {
     }
 
     /// Releasing nothing before epoch `as_of` (see [`SourceConfig::as_of`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceConfig;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// // Usually what `as_of::read_as_of` found: the same for every source of a dataflow.
+    /// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]).as_of(42);
+    /// assert_eq!(config.as_of, 42);
+    /// ```
     pub fn as_of(mut self, as_of: Epoch) -> Self {
         self.as_of = as_of;
         self
     }
 
     /// With `framing`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::{Framing, SourceConfig};
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]).framing(Framing::Ingestion);
+    /// assert_eq!(config.framing, Framing::Ingestion);
+    /// ```
     pub fn framing(mut self, framing: Framing) -> Self {
         self.framing = framing;
         self
     }
 
     /// With a dead-letter topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::SourceConfig;
+    /// use timely_kafka::KafkaConfig;
+    ///
+    /// // Written by the source itself, at least once; the sink's own topic is exactly once.
+    /// let config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9092"), ["events"]).dead_letters("events-dlq");
+    /// assert_eq!(config.dead_letter_topic.as_deref(), Some("events-dlq"));
+    /// ```
     pub fn dead_letters(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
@@ -175,6 +218,19 @@ impl SourceConfig {
 
 /// Where one partition stands after an epoch: what the progress record of
 /// the epoch's output holds, so that a restart knows where to read from.
+///
+/// # Examples
+///
+/// ```
+/// use timely_kafka::source::SourcePosition;
+///
+/// let position = SourcePosition { topic: "events".into(), partition: 0, next_offset: 1290,
+///     passed: 42, feed_time: None, closed_at_ms: Some(1_700_000_000_000) };
+/// // A restart reads partition 0 from offset 1290, as having passed epoch 42.
+/// let json = serde_json::to_string(&position)?;
+/// assert_eq!(serde_json::from_str::<SourcePosition>(&json)?, position);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SourcePosition {
     /// The topic.
@@ -271,6 +327,27 @@ pub struct KafkaSource<D> {
 
 impl<D: RecordDecoder> KafkaSource<D> {
     /// Reading as `config` says, decoding with `decoder`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::decode::{RawRecord, RecordDecoder};
+    /// use timely_kafka::source::{KafkaSource, SourceConfig};
+    /// use timely_kafka::{DecodeError, KafkaConfig};
+    ///
+    /// #[derive(Debug)]
+    /// struct Keys;
+    /// impl RecordDecoder for Keys {
+    ///     type Key = Vec<u8>;
+    ///     type Value = ();
+    ///     fn decode(&self, r: &RawRecord<'_>) -> Result<(Vec<u8>, Option<()>), DecodeError> {
+    ///         Ok((r.key.unwrap_or_default().to_vec(), r.value.map(|_| ())))
+    ///     }
+    /// }
+    /// // Nothing connects until it is built into a dataflow.
+    /// let source = KafkaSource::new(SourceConfig::new(KafkaConfig::new("127.0.0.1:9"), ["events"]), Keys);
+    /// assert!(format!("{source:?}").contains("events"));
+    /// ```
     pub fn new(config: SourceConfig, decoder: D) -> Self {
         KafkaSource { config, decoder }
     }
@@ -278,6 +355,40 @@ impl<D: RecordDecoder> KafkaSource<D> {
     /// Builds the operator into `sources`, whose progress gets its
     /// positions and dead letters; returns its updates. Every worker must
     /// build it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use timely_kafka::decode::{RawRecord, RecordDecoder};
+    /// use timely_kafka::source::{KafkaSource, SourceConfig, SourceHandle, Sources};
+    /// use timely_kafka::{DecodeError, KafkaConfig};
+    ///
+    /// struct Bytes;
+    /// impl RecordDecoder for Bytes {
+    ///     type Key = Vec<u8>;
+    ///     type Value = Vec<u8>;
+    ///     fn decode(&self, r: &RawRecord<'_>) -> Result<(Vec<u8>, Option<Vec<u8>>), DecodeError> {
+    ///         Ok((r.key.unwrap_or_default().to_vec(), r.value.map(<[u8]>::to_vec)))
+    ///     }
+    /// }
+    ///
+    /// let handle = SourceHandle::default();
+    /// let mut config = SourceConfig::new(KafkaConfig::new("127.0.0.1:9"), ["events"]);
+    /// config.metadata_timeout = Duration::from_secs(1);
+    /// let shared = handle.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let dataflow = worker.next_dataflow_index();
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         let mut sources = Sources::new(scope, &shared);
+    ///         KafkaSource::new(config, Bytes).build(&mut sources);
+    ///     });
+    ///     // A failed source keeps its capabilities (no epoch completes half-read): drop the dataflow.
+    ///     while shared.error().is_none() { worker.step(); }
+    ///     worker.drop_dataflow(dataflow);
+    /// });
+    /// assert!(handle.error().unwrap().contains("events"));
+    /// ```
     pub fn build<'s, T: EpochTimestamp>(
         self,
         sources: &mut Sources<'s, T>,

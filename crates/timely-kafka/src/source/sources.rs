@@ -75,6 +75,20 @@ pub struct Sources<'s, T: EpochTimestamp> {
 impl<'s, T: EpochTimestamp> Sources<'s, T> {
     /// No source yet, in `scope`; the sources share `handle` (give every
     /// worker a clone of the same one).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::{SourceHandle, Sources};
+    ///
+    /// let handle = SourceHandle::default();
+    /// timely::execute_directly(move |worker| {
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         let sources = Sources::new(scope, &handle);
+    ///         assert!(!sources.handle().is_stopped());
+    ///     });
+    /// });
+    /// ```
     pub fn new(scope: Scope<'s, T>, handle: &SourceHandle) -> Self {
         Sources {
             scope,
@@ -87,23 +101,91 @@ impl<'s, T: EpochTimestamp> Sources<'s, T> {
     /// Bounds every source's read-ahead by what `finished` (a probe at the
     /// end of the dataflow) has seen complete. Without it, the sources read
     /// as fast as Kafka gives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::probe::Handle as ProbeHandle;
+    /// use timely::dataflow::operators::Probe;
+    /// use timely_kafka::source::{SourceHandle, Sources};
+    ///
+    /// let handle = SourceHandle::default();
+    /// timely::execute_directly(move |worker| {
+    ///     let finished = ProbeHandle::<u64>::new();
+    ///     worker.dataflow(|scope| {
+    ///         // Sources read at most `read_ahead` epochs past what reaches `finished`.
+    ///         let sources = Sources::new(scope, &handle).finished(&finished);
+    ///         sources.progress().positions().clone().probe_with(&finished);
+    ///     });
+    ///     while worker.step() {}
+    ///     assert!(finished.done());
+    /// });
+    /// ```
     pub fn finished(mut self, finished: &ProbeHandle<T>) -> Self {
         self.finished = Some(finished.clone());
         self
     }
 
     /// The scope the sources are built in.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::ToStream;
+    /// use timely::dataflow::Stream;
+    /// use timely_kafka::source::{SourceHandle, Sources};
+    ///
+    /// let handle = SourceHandle::default();
+    /// timely::execute_directly(move |worker| {
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         let sources = Sources::new(scope, &handle);
+    ///         // Other inputs of the dataflow go in the same scope.
+    ///         let _ticks: Stream<_, Vec<u32>> = (0..3u32).to_stream(sources.scope());
+    ///     });
+    /// });
+    /// ```
     pub fn scope(&self) -> Scope<'s, T> {
         self.scope
     }
 
     /// The handle the sources share.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely_kafka::source::{SourceHandle, Sources};
+    ///
+    /// let handle = SourceHandle::default();
+    /// let outside = handle.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     worker.dataflow::<u64, _, _>(|scope| Sources::new(scope, &handle).handle().stop());
+    /// });
+    /// // The same switch as the handle given to `new`.
+    /// assert!(outside.is_stopped());
+    /// ```
     pub fn handle(&self) -> &SourceHandle {
         &self.handle
     }
 
     /// What the sink needs of every source built so far: each epoch's
     /// positions, and the records the sources could not read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::{capture::Extract, Capture};
+    /// use timely_kafka::source::{SourceHandle, Sources};
+    ///
+    /// let (send, receive) = std::sync::mpsc::channel();
+    /// let handle = SourceHandle::default();
+    /// timely::execute_directly(move |worker| {
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         // No source built: no positions, and the sink may still take it.
+    ///         Sources::new(scope, &handle).progress().positions().clone().capture_into(send);
+    ///     });
+    /// });
+    /// assert!(receive.extract().is_empty());
+    /// ```
     pub fn progress(self) -> SourceProgress<'s, T> {
         let scope = self.scope;
         self.progress.unwrap_or_else(|| SourceProgress::none(scope))
@@ -161,6 +243,21 @@ pub struct SourceProgress<'s, T: EpochTimestamp> {
 
 impl<'s, T: EpochTimestamp> SourceProgress<'s, T> {
     /// No source: for a sink whose collection does not come from Kafka.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use timely_kafka::source::SourceProgress;
+    ///
+    /// timely::execute_directly(|worker| {
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         // A collection from a timely input, not from Kafka: no positions to record.
+    ///         let (_input, _counters) = scope.new_collection::<(String, i64), isize>();
+    ///         let _progress = SourceProgress::none(scope);
+    ///     });
+    /// });
+    /// ```
     pub fn none(scope: Scope<'s, T>) -> Self {
         SourceProgress {
             positions: empty(scope),
@@ -198,6 +295,21 @@ impl<'s, T: EpochTimestamp> SourceProgress<'s, T> {
 
     /// Each epoch's positions, to look at (for the sink's own, see
     /// [`EpochProgress`](crate::sink::EpochProgress)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use timely_kafka::source::{SourcePosition, SourceProgress};
+    ///
+    /// timely::example(|scope| {
+    ///     let position = SourcePosition { topic: "events".into(), partition: 0, next_offset: 10,
+    ///         passed: 1, feed_time: None, closed_at_ms: None };
+    ///     let progress = SourceProgress::from_positions(vec![position].to_stream(scope));
+    ///     // Say how far each partition has read.
+    ///     progress.positions().clone().inspect(|p| assert_eq!(p.next_offset, 10));
+    /// });
+    /// ```
     pub fn positions(&self) -> &Stream<'s, T, Vec<SourcePosition>> {
         &self.positions
     }
@@ -205,6 +317,25 @@ impl<'s, T: EpochTimestamp> SourceProgress<'s, T> {
     /// Has `probe` follow what the sources released: with a probe at the
     /// end of the dataflow, [`written_as_far_as_read`](super::written_as_far_as_read)
     /// tells when everything read is written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use timely::dataflow::operators::probe::Handle as ProbeHandle;
+    /// use timely::dataflow::operators::Probe;
+    /// use timely_kafka::source::{written_as_far_as_read, SourceHandle, Sources};
+    ///
+    /// let handle = SourceHandle::default();
+    /// timely::execute_directly(move |worker| {
+    ///     let (read, finished) = (ProbeHandle::<u64>::new(), ProbeHandle::new());
+    ///     worker.dataflow(|scope| {
+    ///         let progress = Sources::new(scope, &handle).progress().probe_with(&read);
+    ///         progress.positions().clone().probe_with(&finished);
+    ///     });
+    ///     while worker.step() {}
+    ///     assert!(written_as_far_as_read(&finished, &read));
+    /// });
+    /// ```
     pub fn probe_with(self, probe: &ProbeHandle<T>) -> Self {
         SourceProgress {
             positions: self.positions.probe_with(probe),
