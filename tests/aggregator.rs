@@ -5,7 +5,7 @@ mod common;
 
 use common::broker::Broker;
 use common::epochs::{
-    by_id, epoch_records, EpochWriter, InputRecord, DIRECTORY_TOPIC, STATUS_TOPIC,
+    by_id, epoch_records, InputRecord, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC,
 };
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
@@ -122,7 +122,7 @@ fn write_paris(
     extra: &dyn Fn(Epoch) -> Vec<InputRecord>,
     forged: &[ForgedMarker],
 ) {
-    let writer = EpochWriter::new(
+    let writer = ScriptedEpochWriter::new(
         address,
         "attempt-1",
         &[(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)],
@@ -367,7 +367,7 @@ fn dead_attempt(isolation: &str) {
     create_topics(&broker.address, &config);
     let epochs: Vec<_> = paris().into_iter().take(4).collect();
     let topics = [(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)];
-    let first = EpochWriter::new(&broker.address, "attempt-1", &topics);
+    let first = ScriptedEpochWriter::new(&broker.address, "attempt-1", &topics);
     for (updates, _) in &epochs[..2] {
         first.write_epoch(
             updates.epoch,
@@ -398,7 +398,7 @@ fn dead_attempt(isolation: &str) {
     }
     first.die_mid_epoch(3, &dying);
     // A new attempt redoes epoch 3, then writes epoch 4.
-    let second = EpochWriter::new(&broker.address, "attempt-2", &topics);
+    let second = ScriptedEpochWriter::new(&broker.address, "attempt-2", &topics);
     for (updates, _) in &epochs[2..] {
         second.write_epoch(
             updates.epoch,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+use common::epochs::{by_id, epoch_records, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
 use common::output::assert_epochs_on_topic;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -75,7 +75,7 @@ fn a_commit_the_producer_fails_in_is_settled_not_written_twice() {
         mock.create_topic(topic, partitions, 1).unwrap();
     }
     let epochs = common::sequence(common::paris_series(true));
-    let writer = EpochWriter::new(&address, "attempt-1", &[(STATUS_TOPIC, 3)]);
+    let writer = ScriptedEpochWriter::new(&address, "attempt-1", &[(STATUS_TOPIC, 3)]);
     for (updates, _) in &epochs {
         let records: Vec<_> = epoch_records(updates, true, &by_id(3))
             .into_iter()
@@ -135,7 +135,7 @@ fn the_aggregator_recovers_from_a_broker_outage_and_request_errors() {
         mock.create_topic(topic, partitions, 1).unwrap();
     }
     let epochs = common::sequence(common::paris_series(true));
-    let writer = EpochWriter::new(
+    let writer = ScriptedEpochWriter::new(
         &address,
         "attempt-1",
         &[(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)],

@@ -10,7 +10,7 @@
 mod common;
 
 use common::broker::Broker;
-use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+use common::epochs::{by_id, epoch_records, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
 use common::output::header;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -63,7 +63,8 @@ fn aggregated() -> &'static Aggregated {
         // Epochs 2 to 5 all on partition 0: partitions 1 and 2 see only
         // markers then, as idle partitions do.
         let epochs = common::sequence(common::paris_series(true));
-        let writer = EpochWriter::new(&broker.address, "attempt-1", &[(INPUT, 3), (DIRECTORY, 3)]);
+        let writer =
+            ScriptedEpochWriter::new(&broker.address, "attempt-1", &[(INPUT, 3), (DIRECTORY, 3)]);
         let spread = by_id(3);
         let idle = |_: &velib_dataflow::feed::StationId| 0;
         for (updates, _) in &epochs {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::broker::Broker;
-use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+use common::epochs::{by_id, epoch_records, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
 use serde_json::Value;
@@ -195,7 +195,7 @@ fn a_compacted_directory_and_output_are_read_back_exactly() {
     // The first aggregator follows the series as it is written, on an
     // output topic the cleaner then compacts.
     let first = start_aggregator(&broker, "out-before");
-    let writer = EpochWriter::new(&broker.address, "attempt-1", &topics);
+    let writer = ScriptedEpochWriter::new(&broker.address, "attempt-1", &topics);
     let feed_time = epochs.last().unwrap().0.feed_time;
     for epoch in 1..=last {
         match epochs.get(epoch as usize - 1) {

@@ -21,7 +21,7 @@ mod common;
 
 use common::broker::Broker;
 use common::epochs::{
-    by_id, epoch_records, EpochWriter, InputRecord, DIRECTORY_TOPIC, STATUS_TOPIC,
+    by_id, epoch_records, InputRecord, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC,
 };
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
@@ -347,7 +347,7 @@ fn bad_record_at(epoch: Epoch) -> bool {
 
 /// The input, published a batch at a time.
 struct Published {
-    writer: EpochWriter,
+    writer: ScriptedEpochWriter,
     topics: (String, String),
     epochs: Vec<(EpochUpdates, State)>,
     done: usize,
@@ -355,7 +355,7 @@ struct Published {
 
 impl Published {
     fn new(broker: &Broker, topics: &Topics, epochs: Vec<(EpochUpdates, State)>) -> Published {
-        let writer = EpochWriter::new(
+        let writer = ScriptedEpochWriter::new(
             &broker.address,
             "attempt-1",
             &[(&topics.input, 3), (&topics.directory, 3)],

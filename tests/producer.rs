@@ -6,7 +6,7 @@
 mod common;
 
 use common::broker::Broker;
-use common::epochs::EpochWriter;
+use common::epochs::ScriptedEpochWriter;
 use common::http::{FeedServer, Reply};
 use common::output::{assert_epochs_on_topic, header, published};
 use serde_json::Value;
@@ -345,7 +345,9 @@ fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
 /// its state, and publishes nothing for a snapshot equal to it.
 #[test]
 fn a_restart_completes_a_half_visible_epoch_and_goes_on_from_it() {
-    use common::epochs::{by_id, epoch_records, EpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC};
+    use common::epochs::{
+        by_id, epoch_records, ScriptedEpochWriter, DIRECTORY_TOPIC, STATUS_TOPIC,
+    };
     use velib_dataflow::kafka::topics::ensure_topics;
 
     let broker = Broker::start();
@@ -364,7 +366,7 @@ fn a_restart_completes_a_half_visible_epoch_and_goes_on_from_it() {
         Duration::from_secs(30),
     )
     .unwrap();
-    let dead = EpochWriter::new(
+    let dead = ScriptedEpochWriter::new(
         &broker.address,
         "dead-run.1",
         &[(STATUS_TOPIC, 3), (DIRECTORY_TOPIC, 3)],
@@ -703,7 +705,7 @@ fn a_restart_reads_the_state_topic_not_the_status_topics_history() {
 
     // A forged far-future marker on each topic: a restart refuses it as
     // every reader does, and goes on from the genuine last epoch.
-    let forger = EpochWriter::new(
+    let forger = ScriptedEpochWriter::new(
         &broker.address,
         "forged",
         &[

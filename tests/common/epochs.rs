@@ -26,7 +26,10 @@ pub struct InputRecord {
     pub stamped: bool,
 }
 
-pub struct EpochWriter {
+/// Writes epochs under the attempt id a test chooses (to script dead and
+/// competing attempts), independently of the crate's own
+/// `timely_kafka::epoch_writer::EpochWriter`.
+pub struct ScriptedEpochWriter {
     producer: ThreadedProducer<DefaultProducerContext>,
     pub attempt: String,
     topics: Vec<(String, i32)>,
@@ -34,8 +37,8 @@ pub struct EpochWriter {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-impl EpochWriter {
-    pub fn new(brokers: &str, attempt: &str, topics: &[(&str, i32)]) -> EpochWriter {
+impl ScriptedEpochWriter {
+    pub fn new(brokers: &str, attempt: &str, topics: &[(&str, i32)]) -> ScriptedEpochWriter {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             // One per input: tests sharing a broker do not fence each
@@ -50,7 +53,7 @@ impl EpochWriter {
         producer
             .init_transactions(TIMEOUT)
             .expect("init_transactions");
-        EpochWriter {
+        ScriptedEpochWriter {
             producer,
             attempt: attempt.to_owned(),
             topics: topics.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
