@@ -11,9 +11,9 @@
 //! (the shipped Vélib' one or the user's), by its code, else its id.
 
 use crate::counts::PostcodeCounts;
-use crate::dataflow::{postcode_counts, Epoch};
+use crate::dataflow::{postcode_counts_from_upserts, Epoch};
 use crate::directory::DirectoryEntry;
-use crate::feed::StationStatus;
+use crate::feed::{StationId, StationStatus};
 use crate::kafka::as_of::{read_as_of, read_framing};
 use crate::kafka::sink::{committed_progress, EpochProgress, KafkaSink, SinkConfig, SinkHandle};
 use crate::kafka::source::{
@@ -23,7 +23,7 @@ use crate::kafka::state::{
     read_state_share, restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
 };
 use crate::kafka::topics::{ensure_topics, TopicSpec};
-use crate::kafka::upsert::Upsert;
+use crate::kafka::upsert::{Upsert, Upserts};
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::Stream;
 
@@ -567,6 +568,18 @@ pub fn table_directory<'s>(
         .map(move |s| DirectoryEntry::placed_by_table(&table, &s))
 }
 
+/// As [`table_directory`], on upserts: each status's station placed by the
+/// table at the same time, and gone with it.
+pub fn table_directory_upserts<'s>(
+    statuses: Upserts<'s, Epoch, StationId, StationStatus>,
+    table: Arc<PostcodeTable>,
+) -> Upserts<'s, Epoch, StationId, DirectoryEntry> {
+    statuses.map(move |(id, status, time)| {
+        let entry = status.map(|s| DirectoryEntry::placed_by_table(&table, &s));
+        (id, entry, time)
+    })
+}
+
 /// The aggregator's dataflow on one worker: the sources (resumed at the
 /// committed positions, with the state restored, when `start` says so), the
 /// counts, and the sink writing output, state and progress.
@@ -595,23 +608,25 @@ fn build_dataflow<'s>(
     let restored_statuses = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
     let restored_entries = |updates, topic: &str| with_restored(updates, &restored, topic, handle);
     let mut sources = Sources::new(scope, &handle.sources).finished(finished);
-    let statuses = KafkaSource::new(source_config(&config.input_topic), StationStatusDecoder)
-        .build(&mut sources);
-    let status_keyed = restored_statuses(statuses, &config.input_topic).upsert_keyed();
-    let status_collection = status_keyed.clone().map(|(_, status)| status);
-    let mut state = state_records(&config.input_topic, status_keyed);
+    let statuses = restored_statuses(
+        KafkaSource::new(source_config(&config.input_topic), StationStatusDecoder)
+            .build(&mut sources),
+        &config.input_topic,
+    );
+    let mut state = state_records(&config.input_topic, statuses.clone().upsert_keyed());
     let directory = match &start.directory_topic {
         Some(topic) => {
-            let entries =
-                KafkaSource::new(source_config(topic), DirectoryEntryDecoder).build(&mut sources);
-            let directory_keyed = restored_entries(entries, topic).upsert_keyed();
-            state = state.concat(state_records(topic, directory_keyed.clone()));
-            directory_keyed.map(|(_, entry)| entry)
+            let entries = restored_entries(
+                KafkaSource::new(source_config(topic), DirectoryEntryDecoder).build(&mut sources),
+                topic,
+            );
+            state = state.concat(state_records(topic, entries.clone().upsert_keyed()));
+            entries
         }
-        None => table_directory(&status_collection, Arc::clone(&config.postcodes)),
+        None => table_directory_upserts(statuses.clone(), Arc::clone(&config.postcodes)),
     };
     let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
-        postcode_counts(status_collection, directory);
+        postcode_counts_from_upserts(statuses, directory);
     let mut sink = SinkConfig::new(
         config.kafka.clone(),
         config.output_topic.clone(),

@@ -70,22 +70,7 @@ impl PostcodeCounts {
     /// assert_eq!((c.bikes, c.bikes_unavailable, c.stations, c.stations_renting), (0, 10, 1, 0));
     /// ```
     pub fn of_station(status: &StationStatus) -> PostcodeCounts {
-        let rentable = status.is_rentable();
-        let types = status.bike_types.unwrap_or_default();
-        let when = |flag: bool, n: u32| if flag { i64::from(n) } else { 0 };
-        PostcodeCounts {
-            bikes: when(rentable, status.bikes_available),
-            mechanical: when(rentable, types.mechanical),
-            ebikes: when(rentable, types.ebike),
-            docks: when(
-                status.is_installed && status.is_returning,
-                status.docks_available,
-            ),
-            stations: 1,
-            stations_renting: i64::from(rentable),
-            bikes_unavailable: when(!rentable, status.bikes_available),
-            stations_inferred: 0,
-        }
+        StationCounts::of_station(status).placed(false)
     }
 
     /// Stations that are not installed or not renting.
@@ -117,6 +102,80 @@ impl PostcodeCounts {
             self.bikes_unavailable,
             self.stations_inferred,
         ]
+    }
+}
+
+/// What one station contributes, before its postcode is known: the fields
+/// of its status the counts use, and nothing else, so that the dataflow's
+/// per-station state stays small (24 bytes).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::{PostcodeCounts, StationCounts};
+/// use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
+///
+/// let status = StationStatus {
+///     station_id: StationId::Num(1), code: None, bikes_available: 3,
+///     bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
+///     docks_available: 9, is_installed: true, is_renting: true,
+///     is_returning: true, last_reported: None,
+/// };
+/// let station = StationCounts::of_station(&status);
+/// // Placed under a postcode, it is exactly the station's PostcodeCounts.
+/// assert_eq!(station.placed(false), PostcodeCounts::of_station(&status));
+/// assert_eq!(station.placed(true).stations_inferred, 1);
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct StationCounts {
+    /// Bikes a rider can take.
+    pub bikes: u32,
+    /// Mechanical bikes a rider can take.
+    pub mechanical: u32,
+    /// E-bikes a rider can take.
+    pub ebikes: u32,
+    /// Docks a rider can return a bike to.
+    pub docks: u32,
+    /// Bikes there but not available (station not installed or not renting).
+    pub bikes_unavailable: u32,
+    /// Installed and renting.
+    pub renting: bool,
+}
+
+impl StationCounts {
+    /// The counts of `status`.
+    pub fn of_station(status: &StationStatus) -> StationCounts {
+        let rentable = status.is_rentable();
+        let types = status.bike_types.unwrap_or_default();
+        let when = |flag: bool, n: u32| if flag { n } else { 0 };
+        StationCounts {
+            bikes: when(rentable, status.bikes_available),
+            mechanical: when(rentable, types.mechanical),
+            ebikes: when(rentable, types.ebike),
+            docks: when(
+                status.is_installed && status.is_returning,
+                status.docks_available,
+            ),
+            bikes_unavailable: when(!rentable, status.bikes_available),
+            renting: rentable,
+        }
+    }
+
+    /// What the station adds to its postcode's counts, its postcode
+    /// `inferred` from a neighbour or not.
+    pub fn placed(&self, inferred: bool) -> PostcodeCounts {
+        PostcodeCounts {
+            bikes: i64::from(self.bikes),
+            mechanical: i64::from(self.mechanical),
+            ebikes: i64::from(self.ebikes),
+            docks: i64::from(self.docks),
+            stations: 1,
+            stations_renting: i64::from(self.renting),
+            bikes_unavailable: i64::from(self.bikes_unavailable),
+            stations_inferred: i64::from(inferred),
+        }
     }
 }
 

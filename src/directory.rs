@@ -107,7 +107,7 @@ impl DirectoryEntry {
     pub fn placed_by_table(table: &PostcodeTable, status: &StationStatus) -> Self {
         let (postcode, postcode_source) =
             match table.lookup(status.code.as_deref(), &status.station_id) {
-                Some(postcode) => (postcode.clone(), PostcodeSource::Table),
+                Some(postcode) => (*postcode, PostcodeSource::Table),
                 None => (Postcode::unknown(), PostcodeSource::Unknown),
             };
         DirectoryEntry {
@@ -219,7 +219,7 @@ impl DirectoryResolver {
             return (pc, PostcodeSource::Feed);
         }
         match self.table.lookup(code, id) {
-            Some(pc) => (pc.clone(), PostcodeSource::Table),
+            Some(pc) => (*pc, PostcodeSource::Table),
             None => (Postcode::unknown(), PostcodeSource::Unknown),
         }
     }
@@ -238,7 +238,7 @@ fn infer_from_nearest(entries: &mut BTreeMap<StationId, DirectoryEntry>) {
                 PostcodeSource::Feed | PostcodeSource::Table
             )
         })
-        .filter_map(|e| Some((e.station_id.clone(), e.position?, e.postcode.clone())))
+        .filter_map(|e| Some((e.station_id.clone(), e.position?, e.postcode)))
         .collect();
     if known.is_empty() {
         return;
@@ -256,7 +256,7 @@ fn infer_from_nearest(entries: &mut BTreeMap<StationId, DirectoryEntry>) {
             }
         }
         if let Some((d, (from, _, postcode))) = best {
-            entry.postcode = postcode.clone();
+            entry.postcode = *postcode;
             entry.postcode_source = PostcodeSource::Inferred {
                 from: from.clone(),
                 distance_m: d.round().min(f64::from(u32::MAX)) as u32,

@@ -10,10 +10,29 @@ use std::path::Path;
 /// The key under which stations with no postcode are counted.
 pub const UNKNOWN_POSTCODE: &str = "unknown";
 
+/// The longest postcode, in bytes.
+pub const MAX_POSTCODE_BYTES: usize = 16;
+
 /// A postcode, the key of the aggregation (`"75016"`), or [`UNKNOWN_POSTCODE`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Postcode(String);
+///
+/// Held inline (at most [`MAX_POSTCODE_BYTES`] ASCII bytes, padded with
+/// zeros), so that it is `Copy` and costs no allocation: the dataflow moves
+/// one per changed station. Ordered as its text is.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::postcode::Postcode;
+///
+/// let a = Postcode::parse("75016").unwrap();
+/// let b = a; // Copy
+/// assert_eq!(a, b);
+/// assert!(Postcode::parse("7501").unwrap() < a && a < Postcode::parse("75016A").unwrap());
+/// assert_eq!(serde_json::to_string(&a)?, "\"75016\"");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Postcode([u8; MAX_POSTCODE_BYTES]);
 
 impl Postcode {
     /// Validates and normalises (trims) a postcode: 1 to 16 letters, digits,
@@ -26,35 +45,82 @@ impl Postcode {
     /// assert_eq!(Postcode::parse(" 75016 ").unwrap().as_str(), "75016");
     /// assert!(Postcode::parse("").is_none());
     /// assert!(Postcode::parse("75016\n; DROP").is_none());
+    /// assert!(Postcode::parse("12345678901234567").is_none()); // 17 bytes
     /// ```
     pub fn parse(s: &str) -> Option<Postcode> {
         let s = s.trim();
         let ok = !s.is_empty()
-            && s.len() <= 16
+            && s.len() <= MAX_POSTCODE_BYTES
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-');
-        ok.then(|| Postcode(s.to_owned()))
+        ok.then(|| Postcode::inline(s))
+    }
+
+    /// `text`, checked by the caller: ASCII, no NUL, at most 16 bytes.
+    fn inline(text: &str) -> Postcode {
+        let mut bytes = [0; MAX_POSTCODE_BYTES];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Postcode(bytes)
     }
 
     /// The `unknown` key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::postcode::Postcode;
+    /// assert_eq!(Postcode::unknown().as_str(), "unknown");
+    /// assert!(Postcode::unknown().is_unknown());
+    /// ```
     pub fn unknown() -> Postcode {
-        Postcode(UNKNOWN_POSTCODE.to_owned())
+        Postcode::inline(UNKNOWN_POSTCODE)
     }
 
     /// Whether this is the `unknown` key.
     pub fn is_unknown(&self) -> bool {
-        self.0 == UNKNOWN_POSTCODE
+        *self == Postcode::unknown()
     }
 
     /// The postcode as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        let len = self
+            .0
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(MAX_POSTCODE_BYTES);
+        // Only ASCII is ever stored (see `parse`).
+        std::str::from_utf8(&self.0[..len]).unwrap_or_default()
     }
 }
 
 impl fmt::Display for Postcode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Postcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Postcode({:?})", self.as_str())
+    }
+}
+
+impl Serialize for Postcode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Postcode {
+    /// A postcode as [`Postcode::parse`] accepts it, or `unknown`: what was
+    /// serialised (state records, dataflow exchange) comes back the same.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        if text == UNKNOWN_POSTCODE {
+            return Ok(Postcode::unknown());
+        }
+        Postcode::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a postcode")))
     }
 }
 
@@ -248,7 +314,7 @@ impl PostcodeTable {
                         })
                     }
                     _ => {
-                        map.insert(key.to_owned(), postcode.clone());
+                        map.insert(key.to_owned(), postcode);
                     }
                 }
             }

@@ -40,7 +40,7 @@ pub fn postcode_counts_from_scratch<'a>(
             .unwrap_or((&unknown, false));
         let mut counts = PostcodeCounts::of_station(status);
         counts.stations_inferred = i64::from(inferred);
-        *totals.entry(postcode.clone()).or_default() += &counts;
+        *totals.entry(*postcode).or_default() += &counts;
     }
     totals
 }

@@ -95,7 +95,7 @@ where
             let (probe, _) = postcode_counts(status_collection, directory_collection)
                 .inner
                 .exchange(|_| 0)
-                .inspect(move |update| sink.borrow_mut().push(update.clone()))
+                .inspect(move |update| sink.borrow_mut().push(*update))
                 .probe();
             (statuses, directory, probe)
         });

@@ -110,7 +110,7 @@ pub fn assert_matches_reference(
         for change in &output.changes {
             match change {
                 KeyChange::Upsert(postcode, counts) => {
-                    let old = state.insert(postcode.clone(), *counts);
+                    let old = state.insert(*postcode, *counts);
                     assert_ne!(
                         old.as_ref(),
                         Some(counts),
