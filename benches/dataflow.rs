@@ -21,8 +21,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
@@ -252,21 +252,27 @@ fn bench(c: &mut Criterion, worker: &mut timely::worker::Worker) {
         let load_start = Instant::now();
         for s in &current {
             let counts = StationCounts::of_station(s);
-            loaded.statuses.send((s.station_id.clone(), Some(counts), 0));
+            loaded
+                .statuses
+                .send((s.station_id.clone(), Some(counts), 0));
         }
         for d in &directory {
             let placement = Placement {
                 postcode: d.postcode,
                 inferred: d.postcode_source.is_inferred(),
             };
-            loaded.directory.send((d.station_id.clone(), Some(placement), 0));
+            loaded
+                .directory
+                .send((d.station_id.clone(), Some(placement), 0));
         }
         loaded.close_epoch(worker);
         let load_time = load_start.elapsed();
         // What the allocator keeps of the freed inputs is not the dataflow's.
         // SAFETY: malloc_trim only returns free memory to the system.
         unsafe { libc::malloc_trim(0) };
-        let live = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(live_before);
+        let live = LIVE_BYTES
+            .load(Ordering::Relaxed)
+            .saturating_sub(live_before);
         if let (Some(before), Some(after)) = (rss_before, resident_bytes()) {
             eprintln!(
                 "{n} stations: initial load {load_time:.2?}; the dataflow holds {:.1} MiB on the heap \

@@ -193,6 +193,18 @@ impl RecordDecoder for StationStatusDecoder {
         let Some(value) = record.value else {
             return keyed_json::<StationStatus>(record, "station status", |s| &s.station_id);
         };
+        // The producer's records: read the normalised status alone, skipping
+        // the feed's own fields without building them. Anything else (the
+        // seeds' records, a hand-written one, a broken one) takes the path
+        // below, which says what is wrong.
+        if let Ok(NormalisedRecord {
+            normalised: Some(NormalisedField {
+                status: Some(status),
+            }),
+        }) = serde_json::from_slice::<NormalisedRecord>(value)
+        {
+            return keyed_status(record, status);
+        }
         let parsed: serde_json::Value =
             serde_json::from_slice(value).map_err(|source| DecodeError::Json {
                 what: "station status",
@@ -207,12 +219,35 @@ impl RecordDecoder for StationStatusDecoder {
             }
             None => gbfs::parse_station_record(value).map_err(StationRecordError::Feed)?,
         };
-        match record.key {
-            None => Ok((status.station_id.clone(), Some(status))),
-            Some(key) => {
-                let key = agree(parse_station_key(key)?, &status.station_id)?;
-                Ok((key, Some(status)))
-            }
+        keyed_status(record, status)
+    }
+}
+
+/// A station record as the producer writes it, read for its normalised
+/// status only (serde skips the other fields).
+#[derive(serde::Deserialize)]
+struct NormalisedRecord {
+    #[serde(rename = "velib", default)]
+    normalised: Option<NormalisedField>,
+}
+
+/// See [`NORMALISED_FIELD`].
+#[derive(serde::Deserialize)]
+struct NormalisedField {
+    #[serde(default)]
+    status: Option<StationStatus>,
+}
+
+/// `status`, keyed by the record's key, which must agree with it.
+fn keyed_status(
+    record: &RawRecord<'_>,
+    status: StationStatus,
+) -> Result<(StationId, Option<StationStatus>), DecodeError> {
+    match record.key {
+        None => Ok((status.station_id.clone(), Some(status))),
+        Some(key) => {
+            let key = agree(parse_station_key(key)?, &status.station_id)?;
+            Ok((key, Some(status)))
         }
     }
 }
@@ -261,5 +296,64 @@ mod tests {
         assert!(parse_station_key(b"").is_err());
         assert!(parse_station_key(b"\xff\xfe").is_err());
         assert!(parse_station_key(&[b'x'; 300]).is_err());
+    }
+
+    fn status(bikes: u32) -> StationStatus {
+        StationStatus {
+            station_id: StationId::Num(7),
+            code: Some("16107".into()),
+            bikes_available: bikes,
+            bike_types: None,
+            docks_available: 1,
+            is_installed: true,
+            is_renting: true,
+            is_returning: true,
+            last_reported: None,
+        }
+    }
+
+    fn decode(value: &[u8]) -> Result<(StationId, Option<StationStatus>), DecodeError> {
+        let key = station_key(&StationId::Num(7));
+        StationStatusDecoder.decode(&RawRecord {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            key: Some(&key),
+            value: Some(value),
+        })
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_the_full_parse_reads() {
+        let mut fields = serde_json::Map::new();
+        fields.insert("stationCode".into(), "16107".into());
+        fields.insert(
+            "num_bikes_available_types".into(),
+            serde_json::json!([{"mechanical": 2}]),
+        );
+        let value = station_value(Some(&fields), 3, &status(4));
+        assert_eq!(
+            decode(&value).unwrap(),
+            (StationId::Num(7), Some(status(4)))
+        );
+        // Two normalised fields: the fast path refuses, the full parse keeps
+        // the last, as it always did.
+        let status = |b| serde_json::to_string(&status(b)).unwrap();
+        let twice = format!(
+            r#"{{"velib": {{"status": {}}}, "velib": {{"status": {}}}}}"#,
+            status(1),
+            status(2)
+        );
+        assert_eq!(
+            decode(twice.as_bytes()).unwrap().1.unwrap().bikes_available,
+            2
+        );
+        // A normalised field without a status is read as a feed's record.
+        let bare = br#"{"velib": {"epoch": 3}, "station_id": 7, "num_bikes_available": 5,
+            "num_docks_available": 1, "is_installed": 1, "is_renting": 1, "is_returning": 1}"#;
+        assert_eq!(decode(bare).unwrap().1.unwrap().bikes_available, 5);
+        // A broken status says so, whichever path.
+        let broken = br#"{"velib": {"status": {"station_id": 7}}}"#;
+        assert_eq!(decode(broken).unwrap_err().reason(), "invalid_json");
     }
 }
