@@ -551,7 +551,8 @@ impl AggregatorHandle {
         self.sink.records()
     }
 
-    fn error(&self) -> Option<String> {
+    /// Why the aggregator stopped, if a source or the sink failed.
+    pub fn error(&self) -> Option<String> {
         self.sources.error().or_else(|| self.sink.error())
     }
 }

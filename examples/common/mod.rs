@@ -1,6 +1,8 @@
 //! What the example binaries share: logging and flag parsing.
 #![allow(dead_code)]
 
+pub mod synthetic;
+
 use std::time::Duration;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
