@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Every run writes topics of its own (`<prefix>-<run>`, printed), so runs
-//! never read each other's epochs. The last line is JSON.
+//! never read each other's epochs. The report is one human line on stderr
+//! and one JSON line on stdout.
 
 mod common;
 
@@ -136,7 +137,6 @@ struct Timeline {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    check(&args)?;
     let kafka = args.kafka.kafka_config()?;
     let run_id = format!(
         "{}",
@@ -309,7 +309,7 @@ fn run(args: Args) -> Result<(), String> {
         .zip(timeline.committed.get(&1))
         .map(|(closed, committed)| committed.duration_since(*closed));
     let records_per_s = stats.records as f64 / elapsed.as_secs_f64();
-    println!(
+    eprintln!(
         "{} stations, {changes} changing per epoch, {} epochs, {} worker(s): {published_records} \
          records published, {} read by the aggregator in {elapsed:.2?} ({records_per_s:.0} records/s); \
          close → commit {}; the first epoch (every station) {}",
@@ -358,7 +358,13 @@ fn progress(handle: &AggregatorHandle, published: u64, start: Instant) {
 
 fn main() -> ExitCode {
     common::init_logging();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    // A flag out of range is a usage error, as clap's own are.
+    if let Err(error) = check(&args) {
+        eprintln!("velib_load: {error}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("velib_load: {error}");
