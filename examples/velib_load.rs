@@ -76,6 +76,12 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
+    /// Publish every epoch first, then start the aggregator and time how
+    /// fast it reads the backlog (what `kafka_passthrough run` measures for a
+    /// plain copy of the same topic).
+    #[arg(long, conflicts_with = "rate")]
+    catch_up: bool,
+
     /// Give up when the aggregator has committed nothing new for this long.
     #[arg(long, default_value = "120s", value_parser = common::parse_duration)]
     stall: Duration,
@@ -170,14 +176,25 @@ fn run(args: Args) -> Result<(), String> {
     config.replication = args.kafka.replication;
     config.dead_letter_topic = None;
     let handle = AggregatorHandle::default();
-    let timely = if args.workers == 1 {
-        timely::Config::thread()
-    } else {
-        timely::Config::process(args.workers)
-    };
-    let aggregator = {
+    let workers = args.workers;
+    let start_aggregator = {
         let handle = handle.clone();
-        std::thread::spawn(move || aggregator::run(timely, config, handle))
+        move || {
+            let timely = if workers == 1 {
+                timely::Config::thread()
+            } else {
+                timely::Config::process(workers)
+            };
+            (
+                Instant::now(),
+                std::thread::spawn(move || aggregator::run(timely, config, handle)),
+            )
+        }
+    };
+    let mut start_aggregator = Some(start_aggregator);
+    let mut aggregator = match args.catch_up {
+        true => None,
+        false => start_aggregator.take().map(|start| start()),
     };
 
     let timeline = Arc::new(Mutex::new(Timeline::default()));
@@ -212,6 +229,7 @@ fn run(args: Args) -> Result<(), String> {
     for epoch in 1..=args.epochs {
         // Paced, or held until the aggregator is close enough behind.
         match args.rate {
+            _ if args.catch_up => {}
             Some(rate) => {
                 let due = start + Duration::from_secs_f64((epoch - 1) as f64 / rate);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -266,6 +284,12 @@ fn run(args: Args) -> Result<(), String> {
             progress(&handle, epoch, start);
         }
     }
+    let published_in = start.elapsed();
+    if let Some(start) = start_aggregator.take() {
+        eprintln!("{} epochs published in {published_in:.2?}: the aggregator starts", args.epochs);
+        aggregator = Some(start());
+    }
+    let (aggregator_start, aggregator) = aggregator.ok_or("the aggregator never started")?;
     // The last epochs' commits.
     let deadline = Instant::now() + args.stall;
     while handle.committed() < Some(args.epochs) {
@@ -286,6 +310,7 @@ fn run(args: Args) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = start.elapsed();
+    let reading = aggregator_start.elapsed();
     let _ = watcher.join();
     let stats = handle.source_stats();
     handle.stop();
@@ -296,11 +321,13 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     let timeline = timeline.lock().map_err(|_| "the timeline's lock")?;
-    // Epoch 1 is the initial load: its latency is reported apart.
+    // Epoch 1 is the initial load: its latency is reported apart, and so
+    // are the epochs closed while it was being counted (they waited for it).
+    let loaded = timeline.committed.get(&1).copied();
     let latencies: Vec<Duration> = timeline
         .closed
         .iter()
-        .filter(|(epoch, _)| **epoch > 1)
+        .filter(|(epoch, closed)| **epoch > 1 && loaded.is_some_and(|l| **closed >= l))
         .filter_map(|(epoch, closed)| Some(timeline.committed.get(epoch)?.duration_since(*closed)))
         .collect();
     let first = timeline
@@ -308,17 +335,26 @@ fn run(args: Args) -> Result<(), String> {
         .get(&1)
         .zip(timeline.committed.get(&1))
         .map(|(closed, committed)| committed.duration_since(*closed));
-    let records_per_s = stats.records as f64 / elapsed.as_secs_f64();
+    // From the aggregator's start: with --catch-up, the backlog alone.
+    let records_per_s = stats.records as f64 / reading.as_secs_f64();
+    // A backlog's age is no latency.
+    let latencies = if args.catch_up { Vec::new() } else { latencies };
     eprintln!(
         "{} stations, {changes} changing per epoch, {} epochs, {} worker(s): {published_records} \
-         records published, {} read by the aggregator in {elapsed:.2?} ({records_per_s:.0} records/s); \
-         close → commit {}; the first epoch (every station) {}",
+         records published, {} read by the aggregator in {reading:.2?} ({records_per_s:.0} records/s), \
+         {elapsed:.2?} in all; close → commit {} ({} epochs closed after the first was committed); \
+         the first epoch (every station) {}",
         args.stations,
         args.epochs,
         args.workers,
         stats.records,
         percentiles_text(&latencies),
-        first.map_or("not seen".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)),
+        latencies.len(),
+        match (args.catch_up, first) {
+            (true, _) => "not measured (a backlog)".to_owned(),
+            (false, Some(d)) => format!("{:.1} ms", d.as_secs_f64() * 1e3),
+            (false, None) => "not seen".to_owned(),
+        },
     );
     println!(
         "{}",
@@ -330,10 +366,14 @@ fn run(args: Args) -> Result<(), String> {
             "rate": args.rate,
             "records_published": published_records,
             "records_read": stats.records,
+            "catch_up": args.catch_up,
             "seconds": elapsed.as_secs_f64(),
+            "published_seconds": published_in.as_secs_f64(),
+            "aggregator_seconds": reading.as_secs_f64(),
             "records_per_s": records_per_s,
             "close_to_commit_ms": percentiles_json(&latencies),
-            "first_epoch_ms": first.map(|d| d.as_secs_f64() * 1e3),
+            "close_to_commit_epochs": latencies.len(),
+            "first_epoch_ms": first.filter(|_| !args.catch_up).map(|d| d.as_secs_f64() * 1e3),
             "topic": status_topic,
         })
     );
