@@ -286,7 +286,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     let published_in = start.elapsed();
     if let Some(start) = start_aggregator.take() {
-        eprintln!("{} epochs published in {published_in:.2?}: the aggregator starts", args.epochs);
+        eprintln!(
+            "{} epochs published in {published_in:.2?}: the aggregator starts",
+            args.epochs
+        );
         aggregator = Some(start());
     }
     let (aggregator_start, aggregator) = aggregator.ok_or("the aggregator never started")?;
