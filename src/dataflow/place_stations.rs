@@ -264,3 +264,33 @@ where
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_order_keeps_each_stations_own_order() {
+        let stations: FxHashMap<StationId, Station> = (0..70_000u64)
+            .map(|i| (StationId::Num(i), Station::default()))
+            .collect();
+        // 3,000 upserts of 500 stations, six each, numbered in arrival order.
+        let mut upserts: Vec<(StationId, usize)> = (0..3_000)
+            .map(|n| (StationId::Num((n as u64 * 7_919) % 500 * 131), n))
+            .collect();
+        let before = upserts.clone();
+        in_table_order(&stations, &mut upserts);
+        assert_ne!(upserts, before, "a batch this large is reordered");
+        let mut sorted = upserts.clone();
+        sorted.sort();
+        let mut expected = before;
+        expected.sort();
+        assert_eq!(sorted, expected, "nothing lost or added");
+        let mut last: FxHashMap<StationId, usize> = FxHashMap::default();
+        for (id, n) in upserts {
+            if let Some(previous) = last.insert(id, n) {
+                assert!(previous < n, "a station's upserts keep their order");
+            }
+        }
+    }
+}

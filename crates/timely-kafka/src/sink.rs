@@ -712,9 +712,11 @@ where
                     });
                     while let Some(entry) = pending.first_entry() {
                         let epoch = *entry.key();
-                        let time = T::from_epoch(epoch);
-                        if updates_frontier.less_equal(&time) || reports_frontier.less_equal(&time)
-                        {
+                        // Complete once no time of it can come: the frontier
+                        // is at the next epoch's first time (an epoch may span
+                        // many times, as milliseconds of a `Duration`).
+                        let next = T::from_epoch(epoch.saturating_add(1));
+                        if updates_frontier.less_than(&next) || reports_frontier.less_than(&next) {
                             break;
                         }
                         let open = entry.remove();

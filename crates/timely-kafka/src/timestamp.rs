@@ -13,9 +13,13 @@ use std::time::Duration;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
-/// A totally ordered timely timestamp that epochs map to, one to one and in
-/// order: `from_epoch(e).epoch() == e`, and `a <= b` exactly when
-/// `from_epoch(a) <= from_epoch(b)`.
+/// A totally ordered timely timestamp that epochs map to, in order:
+/// `from_epoch(e)` is the first time of epoch `e`, `from_epoch(e).epoch() ==
+/// e`, `a <= b` exactly when `from_epoch(a) <= from_epoch(b)`, and every
+/// time `t` belongs to epoch `t.epoch()`, between `from_epoch(t.epoch())`
+/// and the next epoch's first time. An epoch may hold many times (a
+/// `Duration`'s epoch is its whole milliseconds): the sink writes it once
+/// all of them have passed.
 ///
 /// # Examples
 ///
@@ -69,6 +73,14 @@ mod tests {
             prop_assert_eq!(u64::from_epoch(a).epoch(), a);
             prop_assert_eq!(Duration::from_epoch(a).epoch(), a);
             prop_assert_eq!(a <= b, Duration::from_epoch(a) <= Duration::from_epoch(b));
+        }
+
+        #[test]
+        fn a_time_lies_within_its_epoch(nanos in any::<u64>()) {
+            let t = Duration::from_nanos(nanos);
+            let e = t.epoch();
+            prop_assert!(Duration::from_epoch(e) <= t);
+            prop_assert!(t < Duration::from_epoch(e + 1));
         }
     }
 }

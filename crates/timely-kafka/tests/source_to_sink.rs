@@ -276,3 +276,68 @@ fn epochs_reach_the_sink_once_across_a_restart_in_epoch_time() {
 fn epochs_reach_the_sink_once_across_a_restart_in_milliseconds() {
     exactly_once_with::<Duration>("millis");
 }
+
+/// An epoch of a `Duration` dataflow spans a millisecond of times: the sink
+/// writes it once, whole, even when the frontier stops inside it.
+#[test]
+fn an_epoch_of_many_times_is_written_once_and_whole() {
+    use differential_dataflow::input::Input;
+    use timely_kafka::source::SourceProgress;
+    let broker = Broker::shared();
+    let topics = Topics::new("spans");
+    topics.create(broker);
+    let kafka = KafkaConfig::new(&broker.address);
+    let config = SinkConfig::new(
+        kafka,
+        topics.output.clone(),
+        topics.transactional_id.clone(),
+    );
+    let committed = timely::execute_directly(move |worker| {
+        let written = SinkHandle::default();
+        let handle = written.clone();
+        let (mut input, probe) = worker.dataflow::<Duration, _, _>(|scope| {
+            let (input, tallies) = scope.new_collection::<(String, i64), isize>();
+            let (probe, _) = tallies
+                .kafka_sink(SourceProgress::none(scope), config, Tally, handle)
+                .probe();
+            (input, probe)
+        });
+        let ms = |micros: u64| Duration::from_micros(micros);
+        let step_to = |worker: &mut timely::worker::Worker, probe: &ProbeHandle<Duration>, t| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while probe.less_than(&t) && Instant::now() < deadline {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+        };
+        // Epoch 1's first time, then the frontier stops inside epoch 1…
+        input.advance_to(ms(1_000));
+        input.insert(("a".into(), 1));
+        input.advance_to(ms(1_500));
+        input.flush();
+        // Time for a sink to (wrongly) write epoch 1 already.
+        let until = Instant::now() + Duration::from_secs(3);
+        while written.committed().is_none() && Instant::now() < until {
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        // …and a later time of epoch 1 comes.
+        input.advance_to(ms(1_700));
+        input.insert(("b".into(), 2));
+        input.advance_to(ms(3_000));
+        input.flush();
+        step_to(worker, &probe, ms(3_000));
+        assert!(written.error().is_none(), "{:?}", written.error());
+        written.committed()
+    });
+    assert_eq!(committed, Some(1));
+    let output = broker.kcat_read(&topics.output);
+    let expected = BTreeMap::from([(1, tallies(&[("a", Some("1")), ("b", Some("2"))]))]);
+    assert_eq!(changes_by_epoch(&output), expected, "{output:#?}");
+    let progress = output
+        .iter()
+        .filter(|r| header(r, KIND_HEADER).is_some())
+        .count();
+    assert_eq!(
+        progress, 2,
+        "one progress record per partition: {output:#?}"
+    );
+}
