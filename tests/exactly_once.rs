@@ -663,13 +663,30 @@ fn the_seeds_format_resumes_from_its_state() {
         assert!(aggregator.exited().is_none(), "{}", aggregator.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = broker.kcat_read(&topics.output);
-    let first_epochs: std::collections::BTreeSet<u64> = before
-        .iter()
-        .filter_map(|r| header(r, "velib-epoch")?.parse().ok())
-        .collect();
-    let last_first = *first_epochs.last().unwrap();
     aggregator.kill();
+    // What the first run committed, whole: a commit returns before its
+    // markers are on every partition, so read until each of the output's 3
+    // partitions shows the progress of the last epoch read.
+    let epoch_of = |r: &Value| header(r, "velib-epoch")?.parse::<u64>().ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let before = broker.kcat_read(&topics.output);
+        let last = before.iter().filter_map(epoch_of).max();
+        let with_progress: std::collections::BTreeSet<_> = before
+            .iter()
+            .filter(|r| header(r, "velib-kind") == Some("progress") && epoch_of(r) == last)
+            .map(|r| r["partition"].as_i64())
+            .collect();
+        if with_progress.len() == 3 {
+            break before;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first run's output: {before:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let last_first = before.iter().filter_map(epoch_of).max().unwrap();
 
     broker.kcat_write(&topics.input, &second.concat());
     let mut aggregator = Aggregator::start_with(broker, &topics, Layout::Workers(1), &flags);
