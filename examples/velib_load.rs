@@ -82,6 +82,11 @@ struct Args {
     #[arg(long, conflicts_with = "rate")]
     catch_up: bool,
 
+    /// Run the aggregator without its state topic (a restart would read the
+    /// input again): what the state changelog costs.
+    #[arg(long)]
+    no_state: bool,
+
     /// Give up when the aggregator has committed nothing new for this long.
     #[arg(long, default_value = "120s", value_parser = common::parse_duration)]
     stall: Duration,
@@ -170,7 +175,10 @@ fn run(args: Args) -> Result<(), String> {
     config.input_topic = status_topic.clone();
     config.directory_topic = Some(directory_topic);
     config.output_topic = output_topic;
-    config.state_topic = StateTopic::BesideOutput;
+    config.state_topic = match args.no_state {
+        true => StateTopic::None,
+        false => StateTopic::BesideOutput,
+    };
     config.transactional_id = format!("velib-load-aggregator-{run_id}");
     config.create_partitions = args.kafka.create_partitions();
     config.replication = args.kafka.replication;
@@ -370,6 +378,7 @@ fn run(args: Args) -> Result<(), String> {
             "records_published": published_records,
             "records_read": stats.records,
             "catch_up": args.catch_up,
+            "state": !args.no_state,
             "seconds": elapsed.as_secs_f64(),
             "published_seconds": published_in.as_secs_f64(),
             "aggregator_seconds": reading.as_secs_f64(),
