@@ -174,9 +174,10 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
     poll.information_interval = args.information_interval;
     poll.fetch.timeout = args.timeout;
     poll.fetch.max_bytes = args.max_body_bytes;
-    if !args.stations.is_empty() {
-        poll.selection = StationSelection::only(args.stations);
-    }
+    let selection = match args.stations.is_empty() {
+        true => StationSelection::all(),
+        false => StationSelection::only(args.stations),
+    };
     let mut publish = PublisherConfig::new(kafka);
     publish.transactional_id = args
         .transactional_id
@@ -193,6 +194,7 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
     publish.replication = args.kafka.replication;
     Ok(ProducerConfig {
         poll,
+        selection,
         publish,
         resolver: DirectoryResolver::new(postcodes, !args.no_infer),
         retry_base: Duration::from_secs(1),

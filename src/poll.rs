@@ -7,101 +7,19 @@
 
 use crate::directory::DirectoryResolver;
 use crate::feed::poll::{self as feed_poll, Polled};
-use crate::fetch::{FetchConfig, FetchError};
+use crate::fetch::FetchError;
 use crate::snapshot::{Snapshot, StationSelection};
 use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use std::time::Duration;
 
 pub use crate::feed::poll::{
-    FeedLocation, DEFAULT_INTERVAL, MAX_TTL_INTERVAL, MIN_TTL_INTERVAL, VELIB_FEED,
+    FeedLocation, PollConfig, DEFAULT_INTERVAL, MAX_TTL_INTERVAL, MIN_TTL_INTERVAL, VELIB_FEED,
 };
 
 // The producer dead-letters rejected bodies as the poller kept them: the
 // record's documented size is the poller's cut.
 const _: () =
     assert!(feed_poll::MAX_REJECTED_BODY_BYTES == crate::kafka::dead_letter::MAX_DEAD_LETTER_BYTES);
-
-/// How to poll: the feed's [`PollConfig`](feed_poll::PollConfig), and the
-/// stations to keep.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use velib_dataflow::poll::{FeedLocation, PollConfig};
-/// use velib_dataflow::snapshot::StationSelection;
-///
-/// let mut config = PollConfig::new(FeedLocation::Explicit {
-///     status: "https://example.org/station_status.json".into(),
-///     information: Some("https://example.org/station_information.json".into()),
-/// });
-/// config.interval = Some(Duration::from_secs(5));
-/// config.selection = StationSelection::only(["16107", "32017"]);
-/// config.fetch.max_bytes = 4 << 20;
-/// ```
-#[derive(Clone, Debug)]
-pub struct PollConfig {
-    /// Where the feed is.
-    pub location: FeedLocation,
-    /// Poll this often, whatever the feed's `ttl` says.
-    pub interval: Option<Duration>,
-    /// Refresh station information at least this often.
-    pub information_interval: Duration,
-    /// Refresh station information when the status names a station it
-    /// lacks, but not more often than this (some feeds list stations in
-    /// their status that their information never has).
-    pub unknown_station_refresh: Duration,
-    /// The stations to keep.
-    pub selection: StationSelection,
-    /// HTTP settings.
-    pub fetch: FetchConfig,
-}
-
-impl PollConfig {
-    /// Polls `location` with the feed's defaults
-    /// ([`gbfs_feed::poll::PollConfig::new`]: the feed's `ttl` bounded to
-    /// 1–60 s, information every hour, or after a minute when a station is
-    /// unknown), every station.
-    pub fn new(location: FeedLocation) -> Self {
-        // Destructured whole, so that a field added to the feed's
-        // configuration does not compile here until it is mirrored.
-        let feed_poll::PollConfig {
-            location,
-            interval,
-            information_interval,
-            unknown_station_refresh,
-            fetch,
-        } = feed_poll::PollConfig::new(location);
-        PollConfig {
-            location,
-            interval,
-            information_interval,
-            unknown_station_refresh,
-            selection: StationSelection::all(),
-            fetch,
-        }
-    }
-
-    /// The feed's half, and the stations to keep.
-    fn into_parts(self) -> (feed_poll::PollConfig, StationSelection) {
-        let PollConfig {
-            location,
-            interval,
-            information_interval,
-            unknown_station_refresh,
-            selection,
-            fetch,
-        } = self;
-        let feed = feed_poll::PollConfig {
-            location,
-            interval,
-            information_interval,
-            unknown_station_refresh,
-            fetch,
-        };
-        (feed, selection)
-    }
-}
 
 impl SnapshotSource for FeedPoller {
     fn poll(&mut self) -> Result<PollOutcome, PollError> {
@@ -139,14 +57,35 @@ pub struct FeedPoller {
 }
 
 impl FeedPoller {
-    /// A poller that has fetched nothing yet.
+    /// A poller that has fetched nothing yet, keeping every station.
     pub fn new(config: PollConfig, resolver: DirectoryResolver) -> Result<Self, FetchError> {
-        let (feed, selection) = config.into_parts();
         Ok(FeedPoller {
-            feed: feed_poll::FeedPoller::new(feed)?,
+            feed: feed_poll::FeedPoller::new(config)?,
             resolver,
-            selection,
+            selection: StationSelection::all(),
         })
+    }
+
+    /// Keeping only the stations of `selection`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::directory::DirectoryResolver;
+    /// use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
+    /// use velib_dataflow::postcode::PostcodeTable;
+    /// use velib_dataflow::snapshot::StationSelection;
+    ///
+    /// let config = PollConfig::new(FeedLocation::Explicit {
+    ///     status: "https://example.org/station_status.json".into(), information: None,
+    /// });
+    /// let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
+    /// let poller = FeedPoller::new(config, resolver)?.selecting(StationSelection::only(["16107"]));
+    /// # Ok::<(), velib_dataflow::fetch::FetchError>(())
+    /// ```
+    pub fn selecting(mut self, selection: StationSelection) -> Self {
+        self.selection = selection;
+        self
     }
 
     /// How long to wait between polls: the explicit interval, else the

@@ -15,7 +15,7 @@ use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
 use crate::poll::{FeedLocation, FeedPoller, PollConfig};
 use crate::postcode::PostcodeTable;
-use crate::snapshot::{net_changes, EpochUpdates, SnapshotSequencer};
+use crate::snapshot::{net_changes, EpochUpdates, SnapshotSequencer, StationSelection};
 use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use crate::station_records::station_value;
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 ///
 /// let location = FeedLocation::Discover { url: VELIB_FEED.into(), language: None };
 /// let mut config = ProducerConfig::new(location, KafkaConfig::new("127.0.0.1:9092"));
-/// config.poll.selection = StationSelection::only(["16107", "32017"]);
+/// config.selection = StationSelection::only(["16107", "32017"]);
 /// config.poll.interval = Some(Duration::from_secs(5));
 /// config.publish.status_topic = "velib-projet".into();
 /// ```
@@ -44,6 +44,8 @@ use std::time::{Duration, Instant};
 pub struct ProducerConfig {
     /// What to poll, and how.
     pub poll: PollConfig,
+    /// The stations to keep.
+    pub selection: StationSelection,
     /// Where to publish.
     pub publish: PublisherConfig,
     /// How stations get their postcodes.
@@ -62,6 +64,7 @@ impl ProducerConfig {
     pub fn new(location: FeedLocation, kafka: KafkaConfig) -> Self {
         ProducerConfig {
             poll: PollConfig::new(location),
+            selection: StationSelection::all(),
             publish: PublisherConfig::new(kafka),
             resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
             retry_base: Duration::from_secs(1),
@@ -196,7 +199,8 @@ impl ProducerHandle {
 /// # Ok::<(), velib_dataflow::producer::ProducerError>(())
 /// ```
 pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), ProducerError> {
-    let poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?;
+    let poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?
+        .selecting(config.selection.clone());
     run_with_source(poller, &config, handle)
 }
 

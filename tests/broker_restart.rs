@@ -25,6 +25,7 @@ use velib_dataflow::poll::{FeedLocation, PollConfig};
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::producer::{self, ProducerConfig, ProducerError, ProducerHandle};
 use velib_dataflow::snapshot::net_changes;
+use velib_dataflow::snapshot::StationSelection;
 
 const STATUS: &str = "velib-projet";
 const DIRECTORY: &str = "velib-directory";
@@ -74,6 +75,7 @@ fn producer_config(broker: &str, feed: String) -> ProducerConfig {
     publish.transactional_id = "test-producer-broker-restart".to_owned();
     ProducerConfig {
         poll,
+        selection: StationSelection::all(),
         publish,
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(50),

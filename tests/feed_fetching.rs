@@ -207,8 +207,9 @@ fn a_status_url_given_as_the_feed_is_polled_and_a_selection_keeps_its_stations()
         language: None,
     });
     config.fetch = quick();
-    config.selection = StationSelection::only(["16107", "32017"]);
-    let mut poller = FeedPoller::new(config, resolver()).unwrap();
+    let mut poller = FeedPoller::new(config, resolver())
+        .unwrap()
+        .selecting(StationSelection::only(["16107", "32017"]));
     let polled = snapshot(poller.poll());
     let codes: Vec<_> = polled
         .snapshot

@@ -24,7 +24,7 @@ use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::poll::{FeedLocation, PollConfig};
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::producer::{run, ProducerConfig, ProducerError, ProducerHandle};
-use velib_dataflow::snapshot::net_changes;
+use velib_dataflow::snapshot::{net_changes, StationSelection};
 
 fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> ProducerConfig {
     let mut poll = PollConfig::new(FeedLocation::Discover {
@@ -44,6 +44,7 @@ fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> 
     publish.transactional_id = format!("test-producer-{topic}");
     ProducerConfig {
         poll,
+        selection: StationSelection::all(),
         publish,
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(50),
@@ -529,7 +530,7 @@ fn an_unreachable_feed_is_reported_and_retried_until_stopped() {
 #[test]
 fn oslo_series_through_discovery_publishes_exactly_each_change() {
     use velib_dataflow::feed::{gbfs, payload};
-    use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer, StationSelection};
+    use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
 
     let broker = Broker::start();
     let server = FeedServer::start();

@@ -19,6 +19,7 @@ use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::poll::{FeedLocation, PollConfig};
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
+use velib_dataflow::snapshot::StationSelection;
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -62,6 +63,7 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
     publish.timeout = Duration::from_secs(10);
     let config = ProducerConfig {
         poll,
+        selection: StationSelection::all(),
         publish,
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(100),
@@ -176,6 +178,7 @@ impl MockRun {
         publish.timeout = timeout;
         let config = ProducerConfig {
             poll,
+            selection: StationSelection::all(),
             publish,
             resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
             retry_base: Duration::from_millis(100),

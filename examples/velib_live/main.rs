@@ -180,11 +180,11 @@ fn live(args: Args) -> Result<(), String> {
         language: None,
     });
     poll.interval = args.interval;
-    poll.selection = selection.clone();
     let mut publish = PublisherConfig::new(kafka.clone());
     publish.create_partitions = create;
     let producer_config = ProducerConfig {
         poll,
+        selection: selection.clone(),
         publish,
         resolver: resolver.clone(),
         retry_base: Duration::from_secs(1),
