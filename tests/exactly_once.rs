@@ -263,9 +263,10 @@ fn killed_run(
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        // An epoch takes some 20 ms here: most kills land mid-batch, many
-        // mid-transaction.
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..80)));
+        // An epoch takes a few ms here (debug build): most kills land
+        // mid-batch, many mid-transaction. A longer pause would let the
+        // batch finish first.
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
         committed = aggregator.kill();
         println!("{layout:?}, round {round}: killed after epoch {committed:?}");
     }
