@@ -37,6 +37,12 @@ use velib_dataflow::kafka::publish::{
 use velib_dataflow::postcode::Postcode;
 use velib_dataflow::station_records::parse_station_key;
 
+/// The aggregator buffers a whole epoch (the first one is every station)
+/// and frees it once written: mimalloc reuses those pages where glibc's
+/// malloc returns them to the system and zeroes fresh ones each epoch.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Synthetic load through producer, broker and aggregator.
 #[derive(Parser, Debug)]
 #[command(version, about)]

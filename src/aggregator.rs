@@ -20,10 +20,10 @@ use crate::kafka::source::{
     written_as_far_as_read, Framing, KafkaSource, SourceConfig, SourceHandle, SourceStats, Sources,
 };
 use crate::kafka::state::{
-    read_state_share, restore_state, restored_upserts, state_records, RestoreConfig, StateRecord,
+    read_state_share, restore_state, restored_upserts, Changelog, RestoreConfig, StateRecord,
 };
 use crate::kafka::topics::{ensure_topics, TopicSpec};
-use crate::kafka::upsert::{Upsert, Upserts};
+use crate::kafka::upsert::Upserts;
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
 use crate::postcode::{Postcode, PostcodeTable};
@@ -614,14 +614,14 @@ fn build_dataflow<'s>(
             .build(&mut sources),
         &config.input_topic,
     );
-    let mut state = state_records(&config.input_topic, statuses.clone().upsert_keyed());
+    let mut state = statuses.clone().state_changes(&config.input_topic);
     let directory = match &start.directory_topic {
         Some(topic) => {
             let entries = restored_entries(
                 KafkaSource::new(source_config(topic), DirectoryEntryDecoder).build(&mut sources),
                 topic,
             );
-            state = state.concat(state_records(topic, entries.clone().upsert_keyed()));
+            state = state.concat(entries.clone().state_changes(topic));
             entries
         }
         None => table_directory_upserts(statuses.clone(), Arc::clone(&config.postcodes)),

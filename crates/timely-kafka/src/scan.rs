@@ -259,15 +259,37 @@ pub fn watermarks(
             "creating a consumer to read the ends of {topic}"
         )))?;
     let partitions = super::topics::partition_count(consumer.client(), topic, timeout)?;
+    let deadline = Instant::now() + timeout;
     (0..partitions)
-        .map(|partition| {
-            consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(KafkaError::client(format!(
-                    "reading the ends of {topic}[{partition}]"
-                )))
+        .map(|partition| loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.fetch_watermarks(topic, partition, left) {
+                // A partition created a moment ago is listed before its
+                // leader serves it: asked too soon, the broker says it
+                // leads nothing yet.
+                Err(e) if leader_moving(&e) && !left.is_zero() => {
+                    std::thread::sleep(Duration::from_millis(50).min(left));
+                }
+                result => {
+                    break result.map_err(KafkaError::client(format!(
+                        "reading the ends of {topic}[{partition}]"
+                    )))
+                }
+            }
         })
         .collect()
+}
+
+/// Whether `error` says a partition's leader is not (yet) where asked: worth
+/// asking again.
+fn leader_moving(error: &RdKafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{
+        LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition,
+    };
+    matches!(
+        error.rdkafka_error_code(),
+        Some(LeaderNotAvailable | NotLeaderForPartition | UnknownTopicOrPartition)
+    )
 }
 
 /// The last record of each of `topic`'s partitions that `pick` turns into a

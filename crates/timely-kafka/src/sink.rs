@@ -19,7 +19,7 @@
 use super::dead_letter::DeadLetter;
 use super::protocol::{Epoch, EpochTime};
 use super::source::{SourcePosition, SourceProgress};
-use super::state::{count_keys, no_state, state_partition, StateRecord, StateSummary};
+use super::state::{count_keys, no_state, StateChange, StateChanges, StateSummary};
 use super::timestamp::EpochTimestamp;
 use super::transaction::{is_fatal, owned_headers, TransactionalProducer};
 use super::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
@@ -29,7 +29,7 @@ use differential_dataflow::VecCollection;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
@@ -541,7 +541,7 @@ pub trait KafkaSink<'s, T: EpochTimestamp, K, V> {
     /// use differential_dataflow::input::Input;
     /// use timely_kafka::sink::{EpochProgress, KafkaSink, RecordEncoder, SinkConfig, SinkHandle};
     /// use timely_kafka::source::SourceProgress;
-    /// use timely_kafka::state::state_records;
+    /// use timely_kafka::state::Changelog;
     /// use timely_kafka::KafkaConfig;
     ///
     /// struct Text;
@@ -556,7 +556,7 @@ pub trait KafkaSink<'s, T: EpochTimestamp, K, V> {
     ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
     ///         let (input, counts) = scope.new_collection::<(String, i64), isize>();
     ///         // Here the state is the output itself; usually it is the inputs' upserts.
-    ///         let state = state_records("counts", counts.clone());
+    ///         let state = counts.clone().state_changes("counts");
     ///         counts.kafka_sink_with_state(state, SourceProgress::none(scope), config, Text, SinkHandle::default());
     ///         input
     ///     });
@@ -565,7 +565,7 @@ pub trait KafkaSink<'s, T: EpochTimestamp, K, V> {
     /// ```
     fn kafka_sink_with_state<E: RecordEncoder<K, V>>(
         self,
-        state: VecCollection<'s, T, StateRecord>,
+        state: StateChanges<'s, T>,
         progress: SourceProgress<'s, T>,
         config: SinkConfig,
         encoder: E,
@@ -592,7 +592,7 @@ where
 
     fn kafka_sink_with_state<E: RecordEncoder<K, V>>(
         self,
-        state: VecCollection<'s, T, StateRecord>,
+        state: StateChanges<'s, T>,
         progress: SourceProgress<'s, T>,
         config: SinkConfig,
         encoder: E,
@@ -605,7 +605,7 @@ where
 /// The sink's operator, on worker 0.
 fn write_epochs<'s, T, K, V, E>(
     collection: VecCollection<'s, T, (K, V)>,
-    state: VecCollection<'s, T, StateRecord>,
+    state: StateChanges<'s, T>,
     progress: SourceProgress<'s, T>,
     config: SinkConfig,
     encoder: E,
@@ -622,27 +622,11 @@ where
         dead_letters,
     } = progress;
     let writer_worker = collection.inner.scope().index() == 0;
-    let dead_letters = dead_letters
-        .unary::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
-            Pipeline,
-            "DeadLetterRows",
-            |_capability, _info| {
-                |input, output| {
-                    input.for_each(|capability, letters| {
-                        let time = *capability.time();
-                        output.session(&capability).give_iterator(
-                            letters
-                                .drain(..)
-                                .map(|letter| (SinkRow::DeadLetter(letter), time, 1)),
-                        );
-                    });
-                }
-            },
-        )
-        .as_collection();
+    let dead_letters = as_rows(dead_letters, "DeadLetterRows", SinkRow::DeadLetter);
+    let state = as_rows(state, "StateRows", SinkRow::State);
     let rows = collection
         .map(|(k, v)| SinkRow::Output(k, v))
-        .concat(state.map(|(k, v)| SinkRow::State(k, v)))
+        .concat(state)
         .concat(dead_letters);
     let resumed = config.resume.as_ref().map(|r| r.epoch);
     if let (Some(epoch), Ok(mut s)) = (resumed, handle.state.lock()) {
@@ -671,7 +655,7 @@ where
                 // Resumed without a state topic (written by a sink without
                 // one): the skipped epochs' state is written with the first
                 // epoch written, so that the state topic holds it all.
-                let mut carried = Vec::new();
+                let mut carried: HashMap<Vec<u8>, StateChange> = HashMap::new();
                 let carry = config.state_topic.is_some()
                     && config.resume.as_ref().is_some_and(|r| r.state.is_none());
                 if let Some(w) = &writer {
@@ -697,7 +681,7 @@ where
                                 .or_insert_with(|| OpenEpoch::new(capability.delayed(&time, 0)));
                             match row {
                                 SinkRow::Output(k, v) => open.updates.push(((k, v), diff)),
-                                SinkRow::State(k, v) => open.state.push(((k, v), diff)),
+                                SinkRow::State(change) => open.state.push(change),
                                 SinkRow::DeadLetter(letter) => open.dead_letters.push(letter),
                             }
                         }
@@ -725,8 +709,9 @@ where
                             if carry {
                                 // Kept consolidated: as large as the state,
                                 // not as the skipped history.
-                                carried.extend(open.state);
-                                differential_dataflow::consolidation::consolidate(&mut carried);
+                                for change in open.state {
+                                    carry_change(&mut carried, change);
+                                }
                             }
                             output.session(&open.capability).give(epoch);
                             continue;
@@ -737,16 +722,21 @@ where
                         }
                         let Some(w) = writer.as_mut() else { continue };
                         progress.advance(epoch, &open.positions);
-                        let mut state = std::mem::take(&mut carried);
-                        state.extend(open.state);
+                        let state = if carried.is_empty() {
+                            open.state
+                        } else {
+                            for change in open.state {
+                                carry_change(&mut carried, change);
+                            }
+                            std::mem::take(&mut carried).into_values().collect()
+                        };
                         if let Some(summary) = progress.state.as_mut() {
                             count_keys(summary, &state);
                         }
                         let changes = key_changes(open.updates);
-                        let state_changes = key_changes(state);
                         let epoch_records = EpochRecords {
                             changes: &changes,
-                            state: &state_changes,
+                            state: &state,
                             dead_letters: &open.dead_letters,
                         };
                         match w.write_epoch(&config, &encoder, &epoch_records, &progress) {
@@ -776,12 +766,53 @@ where
         )
 }
 
+/// A stream's records as rows of the sink's input, each at its message's
+/// time.
+fn as_rows<'s, T, D, K, V>(
+    stream: Stream<'s, T, Vec<D>>,
+    name: &str,
+    row: impl Fn(D) -> SinkRow<K, V> + 'static,
+) -> VecCollection<'s, T, SinkRow<K, V>>
+where
+    T: EpochTimestamp,
+    D: Clone + 'static,
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+{
+    stream
+        .unary::<CapacityContainerBuilder<Vec<_>>, _, _, _>(Pipeline, name, |_, _| {
+            move |input, output| {
+                input.for_each(|capability, records| {
+                    let time = *capability.time();
+                    output
+                        .session(&capability)
+                        .give_iterator(records.drain(..).map(|r| (row(r), time, 1)));
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Adds `change` to the changes carried over skipped epochs: one per key.
+fn carry_change(carried: &mut HashMap<Vec<u8>, StateChange>, change: StateChange) {
+    match carried.remove(change.key()) {
+        Some(earlier) => {
+            if let Some(both) = earlier.then(change) {
+                carried.insert(both.key().to_vec(), both);
+            }
+        }
+        None => {
+            carried.insert(change.key().to_vec(), change);
+        }
+    }
+}
+
 /// What the sink's operator receives: a row of the output collection, or a
 /// state record.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum SinkRow<K, V> {
     Output(K, V),
-    State(Vec<u8>, Vec<u8>),
+    State(StateChange),
     DeadLetter(DeadLetter),
 }
 
@@ -823,7 +854,7 @@ pub fn committed_progress(
 struct OpenEpoch<T: EpochTimestamp, K, V> {
     capability: Capability<T>,
     updates: Vec<((K, V), isize)>,
-    state: Vec<(StateRecord, isize)>,
+    state: Vec<StateChange>,
     positions: Vec<SourcePosition>,
     dead_letters: Vec<DeadLetter>,
 }
@@ -845,7 +876,7 @@ struct EpochRecords<'a, K, V> {
     /// The output's changed keys.
     changes: &'a [KeyChange<K, V>],
     /// The state's changed keys.
-    state: &'a [KeyChange<Vec<u8>, Vec<u8>>],
+    state: &'a [StateChange],
     /// The records the sources could not read.
     dead_letters: &'a [DeadLetter],
 }
@@ -992,16 +1023,12 @@ impl Writer {
         }
         if let Some(topic) = &config.state_topic {
             for change in records.state {
-                let (key, value) = match change {
-                    KeyChange::Upsert(k, v) => (k, Some(v)),
-                    KeyChange::Delete(k) => (k, None),
-                };
                 let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                    .partition(state_partition(key, self.state_partitions))
-                    .key(&key[..])
+                    .partition(change.partition(self.state_partitions))
+                    .key(change.key())
                     .headers(owned_headers(&epoch_header));
-                if let Some(value) = value {
-                    record = record.payload(&value[..]);
+                if let Some(value) = change.value() {
+                    record = record.payload(value);
                 }
                 self.producer.send(record)?;
             }

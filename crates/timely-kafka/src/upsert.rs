@@ -90,8 +90,8 @@ pub trait Upsert<'s, T: Timestamp, K, V> {
     fn upsert(self) -> VecCollection<'s, T, V>;
 
     /// As [`Upsert::upsert`], keeping each value's key: the collection of
-    /// `(key, value)` pairs, one per key, which is what a state changelog
-    /// records ([`crate::state::state_records`]).
+    /// `(key, value)` pairs, one per key. (A state changelog needs no such
+    /// copy: [`crate::state::Changelog::state_changes`] reads the upserts.)
     ///
     /// # Examples
     ///
@@ -126,50 +126,67 @@ where
     }
 
     fn upsert_keyed(self) -> VecCollection<'s, T, (K, V)> {
-        let upserts = self;
-        upserts
-            .unary_frontier::<CapacityContainerBuilder<Vec<((K, V), T, isize)>>, _, _, _>(
-                Exchange::new(|(key, _, _): &(K, Option<V>, T)| key.hashed()),
-                "Upsert",
-                |_capability, _info| {
-                    let mut current: HashMap<K, V> = HashMap::new();
-                    let mut pending: BTreeMap<T, Pending<T, K, V>> = BTreeMap::new();
-                    move |(input, frontier), output| {
-                        input.for_each(|capability, data| {
-                            for (key, value, time) in data.drain(..) {
-                                pending
-                                    .entry(time.clone())
-                                    .or_insert_with(|| {
-                                        (capability.delayed(&time, 0), HashMap::new())
-                                    })
-                                    .1
-                                    .insert(key, value);
-                            }
-                        });
-                        while let Some(entry) = pending.first_entry() {
-                            let time = entry.key().clone();
-                            if frontier.less_equal(&time) {
-                                break;
-                            }
-                            let (capability, upserts) = entry.remove();
-                            let mut session = output.session(&capability);
-                            for (key, value) in upserts {
-                                let old = match &value {
-                                    Some(new) if current.get(&key) == Some(new) => continue,
-                                    Some(new) => current.insert(key.clone(), new.clone()),
-                                    None => current.remove(&key),
-                                };
-                                if let Some(old) = old {
-                                    session.give(((key.clone(), old), time.clone(), -1));
-                                }
-                                if let Some(new) = value {
-                                    session.give(((key, new), time.clone(), 1));
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-            .as_collection()
+        let mut current: HashMap<K, V> = HashMap::new();
+        settled_upserts(self, "Upsert", move |time, upserts, updates| {
+            for (key, value) in upserts {
+                let old = match &value {
+                    Some(new) if current.get(&key) == Some(new) => continue,
+                    Some(new) => current.insert(key.clone(), new.clone()),
+                    None => current.remove(&key),
+                };
+                if let Some(old) = old {
+                    updates.push(((key.clone(), old), time.clone(), -1));
+                }
+                if let Some(new) = value {
+                    updates.push(((key, new), time.clone(), 1));
+                }
+            }
+        })
+        .as_collection()
     }
+}
+
+/// Gives `settle` each time's upserts (the last of each key) once the
+/// frontier has passed that time, in time order, with keys spread over
+/// workers by hash: what every reader of upserts shares. What `settle`
+/// pushes is given at that time.
+pub(crate) fn settled_upserts<'s, T, K, V, D>(
+    upserts: Upserts<'s, T, K, V>,
+    name: &str,
+    mut settle: impl FnMut(&T, HashMap<K, Option<V>>, &mut Vec<D>) + 'static,
+) -> Stream<'s, T, Vec<D>>
+where
+    T: Timestamp + TotalOrder,
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+    D: Clone + 'static,
+{
+    upserts.unary_frontier::<CapacityContainerBuilder<Vec<D>>, _, _, _>(
+        Exchange::new(|(key, _, _): &(K, Option<V>, T)| key.hashed()),
+        name,
+        |_capability, _info| {
+            let mut pending: BTreeMap<T, Pending<T, K, V>> = BTreeMap::new();
+            let mut settled = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each(|capability, data| {
+                    for (key, value, time) in data.drain(..) {
+                        pending
+                            .entry(time.clone())
+                            .or_insert_with(|| (capability.delayed(&time, 0), HashMap::new()))
+                            .1
+                            .insert(key, value);
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let time = entry.key().clone();
+                    if frontier.less_equal(&time) {
+                        break;
+                    }
+                    let (capability, upserts) = entry.remove();
+                    settle(&time, upserts, &mut settled);
+                    output.session(&capability).give_iterator(settled.drain(..));
+                }
+            }
+        },
+    )
 }

@@ -26,7 +26,7 @@ use timely_kafka::sink::{committed_progress, EpochProgress, KafkaSink, RecordEnc
 use timely_kafka::sink::{SinkConfig, SinkHandle};
 use timely_kafka::source::{KafkaSource, SourceConfig, SourceHandle, Sources};
 use timely_kafka::state::RestoreConfig;
-use timely_kafka::state::{read_state_share, restore_state, restored_upserts, state_records};
+use timely_kafka::state::{read_state_share, restore_state, restored_upserts, Changelog};
 use timely_kafka::timestamp::EpochTimestamp;
 use timely_kafka::upsert::Upsert;
 use timely_kafka::{DecodeError, KafkaConfig, EPOCH_HEADER, KIND_HEADER};
@@ -154,7 +154,7 @@ fn run_until<T: EpochTimestamp + Refines<()>>(
                     upserts.concat(restored_upserts(restored, &input, move |e| failed.fail(e)));
             }
             let tallies = upserts.upsert_keyed();
-            let state = state_records(&input, tallies.clone());
+            let state = tallies.clone().state_changes(&input);
             tallies
                 .kafka_sink_with_state(state, inputs.progress(), config, Tally, handle)
                 .probe_with(&finished);
