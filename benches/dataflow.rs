@@ -16,17 +16,24 @@
 //! recomputes every postcode from flat arrays of the status fields (the
 //! honest baseline: what a vectorised batch job does per snapshot); each
 //! `naive_full_recompute` runs the crate's reference
-//! (`reference::postcode_counts_from_scratch`). Resident memory per station
-//! and the initial load's time are printed to stderr.
+//! (`reference::postcode_counts_from_scratch`). Each
+//! `dense_in_place_floor` iteration applies the same number of changes as
+//! an epoch, with no dataflow at all: each changed station's slot in a
+//! dense array is read and rewritten and its postcode's totals adjusted.
+//! That is the least work any incremental engine does per change (one
+//! random memory access per station), the floor that incremental times are
+//! bounded by. Resident memory per station and the initial load's time are
+//! printed to stderr.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use differential_dataflow::difference::Abelian;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
-use velib_dataflow::counts::StationCounts;
+use velib_dataflow::counts::{PostcodeCounts, StationCounts};
 use velib_dataflow::dataflow::{place_stations, postcode_totals, Epoch, Placement};
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
 use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
@@ -172,10 +179,11 @@ impl FlatNetwork {
         self.returning[i] = s.is_returning;
     }
 
-    /// Every postcode's eight counts, from every station.
-    fn recompute(&self, totals: &mut Vec<[i64; 8]>) {
+    /// Every postcode's counts (as many as `PostcodeCounts` has), from every
+    /// station.
+    fn recompute(&self, totals: &mut Vec<[i64; 11]>) {
         totals.clear();
-        totals.resize(self.postcodes, [0; 8]);
+        totals.resize(self.postcodes, [0; 11]);
         for i in 0..self.postcode.len() {
             let rentable = i64::from(self.installed[i] && self.renting[i]);
             let returnable = i64::from(self.installed[i] && self.returning[i]);
@@ -188,6 +196,47 @@ impl FlatNetwork {
             t[4] += 1;
             t[5] += rentable;
             t[6] += (1 - rentable) * bikes;
+            let docks = i64::from(self.docks[i]);
+            t[8] += rentable * i64::from(bikes == 0);
+            t[9] += returnable * i64::from(docks == 0);
+            t[10] += rentable * docks;
+        }
+    }
+}
+
+/// Each station's counts in a dense array, indexed as the station, and the
+/// postcode totals they add up to: incremental maintenance with nothing but
+/// the memory it must touch.
+struct DenseInPlace {
+    stations: Vec<(u32, StationCounts)>,
+    totals: Vec<PostcodeCounts>,
+}
+
+impl DenseInPlace {
+    fn new(statuses: &[StationStatus]) -> Self {
+        let mut dense = DenseInPlace {
+            stations: Vec::with_capacity(statuses.len()),
+            totals: vec![PostcodeCounts::default(); statuses.len().div_ceil(STATIONS_PER_POSTCODE)],
+        };
+        for (i, s) in statuses.iter().enumerate() {
+            let postcode = (i / STATIONS_PER_POSTCODE) as u32;
+            let counts = StationCounts::of_station(s);
+            dense.totals[postcode as usize] += &counts.placed(false);
+            dense.stations.push((postcode, counts));
+        }
+        dense
+    }
+
+    /// Replaces each changed station's counts, moving its postcode's totals.
+    fn apply(&mut self, changes: &[(usize, StationCounts)]) {
+        for (i, new) in changes {
+            let (postcode, old) = &mut self.stations[*i];
+            let mut before = old.placed(false);
+            before.negate();
+            let total = &mut self.totals[*postcode as usize];
+            *total += &before;
+            *total += &new.placed(false);
+            *old = *new;
         }
     }
 }
@@ -310,6 +359,28 @@ fn bench(c: &mut Criterion, worker: &mut timely::worker::Worker) {
                 elapsed
             })
         });
+
+        let mut dense = DenseInPlace::new(&current);
+        let mut floor_rng = Lcg(11);
+        group.bench_with_input(BenchmarkId::new("dense_in_place_floor", &id), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let changes: Vec<(usize, StationCounts)> = (0..changes)
+                        .map(|_| {
+                            let i = floor_rng.below(n as u64) as usize;
+                            (i, StationCounts::of_station(&status(i, &mut floor_rng)))
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    dense.apply(black_box(&changes));
+                    elapsed += start.elapsed();
+                }
+                black_box(&dense.totals);
+                elapsed
+            })
+        });
+        drop(dense);
 
         let mut totals = Vec::new();
         group.bench_with_input(BenchmarkId::new("flat_full_recompute", &id), &n, |b, _| {

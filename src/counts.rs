@@ -49,6 +49,15 @@ pub struct PostcodeCounts {
     pub bikes_unavailable: i64,
     /// Stations whose postcode was inferred from a neighbour.
     pub stations_inferred: i64,
+    /// Stations installed and renting with no bike to take: a rider finds
+    /// nothing there.
+    pub stations_empty: i64,
+    /// Stations installed and returning with no free dock: a rider cannot
+    /// return a bike there.
+    pub stations_full: i64,
+    /// Docks free at stations installed and renting: with [`Self::bikes`],
+    /// the denominator of [`Self::occupancy`].
+    pub docks_renting: i64,
 }
 
 impl PostcodeCounts {
@@ -78,7 +87,24 @@ impl PostcodeCounts {
         self.stations - self.stations_renting
     }
 
-    fn fields_mut(&mut self) -> [&mut i64; 8] {
+    /// How full the renting stations are: bikes over bikes and free docks,
+    /// at stations installed and renting; `None` when they hold neither.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::counts::PostcodeCounts;
+    ///
+    /// let counts = PostcodeCounts { bikes: 5, docks_renting: 15, ..Default::default() };
+    /// assert_eq!(counts.occupancy(), Some(0.25));
+    /// assert_eq!(PostcodeCounts::default().occupancy(), None);
+    /// ```
+    pub fn occupancy(&self) -> Option<f64> {
+        let places = self.bikes + self.docks_renting;
+        (places > 0).then(|| self.bikes as f64 / places as f64)
+    }
+
+    fn fields_mut(&mut self) -> [&mut i64; 11] {
         [
             &mut self.bikes,
             &mut self.mechanical,
@@ -88,10 +114,13 @@ impl PostcodeCounts {
             &mut self.stations_renting,
             &mut self.bikes_unavailable,
             &mut self.stations_inferred,
+            &mut self.stations_empty,
+            &mut self.stations_full,
+            &mut self.docks_renting,
         ]
     }
 
-    fn fields(&self) -> [i64; 8] {
+    fn fields(&self) -> [i64; 11] {
         [
             self.bikes,
             self.mechanical,
@@ -101,13 +130,16 @@ impl PostcodeCounts {
             self.stations_renting,
             self.bikes_unavailable,
             self.stations_inferred,
+            self.stations_empty,
+            self.stations_full,
+            self.docks_renting,
         ]
     }
 }
 
 /// What one station contributes, before its postcode is known: the fields
-/// of its status the counts use, and nothing else, so that the dataflow's
-/// per-station state stays small (24 bytes).
+/// of its status the counts use, as the feed gives them, and nothing else,
+/// so that the dataflow's per-station state stays small (20 bytes).
 ///
 /// # Examples
 ///
@@ -130,51 +162,51 @@ impl PostcodeCounts {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct StationCounts {
-    /// Bikes a rider can take.
-    pub bikes: u32,
-    /// Mechanical bikes a rider can take.
+    /// Bikes at the station (`num_bikes_available`), whatever its flags.
+    pub bikes_available: u32,
+    /// Of which mechanical, when the feed types them.
     pub mechanical: u32,
-    /// E-bikes a rider can take.
+    /// Of which e-bikes, when the feed types them.
     pub ebikes: u32,
-    /// Docks a rider can return a bike to.
-    pub docks: u32,
-    /// Bikes there but not available (station not installed or not renting).
-    pub bikes_unavailable: u32,
-    /// Installed and renting.
+    /// Docks free (`num_docks_available`), whatever its flags.
+    pub docks_available: u32,
+    /// Installed and renting: a rider can take its bikes.
     pub renting: bool,
+    /// Installed and returning: a rider can return a bike to its docks.
+    pub returning: bool,
 }
 
 impl StationCounts {
     /// The counts of `status`.
     pub fn of_station(status: &StationStatus) -> StationCounts {
-        let rentable = status.is_rentable();
         let types = status.bike_types.unwrap_or_default();
-        let when = |flag: bool, n: u32| if flag { n } else { 0 };
         StationCounts {
-            bikes: when(rentable, status.bikes_available),
-            mechanical: when(rentable, types.mechanical),
-            ebikes: when(rentable, types.ebike),
-            docks: when(
-                status.is_installed && status.is_returning,
-                status.docks_available,
-            ),
-            bikes_unavailable: when(!rentable, status.bikes_available),
-            renting: rentable,
+            bikes_available: status.bikes_available,
+            mechanical: types.mechanical,
+            ebikes: types.ebike,
+            docks_available: status.docks_available,
+            renting: status.is_rentable(),
+            returning: status.is_installed && status.is_returning,
         }
     }
 
     /// What the station adds to its postcode's counts, its postcode
-    /// `inferred` from a neighbour or not.
+    /// `inferred` from a neighbour or not: bikes only where a rider can take
+    /// them, docks only where a rider can return one.
     pub fn placed(&self, inferred: bool) -> PostcodeCounts {
+        let rider_can = |yes: bool, n: u32| if yes { i64::from(n) } else { 0 };
         PostcodeCounts {
-            bikes: i64::from(self.bikes),
-            mechanical: i64::from(self.mechanical),
-            ebikes: i64::from(self.ebikes),
-            docks: i64::from(self.docks),
+            bikes: rider_can(self.renting, self.bikes_available),
+            mechanical: rider_can(self.renting, self.mechanical),
+            ebikes: rider_can(self.renting, self.ebikes),
+            docks: rider_can(self.returning, self.docks_available),
             stations: 1,
             stations_renting: i64::from(self.renting),
-            bikes_unavailable: i64::from(self.bikes_unavailable),
+            bikes_unavailable: rider_can(!self.renting, self.bikes_available),
             stations_inferred: i64::from(inferred),
+            stations_empty: i64::from(self.renting && self.bikes_available == 0),
+            stations_full: i64::from(self.returning && self.docks_available == 0),
+            docks_renting: rider_can(self.renting, self.docks_available),
         }
     }
 }

@@ -25,8 +25,16 @@ use serde::{Deserialize, Serialize};
 /// let record = PostcodeRecord::new(&Postcode::parse("75016").unwrap(), &counts, 3, 1732004538);
 /// let json = serde_json::to_string(&record).unwrap();
 /// assert!(json.starts_with(r#"{"postcode":"75016","nbr_total":12,"nbr_meca":7,"nbr_elec":5,"#));
+///
+/// // A record written before `nbr_stations_empty`, `nbr_stations_full` and
+/// // `occupancy` existed still reads.
+/// let old = r#"{"postcode":"75016","nbr_total":12,"nbr_meca":7,"nbr_elec":5,"nbr_docks":3,
+///   "nbr_stations":2,"nbr_stations_renting":2,"nbr_stations_not_renting":0,
+///   "nbr_bikes_unavailable":0,"nbr_stations_inferred":0,"epoch":3,"feed_time":1732004538}"#;
+/// let old: PostcodeRecord = serde_json::from_str(old).unwrap();
+/// assert_eq!((old.nbr_stations_empty, old.occupancy), (0, None));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PostcodeRecord {
     /// The postcode, or `unknown`.
     pub postcode: String,
@@ -48,6 +56,19 @@ pub struct PostcodeRecord {
     pub nbr_bikes_unavailable: i64,
     /// Stations whose postcode was inferred from the nearest station.
     pub nbr_stations_inferred: i64,
+    /// Stations installed and renting with no bike available (0 in a
+    /// record written before the field existed).
+    #[serde(default)]
+    pub nbr_stations_empty: i64,
+    /// Stations installed and returning with no dock free (0 in a record
+    /// written before the field existed).
+    #[serde(default)]
+    pub nbr_stations_full: i64,
+    /// Bikes over bikes and free docks at stations installed and renting,
+    /// to three decimals; `null` when they hold neither (and in a record
+    /// written before the field existed).
+    #[serde(default)]
+    pub occupancy: Option<f64>,
     /// The epoch of this value.
     pub epoch: Epoch,
     /// The feed's time of the snapshot, in seconds since the Unix epoch.
@@ -73,6 +94,9 @@ impl PostcodeRecord {
             nbr_stations_not_renting: counts.stations_not_renting(),
             nbr_bikes_unavailable: counts.bikes_unavailable,
             nbr_stations_inferred: counts.stations_inferred,
+            nbr_stations_empty: counts.stations_empty,
+            nbr_stations_full: counts.stations_full,
+            occupancy: counts.occupancy().map(|o| (o * 1000.0).round() / 1000.0),
             epoch,
             feed_time,
         }

@@ -38,9 +38,36 @@ pub fn postcode_counts_from_scratch<'a>(
             .get(&status.station_id)
             .copied()
             .unwrap_or((&unknown, false));
-        let mut counts = PostcodeCounts::of_station(status);
-        counts.stations_inferred = i64::from(inferred);
-        *totals.entry(*postcode).or_default() += &counts;
+        *totals.entry(*postcode).or_default() += &station_counts(status, inferred);
     }
     totals
+}
+
+/// One station's counts, written out from its status field by field rather
+/// than through [`PostcodeCounts::of_station`], so that the dataflow's own
+/// arithmetic is checked, not reused.
+fn station_counts(status: &StationStatus, inferred: bool) -> PostcodeCounts {
+    let renting = status.is_installed && status.is_renting;
+    let returning = status.is_installed && status.is_returning;
+    let types = status.bike_types.unwrap_or_default();
+    let bikes = i64::from(status.bikes_available);
+    let docks = i64::from(status.docks_available);
+    let count = |yes: bool| i64::from(yes);
+    PostcodeCounts {
+        bikes: if renting { bikes } else { 0 },
+        mechanical: if renting {
+            i64::from(types.mechanical)
+        } else {
+            0
+        },
+        ebikes: if renting { i64::from(types.ebike) } else { 0 },
+        docks: if returning { docks } else { 0 },
+        stations: 1,
+        stations_renting: count(renting),
+        bikes_unavailable: if renting { 0 } else { bikes },
+        stations_inferred: count(inferred),
+        stations_empty: count(renting && bikes == 0),
+        stations_full: count(returning && docks == 0),
+        docks_renting: if renting { docks } else { 0 },
+    }
 }

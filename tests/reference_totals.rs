@@ -90,8 +90,9 @@ fn counting_every_station_gives_the_old_spark_totals() {
     assert_eq!((all, p75015), (15_460, 1_124));
 }
 
-#[test]
-fn velib_replay_final_prints_the_reference_for_every_postcode() {
+/// `velib_replay --final --no-infer` on the 2024-11-19 snapshot: its
+/// standard output, once it succeeded.
+fn replay_final() -> String {
     let out = Command::new(common::example_binary("velib_replay"))
         .args(["--final", "--no-infer"])
         .arg(snapshot_dir())
@@ -102,7 +103,12 @@ fn velib_replay_final_prints_the_reference_for_every_postcode() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn velib_replay_final_prints_the_reference_for_every_postcode() {
+    let stdout = replay_final();
     let records: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -259,4 +265,55 @@ fn velib_replay_uses_the_user_s_postcode_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty());
+}
+
+/// Per postcode, from the raw status file and the postcode table alone:
+/// stations empty (installed, renting, no bike), full (installed,
+/// returning, no dock), and the bikes and free docks at renting stations.
+fn raw_empty_full_occupancy() -> BTreeMap<String, (i64, i64, i64, i64)> {
+    let mut totals = BTreeMap::new();
+    for (pc, s) in common::raw_stations_with_postcode() {
+        let e = totals.entry(pc).or_insert((0, 0, 0, 0));
+        let installed = s["is_installed"] == 1;
+        let bikes = s["num_bikes_available"].as_i64().unwrap();
+        let docks = s["num_docks_available"].as_i64().unwrap();
+        if installed && s["is_renting"] == 1 {
+            e.0 += i64::from(bikes == 0);
+            e.2 += bikes;
+            e.3 += docks;
+        }
+        if installed && s["is_returning"] == 1 {
+            e.1 += i64::from(docks == 0);
+        }
+    }
+    totals
+}
+
+#[test]
+fn empty_and_full_stations_and_occupancy_agree_with_the_raw_file() {
+    let raw = raw_empty_full_occupancy();
+    let (mut empty, mut full) = (0, 0);
+    let mut seen = 0;
+    for line in replay_final().lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let postcode = r["postcode"].as_str().unwrap();
+        if postcode == "unknown" {
+            continue;
+        }
+        let (e, f, bikes, docks) = raw[postcode];
+        assert_eq!(r["nbr_stations_empty"], e, "{postcode}");
+        assert_eq!(r["nbr_stations_full"], f, "{postcode}");
+        match r["occupancy"].as_f64() {
+            Some(o) => {
+                let exact = bikes as f64 / (bikes + docks) as f64;
+                assert!((o - exact).abs() <= 0.0005, "{postcode}: {o} for {exact}");
+            }
+            None => assert_eq!(bikes + docks, 0, "{postcode}: occupancy null"),
+        }
+        (empty, full) = (empty + e, full + f);
+        seen += 1;
+    }
+    assert_eq!(seen, raw.len(), "every postcode written");
+    // The recorded snapshot has both kinds: the check is not vacuous.
+    assert!(empty > 0 && full > 0, "empty {empty}, full {full}");
 }

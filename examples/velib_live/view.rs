@@ -206,6 +206,9 @@ impl LiveView {
         let (bikes, meca, elec) = self.current.values().fold((0, 0, 0), |t, r| {
             (t.0 + r.nbr_total, t.1 + r.nbr_meca, t.2 + r.nbr_elec)
         });
+        let (empty, full) = self.current.values().fold((0, 0), |t, r| {
+            (t.0 + r.nbr_stations_empty, t.1 + r.nbr_stations_full)
+        });
         let width = std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.parse::<usize>().ok())
@@ -215,7 +218,7 @@ impl LiveView {
         let _ = write!(out, "\x1b[2J\x1b[H");
         let _ = writeln!(
             out,
-            "velib-dataflow · epoch {epoch} · feed time {} · {bikes} bikes ({meca} mechanical, {elec} e-bikes) · {} postcodes, {} changed",
+            "velib-dataflow · epoch {epoch} · feed time {} · {bikes} bikes ({meca} mechanical, {elec} e-bikes) · {empty} stations empty, {full} full · {} postcodes, {} changed",
             utc(feed_time),
             self.current.len(),
             changes.len(),

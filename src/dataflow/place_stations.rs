@@ -153,7 +153,7 @@ struct PendingTime<T: Timestamp> {
 /// let (send, receive) = std::sync::mpsc::channel();
 /// timely::example(move |scope| {
 ///     let at = Placement { postcode: Postcode::parse("75016").unwrap(), inferred: false };
-///     let counts = StationCounts { bikes: 3, renting: true, ..Default::default() };
+///     let counts = StationCounts { bikes_available: 3, renting: true, ..Default::default() };
 ///     let statuses = vec![(StationId::Num(1), Some(counts), 1u64)].to_stream(scope);
 ///     let places = vec![(StationId::Num(1), Some(at), 2u64)].to_stream(scope);
 ///     place_stations(statuses, places).capture_into(send);

@@ -153,6 +153,22 @@ pub fn assert_matches_reference(
 /// and CSV with no code of the library: stations installed and renting,
 /// joined on stationCode with the CSV, skipping stations without a postcode.
 pub fn raw_rider_totals() -> BTreeMap<String, (i64, i64, i64)> {
+    let mut totals = BTreeMap::new();
+    for (pc, s) in raw_stations_with_postcode() {
+        let entry = totals.entry(pc).or_insert((0, 0, 0));
+        if s["is_installed"] == 1 && s["is_renting"] == 1 {
+            let types = s["num_bikes_available_types"].as_array().unwrap();
+            entry.0 += s["num_bikes_available"].as_i64().unwrap();
+            entry.1 += types[0]["mechanical"].as_i64().unwrap();
+            entry.2 += types[1]["ebike"].as_i64().unwrap();
+        }
+    }
+    totals
+}
+
+/// Each station of the raw 2024-11-19 status file that the raw postcode
+/// table places, with its postcode: what the raw references sum.
+pub fn raw_stations_with_postcode() -> Vec<(String, serde_json::Value)> {
     let status: serde_json::Value = serde_json::from_slice(
         &std::fs::read(fixtures().join("gbfs/velib/2024-11-19/station_status.json")).unwrap(),
     )
@@ -167,23 +183,17 @@ pub fn raw_rider_totals() -> BTreeMap<String, (i64, i64, i64)> {
             (f[0], f[2])
         })
         .collect();
-    let mut totals = BTreeMap::new();
-    for s in status["data"]["stations"].as_array().unwrap() {
-        let Some(pc) = postcode_of
-            .get(s["stationCode"].as_str().unwrap())
-            .filter(|p| !p.is_empty())
-        else {
-            continue;
-        };
-        let entry = totals.entry(pc.to_string()).or_insert((0, 0, 0));
-        if s["is_installed"] == 1 && s["is_renting"] == 1 {
-            let types = s["num_bikes_available_types"].as_array().unwrap();
-            entry.0 += s["num_bikes_available"].as_i64().unwrap();
-            entry.1 += types[0]["mechanical"].as_i64().unwrap();
-            entry.2 += types[1]["ebike"].as_i64().unwrap();
-        }
-    }
-    totals
+    status["data"]["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            let pc = postcode_of
+                .get(s["stationCode"].as_str().unwrap())
+                .filter(|p| !p.is_empty())?;
+            Some((pc.to_string(), s.clone()))
+        })
+        .collect()
 }
 
 /// The path of an example binary built by `cargo test`.
