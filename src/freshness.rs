@@ -1,84 +1,146 @@
-//! When a station's report is too old to trust: judged against the feed's
-//! own time of each snapshot, never the wall clock, so that replaying a
-//! recorded series gives the live run's answer.
+//! Whether a feed is fresh: how old its snapshot was when it was fetched,
+//! against the feed's own `ttl` and against the GBFS rule that a
+//! `station_status` feed must never be more than five minutes out of date.
 //!
-//! A station is **stale** at a snapshot when the feed's time of that
-//! snapshot is more than [`StalePolicy::after`] past the station's
-//! `last_reported`. A station without `last_reported` (or with one after the
-//! feed's time) cannot be judged old and is not stale. The default, two
-//! hours, sits in the gap the recorded Vélib' feed shows: its stations
-//! report about hourly (95 % within 51 minutes of the feed's time on
-//! 2024-11-19), and the 43 that do not have been silent for days or years.
+//! The age is judged when a live feed is fetched (the response's arrival,
+//! against its `last_updated`); a recorded snapshot has no such moment and
+//! is not judged. Ages come from two clocks, the feed's and this machine's,
+//! so a feed "from the future" says which is wrong rather than being called
+//! fresh.
 
 use crate::feed::FeedTime;
-use std::time::Duration;
+use std::fmt;
 
-/// How old a station's report may be before its counts are called stale.
+/// The GBFS limit: a `station_status` feed "must not be more than 5
+/// minutes out of date" (`MAX_DATA_AGE` in MobilityData's validator).
+pub const SPEC_MAX_AGE_SECONDS: i64 = 300;
+
+/// How old a snapshot was when it was fetched.
 ///
 /// # Examples
 ///
 /// ```
-/// use std::time::Duration;
-/// use velib_dataflow::freshness::StalePolicy;
+/// use velib_dataflow::freshness::FeedAge;
 ///
-/// let policy = StalePolicy::default();
-/// assert_eq!(policy.after(), Duration::from_secs(7200));
-/// // Reported at 1,000; the feed's time two hours and one second later.
-/// assert!(policy.is_stale(Some(1_000), 1_000 + 7_201));
-/// assert!(!policy.is_stale(Some(1_000), 1_000 + 7_200));
-/// // Never reported, or reported after the feed's time: not judged old.
-/// assert!(!policy.is_stale(None, 1_000_000));
-/// assert!(!policy.is_stale(Some(5_000), 1_000));
+/// // Fetched 90 s after its last_updated, with a ttl of 60 s.
+/// let age = FeedAge::judge(1_000, Some(60), 1_090);
+/// assert_eq!(age.seconds(), 90);
+/// assert!(age.beyond_ttl() && !age.is_stale());
+/// // Six minutes old: beyond what the spec allows.
+/// assert!(FeedAge::judge(1_000, Some(3_600), 1_360).is_stale());
+/// // From the future (the feed's clock or ours is wrong): not fresh either.
+/// let ahead = FeedAge::judge(2_000, None, 1_000);
+/// assert!(ahead.is_from_the_future() && ahead.is_stale());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StalePolicy {
-    after_seconds: u32,
+pub struct FeedAge {
+    seconds: i64,
+    ttl: Option<u32>,
 }
 
-impl Default for StalePolicy {
-    fn default() -> Self {
-        StalePolicy {
-            after_seconds: 2 * 3600,
+/// A clock difference this small is skew between two honest clocks, not a
+/// feed from the future.
+const SKEW_SECONDS: i64 = 60;
+
+impl FeedAge {
+    /// The age of a snapshot of `feed_time`, with `ttl`, fetched at
+    /// `fetched_at` (seconds since the Unix epoch).
+    pub fn judge(feed_time: FeedTime, ttl: Option<u32>, fetched_at: FeedTime) -> Self {
+        FeedAge {
+            seconds: fetched_at.saturating_sub(feed_time),
+            ttl,
         }
+    }
+
+    /// The age in seconds (negative when the feed's time is ahead of ours).
+    pub fn seconds(&self) -> i64 {
+        self.seconds
+    }
+
+    /// Older than the feed said it would stay valid (its `ttl`).
+    pub fn beyond_ttl(&self) -> bool {
+        self.ttl.is_some_and(|ttl| self.seconds > i64::from(ttl))
+    }
+
+    /// Ahead of this machine's clock by more than clock skew.
+    pub fn is_from_the_future(&self) -> bool {
+        self.seconds < -SKEW_SECONDS
+    }
+
+    /// Not to be trusted as current: older than the spec allows, or from
+    /// the future.
+    pub fn is_stale(&self) -> bool {
+        self.seconds > SPEC_MAX_AGE_SECONDS || self.is_from_the_future()
     }
 }
 
-impl StalePolicy {
-    /// Stale once a report is older than `after` (whole seconds; at most
-    /// about 136 years).
+impl fmt::Display for FeedAge {
+    /// What a log line says of the age.
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
-    /// use velib_dataflow::freshness::StalePolicy;
+    /// use velib_dataflow::freshness::FeedAge;
     ///
-    /// let policy = StalePolicy::after_age(Duration::from_secs(600));
-    /// assert!(policy.is_stale(Some(0), 601));
+    /// let age = FeedAge::judge(1_000, Some(60), 1_400);
+    /// assert_eq!(age.to_string(), "400 s old (its ttl is 60 s; GBFS allows 300 s)");
+    /// let ahead = FeedAge::judge(5_000, None, 1_000);
+    /// assert_eq!(ahead.to_string(), "4000 s in the future (the feed's clock or this machine's is wrong)");
     /// ```
-    pub fn after_age(after: Duration) -> Self {
-        StalePolicy {
-            after_seconds: u32::try_from(after.as_secs()).unwrap_or(u32::MAX),
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_from_the_future() {
+            return write!(
+                f,
+                "{} s in the future (the feed's clock or this machine's is wrong)",
+                -self.seconds
+            );
         }
+        write!(f, "{} s old (", self.seconds)?;
+        if let Some(ttl) = self.ttl {
+            write!(f, "its ttl is {ttl} s; ")?;
+        }
+        write!(f, "GBFS allows {SPEC_MAX_AGE_SECONDS} s)")
     }
+}
 
-    /// The age past which a report is stale.
-    pub fn after(&self) -> Duration {
-        Duration::from_secs(u64::from(self.after_seconds))
-    }
+/// Watches a feed's freshness from poll to poll, to say when it turns stale
+/// and when it is fresh again (not at every poll).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::freshness::{FeedAge, FeedWatch, Turned};
+///
+/// let mut watch = FeedWatch::default();
+/// assert_eq!(watch.observe(FeedAge::judge(1_000, None, 1_010)), None);
+/// assert_eq!(watch.observe(FeedAge::judge(1_000, None, 1_400)), Some(Turned::Stale));
+/// assert_eq!(watch.observe(FeedAge::judge(1_000, None, 1_500)), None, "said once");
+/// assert_eq!(watch.observe(FeedAge::judge(1_600, None, 1_610)), Some(Turned::Fresh));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FeedWatch {
+    stale: Option<bool>,
+}
 
-    /// Whether a station last reported at `last_reported` is stale at the
-    /// feed time `feed_time`.
-    pub fn is_stale(&self, last_reported: Option<FeedTime>, feed_time: FeedTime) -> bool {
-        self.stale_from(last_reported)
-            .is_some_and(|from| feed_time >= from)
-    }
+/// A change of a feed's freshness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turned {
+    /// It was fresh (or not judged yet) and is stale.
+    Stale,
+    /// It was stale and is fresh again.
+    Fresh,
+}
 
-    /// The first feed time at which a station last reported at
-    /// `last_reported` is stale; `None` when it never will be.
-    pub fn stale_from(&self, last_reported: Option<FeedTime>) -> Option<FeedTime> {
-        last_reported?
-            .checked_add(i64::from(self.after_seconds))?
-            .checked_add(1)
+impl FeedWatch {
+    /// Notes a snapshot's age; says whether the feed's freshness changed.
+    /// A first snapshot that is stale counts as turning stale.
+    pub fn observe(&mut self, age: FeedAge) -> Option<Turned> {
+        let stale = age.is_stale();
+        let before = self.stale.replace(stale);
+        match (before, stale) {
+            (Some(false) | None, true) => Some(Turned::Stale),
+            (Some(true), false) => Some(Turned::Fresh),
+            _ => None,
+        }
     }
 }

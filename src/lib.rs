@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod counts;
 pub mod dataflow;
 pub mod directory;
+pub mod freshness;
 pub use gbfs_feed as feed;
 pub use gbfs_feed::fetch;
 pub mod kafka;

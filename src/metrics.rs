@@ -86,6 +86,23 @@ impl Metrics {
                 "Epoch transactions that failed and were tried again.",
                 s.publish_retries,
             );
+            if let Some(age) = s.feed_age_seconds {
+                out.gauge(
+                    "velib_producer_feed_age_seconds",
+                    "How old the last snapshot was when fetched (its last_updated against this machine's clock); GBFS allows 300.",
+                    age,
+                );
+            }
+            out.gauge(
+                "velib_producer_feed_stale",
+                "1 when the last snapshot was older than GBFS allows (300 s) or from the future.",
+                u64::from(s.feed_stale),
+            );
+            out.counter(
+                "velib_producer_feed_turned_stale_total",
+                "Times the feed turned stale.",
+                s.feed_turned_stale,
+            );
             out.counter(
                 "velib_kafka_producer_sent_messages_total",
                 "Messages the producer's Kafka client sent (librdkafka txmsgs).",
@@ -184,7 +201,7 @@ impl Exposition {
         let _ = writeln!(self.text, "{name} {value}");
     }
 
-    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+    fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
         self.head(name, help, "gauge");
         let _ = writeln!(self.text, "{name} {value}");
     }

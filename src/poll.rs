@@ -7,7 +7,9 @@
 
 use crate::directory::DirectoryResolver;
 use crate::feed::poll::{self as feed_poll, Polled};
+use crate::feed::FeedTimeKind;
 use crate::fetch::FetchError;
+use crate::freshness::FeedAge;
 use crate::snapshot::{Snapshot, StationSelection};
 use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use std::time::Duration;
@@ -112,6 +114,8 @@ impl FeedPoller {
             Polled::NotModified => return Ok(PollOutcome::NotModified),
             Polled::Status(polled) => polled,
         };
+        let age = (polled.status.feed_time_kind == FeedTimeKind::Published)
+            .then(|| FeedAge::judge(polled.status.feed_time, polled.status.ttl, unix_now()));
         let snapshot = Snapshot::assemble(
             polled.status,
             polled.information.as_deref(),
@@ -122,6 +126,14 @@ impl FeedPoller {
             snapshot,
             feed_fields: polled.feed_fields,
             information_error: polled.information_error.map(PollError::from),
+            age,
         }))
     }
+}
+
+/// Seconds since the Unix epoch, by this machine's clock.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -10,6 +10,7 @@ use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll as feed_poll;
 use crate::fetch::{Backoff, FetchError};
+use crate::freshness::{FeedAge, FeedWatch, Turned};
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
@@ -124,6 +125,14 @@ pub struct ProducerStats {
     /// Messages and bytes the Kafka producer sent, as librdkafka last
     /// reported them (every 5 s).
     pub kafka_sent: (u64, u64),
+    /// How old the last snapshot fetched was ([`crate::freshness`]), in
+    /// seconds; `None` before one, or for recorded snapshots.
+    pub feed_age_seconds: Option<i64>,
+    /// The last snapshot was stale: older than GBFS allows, or from the
+    /// future.
+    pub feed_stale: bool,
+    /// Times the feed turned stale.
+    pub feed_turned_stale: u64,
 }
 
 /// Watches and stops a running producer; clones share the state.
@@ -204,6 +213,33 @@ pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), Produce
     run_with_source(poller, &config, handle)
 }
 
+/// Notes a fetched snapshot's age, and says so when the feed turns stale
+/// or fresh again. A stale snapshot is still published: its counts are the
+/// feed's best, and the age in the logs and metrics says how far to trust
+/// them.
+fn watch_freshness(watch: &mut FeedWatch, age: FeedAge, handle: &ProducerHandle) {
+    let turned = watch.observe(age);
+    handle.count(|s| {
+        s.feed_age_seconds = Some(age.seconds());
+        s.feed_stale = age.is_stale();
+        if turned == Some(Turned::Stale) {
+            s.feed_turned_stale += 1;
+        }
+    });
+    match turned {
+        Some(Turned::Stale) => tracing::warn!(
+            age_s = age.seconds(),
+            "the feed is stale: its snapshot was {age} when fetched"
+        ),
+        Some(Turned::Fresh) => tracing::info!(
+            age_s = age.seconds(),
+            "the feed is fresh again: its snapshot was {age} when fetched"
+        ),
+        None if age.beyond_ttl() => tracing::debug!("the feed's snapshot was {age}"),
+        None => {}
+    }
+}
+
 /// Runs the producer on snapshots from `source` (`config.poll` is not
 /// used) until [`ProducerHandle::stop`], the end of the source, or an error
 /// that retrying cannot fix.
@@ -249,6 +285,7 @@ pub fn run_with_source(
     };
     handle.count(|s| s.last_epoch = sequencer.last_epoch());
     let mut backoff = Backoff::new(config.retry_base, config.retry_max);
+    let mut freshness = FeedWatch::default();
     while !handle.is_stopped() {
         let started = Instant::now();
         handle.count(|s| s.polls += 1);
@@ -265,6 +302,9 @@ pub fn run_with_source(
             }
             Ok(PollOutcome::Snapshot(polled)) => {
                 backoff.reset();
+                if let Some(age) = polled.age {
+                    watch_freshness(&mut freshness, age, &handle);
+                }
                 if let Some(e) = &polled.information_error {
                     reject(&handle, e.reason(), e);
                     dead_letter(&mut publisher, e);

@@ -305,6 +305,8 @@ impl SnapshotSource for RecordedSource {
             snapshot,
             feed_fields,
             information_error: None,
+            // Recorded long ago: its age says nothing of the feed now.
+            age: None,
         }))
     }
 

@@ -8,6 +8,7 @@
 use crate::feed::poll as feed_poll;
 use crate::feed::StationId;
 use crate::fetch::FetchError;
+use crate::freshness::FeedAge;
 use crate::snapshot::Snapshot;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -91,6 +92,9 @@ pub struct PolledSnapshot {
     /// Why the station information could not be refreshed, if it could not
     /// (the snapshot then uses the information held, or none).
     pub information_error: Option<PollError>,
+    /// How old the snapshot was when it was fetched: `None` for a recorded
+    /// snapshot, or a feed that publishes no time of its own.
+    pub age: Option<FeedAge>,
 }
 
 /// What one poll gave.
@@ -125,7 +129,7 @@ pub enum PollOutcome {
 ///     fn poll(&mut self) -> Result<PollOutcome, PollError> {
 ///         Ok(match self.0.take() {
 ///             Some(snapshot) => PollOutcome::Snapshot(PolledSnapshot {
-///                 snapshot, feed_fields: Default::default(), information_error: None,
+///                 snapshot, feed_fields: Default::default(), information_error: None, age: None,
 ///             }),
 ///             None => PollOutcome::Exhausted,
 ///         })

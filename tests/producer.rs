@@ -744,3 +744,61 @@ fn a_restart_reads_the_state_topic_not_the_status_topics_history() {
         "{help}"
     );
 }
+
+#[test]
+fn a_feed_that_turns_stale_and_fresh_again_is_said_once_each_way() {
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let status = velib_status();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    server.script(
+        "/station_status.json",
+        [
+            // Twenty minutes old: beyond the spec's five, stale.
+            Reply::ok(with_time(status.clone(), now - 1_200)),
+            Reply::ok(with_time(status.clone(), now - 1_100)),
+            // Current: fresh again.
+            Reply::ok(with_time(status.clone(), now)),
+            // An hour ahead of this machine: a clock is wrong, stale.
+            Reply::ok(with_time(status.clone(), now + 3_600)),
+            Reply::ok(with_time(status.clone(), now + 3_600)),
+        ],
+    );
+    let config = producer_config(
+        &broker.address,
+        server.url("/station_status.json"),
+        "fresh-status",
+        "fresh-directory",
+    );
+    let (handle, thread) = start(config);
+    let metrics = velib_dataflow::metrics::Metrics::default().producer(handle.clone());
+    wait_for("the script served", &broker, || {
+        // The last reply stays, served again at every poll.
+        server.left("/station_status.json") == 1 && handle.stats().feed_turned_stale == 2
+    });
+    // The last reply is fetched: wait for its poll to be judged.
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = handle.stats();
+    let text = metrics.render();
+    stop(handle, thread);
+    // Stale at the first, fresh at the third, stale at the fourth: each
+    // turn once, not at every poll.
+    assert_eq!(stats.feed_turned_stale, 2, "{stats:?}");
+    assert!(stats.feed_stale, "{stats:?}");
+    let age = stats.feed_age_seconds.expect("an age");
+    assert!((-3_700..=-3_500).contains(&age), "{age}");
+    assert!(text.contains("velib_producer_feed_stale 1"), "{text}");
+    assert!(
+        text.contains("velib_producer_feed_turned_stale_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("velib_producer_feed_age_seconds {age}")),
+        "{text}"
+    );
+    // A stale snapshot is still published: the first epoch is the stale one.
+    assert_eq!(stats.epochs_published, 1, "the same content, once");
+}
