@@ -112,6 +112,7 @@ fn status(i: usize, rng: &mut Lcg) -> StationStatus {
         is_renting: rng.below(30) != 0,
         is_returning: true,
         last_reported: Some(1_732_004_538),
+        stale: false,
     }
 }
 
@@ -144,6 +145,7 @@ struct FlatNetwork {
     installed: Vec<bool>,
     renting: Vec<bool>,
     returning: Vec<bool>,
+    stale: Vec<bool>,
     postcodes: usize,
 }
 
@@ -160,6 +162,7 @@ impl FlatNetwork {
             installed: vec![false; statuses.len()],
             renting: vec![false; statuses.len()],
             returning: vec![false; statuses.len()],
+            stale: vec![false; statuses.len()],
             postcodes: statuses.len().div_ceil(STATIONS_PER_POSTCODE),
         };
         for (i, s) in statuses.iter().enumerate() {
@@ -177,13 +180,14 @@ impl FlatNetwork {
         self.installed[i] = s.is_installed;
         self.renting[i] = s.is_renting;
         self.returning[i] = s.is_returning;
+        self.stale[i] = s.stale;
     }
 
     /// Every postcode's counts (as many as `PostcodeCounts` has), from every
     /// station.
-    fn recompute(&self, totals: &mut Vec<[i64; 11]>) {
+    fn recompute(&self, totals: &mut Vec<[i64; 13]>) {
         totals.clear();
-        totals.resize(self.postcodes, [0; 11]);
+        totals.resize(self.postcodes, [0; 13]);
         for i in 0..self.postcode.len() {
             let rentable = i64::from(self.installed[i] && self.renting[i]);
             let returnable = i64::from(self.installed[i] && self.returning[i]);
@@ -200,6 +204,9 @@ impl FlatNetwork {
             t[8] += rentable * i64::from(bikes == 0);
             t[9] += returnable * i64::from(docks == 0);
             t[10] += rentable * docks;
+            let stale = i64::from(self.stale[i]);
+            t[11] += stale;
+            t[12] += rentable * stale * bikes;
         }
     }
 }

@@ -38,6 +38,9 @@ use velib_dataflow::snapshot::StationSelection;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(flatten)]
+    stale: common::StaleArgs,
+
     /// The feed: a GBFS gbfs.json, or directly a station_status URL (GBFS or
     /// the City of Paris export).
     #[arg(long, env = "VELIB_FEED", default_value = VELIB_FEED, value_name = "URL")]
@@ -199,5 +202,6 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
         resolver: DirectoryResolver::new(postcodes, !args.no_infer),
         retry_base: Duration::from_secs(1),
         retry_max: Duration::from_secs(60),
+        stale: args.stale.policy(),
     })
 }

@@ -10,6 +10,8 @@
 //! postcode, sorted). Logs go to stderr. A bad file is reported and skipped;
 //! the exit status is then 1.
 
+mod common;
+
 use clap::Parser;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +60,9 @@ struct Args {
     /// Exchange data between workers serialised, as between processes.
     #[arg(short = 'z', long)]
     serialised: bool,
+
+    #[command(flatten)]
+    stale: common::StaleArgs,
 }
 
 fn main() -> ExitCode {
@@ -127,7 +132,7 @@ fn replay(args: Args) -> Result<usize, String> {
     };
     let rejected = Arc::new(Mutex::new(0_usize));
     let rejected_in_feed = rejected.clone();
-    let mut sequencer = SnapshotSequencer::new();
+    let mut sequencer = SnapshotSequencer::new().judging(args.stale.policy());
     let epochs = snapshot_files(&args.paths).into_iter().filter_map(move |file| {
         let reject = |e: &dyn std::fmt::Display| {
             tracing::error!("{e}; skipped");

@@ -1895,6 +1895,7 @@ mod tests {
                 is_renting: true,
                 is_returning: true,
                 last_reported: None,
+                stale: false,
             };
             let stamp = EpochStamp {
                 epoch,

@@ -58,6 +58,12 @@ pub struct PostcodeCounts {
     /// Docks free at stations installed and renting: with [`Self::bikes`],
     /// the denominator of [`Self::occupancy`].
     pub docks_renting: i64,
+    /// Stations whose last report is too old to trust
+    /// ([`crate::freshness::StalePolicy`]), whatever their state.
+    pub stations_stale: i64,
+    /// Of [`Self::bikes`], those at stale stations: a rider should not count
+    /// on them.
+    pub bikes_stale: i64,
 }
 
 impl PostcodeCounts {
@@ -73,7 +79,7 @@ impl PostcodeCounts {
     ///     station_id: StationId::Num(1), code: None, bikes_available: 10,
     ///     bike_types: Some(BikeTypes { mechanical: 6, ebike: 4, other: 0 }),
     ///     docks_available: 2, is_installed: true, is_renting: false,
-    ///     is_returning: true, last_reported: None,
+    ///     is_returning: true, last_reported: None, stale: false,
     /// };
     /// let c = PostcodeCounts::of_station(&closed);
     /// assert_eq!((c.bikes, c.bikes_unavailable, c.stations, c.stations_renting), (0, 10, 1, 0));
@@ -104,7 +110,7 @@ impl PostcodeCounts {
         (places > 0).then(|| self.bikes as f64 / places as f64)
     }
 
-    fn fields_mut(&mut self) -> [&mut i64; 11] {
+    fn fields_mut(&mut self) -> [&mut i64; 13] {
         [
             &mut self.bikes,
             &mut self.mechanical,
@@ -117,10 +123,12 @@ impl PostcodeCounts {
             &mut self.stations_empty,
             &mut self.stations_full,
             &mut self.docks_renting,
+            &mut self.stations_stale,
+            &mut self.bikes_stale,
         ]
     }
 
-    fn fields(&self) -> [i64; 11] {
+    fn fields(&self) -> [i64; 13] {
         [
             self.bikes,
             self.mechanical,
@@ -133,6 +141,8 @@ impl PostcodeCounts {
             self.stations_empty,
             self.stations_full,
             self.docks_renting,
+            self.stations_stale,
+            self.bikes_stale,
         ]
     }
 }
@@ -151,7 +161,7 @@ impl PostcodeCounts {
 ///     station_id: StationId::Num(1), code: None, bikes_available: 3,
 ///     bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
 ///     docks_available: 9, is_installed: true, is_renting: true,
-///     is_returning: true, last_reported: None,
+///     is_returning: true, last_reported: None, stale: false,
 /// };
 /// let station = StationCounts::of_station(&status);
 /// // Placed under a postcode, it is exactly the station's PostcodeCounts.
@@ -174,6 +184,8 @@ pub struct StationCounts {
     pub renting: bool,
     /// Installed and returning: a rider can return a bike to its docks.
     pub returning: bool,
+    /// Its last report is too old to trust (as the snapshot was judged).
+    pub stale: bool,
 }
 
 impl StationCounts {
@@ -187,6 +199,7 @@ impl StationCounts {
             docks_available: status.docks_available,
             renting: status.is_rentable(),
             returning: status.is_installed && status.is_returning,
+            stale: status.stale,
         }
     }
 
@@ -207,6 +220,8 @@ impl StationCounts {
             stations_empty: i64::from(self.renting && self.bikes_available == 0),
             stations_full: i64::from(self.returning && self.docks_available == 0),
             docks_renting: rider_can(self.renting, self.docks_available),
+            stations_stale: i64::from(self.stale),
+            bikes_stale: rider_can(self.renting && self.stale, self.bikes_available),
         }
     }
 }

@@ -69,6 +69,14 @@ pub struct PostcodeRecord {
     /// written before the field existed).
     #[serde(default)]
     pub occupancy: Option<f64>,
+    /// Stations whose last report is too old to trust (0 in a record
+    /// written before the field existed).
+    #[serde(default)]
+    pub nbr_stations_stale: i64,
+    /// Of `nbr_total`, the bikes at stale stations (0 in a record written
+    /// before the field existed).
+    #[serde(default)]
+    pub nbr_bikes_stale: i64,
     /// The epoch of this value.
     pub epoch: Epoch,
     /// The feed's time of the snapshot, in seconds since the Unix epoch.
@@ -97,6 +105,8 @@ impl PostcodeRecord {
             nbr_stations_empty: counts.stations_empty,
             nbr_stations_full: counts.stations_full,
             occupancy: counts.occupancy().map(|o| (o * 1000.0).round() / 1000.0),
+            nbr_stations_stale: counts.stations_stale,
+            nbr_bikes_stale: counts.bikes_stale,
             epoch,
             feed_time,
         }

@@ -10,7 +10,7 @@ use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll as feed_poll;
 use crate::fetch::{Backoff, FetchError};
-use crate::freshness::{FeedAge, FeedWatch, Turned};
+use crate::freshness::{FeedAge, FeedWatch, StalePolicy, Turned};
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
@@ -56,6 +56,9 @@ pub struct ProducerConfig {
     pub retry_base: Duration,
     /// The longest wait after failures.
     pub retry_max: Duration,
+    /// How old a station's report may be before it counts as stale, judged
+    /// at each snapshot's feed time.
+    pub stale: StalePolicy,
 }
 
 impl ProducerConfig {
@@ -70,6 +73,7 @@ impl ProducerConfig {
             resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            stale: StalePolicy::default(),
         }
     }
 }
@@ -282,7 +286,8 @@ pub fn run_with_source(
             )
         }
         None => SnapshotSequencer::new(),
-    };
+    }
+    .judging(config.stale);
     handle.count(|s| s.last_epoch = sequencer.last_epoch());
     let mut backoff = Backoff::new(config.retry_base, config.retry_max);
     let mut freshness = FeedWatch::default();

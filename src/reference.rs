@@ -69,5 +69,7 @@ fn station_counts(status: &StationStatus, inferred: bool) -> PostcodeCounts {
         stations_empty: count(renting && bikes == 0),
         stations_full: count(returning && docks == 0),
         docks_renting: if renting { docks } else { 0 },
+        stations_stale: count(status.stale),
+        bikes_stale: if renting && status.stale { bikes } else { 0 },
     }
 }

@@ -12,6 +12,7 @@ use crate::directory::{DirectoryEntry, DirectoryResolver};
 use crate::feed::{
     FeedTime, FeedTimeKind, InformationSnapshot, StationId, StationStatus, StatusSnapshot,
 };
+use crate::freshness::StalePolicy;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -257,7 +258,7 @@ impl Snapshot {
 ///
 /// let station = |bikes| StationStatus {
 ///     station_id: StationId::Num(7), code: None, bikes_available: bikes, bike_types: None,
-///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None,
+///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None, stale: false,
 /// };
 /// let snapshot = |t, bikes| Snapshot {
 ///     feed_time: t, feed_time_kind: FeedTimeKind::Published, statuses: vec![station(bikes)], directory: None,
@@ -306,12 +307,46 @@ pub struct SnapshotSequencer {
     last_epoch: Epoch,
     seen_codes: bool,
     seen_types: bool,
+    stale: StalePolicy,
 }
 
 impl SnapshotSequencer {
-    /// A sequencer whose first epoch will be 1.
+    /// A sequencer whose first epoch will be 1, judging stations stale by
+    /// the default [`StalePolicy`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Judges each snapshot's stations stale by `policy`, at the
+    /// snapshot's feed time: a station turning stale (or fresh again) is a
+    /// change, published like any other.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use velib_dataflow::feed::{FeedTimeKind, StationId, StationStatus};
+    /// use velib_dataflow::freshness::StalePolicy;
+    /// use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
+    ///
+    /// let policy = StalePolicy::after_age(Duration::from_secs(600));
+    /// let mut seq = SnapshotSequencer::new().judging(policy);
+    /// let status = StationStatus {
+    ///     station_id: StationId::Num(1), code: None, bikes_available: 3, bike_types: None,
+    ///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true,
+    ///     last_reported: Some(1_000), stale: false,
+    /// };
+    /// let at = |feed_time| Snapshot {
+    ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![status.clone()], directory: None,
+    /// };
+    /// assert!(seq.advance(at(1_100)).unwrap().is_some());
+    /// // Nothing else changed, but the report is now too old: an epoch.
+    /// let updates = seq.advance(at(1_700)).unwrap().unwrap();
+    /// assert!(updates.statuses.iter().any(|(s, diff)| s.stale && *diff > 0));
+    /// ```
+    pub fn judging(mut self, policy: StalePolicy) -> Self {
+        self.stale = policy;
+        self
     }
 
     /// A sequencer that goes on from a state already published: `statuses`
@@ -402,7 +437,13 @@ impl SnapshotSequencer {
         if published {
             self.last_time = Some(snapshot.feed_time);
         }
-        let statuses = self.statuses.diff(snapshot.statuses);
+        let mut statuses = snapshot.statuses;
+        for status in &mut statuses {
+            status.stale = self
+                .stale
+                .is_stale(status.last_reported, snapshot.feed_time);
+        }
+        let statuses = self.statuses.diff(statuses);
         let directory = match snapshot.directory {
             Some(entries) => self.directory.diff(entries),
             None => Vec::new(),

@@ -80,6 +80,7 @@ fn producer_config(broker: &str, feed: String) -> ProducerConfig {
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
+        stale: velib_dataflow::freshness::StalePolicy::default(),
     }
 }
 

@@ -107,6 +107,7 @@ fn snapshots(steps: Vec<Step>) -> Vec<Snapshot> {
                             is_renting: renting,
                             is_returning: returning,
                             last_reported: Some(time - i as i64),
+                            stale: false,
                         })
                     })
                     .collect();

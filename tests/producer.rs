@@ -49,6 +49,7 @@ fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> 
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
+        stale: velib_dataflow::freshness::StalePolicy::default(),
     }
 }
 
@@ -322,7 +323,7 @@ fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
         "station_id": 213688169u64, "code": "16107", "bikes_available": 1,
         "bike_types": {"mechanical": 1, "ebike": 0, "other": 0}, "docks_available": 34,
         "is_installed": true, "is_renting": true, "is_returning": true,
-        "last_reported": 1732001704}});
+        "last_reported": 1732001704, "stale": false}});
     let got: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
     assert_eq!(got, want);
     let feed_time = |epoch: Epoch| {

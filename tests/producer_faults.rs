@@ -68,6 +68,7 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
         resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
+        stale: velib_dataflow::freshness::StalePolicy::default(),
     };
     let handle = ProducerHandle::default();
     let running = handle.clone();
@@ -183,6 +184,7 @@ impl MockRun {
             resolver: DirectoryResolver::new(PostcodeTable::velib(), true),
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_millis(500),
+            stale: velib_dataflow::freshness::StalePolicy::default(),
         };
         let handle = ProducerHandle::default();
         let running = handle.clone();

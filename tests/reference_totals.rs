@@ -317,3 +317,72 @@ fn empty_and_full_stations_and_occupancy_agree_with_the_raw_file() {
     // The recorded snapshot has both kinds: the check is not vacuous.
     assert!(empty > 0 && full > 0, "empty {empty}, full {full}");
 }
+
+#[test]
+fn stale_stations_and_their_bikes_agree_with_the_raw_file() {
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(snapshot_dir().join("station_status.json")).unwrap())
+            .unwrap();
+    let feed_time = status["lastUpdatedOther"].as_i64().unwrap();
+    // From the raw file: a report more than two hours before the feed's time.
+    let mut raw: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (pc, s) in common::raw_stations_with_postcode() {
+        let e = raw.entry(pc).or_insert((0, 0));
+        let reported = s["last_reported"].as_i64().unwrap();
+        if feed_time - reported > common::STALE_AFTER_SECONDS {
+            e.0 += 1;
+            if s["is_installed"] == 1 && s["is_renting"] == 1 {
+                e.1 += s["num_bikes_available"].as_i64().unwrap();
+            }
+        }
+    }
+    let mut stale_stations = 0;
+    for line in replay_final().lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let postcode = r["postcode"].as_str().unwrap();
+        if postcode == "unknown" {
+            continue;
+        }
+        let (stations, bikes) = raw[postcode];
+        assert_eq!(r["nbr_stations_stale"], stations, "{postcode}");
+        assert_eq!(r["nbr_bikes_stale"], bikes, "{postcode}");
+        stale_stations += stations;
+    }
+    // The recorded feed has stations silent since 2018: not vacuous.
+    assert!(stale_stations > 20, "{stale_stations}");
+}
+
+#[test]
+fn velib_replay_stale_after_moves_the_threshold_and_refuses_a_bad_one() {
+    let run = |flag: &str| {
+        Command::new(common::example_binary("velib_replay"))
+            .args(["--final", "--no-infer", "--stale-after", flag])
+            .arg(snapshot_dir())
+            .output()
+            .expect("velib_replay runs")
+    };
+    let stale = |out: &std::process::Output| -> i64 {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["nbr_stations_stale"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .sum()
+    };
+    // Every Vélib' station reported more than 30 minutes before the feed's
+    // time (they report about hourly); far fewer more than two hours before.
+    let half_hour = run("30m");
+    assert!(half_hour.status.success());
+    assert_eq!(stale(&half_hour), 1_485);
+    let two_hours = run("2h");
+    assert!(stale(&two_hours) < 100);
+    let bad = run("soon");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("--stale-after") && stderr.contains("not a duration"),
+        "{stderr}"
+    );
+}

@@ -159,3 +159,20 @@ impl ClusterArgs {
         .map_err(|e| e.to_string())
     }
 }
+
+/// When a station's counts are stale.
+#[derive(clap::Args, Debug)]
+pub struct StaleArgs {
+    /// A station whose `last_reported` is older than this at a snapshot's
+    /// feed time counts as stale in it (`nbr_stations_stale`,
+    /// `nbr_bikes_stale`): `90m`, `2h`, `7200` (seconds)
+    #[arg(long, value_parser = parse_duration, default_value = "2h", value_name = "DURATION")]
+    pub stale_after: Duration,
+}
+
+impl StaleArgs {
+    /// The policy the flag says.
+    pub fn policy(&self) -> velib_dataflow::freshness::StalePolicy {
+        velib_dataflow::freshness::StalePolicy::after_age(self.stale_after)
+    }
+}

@@ -90,6 +90,9 @@ struct Args {
     #[arg(long, default_value_t = 3, value_name = "N")]
     partitions: i32,
 
+    #[command(flatten)]
+    stale: common::StaleArgs,
+
     /// Timely's -w/-n/-p/-h. With -n above 1 (and --brokers), process 0
     /// runs the producer and the view; every process runs aggregator workers.
     #[command(flatten)]
@@ -189,6 +192,7 @@ fn live(args: Args) -> Result<(), String> {
         resolver: resolver.clone(),
         retry_base: Duration::from_secs(1),
         retry_max: Duration::from_secs(60),
+        stale: args.stale.policy(),
     };
     let mut aggregator_config = AggregatorConfig::new(kafka.clone());
     aggregator_config.directory_topic = Some(DEFAULT_DIRECTORY_TOPIC.into());

@@ -65,14 +65,24 @@ pub fn paris_series(infer: bool) -> Vec<Snapshot> {
         .collect()
 }
 
+/// The default stale policy's rule, written out: a report more than two
+/// hours before the snapshot's feed time.
+pub const STALE_AFTER_SECONDS: i64 = 7_200;
+
 /// Sequences `snapshots`, keeping for each epoch the from-scratch counts of
-/// the snapshot that made it.
+/// the snapshot that made it, its stations judged stale here (not by the
+/// sequencer's code) by the default policy.
 pub fn sequence(snapshots: Vec<Snapshot>) -> Vec<(EpochUpdates, State)> {
     let mut sequencer = SnapshotSequencer::new();
     let mut directory = Vec::new();
     let mut epochs = Vec::new();
     for snapshot in snapshots {
-        let statuses = snapshot.statuses.clone();
+        let mut statuses = snapshot.statuses.clone();
+        for s in &mut statuses {
+            s.stale = s
+                .last_reported
+                .is_some_and(|r| snapshot.feed_time - r > STALE_AFTER_SECONDS);
+        }
         let next_directory = snapshot.directory.clone();
         // A refused snapshot, or one that changes nothing, makes no epoch.
         if let Ok(Some(updates)) = sequencer.advance(snapshot) {

@@ -222,6 +222,13 @@ pub struct StationStatus {
     pub is_returning: bool,
     /// When the station last reported, when the feed says.
     pub last_reported: Option<FeedTime>,
+    /// Its last report is too old to trust at the snapshot's time: a
+    /// judgement, not a feed field. The parsers leave it `false`; whoever
+    /// judges a snapshot (velib-dataflow's sequencer, by its stale policy)
+    /// sets it. `false` when absent from JSON (records written before it
+    /// existed).
+    #[serde(default)]
+    pub stale: bool,
 }
 
 impl StationStatus {
@@ -243,7 +250,8 @@ impl StationStatus {
     }
 
     /// Whether two statuses of the same station say the same about
-    /// availability: counts and flags, ignoring `last_reported`.
+    /// availability: counts and flags (staleness included), ignoring
+    /// `last_reported`.
     ///
     /// Stations report every few minutes with nothing changed; this is what
     /// keeps such reports from becoming updates.
@@ -271,6 +279,7 @@ impl StationStatus {
             && self.is_installed == other.is_installed
             && self.is_renting == other.is_renting
             && self.is_returning == other.is_returning
+            && self.stale == other.stale
     }
 }
 

@@ -479,6 +479,7 @@ fn gbfs_v1_0_style() {
             is_renting: false,
             is_returning: true,
             last_reported: Some(1_434_054_600),
+            stale: false,
         }]
     );
 }
@@ -2186,6 +2187,7 @@ fn row() -> impl Strategy<Value = Row> {
                     is_renting: rent,
                     is_returning: ret,
                     last_reported: reported,
+                    stale: false,
                 },
                 numeric_flags: numeric,
                 types_form: form,
