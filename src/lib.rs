@@ -26,6 +26,7 @@
 pub mod aggregator;
 pub mod audit;
 pub mod cluster;
+pub mod consistency;
 pub mod counts;
 pub mod dataflow;
 pub mod directory;

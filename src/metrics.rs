@@ -103,6 +103,13 @@ impl Metrics {
                 "Times the feed turned stale.",
                 s.feed_turned_stale,
             );
+            out.labelled(
+                "velib_producer_inconsistent_stations",
+                "Stations of the last snapshot whose files disagree, by kind.",
+                "gauge",
+                "kind",
+                s.inconsistent.iter().map(|(k, v)| (*k, *v)),
+            );
             out.counter(
                 "velib_kafka_producer_sent_messages_total",
                 "Messages the producer's Kafka client sent (librdkafka txmsgs).",

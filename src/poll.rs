@@ -5,6 +5,7 @@
 //! station's directory entry and keeps the selected stations, for one
 //! [`Snapshot`] per poll.
 
+use crate::consistency::Inconsistencies;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll::{self as feed_poll, Polled};
 use crate::feed::FeedTimeKind;
@@ -116,6 +117,11 @@ impl FeedPoller {
         };
         let age = (polled.status.feed_time_kind == FeedTimeKind::Published)
             .then(|| FeedAge::judge(polled.status.feed_time, polled.status.ttl, unix_now()));
+        let inconsistencies = Inconsistencies::of(
+            &polled.status,
+            polled.information.as_deref(),
+            &self.selection,
+        );
         let snapshot = Snapshot::assemble(
             polled.status,
             polled.information.as_deref(),
@@ -127,6 +133,7 @@ impl FeedPoller {
             feed_fields: polled.feed_fields,
             information_error: polled.information_error.map(PollError::from),
             age,
+            inconsistencies,
         }))
     }
 }

@@ -6,6 +6,7 @@
 //! epoch) → [`EpochPublisher`] (one transaction). A response that is
 //! refused is logged with its reason and counted, and polling goes on.
 
+use crate::consistency::{Inconsistencies, Named};
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll as feed_poll;
@@ -137,6 +138,9 @@ pub struct ProducerStats {
     pub feed_stale: bool,
     /// Times the feed turned stale.
     pub feed_turned_stale: u64,
+    /// Stations of the last snapshot whose files disagree, by kind
+    /// ([`crate::consistency`]).
+    pub inconsistent: BTreeMap<&'static str, u64>,
 }
 
 /// Watches and stops a running producer; clones share the state.
@@ -244,6 +248,33 @@ fn watch_freshness(watch: &mut FeedWatch, age: FeedAge, handle: &ProducerHandle)
     }
 }
 
+/// Counts a snapshot's inconsistencies by kind, and logs each kind whose
+/// stations differ from the last snapshot's (a feed that disagrees the same
+/// way at every poll is said once, and again when that changes).
+fn report_inconsistencies(
+    last: &mut Inconsistencies,
+    found: &Inconsistencies,
+    handle: &ProducerHandle,
+) {
+    handle.count(|s| {
+        s.inconsistent = found
+            .kinds()
+            .map(|(kind, stations)| (kind.name(), stations.len() as u64))
+            .collect();
+    });
+    for (kind, stations) in found.kinds() {
+        if last.stations(kind) != stations {
+            tracing::warn!(kind = kind.name(), "{}", Named(kind, stations));
+        }
+    }
+    for (kind, _) in last.kinds() {
+        if found.count(kind) == 0 {
+            tracing::info!(kind = kind.name(), "no station disagrees this way any more");
+        }
+    }
+    *last = found.clone();
+}
+
 /// Runs the producer on snapshots from `source` (`config.poll` is not
 /// used) until [`ProducerHandle::stop`], the end of the source, or an error
 /// that retrying cannot fix.
@@ -291,6 +322,7 @@ pub fn run_with_source(
     handle.count(|s| s.last_epoch = sequencer.last_epoch());
     let mut backoff = Backoff::new(config.retry_base, config.retry_max);
     let mut freshness = FeedWatch::default();
+    let mut disagreeing = Inconsistencies::default();
     while !handle.is_stopped() {
         let started = Instant::now();
         handle.count(|s| s.polls += 1);
@@ -310,6 +342,7 @@ pub fn run_with_source(
                 if let Some(age) = polled.age {
                     watch_freshness(&mut freshness, age, &handle);
                 }
+                report_inconsistencies(&mut disagreeing, &polled.inconsistencies, &handle);
                 if let Some(e) = &polled.information_error {
                     reject(&handle, e.reason(), e);
                     dead_letter(&mut publisher, e);

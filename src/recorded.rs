@@ -5,6 +5,7 @@
 //! `station_information.json` beside it when there is one) or a City of
 //! Paris open-data export. The format is told by the content, not the name.
 
+use crate::consistency::Inconsistencies;
 use crate::directory::DirectoryResolver;
 use crate::feed::{
     gbfs, payload, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
@@ -300,6 +301,11 @@ impl SnapshotSource for RecordedSource {
         let bytes = read_bounded(&path)?;
         let recorded = load(&path)?;
         let feed_fields = payload::station_fields(&bytes, &recorded.status);
+        let inconsistencies = Inconsistencies::of(
+            &recorded.status,
+            recorded.information.as_ref(),
+            &self.selection,
+        );
         let snapshot = recorded.into_snapshot(&self.resolver, &self.selection);
         Ok(PollOutcome::Snapshot(PolledSnapshot {
             snapshot,
@@ -307,6 +313,7 @@ impl SnapshotSource for RecordedSource {
             information_error: None,
             // Recorded long ago: its age says nothing of the feed now.
             age: None,
+            inconsistencies,
         }))
     }
 

@@ -5,6 +5,7 @@
 //! ([`RecordedSource`](crate::recorded::RecordedSource)) are two sources;
 //! yours is a third.
 
+use crate::consistency::Inconsistencies;
 use crate::feed::poll as feed_poll;
 use crate::feed::StationId;
 use crate::fetch::FetchError;
@@ -95,6 +96,8 @@ pub struct PolledSnapshot {
     /// How old the snapshot was when it was fetched: `None` for a recorded
     /// snapshot, or a feed that publishes no time of its own.
     pub age: Option<FeedAge>,
+    /// What its files disagree on.
+    pub inconsistencies: Inconsistencies,
 }
 
 /// What one poll gave.
@@ -130,6 +133,7 @@ pub enum PollOutcome {
 ///         Ok(match self.0.take() {
 ///             Some(snapshot) => PollOutcome::Snapshot(PolledSnapshot {
 ///                 snapshot, feed_fields: Default::default(), information_error: None, age: None,
+///                 inconsistencies: Default::default(),
 ///             }),
 ///             None => PollOutcome::Exhausted,
 ///         })

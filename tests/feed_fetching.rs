@@ -6,6 +6,7 @@ mod common;
 
 use common::http::{FeedServer, Reply};
 use std::time::Duration;
+use velib_dataflow::consistency::Inconsistency;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::feed::StationId;
 use velib_dataflow::fetch::{FeedFetcher, FetchConfig, FetchError, Fetched};
@@ -182,11 +183,17 @@ fn oslo_through_discovery_with_information_refreshed_on_an_unknown_station() {
             .cloned()
             .unwrap()
     };
-    // Known from its status only: no name yet.
+    // Known from its status only: no name yet, and said so.
     assert_eq!(entry(&first).name, "");
+    let without = Inconsistency::StatusWithoutInformation;
+    assert_eq!(
+        first.inconsistencies.stations(without),
+        std::slice::from_ref(&missing)
+    );
     assert!(first.feed_fields[&missing].contains_key("num_docks_available"));
     let second = snapshot(poller.poll());
     assert_eq!(entry(&second).name, removed["name"].as_str().unwrap());
+    assert_eq!(second.inconsistencies.count(without), 0);
     assert_eq!(server.seen("/nb/station_information.json").len(), 2);
     // Every station is known now: no third information request.
     snapshot(poller.poll());
@@ -273,4 +280,78 @@ fn a_304_to_an_unconditional_request_is_an_error() {
         .poll()
         .unwrap_err();
     assert_eq!(e.reason(), "unexpected_status", "{e}");
+}
+
+#[test]
+fn what_the_status_and_information_files_disagree_on_is_named_by_kind() {
+    let server = FeedServer::start();
+    let dir = common::fixtures().join("gbfs/velib/2024-11-19");
+    let mut status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("station_status.json")).unwrap()).unwrap();
+    // One more bike than its types say.
+    let first = &mut status["data"]["stations"][0];
+    let bikes = first["num_bikes_available"].as_i64().unwrap();
+    first["num_bikes_available"] = (bikes + 1).into();
+    first["numBikesAvailable"] = (bikes + 1).into();
+    let odd = StationId::Num(first["station_id"].as_u64().unwrap());
+    let mut information: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("station_information.json")).unwrap())
+            .unwrap();
+    let stations = information["data"]["stations"].as_array_mut().unwrap();
+    // One station without information, one with information only.
+    let dropped = stations.remove(1);
+    let mut extra = stations[0].clone();
+    extra["station_id"] = 999_999_999u64.into();
+    extra["stationCode"] = "99999".into();
+    stations.push(extra);
+    server.script(
+        "/gbfs.json",
+        [Reply::ok(
+            serde_json::to_vec(&serde_json::json!({
+                "lastUpdatedOther": 1732004538, "ttl": 3600,
+                "data": {"en": {"feeds": [
+                    {"name": "station_status", "url": server.url("/station_status.json")},
+                    {"name": "station_information", "url": server.url("/station_information.json")},
+                ]}}
+            }))
+            .unwrap(),
+        )],
+    );
+    server.script(
+        "/station_status.json",
+        [Reply::ok(serde_json::to_vec(&status).unwrap())],
+    );
+    server.script(
+        "/station_information.json",
+        [Reply::ok(serde_json::to_vec(&information).unwrap())],
+    );
+    let mut config = PollConfig::new(FeedLocation::Discover {
+        url: server.url("/gbfs.json"),
+        language: None,
+    });
+    config.fetch = quick();
+    let mut poller = FeedPoller::new(config, resolver()).unwrap();
+    let polled = snapshot(poller.poll());
+    let found = &polled.inconsistencies;
+    assert_eq!(found.stations(Inconsistency::BikesNotSumOfTypes), [odd]);
+    let dropped = StationId::Num(dropped["station_id"].as_u64().unwrap());
+    assert_eq!(
+        found.stations(Inconsistency::StatusWithoutInformation),
+        std::slice::from_ref(&dropped)
+    );
+    assert_eq!(
+        found.stations(Inconsistency::InformationWithoutStatus),
+        [StationId::Num(999_999_999)]
+    );
+    // Nothing folded away: the station without information is counted,
+    // under a postcode of its own status's or `unknown`, and every status
+    // is in the snapshot.
+    assert_eq!(polled.snapshot.statuses.len(), 1_485);
+    assert!(polled
+        .snapshot
+        .directory
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|d| d.station_id == dropped));
 }

@@ -1,0 +1,198 @@
+//! Cross-file consistency of a snapshot, as MobilityData's GBFS validator
+//! checks it: a station in `station_status` but not in
+//! `station_information` (it is counted under `unknown`), one in
+//! `station_information` with no status (it is not counted), and a status
+//! whose `num_bikes_available` is not the sum of its bike types (`nbr_total`
+//! then differs from `nbr_meca + nbr_elec`). None is an error: the snapshot
+//! is still published, and what does not agree is counted by kind and
+//! named, never folded silently into the totals. (A station listed twice
+//! is an error: the parsers refuse the whole payload, `duplicate_station`.)
+
+use crate::feed::{InformationSnapshot, StationId, StatusSnapshot};
+use crate::snapshot::StationSelection;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// A kind of disagreement between a snapshot's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// In `station_status`, not in `station_information`.
+    StatusWithoutInformation,
+    /// In `station_information`, not in `station_status`.
+    InformationWithoutStatus,
+    /// `num_bikes_available` is not the sum of `num_bikes_available_types`.
+    BikesNotSumOfTypes,
+}
+
+impl Inconsistency {
+    /// The kind's name in metrics and logs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::consistency::Inconsistency;
+    ///
+    /// assert_eq!(Inconsistency::BikesNotSumOfTypes.name(), "bikes_not_sum_of_types");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Inconsistency::StatusWithoutInformation => "status_without_information",
+            Inconsistency::InformationWithoutStatus => "information_without_status",
+            Inconsistency::BikesNotSumOfTypes => "bikes_not_sum_of_types",
+        }
+    }
+
+    /// What it means for the counts, for a log line.
+    fn consequence(&self) -> &'static str {
+        match self {
+            Inconsistency::StatusWithoutInformation => {
+                "in station_status but not in station_information: counted under `unknown`"
+            }
+            Inconsistency::InformationWithoutStatus => {
+                "in station_information but not in station_status: not counted"
+            }
+            Inconsistency::BikesNotSumOfTypes => {
+                "num_bikes_available is not the sum of its types: nbr_total counts them, nbr_meca and nbr_elec count the types"
+            }
+        }
+    }
+}
+
+/// The stations of one snapshot that disagree, by kind.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::consistency::{Inconsistencies, Inconsistency};
+/// use velib_dataflow::feed::gbfs;
+/// use velib_dataflow::snapshot::StationSelection;
+///
+/// let status = gbfs::parse_status(br#"{"last_updated": 10, "ttl": 60, "data": {"stations": [
+///   {"station_id": "a", "num_bikes_available": 3, "num_bikes_available_types": [{"mechanical": 1}, {"ebike": 1}],
+///    "num_docks_available": 1, "is_installed": 1, "is_renting": 1, "is_returning": 1},
+///   {"station_id": "b", "num_bikes_available": 0, "num_docks_available": 1, "is_installed": 1, "is_renting": 1, "is_returning": 1}]}}"#)?;
+/// let information = gbfs::parse_information(br#"{"last_updated": 10, "ttl": 60, "data": {"stations": [
+///   {"station_id": "a", "name": "A", "lat": 48.8, "lon": 2.3},
+///   {"station_id": "c", "name": "C", "lat": 48.8, "lon": 2.3}]}}"#)?;
+/// let found = Inconsistencies::of(&status, Some(&information), &StationSelection::all());
+/// assert_eq!(found.count(Inconsistency::StatusWithoutInformation), 1); // b
+/// assert_eq!(found.count(Inconsistency::InformationWithoutStatus), 1); // c
+/// assert_eq!(found.count(Inconsistency::BikesNotSumOfTypes), 1); // a: 3 bikes, 2 typed
+/// # Ok::<(), velib_dataflow::feed::FeedError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inconsistencies {
+    stations: BTreeMap<Inconsistency, Vec<StationId>>,
+}
+
+impl Inconsistencies {
+    /// Checks the selected stations of `status` against `information` (a
+    /// feed without one has nothing to compare but bike types).
+    pub fn of(
+        status: &StatusSnapshot,
+        information: Option<&InformationSnapshot>,
+        selection: &StationSelection,
+    ) -> Self {
+        let mut found = Inconsistencies::default();
+        let mut note = |kind, id: &StationId| {
+            found
+                .stations
+                .entry(kind)
+                .or_insert_with(Vec::new)
+                .push(id.clone())
+        };
+        let statuses: Vec<_> = status
+            .stations
+            .iter()
+            .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+            .collect();
+        for s in &statuses {
+            if let Some(types) = s.bike_types {
+                let typed =
+                    u64::from(types.mechanical) + u64::from(types.ebike) + u64::from(types.other);
+                if typed != u64::from(s.bikes_available) {
+                    note(Inconsistency::BikesNotSumOfTypes, &s.station_id);
+                }
+            }
+        }
+        if let Some(information) = information {
+            let informed: HashSet<&StationId> = information
+                .stations
+                .iter()
+                .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
+                .map(|s| &s.station_id)
+                .collect();
+            let reported: HashSet<&StationId> = statuses.iter().map(|s| &s.station_id).collect();
+            for s in &statuses {
+                if !informed.contains(&s.station_id) {
+                    note(Inconsistency::StatusWithoutInformation, &s.station_id);
+                }
+            }
+            for s in &information.stations {
+                if selection.keeps(s.code.as_deref(), &s.station_id)
+                    && !reported.contains(&s.station_id)
+                {
+                    note(Inconsistency::InformationWithoutStatus, &s.station_id);
+                }
+            }
+        }
+        found
+    }
+
+    /// How many stations disagree in this way.
+    pub fn count(&self, kind: Inconsistency) -> usize {
+        self.stations.get(&kind).map_or(0, Vec::len)
+    }
+
+    /// The stations that disagree in this way, in feed order.
+    pub fn stations(&self, kind: Inconsistency) -> &[StationId] {
+        self.stations.get(&kind).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every kind found, with its stations.
+    pub fn kinds(&self) -> impl Iterator<Item = (Inconsistency, &[StationId])> {
+        self.stations.iter().map(|(k, s)| (*k, s.as_slice()))
+    }
+
+    /// Nothing disagrees.
+    pub fn is_empty(&self) -> bool {
+        self.stations.is_empty()
+    }
+}
+
+/// One kind's stations, for a log line: their count, what it means, and the
+/// first few ids.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::consistency::{Inconsistency, Named};
+/// use velib_dataflow::feed::StationId;
+///
+/// let ids: Vec<StationId> = (1..=7).map(StationId::Num).collect();
+/// let line = Named(Inconsistency::InformationWithoutStatus, &ids).to_string();
+/// assert_eq!(line, "7 stations in station_information but not in station_status: not counted (1, 2, 3, 4, 5, …)");
+/// ```
+#[derive(Debug)]
+pub struct Named<'a>(pub Inconsistency, pub &'a [StationId]);
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Named(kind, ids) = self;
+        let shown: Vec<String> = ids.iter().take(5).map(ToString::to_string).collect();
+        let more = if ids.len() > 5 { ", …" } else { "" };
+        let noun = if ids.len() == 1 {
+            "station"
+        } else {
+            "stations"
+        };
+        write!(
+            f,
+            "{} {noun} {} ({}{more})",
+            ids.len(),
+            kind.consequence(),
+            shown.join(", ")
+        )
+    }
+}
