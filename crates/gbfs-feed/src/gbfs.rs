@@ -151,7 +151,7 @@ pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, FeedError> {
     }
     Ok(Discovery {
         version: version(&ctx, top)?,
-        ttl: ctx.opt_count(top, "ttl")?,
+        ttl: ctx.advisory_count(top, "ttl"),
         languages,
     })
 }
@@ -360,7 +360,7 @@ impl<'a> Header<'a> {
         Ok(Header {
             feed_time,
             version: version(ctx, top)?,
-            ttl: ctx.opt_count(top, "ttl")?,
+            ttl: ctx.advisory_count(top, "ttl"),
             velib: field == "lastUpdatedOther",
             stations,
         })

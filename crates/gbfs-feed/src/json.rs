@@ -160,6 +160,19 @@ impl Ctx {
         opt(obj, field).map(|v| self.count(field, v)).transpose()
     }
 
+    /// An optional count that only advises (a `ttl`): one that is not a
+    /// count is logged and ignored, not a reason to refuse the payload's
+    /// stations.
+    pub(crate) fn advisory_count(&self, obj: &Map<String, Value>, field: &str) -> Option<u32> {
+        match self.opt_count(obj, field) {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::warn!("{e}: ignored, as if absent (it only advises)");
+                None
+            }
+        }
+    }
+
     /// A GBFS boolean in any form feeds write it: `true`/`false`, `1`/`0`,
     /// or the Paris export's `"OUI"`/`"NON"`.
     pub(crate) fn flag(&self, field: &str, v: &Value) -> Result<bool, FeedError> {

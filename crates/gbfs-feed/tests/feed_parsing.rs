@@ -1263,11 +1263,8 @@ fn required_top_level_fields_missing_or_null() {
             None,
             "last_updated"
         )));
-        let p = with(good.clone(), "ttl", json!(-1));
-        assert_eq!(
-            field_err(parse(&bytes(&p)), kind, None, "ttl"),
-            Problem::Negative("-1".into())
-        );
+        // (A ttl that is not a count is ignored: see
+        // a_ttl_that_is_not_a_count_is_ignored_not_a_reason_to_refuse_the_stations.)
         // Vélib's time field, when it is the one there.
         let p = with(
             without(good.clone(), "last_updated"),
@@ -1776,9 +1773,6 @@ fn discovery_rejections() {
             "data.feeds[0].url",
             |p| *p == Problem::Null,
         ),
-        (json!({"ttl": -3, "data": {"feeds": []}}), "ttl", |p| {
-            matches!(p, Problem::Negative(_))
-        }),
         (
             json!({"version": 3, "data": {"feeds": []}}),
             "version",
@@ -2427,4 +2421,35 @@ proptest! {
         };
         json_err(result, kind);
     }
+}
+
+#[test]
+fn a_ttl_that_is_not_a_count_is_ignored_not_a_reason_to_refuse_the_stations() {
+    let discovery = json!({"ttl": -3, "data": {"feeds": []}});
+    assert_eq!(gbfs::parse_discovery(&bytes(&discovery)).unwrap().ttl, None);
+    for ttl in [
+        json!(-5),
+        json!("soon"),
+        json!(1e12),
+        json!(4_294_967_296u64),
+        json!(2.5),
+    ] {
+        let mut p = payload(vec![status_row("a")]);
+        p["ttl"] = ttl.clone();
+        let snap = gbfs::parse_status(&bytes(&p)).unwrap_or_else(|e| panic!("ttl {ttl}: {e}"));
+        assert_eq!(snap.ttl, None, "ttl {ttl}");
+        assert_eq!(snap.stations.len(), 1, "ttl {ttl}");
+        let mut info = payload(vec![info_row("a")]);
+        info["ttl"] = ttl.clone();
+        let info =
+            gbfs::parse_information(&bytes(&info)).unwrap_or_else(|e| panic!("ttl {ttl}: {e}"));
+        assert_eq!((info.ttl, info.stations.len()), (None, 1), "ttl {ttl}");
+    }
+    // An absurd but countable ttl is the feed's to say; polling bounds it.
+    let mut p = payload(vec![status_row("a")]);
+    p["ttl"] = json!(4_000_000_000u64);
+    assert_eq!(
+        gbfs::parse_status(&bytes(&p)).unwrap().ttl,
+        Some(4_000_000_000)
+    );
 }
