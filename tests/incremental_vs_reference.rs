@@ -70,7 +70,8 @@ fn step() -> impl Strategy<Value = Step> {
             prop::collection::vec(placement(), STATIONS),
         )
             .prop_map(|(dt, stations, directory)| Step::Fresh { dt, stations, directory }),
-        1 => (0i64..2).prop_map(|dt| Step::Repeat { dt }),
+        // Served again up to two hours later: reports age out meanwhile.
+        1 => (0i64..7_300).prop_map(|dt| Step::Repeat { dt }),
     ]
 }
 
@@ -106,7 +107,9 @@ fn snapshots(steps: Vec<Step>) -> Vec<Snapshot> {
                             is_installed: installed,
                             is_renting: renting,
                             is_returning: returning,
-                            last_reported: Some(time - i as i64),
+                            // Station i reported 25·i minutes before the
+                            // snapshot: the later ones are stale (2 h).
+                            last_reported: Some(time - i as i64 * 1_500),
                             stale: false,
                         })
                     })
