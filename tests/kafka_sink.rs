@@ -78,6 +78,7 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
 
 #[test]
 fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
+    let started = unix_seconds();
     let broker = Broker::shared();
     let kafka = KafkaConfig::new(&broker.address);
     let outcome = ensure_topics(
@@ -104,8 +105,18 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
     assert_eq!(error, None, "{}", broker.log_tail());
     assert_eq!(committed, Some(epochs.len() as Epoch));
 
+    let ended = unix_seconds();
     let progress = common::output::assert_epochs_on_topic(&broker.kcat_read(TOPIC), &epochs);
     for (updates, _) in &epochs {
+        // The feed's age when the epoch was written, by the writer's clock.
+        let age = progress[&updates.epoch]["feed_age_s"]
+            .as_i64()
+            .expect("an age");
+        assert!(
+            (started - updates.feed_time..=ended - updates.feed_time).contains(&age),
+            "epoch {}: age {age}",
+            updates.epoch
+        );
         let epoch = updates.epoch;
         assert_eq!(
             progress[&epoch]["positions"]["input"]["0"],
@@ -189,4 +200,11 @@ fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
         .unwrap_err()
         .to_string();
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

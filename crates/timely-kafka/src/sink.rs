@@ -98,6 +98,12 @@ pub struct EpochProgress {
     /// ([`KafkaSink::kafka_sink_with_state`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateSummary>,
+    /// How old the feed's snapshot was when this epoch was written: the
+    /// writer's clock at its transaction, minus [`Self::feed_time`], in
+    /// seconds (what a reader shows as the data's age). Absent without a
+    /// feed time, and in progress records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_age_s: Option<i64>,
 }
 
 impl EpochProgress {
@@ -722,6 +728,7 @@ where
                         }
                         let Some(w) = writer.as_mut() else { continue };
                         progress.advance(epoch, &open.positions);
+                        progress.feed_age_s = progress.feed_time.map(|t| now_ms() / 1000 - t);
                         let state = if carried.is_empty() {
                             open.state
                         } else {
