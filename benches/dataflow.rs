@@ -112,7 +112,7 @@ fn status(i: usize, rng: &mut Lcg) -> StationStatus {
         is_renting: rng.below(30) != 0,
         is_returning: true,
         last_reported: Some(1_732_004_538),
-        stale: false,
+        judged: Default::default(),
     }
 }
 
@@ -146,6 +146,7 @@ struct FlatNetwork {
     renting: Vec<bool>,
     returning: Vec<bool>,
     stale: Vec<bool>,
+    long: Vec<(bool, bool)>,
     postcodes: usize,
 }
 
@@ -163,6 +164,7 @@ impl FlatNetwork {
             renting: vec![false; statuses.len()],
             returning: vec![false; statuses.len()],
             stale: vec![false; statuses.len()],
+            long: vec![(false, false); statuses.len()],
             postcodes: statuses.len().div_ceil(STATIONS_PER_POSTCODE),
         };
         for (i, s) in statuses.iter().enumerate() {
@@ -180,14 +182,15 @@ impl FlatNetwork {
         self.installed[i] = s.is_installed;
         self.renting[i] = s.is_renting;
         self.returning[i] = s.is_returning;
-        self.stale[i] = s.stale;
+        self.stale[i] = s.judged.stale;
+        self.long[i] = (s.judged.empty_long, s.judged.full_long);
     }
 
     /// Every postcode's counts (as many as `PostcodeCounts` has), from every
     /// station.
-    fn recompute(&self, totals: &mut Vec<[i64; 13]>) {
+    fn recompute(&self, totals: &mut Vec<[i64; 15]>) {
         totals.clear();
-        totals.resize(self.postcodes, [0; 13]);
+        totals.resize(self.postcodes, [0; 15]);
         for i in 0..self.postcode.len() {
             let rentable = i64::from(self.installed[i] && self.renting[i]);
             let returnable = i64::from(self.installed[i] && self.returning[i]);
@@ -207,6 +210,9 @@ impl FlatNetwork {
             let stale = i64::from(self.stale[i]);
             t[11] += stale;
             t[12] += rentable * stale * bikes;
+            let (empty_long, full_long) = self.long[i];
+            t[13] += i64::from(empty_long);
+            t[14] += i64::from(full_long);
         }
     }
 }

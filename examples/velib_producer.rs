@@ -203,5 +203,6 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
         retry_base: Duration::from_secs(1),
         retry_max: Duration::from_secs(60),
         stale: args.stale.policy(),
+        long_after: args.stale.long_after,
     })
 }

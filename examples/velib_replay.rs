@@ -132,7 +132,9 @@ fn replay(args: Args) -> Result<usize, String> {
     };
     let rejected = Arc::new(Mutex::new(0_usize));
     let rejected_in_feed = rejected.clone();
-    let mut sequencer = SnapshotSequencer::new().judging(args.stale.policy());
+    let mut sequencer = SnapshotSequencer::new()
+        .judging(args.stale.policy())
+        .long_after(args.stale.long_after);
     let epochs = snapshot_files(&args.paths).into_iter().filter_map(move |file| {
         let reject = |e: &dyn std::fmt::Display| {
             tracing::error!("{e}; skipped");

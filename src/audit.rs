@@ -1895,7 +1895,7 @@ mod tests {
                 is_renting: true,
                 is_returning: true,
                 last_reported: None,
-                stale: false,
+                judged: Default::default(),
             };
             let stamp = EpochStamp {
                 epoch,

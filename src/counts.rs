@@ -64,6 +64,11 @@ pub struct PostcodeCounts {
     /// Of [`Self::bikes`], those at stale stations: a rider should not count
     /// on them.
     pub bikes_stale: i64,
+    /// Of [`Self::stations_empty`], those empty for long (the sequencer's
+    /// limit, 30 minutes by default).
+    pub stations_empty_long: i64,
+    /// Of [`Self::stations_full`], those full for long.
+    pub stations_full_long: i64,
 }
 
 impl PostcodeCounts {
@@ -79,7 +84,7 @@ impl PostcodeCounts {
     ///     station_id: StationId::Num(1), code: None, bikes_available: 10,
     ///     bike_types: Some(BikeTypes { mechanical: 6, ebike: 4, other: 0 }),
     ///     docks_available: 2, is_installed: true, is_renting: false,
-    ///     is_returning: true, last_reported: None, stale: false,
+    ///     is_returning: true, last_reported: None, judged: Default::default(),
     /// };
     /// let c = PostcodeCounts::of_station(&closed);
     /// assert_eq!((c.bikes, c.bikes_unavailable, c.stations, c.stations_renting), (0, 10, 1, 0));
@@ -110,7 +115,7 @@ impl PostcodeCounts {
         (places > 0).then(|| self.bikes as f64 / places as f64)
     }
 
-    fn fields_mut(&mut self) -> [&mut i64; 13] {
+    fn fields_mut(&mut self) -> [&mut i64; 15] {
         [
             &mut self.bikes,
             &mut self.mechanical,
@@ -125,10 +130,12 @@ impl PostcodeCounts {
             &mut self.docks_renting,
             &mut self.stations_stale,
             &mut self.bikes_stale,
+            &mut self.stations_empty_long,
+            &mut self.stations_full_long,
         ]
     }
 
-    fn fields(&self) -> [i64; 13] {
+    fn fields(&self) -> [i64; 15] {
         [
             self.bikes,
             self.mechanical,
@@ -143,6 +150,8 @@ impl PostcodeCounts {
             self.docks_renting,
             self.stations_stale,
             self.bikes_stale,
+            self.stations_empty_long,
+            self.stations_full_long,
         ]
     }
 }
@@ -161,7 +170,7 @@ impl PostcodeCounts {
 ///     station_id: StationId::Num(1), code: None, bikes_available: 3,
 ///     bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
 ///     docks_available: 9, is_installed: true, is_renting: true,
-///     is_returning: true, last_reported: None, stale: false,
+///     is_returning: true, last_reported: None, judged: Default::default(),
 /// };
 /// let station = StationCounts::of_station(&status);
 /// // Placed under a postcode, it is exactly the station's PostcodeCounts.
@@ -186,6 +195,10 @@ pub struct StationCounts {
     pub returning: bool,
     /// Its last report is too old to trust (as the snapshot was judged).
     pub stale: bool,
+    /// Empty for long (as judged).
+    pub empty_long: bool,
+    /// Full for long (as judged).
+    pub full_long: bool,
 }
 
 impl StationCounts {
@@ -199,7 +212,9 @@ impl StationCounts {
             docks_available: status.docks_available,
             renting: status.is_rentable(),
             returning: status.is_installed && status.is_returning,
-            stale: status.stale,
+            stale: status.judged.stale,
+            empty_long: status.judged.empty_long,
+            full_long: status.judged.full_long,
         }
     }
 
@@ -222,6 +237,8 @@ impl StationCounts {
             docks_renting: rider_can(self.renting, self.docks_available),
             stations_stale: i64::from(self.stale),
             bikes_stale: rider_can(self.renting && self.stale, self.bikes_available),
+            stations_empty_long: i64::from(self.empty_long),
+            stations_full_long: i64::from(self.full_long),
         }
     }
 }

@@ -99,7 +99,7 @@ impl DirectoryEntry {
     /// let status = StationStatus {
     ///     station_id: StationId::Num(1), code: Some("16107".into()), bikes_available: 0,
     ///     bike_types: None, docks_available: 0, is_installed: true, is_renting: true,
-    ///     is_returning: true, last_reported: None, stale: false,
+    ///     is_returning: true, last_reported: None, judged: Default::default(),
     /// };
     /// let entry = DirectoryEntry::placed_by_table(&PostcodeTable::velib(), &status);
     /// assert_eq!((entry.postcode.as_str(), entry.postcode_source), ("75016", PostcodeSource::Table));

@@ -77,6 +77,13 @@ pub struct PostcodeRecord {
     /// before the field existed).
     #[serde(default)]
     pub nbr_bikes_stale: i64,
+    /// Of `nbr_stations_empty`, those empty for more than the producer's
+    /// `--long-after` (0 in a record written before the field existed).
+    #[serde(default)]
+    pub nbr_stations_empty_long: i64,
+    /// Of `nbr_stations_full`, those full for more than `--long-after`.
+    #[serde(default)]
+    pub nbr_stations_full_long: i64,
     /// The epoch of this value.
     pub epoch: Epoch,
     /// The feed's time of the snapshot, in seconds since the Unix epoch.
@@ -107,6 +114,8 @@ impl PostcodeRecord {
             occupancy: counts.occupancy().map(|o| (o * 1000.0).round() / 1000.0),
             nbr_stations_stale: counts.stations_stale,
             nbr_bikes_stale: counts.bikes_stale,
+            nbr_stations_empty_long: counts.stations_empty_long,
+            nbr_stations_full_long: counts.stations_full_long,
             epoch,
             feed_time,
         }

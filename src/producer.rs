@@ -60,6 +60,8 @@ pub struct ProducerConfig {
     /// How old a station's report may be before it counts as stale, judged
     /// at each snapshot's feed time.
     pub stale: StalePolicy,
+    /// How long a station must stay empty (or full) to be so "for long".
+    pub long_after: Duration,
 }
 
 impl ProducerConfig {
@@ -75,6 +77,7 @@ impl ProducerConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             stale: StalePolicy::default(),
+            long_after: DEFAULT_LONG_AFTER,
         }
     }
 }
@@ -142,6 +145,9 @@ pub struct ProducerStats {
     /// ([`crate::consistency`]).
     pub inconsistent: BTreeMap<&'static str, u64>,
 }
+
+/// How long a station must stay empty or full to be so for long, by default.
+pub const DEFAULT_LONG_AFTER: Duration = Duration::from_secs(30 * 60);
 
 /// Watches and stops a running producer; clones share the state.
 ///
@@ -318,7 +324,8 @@ pub fn run_with_source(
         }
         None => SnapshotSequencer::new(),
     }
-    .judging(config.stale);
+    .judging(config.stale)
+    .long_after(config.long_after);
     handle.count(|s| s.last_epoch = sequencer.last_epoch());
     let mut backoff = Backoff::new(config.retry_base, config.retry_max);
     let mut freshness = FeedWatch::default();

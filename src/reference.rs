@@ -69,7 +69,13 @@ fn station_counts(status: &StationStatus, inferred: bool) -> PostcodeCounts {
         stations_empty: count(renting && bikes == 0),
         stations_full: count(returning && docks == 0),
         docks_renting: if renting { docks } else { 0 },
-        stations_stale: count(status.stale),
-        bikes_stale: if renting && status.stale { bikes } else { 0 },
+        stations_stale: count(status.judged.stale),
+        bikes_stale: if renting && status.judged.stale {
+            bikes
+        } else {
+            0
+        },
+        stations_empty_long: count(status.judged.empty_long),
+        stations_full_long: count(status.judged.full_long),
     }
 }

@@ -10,11 +10,12 @@
 use crate::dataflow::Epoch;
 use crate::directory::{DirectoryEntry, DirectoryResolver};
 use crate::feed::{
-    FeedTime, FeedTimeKind, InformationSnapshot, StationId, StationStatus, StatusSnapshot,
+    FeedTime, FeedTimeKind, InformationSnapshot, Judged, StationId, StationStatus, StatusSnapshot,
 };
 use crate::freshness::StalePolicy;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::Duration;
 
 /// A row that belongs to one station.
 pub trait Keyed {
@@ -123,6 +124,11 @@ impl<V: Keyed + Clone> SnapshotDiffer<V> {
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         self.current = next;
         updates.into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// The row of `key` as of the last snapshot.
+    pub fn get(&self, key: &V::Key) -> Option<&V> {
+        self.current.get(key)
     }
 
     /// The rows as of the last snapshot.
@@ -258,7 +264,7 @@ impl Snapshot {
 ///
 /// let station = |bikes| StationStatus {
 ///     station_id: StationId::Num(7), code: None, bikes_available: bikes, bike_types: None,
-///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None, stale: false,
+///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None, judged: Default::default(),
 /// };
 /// let snapshot = |t, bikes| Snapshot {
 ///     feed_time: t, feed_time_kind: FeedTimeKind::Published, statuses: vec![station(bikes)], directory: None,
@@ -308,7 +314,13 @@ pub struct SnapshotSequencer {
     seen_codes: bool,
     seen_types: bool,
     stale: StalePolicy,
+    /// Empty or full for longer than this is long (`None`: the default).
+    long_after: Option<i64>,
 }
+
+/// A station empty or full for more than 30 minutes is so for long, by
+/// default.
+pub const DEFAULT_LONG_AFTER_SECONDS: i64 = 30 * 60;
 
 impl SnapshotSequencer {
     /// A sequencer whose first epoch will be 1, judging stations stale by
@@ -334,7 +346,7 @@ impl SnapshotSequencer {
     /// let status = StationStatus {
     ///     station_id: StationId::Num(1), code: None, bikes_available: 3, bike_types: None,
     ///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true,
-    ///     last_reported: Some(1_000), stale: false,
+    ///     last_reported: Some(1_000), judged: Default::default(),
     /// };
     /// let at = |feed_time| Snapshot {
     ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![status.clone()], directory: None,
@@ -342,11 +354,63 @@ impl SnapshotSequencer {
     /// assert!(seq.advance(at(1_100)).unwrap().is_some());
     /// // Nothing else changed, but the report is now too old: an epoch.
     /// let updates = seq.advance(at(1_700)).unwrap().unwrap();
-    /// assert!(updates.statuses.iter().any(|(s, diff)| s.stale && *diff > 0));
+    /// assert!(updates.statuses.iter().any(|(s, diff)| s.judged.stale && *diff > 0));
     /// ```
     pub fn judging(mut self, policy: StalePolicy) -> Self {
         self.stale = policy;
         self
+    }
+
+    /// Calls a station empty (or full) for long once it has been so for
+    /// more than `limit`, counted from the first snapshot that found it so
+    /// (default 30 minutes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use velib_dataflow::feed::{FeedTimeKind, StationId, StationStatus};
+    /// use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
+    ///
+    /// let mut seq = SnapshotSequencer::new().long_after(Duration::from_secs(600));
+    /// let empty = StationStatus {
+    ///     station_id: StationId::Num(1), code: None, bikes_available: 0, bike_types: None,
+    ///     docks_available: 9, is_installed: true, is_renting: true, is_returning: true,
+    ///     last_reported: None, judged: Default::default(),
+    /// };
+    /// let at = |feed_time| Snapshot {
+    ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![empty.clone()], directory: None,
+    /// };
+    /// seq.advance(at(1_000)).unwrap();
+    /// // Still empty, ten minutes and a second later: empty for long, and since 1,000.
+    /// let updates = seq.advance(at(1_601)).unwrap().unwrap();
+    /// let (now, _) = updates.statuses.iter().find(|(_, diff)| *diff > 0).unwrap();
+    /// assert_eq!((now.judged.empty_since, now.judged.empty_long), (Some(1_000), true));
+    /// ```
+    pub fn long_after(mut self, limit: Duration) -> Self {
+        self.long_after = Some(i64::try_from(limit.as_secs()).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// What is judged of `status` at `feed_time`, given what was judged of
+    /// the station at the last snapshot: since when it is empty or full
+    /// carries over while it stays so.
+    fn judge(&self, status: &StationStatus, before: Option<Judged>, feed_time: FeedTime) -> Judged {
+        let empty = status.is_rentable() && status.bikes_available == 0;
+        let full = status.is_installed && status.is_returning && status.docks_available == 0;
+        let since = |now: bool, was: Option<FeedTime>| now.then(|| was.unwrap_or(feed_time));
+        let empty_since = since(empty, before.and_then(|b| b.empty_since));
+        let full_since = since(full, before.and_then(|b| b.full_since));
+        let limit = self.long_after.unwrap_or(DEFAULT_LONG_AFTER_SECONDS);
+        let long =
+            |since: Option<FeedTime>| since.is_some_and(|s| feed_time.saturating_sub(s) > limit);
+        Judged {
+            stale: self.stale.is_stale(status.last_reported, feed_time),
+            empty_since,
+            full_since,
+            empty_long: long(empty_since),
+            full_long: long(full_since),
+        }
     }
 
     /// A sequencer that goes on from a state already published: `statuses`
@@ -439,9 +503,8 @@ impl SnapshotSequencer {
         }
         let mut statuses = snapshot.statuses;
         for status in &mut statuses {
-            status.stale = self
-                .stale
-                .is_stale(status.last_reported, snapshot.feed_time);
+            let before = self.statuses.get(&status.station_id).map(|s| s.judged);
+            status.judged = self.judge(status, before, snapshot.feed_time);
         }
         let statuses = self.statuses.diff(statuses);
         let directory = match snapshot.directory {

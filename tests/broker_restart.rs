@@ -81,6 +81,7 @@ fn producer_config(broker: &str, feed: String) -> ProducerConfig {
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
         stale: velib_dataflow::freshness::StalePolicy::default(),
+        long_after: velib_dataflow::producer::DEFAULT_LONG_AFTER,
     }
 }
 

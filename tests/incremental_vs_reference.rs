@@ -110,7 +110,7 @@ fn snapshots(steps: Vec<Step>) -> Vec<Snapshot> {
                             // Station i reported 25·i minutes before the
                             // snapshot: the later ones are stale (2 h).
                             last_reported: Some(time - i as i64 * 1_500),
-                            stale: false,
+                            judged: Default::default(),
                         })
                     })
                     .collect();

@@ -38,7 +38,7 @@ fn status() -> StationStatus {
         is_renting: true,
         is_returning: true,
         last_reported: Some(1732004476),
-        stale: false,
+        judged: Default::default(),
     }
 }
 

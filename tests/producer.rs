@@ -50,6 +50,7 @@ fn producer_config(broker: &str, feed: String, topic: &str, directory: &str) -> 
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
         stale: velib_dataflow::freshness::StalePolicy::default(),
+        long_after: velib_dataflow::producer::DEFAULT_LONG_AFTER,
     }
 }
 
@@ -323,7 +324,8 @@ fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
         "station_id": 213688169u64, "code": "16107", "bikes_available": 1,
         "bike_types": {"mechanical": 1, "ebike": 0, "other": 0}, "docks_available": 34,
         "is_installed": true, "is_renting": true, "is_returning": true,
-        "last_reported": 1732001704, "stale": false}});
+        "last_reported": 1732001704, "judged": {"stale": false, "empty_since": null,
+        "full_since": null, "empty_long": false, "full_long": false}}});
     let got: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
     assert_eq!(got, want);
     let feed_time = |epoch: Epoch| {

@@ -69,6 +69,7 @@ fn failed_transactions_are_tried_again_under_a_new_attempt() {
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
         stale: velib_dataflow::freshness::StalePolicy::default(),
+        long_after: velib_dataflow::producer::DEFAULT_LONG_AFTER,
     };
     let handle = ProducerHandle::default();
     let running = handle.clone();
@@ -185,6 +186,7 @@ impl MockRun {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_millis(500),
             stale: velib_dataflow::freshness::StalePolicy::default(),
+            long_after: velib_dataflow::producer::DEFAULT_LONG_AFTER,
         };
         let handle = ProducerHandle::default();
         let running = handle.clone();

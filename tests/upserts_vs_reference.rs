@@ -62,7 +62,7 @@ fn status_of(i: u64, (mechanical, docks, renting, typed): (u32, u32, bool, bool)
         is_renting: renting,
         is_returning: !renting,
         last_reported: None,
-        stale: false,
+        judged: Default::default(),
     }
 }
 

@@ -160,7 +160,8 @@ impl ClusterArgs {
     }
 }
 
-/// When a station's counts are stale.
+/// How stations are judged: when their counts are stale, when empty or
+/// full is for long.
 #[derive(clap::Args, Debug)]
 pub struct StaleArgs {
     /// A station whose `last_reported` is older than this at a snapshot's
@@ -168,6 +169,12 @@ pub struct StaleArgs {
     /// `nbr_bikes_stale`): `90m`, `2h`, `7200` (seconds)
     #[arg(long, value_parser = parse_duration, default_value = "2h", value_name = "DURATION")]
     pub stale_after: Duration,
+
+    /// A station empty (or full) for longer than this, counted from the
+    /// first snapshot that found it so, is so for long
+    /// (`nbr_stations_empty_long`, `nbr_stations_full_long`)
+    #[arg(long, value_parser = parse_duration, default_value = "30m", value_name = "DURATION")]
+    pub long_after: Duration,
 }
 
 impl StaleArgs {

@@ -133,7 +133,7 @@ impl Network {
             is_renting: open,
             is_returning: open,
             last_reported: Some(self.reported[index]),
-            stale: false,
+            judged: Default::default(),
         };
         (
             station_key(&status.station_id),

@@ -193,6 +193,7 @@ fn live(args: Args) -> Result<(), String> {
         retry_base: Duration::from_secs(1),
         retry_max: Duration::from_secs(60),
         stale: args.stale.policy(),
+        long_after: args.stale.long_after,
     };
     let mut aggregator_config = AggregatorConfig::new(kafka.clone());
     aggregator_config.directory_topic = Some(DEFAULT_DIRECTORY_TOPIC.into());

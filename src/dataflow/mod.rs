@@ -71,7 +71,7 @@ pub use crate::kafka::protocol::Epoch;
 ///         station_id: StationId::Num(1), code: Some("16107".into()), bikes_available: 3,
 ///         bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
 ///         docks_available: 32, is_installed: true, is_renting: true, is_returning: true,
-///         last_reported: None, stale: false,
+///         last_reported: None, judged: Default::default(),
 ///     });
 /// });
 /// let out = out.lock().unwrap();
@@ -107,7 +107,7 @@ where
 /// let status = |bikes| StationStatus {
 ///     station_id: StationId::Num(1), code: None, bikes_available: bikes, bike_types: None,
 ///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true,
-///     last_reported: None, stale: false,
+///     last_reported: None, judged: Default::default(),
 /// };
 /// let out = Arc::new(Mutex::new(Vec::new()));
 /// let sink = out.clone();

@@ -7,10 +7,11 @@ pub mod epochs;
 pub mod http;
 pub mod output;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use velib_dataflow::counts::PostcodeCounts;
+use velib_dataflow::feed::{Judged, StationId};
 use velib_dataflow::kafka::changes::KeyChange;
 use velib_dataflow::postcode::Postcode;
 use velib_dataflow::reference::postcode_counts_from_scratch;
@@ -69,27 +70,49 @@ pub fn paris_series(infer: bool) -> Vec<Snapshot> {
 /// hours before the snapshot's feed time.
 pub const STALE_AFTER_SECONDS: i64 = 7_200;
 
+/// The sequencer's default limit for empty or full "for long", written out.
+pub const LONG_AFTER_SECONDS: i64 = 1_800;
+
 /// Sequences `snapshots`, keeping for each epoch the from-scratch counts of
-/// the snapshot that made it, its stations judged stale here (not by the
-/// sequencer's code) by the default policy.
+/// the snapshot that made it, its stations judged here (not by the
+/// sequencer's code) by the default rules: stale, and since when empty or
+/// full, carried from each accepted snapshot to the next.
 pub fn sequence(snapshots: Vec<Snapshot>) -> Vec<(EpochUpdates, State)> {
     let mut sequencer = SnapshotSequencer::new();
     let mut directory = Vec::new();
     let mut epochs = Vec::new();
+    let mut since: HashMap<StationId, (Option<i64>, Option<i64>)> = HashMap::new();
     for snapshot in snapshots {
+        let t = snapshot.feed_time;
         let mut statuses = snapshot.statuses.clone();
+        let mut next_since = HashMap::new();
         for s in &mut statuses {
-            s.stale = s
-                .last_reported
-                .is_some_and(|r| snapshot.feed_time - r > STALE_AFTER_SECONDS);
+            let empty = s.is_installed && s.is_renting && s.bikes_available == 0;
+            let full = s.is_installed && s.is_returning && s.docks_available == 0;
+            let (was_empty, was_full) = since.get(&s.station_id).copied().unwrap_or_default();
+            let empty_since = empty.then(|| was_empty.unwrap_or(t));
+            let full_since = full.then(|| was_full.unwrap_or(t));
+            s.judged = Judged {
+                stale: s.last_reported.is_some_and(|r| t - r > STALE_AFTER_SECONDS),
+                empty_since,
+                full_since,
+                empty_long: empty_since.is_some_and(|e| t - e > LONG_AFTER_SECONDS),
+                full_long: full_since.is_some_and(|f| t - f > LONG_AFTER_SECONDS),
+            };
+            next_since.insert(s.station_id.clone(), (empty_since, full_since));
         }
         let next_directory = snapshot.directory.clone();
-        // A refused snapshot, or one that changes nothing, makes no epoch.
-        if let Ok(Some(updates)) = sequencer.advance(snapshot) {
-            if let Some(d) = next_directory {
-                directory = d;
+        // A refused snapshot changes nothing; an accepted one (even one that
+        // changes nothing) is what the next is judged against.
+        if let Ok(outcome) = sequencer.advance(snapshot) {
+            since = next_since;
+            if let Some(updates) = outcome {
+                if let Some(d) = next_directory {
+                    directory = d;
+                }
+                let expected = postcode_counts_from_scratch(&statuses, &directory);
+                epochs.push((updates, expected));
             }
-            epochs.push((updates, postcode_counts_from_scratch(&statuses, &directory)));
         }
     }
     epochs

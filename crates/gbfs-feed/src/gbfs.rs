@@ -420,7 +420,7 @@ fn parse_station_status(
         last_reported: opt(obj, "last_reported")
             .map(|v| ctx.time("last_reported", v))
             .transpose()?,
-        stale: false,
+        judged: Default::default(),
         station_id,
     })
 }

@@ -222,13 +222,46 @@ pub struct StationStatus {
     pub is_returning: bool,
     /// When the station last reported, when the feed says.
     pub last_reported: Option<FeedTime>,
-    /// Its last report is too old to trust at the snapshot's time: a
-    /// judgement, not a feed field. The parsers leave it `false`; whoever
-    /// judges a snapshot (velib-dataflow's sequencer, by its stale policy)
-    /// sets it. `false` when absent from JSON (records written before it
-    /// existed).
+    /// What was judged of the station at the snapshot's time: not feed
+    /// fields. The parsers leave it empty; whoever judges a snapshot
+    /// (velib-dataflow's sequencer) fills it. Empty when absent from JSON
+    /// (records written before it existed).
+    #[serde(default)]
+    pub judged: Judged,
+}
+
+/// What was judged of a station at a snapshot, from its fields and the
+/// snapshot's feed time ([`StationStatus::judged`]).
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::Judged;
+///
+/// let judged: Judged = serde_json::from_str(r#"{"stale": true}"#)?;
+/// assert!(judged.stale && judged.empty_since.is_none());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Judged {
+    /// Its last report is too old to trust.
     #[serde(default)]
     pub stale: bool,
+    /// Since when (feed time) it has been installed, renting and without a
+    /// bike, carried from snapshot to snapshot; `None` when it is not.
+    #[serde(default)]
+    pub empty_since: Option<FeedTime>,
+    /// Since when it has been installed, returning and without a free dock.
+    #[serde(default)]
+    pub full_since: Option<FeedTime>,
+    /// Empty for longer than the judge's limit.
+    #[serde(default)]
+    pub empty_long: bool,
+    /// Full for longer than the judge's limit.
+    #[serde(default)]
+    pub full_long: bool,
 }
 
 impl StationStatus {
@@ -279,7 +312,7 @@ impl StationStatus {
             && self.is_installed == other.is_installed
             && self.is_renting == other.is_renting
             && self.is_returning == other.is_returning
-            && self.stale == other.stale
+            && self.judged == other.judged
     }
 }
 

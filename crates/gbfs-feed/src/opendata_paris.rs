@@ -88,7 +88,7 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
             is_renting: ctx.req_flag(obj, "is_renting")?,
             is_returning: ctx.req_flag(obj, "is_returning")?,
             last_reported: Some(due),
-            stale: false,
+            judged: Default::default(),
         });
         let position = match opt(obj, "coordonnees_geo") {
             None => None,

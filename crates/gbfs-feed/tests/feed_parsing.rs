@@ -479,7 +479,7 @@ fn gbfs_v1_0_style() {
             is_renting: false,
             is_returning: true,
             last_reported: Some(1_434_054_600),
-            stale: false,
+            judged: Default::default(),
         }]
     );
 }
@@ -2181,7 +2181,7 @@ fn row() -> impl Strategy<Value = Row> {
                     is_renting: rent,
                     is_returning: ret,
                     last_reported: reported,
-                    stale: false,
+                    judged: Default::default(),
                 },
                 numeric_flags: numeric,
                 types_form: form,
