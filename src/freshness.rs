@@ -36,6 +36,7 @@ pub const SPEC_MAX_AGE_SECONDS: i64 = 300;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeedAge {
+    feed_time: FeedTime,
     seconds: i64,
     ttl: Option<u32>,
 }
@@ -49,9 +50,27 @@ impl FeedAge {
     /// `fetched_at` (seconds since the Unix epoch).
     pub fn judge(feed_time: FeedTime, ttl: Option<u32>, fetched_at: FeedTime) -> Self {
         FeedAge {
+            feed_time,
             seconds: fetched_at.saturating_sub(feed_time),
             ttl,
         }
+    }
+
+    /// The same snapshot judged again at `now`: what a `304 Not Modified`
+    /// says, the feed still at that snapshot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::freshness::FeedAge;
+    ///
+    /// let fetched = FeedAge::judge(1_000, Some(60), 1_010);
+    /// assert!(!fetched.is_stale());
+    /// // Not modified ten minutes later: the same snapshot, now stale.
+    /// assert!(fetched.again(1_610).is_stale());
+    /// ```
+    pub fn again(&self, now: FeedTime) -> FeedAge {
+        FeedAge::judge(self.feed_time, self.ttl, now)
     }
 
     /// The age in seconds (negative when the feed's time is ahead of ours).
@@ -122,6 +141,14 @@ impl fmt::Display for FeedAge {
 #[derive(Clone, Debug, Default)]
 pub struct FeedWatch {
     stale: Option<bool>,
+    last: Option<FeedAge>,
+}
+
+impl FeedWatch {
+    /// The last age observed: the snapshot the feed is at.
+    pub fn last(&self) -> Option<FeedAge> {
+        self.last
+    }
 }
 
 /// A change of a feed's freshness.
@@ -137,6 +164,7 @@ impl FeedWatch {
     /// Notes a snapshot's age; says whether the feed's freshness changed.
     /// A first snapshot that is stale counts as turning stale.
     pub fn observe(&mut self, age: FeedAge) -> Option<Turned> {
+        self.last = Some(age);
         let stale = age.is_stale();
         let before = self.stale.replace(stale);
         match (before, stale) {
@@ -216,4 +244,12 @@ impl StalePolicy {
         last_reported
             .is_some_and(|reported| feed_time.saturating_sub(reported) > self.after_seconds)
     }
+}
+
+/// Seconds since the Unix epoch, by this machine's clock: what a fetched
+/// snapshot's age is judged against.
+pub(crate) fn unix_now() -> FeedTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

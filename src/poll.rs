@@ -10,7 +10,7 @@ use crate::directory::DirectoryResolver;
 use crate::feed::poll::{self as feed_poll, Polled};
 use crate::feed::FeedTimeKind;
 use crate::fetch::FetchError;
-use crate::freshness::FeedAge;
+use crate::freshness::{unix_now, FeedAge};
 use crate::snapshot::{Snapshot, StationSelection};
 use crate::snapshot_source::{PollError, PollOutcome, PolledSnapshot, SnapshotSource};
 use std::time::Duration;
@@ -136,11 +136,4 @@ impl FeedPoller {
             inconsistencies,
         }))
     }
-}
-
-/// Seconds since the Unix epoch, by this machine's clock.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -11,7 +11,7 @@ use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll as feed_poll;
 use crate::fetch::{Backoff, FetchError};
-use crate::freshness::{FeedAge, FeedWatch, StalePolicy, Turned};
+use crate::freshness::{unix_now, FeedAge, FeedWatch, StalePolicy, Turned};
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
 use crate::kafka::KafkaConfig;
 use crate::kafka::KafkaError;
@@ -340,6 +340,10 @@ pub fn run_with_source(
             }
             Ok(PollOutcome::NotModified) => {
                 tracing::debug!("not modified");
+                // Still the last snapshot: it ages all the same.
+                if let Some(last) = freshness.last() {
+                    watch_freshness(&mut freshness, last.again(unix_now()), &handle);
+                }
                 handle.count(|s| s.unchanged += 1);
                 backoff.reset();
                 None

@@ -753,10 +753,7 @@ fn a_feed_that_turns_stale_and_fresh_again_is_said_once_each_way() {
     let broker = Broker::start();
     let server = FeedServer::start();
     let status = velib_status();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     server.script(
         "/station_status.json",
         [
@@ -806,4 +803,45 @@ fn a_feed_that_turns_stale_and_fresh_again_is_said_once_each_way() {
     // The same content again is no epoch, except that an hour and more on,
     // the stations empty (or full) since the first are so for long: one more.
     assert_eq!(stats.epochs_published, 2, "{stats:?}");
+}
+
+#[test]
+fn a_feed_that_answers_not_modified_ages_all_the_same() {
+    let broker = Broker::start();
+    let server = FeedServer::start();
+    let now = unix_now();
+    // Fresh when first fetched (ten seconds short of GBFS's five minutes),
+    // then only ever "304 Not Modified": the snapshot grows old behind it.
+    server.script(
+        "/station_status.json",
+        [Reply::Etag(
+            "\"frozen\"".into(),
+            with_time(velib_status(), now - 290),
+        )],
+    );
+    let config = producer_config(
+        &broker.address,
+        server.url("/station_status.json"),
+        "frozen-status",
+        "frozen-directory",
+    );
+    let (handle, thread) = start(config);
+    wait_for("the feed turning stale behind 304s", &broker, || {
+        handle.stats().feed_turned_stale == 1
+    });
+    let stats = handle.stats();
+    stop(handle, thread);
+    assert!(stats.feed_stale, "{stats:?}");
+    assert!(stats.feed_age_seconds.is_some_and(|a| a > 300), "{stats:?}");
+    assert!(stats.unchanged > 0, "answered 304: {stats:?}");
+    assert!(server.seen("/station_status.json").len() > 1);
+}
+
+/// Seconds since the Unix epoch, by this machine's clock (what the producer
+/// judges a fetched snapshot's age against).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

@@ -258,17 +258,17 @@ pub fn watermarks(
         .map_err(KafkaError::client(format!(
             "creating a consumer to read the ends of {topic}"
         )))?;
-    let partitions = super::topics::partition_count(consumer.client(), topic, timeout)?;
+    // Asking again is bounded by one timeout in all; each request has its own.
     let deadline = Instant::now() + timeout;
+    let partitions = super::topics::partition_count(consumer.client(), topic, timeout)?;
     (0..partitions)
         .map(|partition| loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match consumer.fetch_watermarks(topic, partition, left) {
+            match consumer.fetch_watermarks(topic, partition, timeout) {
                 // A partition created a moment ago is listed before its
                 // leader serves it: asked too soon, the broker says it
                 // leads nothing yet.
-                Err(e) if leader_moving(&e) && !left.is_zero() => {
-                    std::thread::sleep(Duration::from_millis(50).min(left));
+                Err(e) if leader_moving(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 result => {
                     break result.map_err(KafkaError::client(format!(

@@ -96,13 +96,16 @@ pub struct EpochProgress {
     pub passed: BTreeMap<String, BTreeMap<i32, Epoch>>,
     /// What the state topic holds as of this epoch, when the sink writes one
     /// ([`KafkaSink::kafka_sink_with_state`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Always written (`null` when none), never skipped: a progress record
+    // also crosses timely's exchange between processes, in bincode, which
+    // cannot tell a skipped field from the next one.
+    #[serde(default)]
     pub state: Option<StateSummary>,
     /// How old the feed's snapshot was when this epoch was written: the
     /// writer's clock at its transaction, minus [`Self::feed_time`], in
     /// seconds (what a reader shows as the data's age). Absent without a
     /// feed time, and in progress records of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub feed_age_s: Option<i64>,
 }
 
@@ -1062,4 +1065,47 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A progress record crosses timely's exchange between processes (a
+    /// restart shares the committed one with every worker), in bincode,
+    /// which has no field names: every field must be written, absent or not.
+    #[test]
+    fn a_progress_record_survives_the_exchange_between_processes_whatever_it_lacks() {
+        let bare = EpochProgress {
+            epoch: 3,
+            ..Default::default()
+        };
+        let full = EpochProgress {
+            epoch: 4,
+            feed_time: Some(1_732_004_538),
+            state: Some(StateSummary {
+                topic: "s".into(),
+                partitions: 2,
+                ..Default::default()
+            }),
+            feed_age_s: Some(7),
+            ..Default::default()
+        };
+        for progress in [bare, full] {
+            // Followed by another value, as inside a larger message.
+            let bytes = bincode::serialize(&(progress.clone(), true)).unwrap();
+            let back: (EpochProgress, bool) = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, (progress.clone(), true));
+            // And JSON, as the progress topic holds it, both ways.
+            let json = serde_json::to_string(&progress).unwrap();
+            assert_eq!(
+                serde_json::from_str::<EpochProgress>(&json).unwrap(),
+                progress
+            );
+        }
+        // An older record, without the newer fields, still reads.
+        let old: EpochProgress =
+            serde_json::from_str(r#"{"epoch":1,"feed_time":null,"positions":{}}"#).unwrap();
+        assert_eq!((old.state, old.feed_age_s), (None, None));
+    }
 }
