@@ -264,7 +264,7 @@ impl Snapshot {
 ///
 /// let station = |bikes| StationStatus {
 ///     station_id: StationId::Num(7), code: None, bikes_available: bikes, bike_types: None,
-///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true, last_reported: None, judged: Default::default(),
+///     docks_available: 5, is_installed: true, is_renting: true, is_returning: true, last_reported: None, judged: Default::default(),
 /// };
 /// let snapshot = |t, bikes| Snapshot {
 ///     feed_time: t, feed_time_kind: FeedTimeKind::Published, statuses: vec![station(bikes)], directory: None,
