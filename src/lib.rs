@@ -22,7 +22,8 @@
 // (counts) -> changes -> output. `replay` and `recorded` drive it in-process;
 // `aggregator` runs it between Kafka topics (`kafka::source` -> `upsert` ->
 // dataflow -> `kafka::sink`). Upstream of Kafka, `producer` runs `fetch` ->
-// `poll` -> `snapshot` -> `kafka::publish`.
+// `poll` -> `snapshot` -> `kafka::publish`. Downstream of the output topic,
+// `web` serves the live page (`committed` -> `page` -> `events` -> `server`).
 pub mod aggregator;
 pub mod audit;
 pub mod cluster;
@@ -31,6 +32,7 @@ pub mod counts;
 pub mod dataflow;
 pub mod directory;
 pub mod freshness;
+mod http;
 pub use gbfs_feed as feed;
 pub use gbfs_feed::fetch;
 pub mod kafka;
@@ -45,3 +47,4 @@ pub mod replay;
 pub mod snapshot;
 pub mod snapshot_source;
 pub mod station_records;
+pub mod web;

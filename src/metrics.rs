@@ -5,11 +5,10 @@
 //! twice, and a job that is not running in this process is left out.
 
 use crate::aggregator::AggregatorHandle;
+use crate::http;
 use crate::producer::ProducerHandle;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
 
 /// What a scrape reports: the jobs running in this process.
 ///
@@ -246,16 +245,14 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Requests larger than this are answered `431` without being read further.
-const MAX_REQUEST_BYTES: usize = 8 << 10;
 /// Clients served at once.
 const MAX_CLIENTS: usize = 16;
-/// A client that sends nothing for this long is dropped.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `metrics` at `http://addr/metrics` from a background thread, for
-/// as long as the process runs. Returns the address bound (useful with port
-/// 0).
+/// as long as the process runs, bounded as the live page's server is
+/// (a request head is at most 8 KiB, a silent client is dropped after 5 s,
+/// 16 clients at once). Returns the
+/// address bound (useful with port 0).
 ///
 /// # Examples
 ///
@@ -275,73 +272,39 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// ```
 pub fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("velib-metrics".into())
-        .spawn(move || {
-            let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            for stream in listener.incoming().flatten() {
-                // A thread per client, so that a slow one delays nobody;
-                // at most MAX_CLIENTS at once, the others are dropped.
-                if busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CLIENTS {
-                    busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    continue;
-                }
-                let (metrics, busy) = (metrics.clone(), std::sync::Arc::clone(&busy));
-                std::thread::spawn(move || {
-                    if let Err(e) = answer(stream, &metrics) {
-                        tracing::debug!("metrics request: {e}");
-                    }
-                    busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                });
-            }
-        })?;
-    Ok(bound)
+    http::serve_connections("velib-metrics", listener, MAX_CLIENTS, move |stream| {
+        answer(&stream, &metrics)
+    })
 }
 
-fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?).take(MAX_REQUEST_BYTES as u64);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read the headers to their end, within the size bound.
-    let mut complete = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        if line == "\r\n" || line == "\n" {
-            complete = true;
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, body) = if !complete {
-        ("431 Request Header Fields Too Large", String::new())
-    } else if method != "GET" {
-        ("405 Method Not Allowed", String::new())
-    } else if path == "/metrics" || path.starts_with("/metrics?") {
-        ("200 OK", metrics.render())
-    } else {
-        ("404 Not Found", "metrics are at /metrics\n".to_owned())
+fn answer(stream: &TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let request = match http::read_request(stream)? {
+        None => return Ok(()),
+        Some(Err(bad)) => return http::refuse(stream, bad),
+        Some(Ok(request)) => request,
     };
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    out.flush()
+    let body;
+    let response = if request.method != "GET" && !request.head_only() {
+        http::Response {
+            headers: &["Allow: GET, HEAD"],
+            ..http::Response::text("405 Method Not Allowed", "")
+        }
+    } else if request.path == "/metrics" {
+        body = metrics.render();
+        http::Response {
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            ..http::Response::text("200 OK", &body)
+        }
+    } else {
+        http::Response::text("404 Not Found", "metrics are at /metrics\n")
+    };
+    response.write(stream, request.head_only())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn ask(addr: SocketAddr, request: &[u8]) -> String {
         let mut client = TcpStream::connect(addr).unwrap();

@@ -8,6 +8,8 @@
 //! cargo run --example velib_live -- --replay tests/fixtures/opendata-paris/velib-series
 //! # On your own Kafka:
 //! cargo run --example velib_live -- --brokers 127.0.0.1:9092
+//! # With the live page (a map and a table) at http://127.0.0.1:8080/:
+//! cargo run --example velib_live -- --http 127.0.0.1:8080
 //! ```
 //!
 //! With no `--brokers`, it starts librdkafka's mock cluster in-process: a
@@ -38,6 +40,8 @@ use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
 use velib_dataflow::producer::{self, ProducerConfig, ProducerHandle};
 use velib_dataflow::recorded::RecordedSource;
 use velib_dataflow::snapshot::StationSelection;
+use velib_dataflow::web::committed::CommittedConfig;
+use velib_dataflow::web::LivePage;
 
 /// Live per-postcode Vélib' availability: polls the feed, publishes each
 /// snapshot's changes to Kafka, keeps the per-postcode counts as a
@@ -73,6 +77,12 @@ struct Args {
     /// How the view is printed.
     #[arg(long, value_enum, default_value_t = view::Format::Auto)]
     format: view::Format,
+
+    /// Serve the live page at http://ADDR/ (e.g. 127.0.0.1:8080; port 0
+    /// picks one): a map of the stations and a table of the postcodes,
+    /// updated in the browser on each committed epoch.
+    #[arg(long, env = "VELIB_HTTP_ADDR", value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, env = "VELIB_METRICS_ADDR", value_name = "ADDR")]
@@ -218,8 +228,10 @@ fn live(args: Args) -> Result<(), String> {
             .map_err(|e| format!("aggregator: {e}"));
     }
     let stopper = producer_handle.clone();
+    let (interrupt, interrupted) = std::sync::mpsc::channel();
     common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
-        stopper.stop()
+        stopper.stop();
+        let _ = interrupt.send(());
     });
 
     // The producer first: it creates the topics the others read.
@@ -239,6 +251,15 @@ fn live(args: Args) -> Result<(), String> {
     let aggregator_thread = {
         let handle = aggregator_handle.clone();
         std::thread::spawn(move || aggregator::run(timely_config, aggregator_config, handle))
+    };
+    let page = match args.http {
+        Some(addr) => {
+            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
+                .map_err(|e| format!("--http {addr}: {e}"))?;
+            eprintln!("velib_live: the live page is at http://{}/", page.addr());
+            Some(page)
+        }
+        None => None,
     };
     let mut view = view::LiveView::new(&kafka, DEFAULT_OUTPUT_TOPIC, args.format)?;
 
@@ -277,5 +298,15 @@ fn live(args: Args) -> Result<(), String> {
         .map_err(|_| "the aggregator panicked".to_owned())?;
     produced.map_err(|e| format!("producer: {e}"))?;
     aggregated.map_err(|e| format!("aggregator: {e}"))?;
+    if let Some(page) = page {
+        // A replay ends; its page is still worth reading.
+        if interrupted.try_recv().is_err() {
+            eprintln!(
+                "velib_live: done; the live page stays at http://{}/ until Ctrl-C",
+                page.addr()
+            );
+            let _ = interrupted.recv();
+        }
+    }
     Ok(())
 }

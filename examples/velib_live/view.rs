@@ -1,22 +1,15 @@
-//! The live view: reads the output topic as any client would (read
-//! committed, each epoch applied once every partition has a progress record
-//! of it or of a later epoch), and shows the postcodes after each epoch.
-//!
-//! Later progress counts because the topic is compacted: all progress
-//! records of a partition share one key, so once the cleaner has run only
-//! the latest survives, while older epochs' postcode records remain. Everything
-//! before a partition's progress record is complete.
+//! The live view in the terminal: reads the output topic as any client
+//! would, whole committed epochs only (the live page's reader,
+//! `velib_dataflow::web::committed`), and shows the postcodes after each
+//! epoch.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 use velib_dataflow::dataflow::Epoch;
-use velib_dataflow::kafka::progress::OutputEpochs;
-use velib_dataflow::kafka::{KafkaConfig, EPOCH_HEADER, KIND_HEADER};
+use velib_dataflow::kafka::KafkaConfig;
 use velib_dataflow::output::{PostcodeDeletion, PostcodeRecord};
+use velib_dataflow::web::committed::{CommittedConfig, CommittedReader};
 
 /// How the view is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,14 +22,8 @@ pub enum Format {
     Json,
 }
 
-/// One postcode's new record (`None` for a tombstone) in an epoch.
-type Change = (String, Option<PostcodeRecord>);
-
 pub struct LiveView {
-    consumer: BaseConsumer,
-    output: OutputEpochs<Change>,
-    /// The feed time of each epoch not yet shown, from its progress records.
-    feed_times: BTreeMap<Epoch, i64>,
+    reader: CommittedReader,
     current: BTreeMap<String, PostcodeRecord>,
     last: Option<Epoch>,
     table: bool,
@@ -44,50 +31,18 @@ pub struct LiveView {
 
 impl LiveView {
     pub fn new(kafka: &KafkaConfig, topic: &str, format: Format) -> Result<LiveView, String> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", kafka.brokers())
-            .set("group.id", "velib-live-view")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed");
-        for (k, v) in kafka.properties() {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| format!("the view's consumer: {e}"))?;
-        // The aggregator creates the topic as it starts: wait for it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let partitions = loop {
-            let partitions = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .ok()
-                .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
-                .unwrap_or(0);
-            if partitions > 0 {
-                break partitions;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("{topic} did not appear on {}", kafka.brokers()));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-        }
-        consumer.assign(&assignment).map_err(|e| e.to_string())?;
+        let mut config = CommittedConfig::new(kafka.clone());
+        config.output_topic = topic.to_owned();
+        // The terminal shows postcodes only: no stations to read.
+        config.state_topic = None;
+        let reader = CommittedReader::open(config).map_err(|e| format!("the view: {e}"))?;
         let table = match format {
             Format::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
             Format::Table => true,
             Format::Json => false,
         };
         Ok(LiveView {
-            consumer,
-            output: OutputEpochs::new(partitions),
-            feed_times: BTreeMap::new(),
+            reader,
             current: BTreeMap::new(),
             last: None,
             table,
@@ -101,72 +56,16 @@ impl LiveView {
 
     /// Reads what arrived within `timeout` and shows every epoch completed.
     pub fn poll(&mut self, timeout: Duration) {
-        let mut wait = timeout;
-        while let Some(result) = self.consumer.poll(wait) {
-            wait = Duration::ZERO;
-            let message = match result {
-                Ok(message) => message,
-                Err(e) => {
-                    // librdkafka retries by itself; the view just waits.
-                    tracing::debug!("view: {e}");
-                    continue;
-                }
-            };
-            let header = |name: &str| {
-                message.headers().and_then(|h| {
-                    h.iter()
-                        .filter(|h| h.key == name)
-                        .last()
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(str::to_owned)
-                })
-            };
-            let Some(epoch) = header(EPOCH_HEADER).and_then(|e| e.parse::<Epoch>().ok()) else {
-                continue;
-            };
-            if self.last.is_some_and(|l| l >= epoch) {
-                continue;
-            }
-            if header(KIND_HEADER).as_deref() == Some("progress") {
-                self.output.progress(message.partition(), epoch);
-                if let Some(feed_time) = message
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                    .and_then(|v| v["feed_time"].as_i64())
-                {
-                    self.feed_times.insert(epoch, feed_time);
-                }
-                continue;
-            }
-            let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                continue;
-            };
-            let record = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<PostcodeRecord>(p).ok());
-            self.output.record(epoch, (key.to_owned(), record));
-        }
-        // An epoch whose own progress records the cleaner removed is shown
-        // with the next one that has them: on a compacted topic it lacks the
-        // records later epochs replaced, and only the state once caught up
-        // is exact.
-        let complete = self.output.complete();
-        let last = complete.last().map(|(epoch, _)| *epoch);
-        let mut pending: BTreeMap<String, Option<PostcodeRecord>> = BTreeMap::new();
-        for (epoch, changes) in complete {
-            // The last write of a key wins.
-            pending.extend(changes);
-            let own = self.feed_times.get(&epoch).copied();
-            if own.is_none() && Some(epoch) != last {
-                continue;
-            }
-            let changes = std::mem::take(&mut pending);
-            let feed_time = own.or_else(|| changes.values().flatten().map(|r| r.feed_time).max());
-            self.show(epoch, &changes, feed_time);
-        }
-        if let Some(through) = self.output.complete_through() {
-            self.feed_times = self.feed_times.split_off(&through.saturating_add(1));
+        for epoch in self.reader.poll(timeout) {
+            let feed_time = epoch.feed_time.or_else(|| {
+                epoch
+                    .postcodes
+                    .values()
+                    .flatten()
+                    .map(|r| r.feed_time)
+                    .max()
+            });
+            self.show(epoch.epoch, &epoch.postcodes, feed_time);
         }
     }
 

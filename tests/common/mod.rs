@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod browser;
 pub mod epochs;
 pub mod http;
 pub mod output;
@@ -78,6 +79,24 @@ pub const LONG_AFTER_SECONDS: i64 = 1_800;
 /// sequencer's code) by the default rules: stale, and since when empty or
 /// full, carried from each accepted snapshot to the next.
 pub fn sequence(snapshots: Vec<Snapshot>) -> Vec<(EpochUpdates, State)> {
+    sequence_with_stations(snapshots)
+        .into_iter()
+        .map(|e| (e.updates, e.state))
+        .collect()
+}
+
+/// An epoch as [`sequence`] makes it, with the stations it was counted from.
+pub struct SequencedEpoch {
+    pub updates: EpochUpdates,
+    pub state: State,
+    /// The snapshot's statuses, judged.
+    pub statuses: Vec<velib_dataflow::feed::StationStatus>,
+    /// The directory as of the epoch.
+    pub directory: Vec<velib_dataflow::directory::DirectoryEntry>,
+}
+
+/// [`sequence`], keeping each epoch's stations too.
+pub fn sequence_with_stations(snapshots: Vec<Snapshot>) -> Vec<SequencedEpoch> {
     let mut sequencer = SnapshotSequencer::new();
     let mut directory = Vec::new();
     let mut epochs = Vec::new();
@@ -110,8 +129,13 @@ pub fn sequence(snapshots: Vec<Snapshot>) -> Vec<(EpochUpdates, State)> {
                 if let Some(d) = next_directory {
                     directory = d;
                 }
-                let expected = postcode_counts_from_scratch(&statuses, &directory);
-                epochs.push((updates, expected));
+                let state = postcode_counts_from_scratch(&statuses, &directory);
+                epochs.push(SequencedEpoch {
+                    updates,
+                    state,
+                    statuses,
+                    directory: directory.clone(),
+                });
             }
         }
     }

@@ -1,0 +1,106 @@
+//! The live page for any cluster: a map of the stations and a table of the
+//! postcodes, in the browser, from an aggregator's committed output.
+//!
+//! ```sh
+//! # the aggregator's default topics (velib-projet-clean and its state topic):
+//! cargo run --example velib_view -- --brokers 127.0.0.1:9092 --http 127.0.0.1:8080
+//! # then open http://127.0.0.1:8080/
+//! ```
+//!
+//! It reads at `read_committed` with a consumer assigned its partitions: it
+//! joins no consumer group, commits nothing and writes nothing, so it can
+//! run next to the producer and the aggregator, as many times as wanted.
+//! The stations come from the aggregator's state topic, written in the same
+//! transactions as the output; an aggregator run with `--no-state` gives a
+//! page without the map.
+
+mod common;
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use velib_dataflow::aggregator::{StateTopic, DEFAULT_OUTPUT_TOPIC};
+use velib_dataflow::kafka::publish::{DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC};
+use velib_dataflow::web::committed::CommittedConfig;
+use velib_dataflow::web::LivePage;
+
+/// Serve the live page of an aggregator's committed output: a map of the
+/// stations, a sortable table of the postcodes, the city's totals, updated
+/// in the browser on each committed epoch.
+///
+/// Reads only (read_committed, no consumer group, no commits). The
+/// topic-creation flags (--partitions, --replication, --no-create-topics)
+/// have no effect here.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
+
+    /// Serve the page at http://ADDR/.
+    #[arg(
+        long,
+        env = "VELIB_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    http: SocketAddr,
+
+    /// The aggregator's output topic.
+    #[arg(long, default_value = DEFAULT_OUTPUT_TOPIC, value_name = "TOPIC")]
+    output_topic: String,
+
+    /// Its state topic, where the stations are [default: the output topic's
+    /// name followed by -state, as the aggregator's default].
+    #[arg(long, value_name = "TOPIC")]
+    state_topic: Option<String>,
+
+    /// The aggregator's input topic of station statuses.
+    #[arg(long, default_value = DEFAULT_STATUS_TOPIC, value_name = "TOPIC")]
+    input_topic: String,
+
+    /// The aggregator's directory topic.
+    #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
+    directory_topic: String,
+
+    /// How long to wait for the output topic before saying it is not there.
+    #[arg(long, default_value = "60s", value_parser = common::parse_duration, value_name = "DURATION")]
+    wait: Duration,
+}
+
+fn main() -> ExitCode {
+    common::init_logging();
+    let args = Args::parse();
+    let kafka = match args.kafka.kafka_config() {
+        Ok(kafka) => kafka,
+        Err(message) => {
+            eprintln!("velib_view: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut committed = CommittedConfig::new(kafka);
+    committed.state_topic = match args.state_topic {
+        Some(topic) => StateTopic::Named(topic),
+        None => StateTopic::BesideOutput,
+    }
+    .name(&args.output_topic);
+    committed.output_topic = args.output_topic;
+    committed.status_topic = args.input_topic;
+    committed.directory_topic = args.directory_topic;
+    committed.wait_for_topics = args.wait;
+    let page = match LivePage::start(args.http, committed) {
+        Ok(page) => page,
+        Err(e) => {
+            eprintln!("velib_view: --http {}: {e}", args.http);
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("velib_view: the live page is at http://{}/", page.addr());
+    let (stop, stopped) = std::sync::mpsc::channel();
+    common::on_ctrl_c("stopping", move || {
+        let _ = stop.send(());
+    });
+    let _ = stopped.recv();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,540 @@
+//! Whole committed epochs, read as any client reads them: the aggregator's
+//! output topic and its state topic, at `read_committed`.
+//!
+//! The output topic says which epochs are whole ([`OutputEpochs`]: every
+//! partition has a progress record of the epoch or of a later one). The
+//! state topic says what every station was as of those epochs: the
+//! aggregator writes it in the same transaction as the epoch's output, each
+//! record stamped with the epoch that set it. Both are what the counts were
+//! computed from, so the stations on the map and the postcodes in the table
+//! are of the same epoch.
+//!
+//! The two topics are read by one consumer but their partitions are fetched
+//! independently, so an epoch whole on the output topic may not be read
+//! whole on the state topic yet. Before releasing an epoch the reader asks
+//! the state topic's committed ends (the last stable offsets: a
+//! `read_committed` consumer's watermarks), which the epoch's transaction is
+//! below since it is committed, and waits until it has read that far. State
+//! records of a later epoch wait for that epoch.
+//!
+//! Once the log cleaner has compacted the topics, an epoch whose own
+//! progress records are gone is released with the next one that has them
+//! (see [`crate::kafka::progress`]): only the state once caught up is exact.
+//! That is the state a page opened now shows.
+
+use super::WebError;
+use crate::dataflow::Epoch;
+use crate::directory::DirectoryEntry;
+use crate::feed::{FeedTime, StationId, StationStatus};
+use crate::kafka::progress::OutputEpochs;
+use crate::kafka::sink::EpochProgress;
+use crate::kafka::state::source_of;
+use crate::kafka::{KafkaConfig, EPOCH_HEADER, KIND_HEADER};
+use crate::output::PostcodeRecord;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Which topics a [`CommittedReader`] reads, and how long it waits for them.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::web::committed::CommittedConfig;
+///
+/// let config = CommittedConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// assert_eq!(config.output_topic, "velib-projet-clean");
+/// assert_eq!(config.state_topic.as_deref(), Some("velib-projet-clean-state"));
+/// assert_eq!((config.status_topic.as_str(), config.directory_topic.as_str()), ("velib-projet", "velib-directory"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct CommittedConfig {
+    /// The brokers, and properties for the consumer.
+    pub kafka: KafkaConfig,
+    /// The aggregator's output topic.
+    pub output_topic: String,
+    /// Its state topic, where the stations are; `None`: no stations.
+    pub state_topic: Option<String>,
+    /// The input topic whose keys are station statuses, as the state names them.
+    pub status_topic: String,
+    /// The input topic whose keys are directory entries.
+    pub directory_topic: String,
+    /// How long to wait for the output topic to appear before saying so.
+    pub wait_for_topics: Duration,
+}
+
+impl CommittedConfig {
+    /// The aggregator's default topics on `kafka`.
+    pub fn new(kafka: KafkaConfig) -> Self {
+        let output_topic = crate::aggregator::DEFAULT_OUTPUT_TOPIC.to_owned();
+        CommittedConfig {
+            kafka,
+            state_topic: crate::aggregator::StateTopic::BesideOutput.name(&output_topic),
+            output_topic,
+            status_topic: crate::kafka::publish::DEFAULT_STATUS_TOPIC.to_owned(),
+            directory_topic: crate::kafka::publish::DEFAULT_DIRECTORY_TOPIC.to_owned(),
+            wait_for_topics: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One whole committed epoch: what changed in it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::web::committed::CommittedEpoch;
+///
+/// let epoch = CommittedEpoch::empty(7);
+/// assert!(epoch.postcodes.is_empty() && epoch.statuses.is_empty());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommittedEpoch {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The feed's time of its snapshot, from its progress record.
+    pub feed_time: Option<FeedTime>,
+    /// How old the feed was when the epoch was written.
+    pub feed_age_s: Option<i64>,
+    /// Postcodes whose record changed: the new record, `None` when gone.
+    pub postcodes: BTreeMap<String, Option<PostcodeRecord>>,
+    /// Stations whose status changed: the new status, `None` when gone.
+    pub statuses: BTreeMap<StationId, Option<StationStatus>>,
+    /// Stations whose directory entry changed.
+    pub directory: BTreeMap<StationId, Option<DirectoryEntry>>,
+    /// Why stations are not known as of this epoch, if they are not.
+    pub stations_note: Option<String>,
+}
+
+impl CommittedEpoch {
+    /// An epoch with no change.
+    pub fn empty(epoch: Epoch) -> Self {
+        CommittedEpoch {
+            epoch,
+            ..Default::default()
+        }
+    }
+
+    /// Adds `later`'s changes over these (the last write of a key wins),
+    /// and takes its epoch and times.
+    fn then(&mut self, later: CommittedEpoch) {
+        self.epoch = later.epoch;
+        self.feed_time = later.feed_time.or(self.feed_time);
+        self.feed_age_s = later.feed_age_s;
+        self.postcodes.extend(later.postcodes);
+        self.statuses.extend(later.statuses);
+        self.directory.extend(later.directory);
+        self.stations_note = later.stations_note;
+    }
+}
+
+/// A postcode's new record, `None` when it is gone.
+type PostcodeChange = (String, Option<PostcodeRecord>);
+
+/// A state record, as the station it changes.
+#[derive(Clone, Debug)]
+enum StationChange {
+    Status(StationId, Option<StationStatus>),
+    Directory(StationId, Option<DirectoryEntry>),
+}
+
+/// Reads whole committed epochs from an aggregator's output and state
+/// topics (see the module's documentation).
+pub struct CommittedReader {
+    consumer: BaseConsumer,
+    config: CommittedConfig,
+    /// The state topic and its partitions, once it exists.
+    state: Option<(String, i32)>,
+    output: OutputEpochs<PostcodeChange>,
+    output_partitions: i32,
+    /// The progress record of each epoch not yet released.
+    progress: BTreeMap<Epoch, EpochProgress>,
+    /// State records by the epoch that set them, not yet released.
+    stations: BTreeMap<Epoch, Vec<StationChange>>,
+    /// Epochs whole on the output topic, waiting for the state topic.
+    ready: Vec<(Epoch, Vec<PostcodeChange>)>,
+    /// The epoch whose state the reader is reading to, and the state
+    /// partitions' committed ends it must reach.
+    state_target: Option<(Epoch, Vec<i64>)>,
+    released: Option<Epoch>,
+    malformed: u64,
+    since_warned: Instant,
+}
+
+impl std::fmt::Debug for CommittedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommittedReader")
+            .field("output_topic", &self.config.output_topic)
+            .field("state", &self.state)
+            .field("released", &self.released)
+            .field("malformed", &self.malformed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommittedReader {
+    /// Connects, and waits (up to [`CommittedConfig::wait_for_topics`]) for
+    /// the output topic. A state topic that does not exist then is looked
+    /// for again at each epoch.
+    pub fn open(config: CommittedConfig) -> Result<CommittedReader, WebError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", config.kafka.brokers())
+            .set("group.id", "velib-live-page")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        for (k, v) in config.kafka.properties() {
+            client.set(k, v);
+        }
+        // Whatever the user's properties say: what is committed is the question.
+        client.set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = client.create().map_err(|e| WebError::Kafka {
+            what: "creating the page's consumer".into(),
+            problem: e.to_string(),
+        })?;
+        let deadline = Instant::now() + config.wait_for_topics;
+        let output_partitions = loop {
+            if let Some(n) = partitions(&consumer, &config.output_topic) {
+                break n;
+            }
+            if Instant::now() > deadline {
+                return Err(WebError::Kafka {
+                    what: format!("waiting for {}", config.output_topic),
+                    problem: format!(
+                        "it did not appear on {} within {:?}: is the aggregator running, and is this its output topic?",
+                        config.kafka.brokers(),
+                        config.wait_for_topics
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut reader = CommittedReader {
+            consumer,
+            state: None,
+            output: OutputEpochs::new(output_partitions),
+            output_partitions,
+            progress: BTreeMap::new(),
+            stations: BTreeMap::new(),
+            ready: Vec::new(),
+            state_target: None,
+            released: None,
+            malformed: 0,
+            since_warned: Instant::now(),
+            config,
+        };
+        reader.find_state_topic();
+        reader.assign(output_partitions)?;
+        Ok(reader)
+    }
+
+    /// Records that could not be read (logged, and otherwise passed over).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// The last epoch released.
+    pub fn released(&self) -> Option<Epoch> {
+        self.released
+    }
+
+    fn find_state_topic(&mut self) {
+        if self.state.is_none() {
+            if let Some(topic) = &self.config.state_topic {
+                self.state = partitions(&self.consumer, topic).map(|n| (topic.clone(), n));
+            }
+        }
+    }
+
+    fn assign(&self, output_partitions: i32) -> Result<(), WebError> {
+        let mut assignment = TopicPartitionList::new();
+        let topics = std::iter::once((&self.config.output_topic, output_partitions))
+            .chain(self.state.as_ref().map(|(t, n)| (t, *n)));
+        for (topic, n) in topics {
+            for p in 0..n {
+                assignment
+                    .add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(|e| WebError::Kafka {
+                        what: format!("assigning {topic}[{p}]"),
+                        problem: e.to_string(),
+                    })?;
+            }
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| WebError::Kafka {
+                what: "assigning the page's partitions".into(),
+                problem: e.to_string(),
+            })
+    }
+
+    /// Reads what arrives within `timeout`, and returns the epochs it made
+    /// whole, oldest first (several after a catch-up, none most calls).
+    pub fn poll(&mut self, timeout: Duration) -> Vec<CommittedEpoch> {
+        let mut wait = timeout;
+        while let Some(result) = self.consumer.poll(wait) {
+            wait = Duration::ZERO;
+            match result {
+                // Detached: reading it changes the reader.
+                Ok(message) => {
+                    let message = message.detach();
+                    self.read(&message);
+                }
+                // librdkafka retries by itself; the page waits.
+                Err(e) => tracing::debug!("live page: {e}"),
+            }
+        }
+        if self.state.is_none() && self.config.state_topic.is_some() {
+            // Created by the aggregator after the page started.
+            self.find_state_topic();
+            if self.state.is_some() {
+                if let Err(e) = self.assign(self.output_partitions) {
+                    tracing::warn!("live page: {e}");
+                    self.state = None;
+                }
+            }
+        }
+        self.ready.extend(self.output.complete());
+        let Some(&(through, _)) = self.ready.last() else {
+            return Vec::new();
+        };
+        if !self.state_read_through(through) {
+            return Vec::new();
+        }
+        self.release(through)
+    }
+
+    /// Whether every state record of the epochs up to `through` was read.
+    fn state_read_through(&mut self, through: Epoch) -> bool {
+        let Some((topic, partitions)) = self.state.clone() else {
+            return true;
+        };
+        if self.state_target.as_ref().is_none_or(|(e, _)| *e < through) {
+            // Asked after the epoch was seen whole: its transaction, and
+            // the state records in it, are below these ends.
+            let mut ends = Vec::new();
+            for p in 0..partitions {
+                match self
+                    .consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                {
+                    Ok((low, high)) => ends.push(if high > low { high } else { 0 }),
+                    Err(e) => {
+                        tracing::debug!("live page: the end of {topic}[{p}]: {e}");
+                        return false;
+                    }
+                }
+            }
+            self.state_target = Some((through, ends));
+            self.since_warned = Instant::now();
+        }
+        let Some((_, ends)) = &self.state_target else {
+            return true;
+        };
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        let caught_up = ends.iter().enumerate().all(|(p, &end)| {
+            let position =
+                positions
+                    .find_partition(&topic, p as i32)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+            // The state topic is written in transactions only: the offset
+            // before the end is the last one's commit marker, which the
+            // client may not step over until more comes.
+            end == 0 || position.is_some_and(|o| o >= end - 1)
+        });
+        if !caught_up && self.since_warned.elapsed() > Duration::from_secs(30) {
+            tracing::warn!(
+                "live page: epoch {through} is committed, and {topic} is not read to its end yet"
+            );
+            self.since_warned = Instant::now();
+        }
+        caught_up
+    }
+
+    /// Releases the ready epochs up to `through`, with their stations.
+    fn release(&mut self, through: Epoch) -> Vec<CommittedEpoch> {
+        let ready = std::mem::take(&mut self.ready);
+        let (now, later): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(e, _)| *e <= through);
+        self.ready = later;
+        let mut released = Vec::new();
+        let mut pending: Option<CommittedEpoch> = None;
+        for (epoch, changes) in now {
+            let progress = self.progress.remove(&epoch);
+            let later_stations = self.stations.split_off(&(epoch + 1));
+            let stations = std::mem::replace(&mut self.stations, later_stations);
+            let mut this = CommittedEpoch::empty(epoch);
+            this.postcodes.extend(changes);
+            for change in stations.into_values().flatten() {
+                match change {
+                    StationChange::Status(id, status) => {
+                        this.statuses.insert(id, status);
+                    }
+                    StationChange::Directory(id, entry) => {
+                        this.directory.insert(id, entry);
+                    }
+                }
+            }
+            let own = progress.is_some();
+            if let Some(progress) = progress {
+                this.feed_time = progress.feed_time;
+                this.feed_age_s = progress.feed_age_s;
+                this.stations_note = self.stations_note(&progress);
+            }
+            match &mut pending {
+                Some(p) => p.then(this),
+                None => pending = Some(this),
+            }
+            // An epoch whose own progress the cleaner removed goes out with
+            // the next one that has it.
+            if own || epoch == through {
+                released.extend(pending.take());
+            }
+        }
+        self.progress = self.progress.split_off(&(through + 1));
+        self.released = Some(through);
+        released
+    }
+
+    /// Why the stations of the epoch of `progress` are not known, if not.
+    fn stations_note(&self, progress: &EpochProgress) -> Option<String> {
+        let Some(wanted) = &self.config.state_topic else {
+            return Some("this page reads no state topic: stations are not shown".into());
+        };
+        match &progress.state {
+            None => Some(format!(
+                "the aggregator wrote epoch {} without its state topic (--no-state): stations are not shown",
+                progress.epoch
+            )),
+            Some(state) if &state.topic != wanted => Some(format!(
+                "the aggregator keeps its state in {}, and this page reads {wanted}: stations are not shown",
+                state.topic
+            )),
+            Some(_) if self.state.is_none() => Some(format!("{wanted} does not exist yet")),
+            Some(_) => None,
+        }
+    }
+
+    fn read(&mut self, message: &OwnedMessage) {
+        let epoch = header(message, EPOCH_HEADER).and_then(|e| e.parse::<Epoch>().ok());
+        let Some(epoch) = epoch else {
+            self.pass_over(message, "no epoch header");
+            return;
+        };
+        if self.released.is_some_and(|r| r >= epoch) {
+            return;
+        }
+        if message.topic() == self.config.output_topic {
+            self.read_output(message, epoch);
+        } else {
+            self.read_state(message, epoch);
+        }
+    }
+
+    fn read_output(&mut self, message: &OwnedMessage, epoch: Epoch) {
+        if header(message, KIND_HEADER) == Some("progress") {
+            match message
+                .payload()
+                .map(serde_json::from_slice::<EpochProgress>)
+            {
+                Some(Ok(progress)) => {
+                    self.output.progress(message.partition(), epoch);
+                    self.progress.insert(epoch, progress);
+                }
+                _ => self.pass_over(message, "a progress record that does not parse"),
+            }
+            return;
+        }
+        let Some(postcode) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            self.pass_over(message, "no postcode key");
+            return;
+        };
+        let record = match message.payload() {
+            None => None,
+            Some(payload) => match serde_json::from_slice::<PostcodeRecord>(payload) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    self.pass_over(message, &format!("not a postcode record: {e}"));
+                    return;
+                }
+            },
+        };
+        self.output.record(epoch, (postcode.to_owned(), record));
+    }
+
+    fn read_state(&mut self, message: &OwnedMessage, epoch: Epoch) {
+        let key = message.key().unwrap_or_default();
+        let Some(source) = source_of(key) else {
+            self.pass_over(message, "not a state key");
+            return;
+        };
+        let Ok(id) = serde_json::from_slice::<StationId>(&key[source.len() + 1..]) else {
+            self.pass_over(message, "not a station key");
+            return;
+        };
+        let payload = message.payload();
+        let change = if source == self.config.status_topic {
+            match payload
+                .map(serde_json::from_slice::<StationStatus>)
+                .transpose()
+            {
+                Ok(status) => StationChange::Status(id, status),
+                Err(e) => return self.pass_over(message, &format!("not a station status: {e}")),
+            }
+        } else if source == self.config.directory_topic {
+            match payload
+                .map(serde_json::from_slice::<DirectoryEntry>)
+                .transpose()
+            {
+                Ok(entry) => StationChange::Directory(id, entry),
+                Err(e) => return self.pass_over(message, &format!("not a directory entry: {e}")),
+            }
+        } else {
+            // Another source's state: not stations.
+            return;
+        };
+        self.stations.entry(epoch).or_default().push(change);
+    }
+
+    fn pass_over(&mut self, message: &OwnedMessage, why: &str) {
+        self.malformed += 1;
+        tracing::warn!(
+            "live page: {}[{}]@{}: {why}: passed over",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+    }
+}
+
+/// The partitions of `topic`, once it exists.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Option<i32> {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()
+        .and_then(|m| {
+            m.topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+        })
+        .filter(|n| *n > 0)
+}
+
+/// The last value of header `name`, as text.
+fn header<'m>(message: &'m OwnedMessage, name: &str) -> Option<&'m str> {
+    message.headers().and_then(|h| {
+        h.iter()
+            .filter(|h| h.key == name)
+            .last()
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
