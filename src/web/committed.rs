@@ -37,6 +37,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// Messages read by one [`CommittedReader::poll`] at most.
+const MESSAGES_PER_POLL: usize = 10_000;
+
 /// Which topics a [`CommittedReader`] reads, and how long it waits for them.
 ///
 /// # Examples
@@ -155,7 +158,7 @@ pub struct CommittedReader {
     /// State records by the epoch that set them, not yet released.
     stations: BTreeMap<Epoch, Vec<StationChange>>,
     /// Epochs whole on the output topic, waiting for the state topic.
-    ready: Vec<(Epoch, Vec<PostcodeChange>)>,
+    ready: BTreeMap<Epoch, Vec<PostcodeChange>>,
     /// The epoch whose state the reader is reading to, and the state
     /// partitions' committed ends it must reach.
     state_target: Option<(Epoch, Vec<i64>)>,
@@ -219,7 +222,7 @@ impl CommittedReader {
             output_partitions,
             progress: BTreeMap::new(),
             stations: BTreeMap::new(),
-            ready: Vec::new(),
+            ready: BTreeMap::new(),
             state_target: None,
             released: None,
             malformed: 0,
@@ -275,8 +278,12 @@ impl CommittedReader {
     /// whole, oldest first (several after a catch-up, none most calls).
     pub fn poll(&mut self, timeout: Duration) -> Vec<CommittedEpoch> {
         let mut wait = timeout;
-        while let Some(result) = self.consumer.poll(wait) {
+        // Bounded, so that a backlog being read does not hold back the
+        // epochs already whole.
+        let mut budget = MESSAGES_PER_POLL;
+        while let Some(result) = (budget > 0).then(|| self.consumer.poll(wait)).flatten() {
             wait = Duration::ZERO;
+            budget -= 1;
             match result {
                 // Detached: reading it changes the reader.
                 Ok(message) => {
@@ -298,7 +305,14 @@ impl CommittedReader {
             }
         }
         self.ready.extend(self.output.complete());
-        let Some(&(through, _)) = self.ready.last() else {
+        // Epochs with progress only (no postcode changed) are epochs too:
+        // the page's epoch and feed time move on.
+        if let Some(complete) = self.output.complete_through() {
+            for &epoch in self.progress.range(..=complete).map(|(e, _)| e) {
+                self.ready.entry(epoch).or_default();
+            }
+        }
+        let Some((&through, _)) = self.ready.last_key_value() else {
             return Vec::new();
         };
         if !self.state_read_through(through) {
@@ -345,10 +359,9 @@ impl CommittedReader {
                         Offset::Offset(o) => Some(o),
                         _ => None,
                     });
-            // The state topic is written in transactions only: the offset
-            // before the end is the last one's commit marker, which the
-            // client may not step over until more comes.
-            end == 0 || position.is_some_and(|o| o >= end - 1)
+            // librdkafka's position steps over a transaction's commit
+            // marker: it reaches the end itself.
+            end == 0 || position.is_some_and(|o| o >= end)
         });
         if !caught_up && self.since_warned.elapsed() > Duration::from_secs(30) {
             tracing::warn!(
@@ -361,9 +374,8 @@ impl CommittedReader {
 
     /// Releases the ready epochs up to `through`, with their stations.
     fn release(&mut self, through: Epoch) -> Vec<CommittedEpoch> {
-        let ready = std::mem::take(&mut self.ready);
-        let (now, later): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(e, _)| *e <= through);
-        self.ready = later;
+        let later = self.ready.split_off(&(through + 1));
+        let now = std::mem::replace(&mut self.ready, later);
         let mut released = Vec::new();
         let mut pending: Option<CommittedEpoch> = None;
         for (epoch, changes) in now {
