@@ -115,10 +115,12 @@ fn velib_live_explains_its_flags() {
             "-X",
             "-w",
             "--format",
+            "--http",
         ],
         &[
             (vec!["--interval", "never"], "never"),
             (vec!["--format", "xml"], "xml"),
+            (vec!["--http", "localhost"], "localhost"),
         ],
     );
 }

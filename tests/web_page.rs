@@ -278,3 +278,40 @@ fn the_live_page_shows_the_committed_counts_in_a_real_browser() {
     let status = live.wait().unwrap();
     assert!(status.success(), "{}", log.lock().unwrap());
 }
+
+#[test]
+fn velib_view_explains_its_flags() {
+    common::assert_cli(
+        "velib_view",
+        &[
+            "--brokers",
+            "--http",
+            "--output-topic",
+            "--state-topic",
+            "-X",
+        ],
+        &[
+            (vec!["--brokers", "b:9092", "--http", "8080"], "8080"),
+            (vec!["--brokers", "b:9092", "--wait", "never"], "never"),
+            (vec!["--http", "127.0.0.1:0"], "--brokers"),
+        ],
+    );
+}
+
+/// An address already in use is said at once, with the flag, and the exit
+/// status says it failed.
+#[test]
+fn velib_view_says_when_it_cannot_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(common::example_binary("velib_view"))
+        .args(["--brokers", "127.0.0.1:9", "--http", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--http {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -52,7 +52,7 @@
   function fmtAge(s) {
     s = Math.floor(s);
     if (s < 60) return s + ' s';
-    if (s < 3600) return Math.floor(s / 60) + ' min ' + String(s % 60).padStart(2, '0') + ' s';
+    if (s < 3600) return Math.floor(s / 60) + ' min' + (s % 60 ? ' ' + String(s % 60).padStart(2, '0') + ' s' : '');
     if (s < 172800) return Math.floor(s / 3600) + ' h ' + String(Math.floor(s / 60) % 60).padStart(2, '0') + ' min';
     return Math.floor(s / 86400) + ' d ' + (Math.floor(s / 3600) % 24) + ' h';
   }
@@ -130,17 +130,19 @@
   }
 
   function niceCeil(v) {
-    if (!(v > 0)) return 1;
+    if (!(v > 0)) return 10;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
     for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
-  // The chart is four or five elements: rebuilding it per epoch is cheaper than diffing.
+  // The chart is a handful of elements: rebuilding it per epoch is cheaper than diffing.
+  // Its viewBox is its own pixel size, so text is never stretched.
   function renderChart() {
     const c = el.chart;
     c.textContent = '';
-    const W = 360, H = 110, L = 34, R = 6, T = 6, B = 16;
+    const W = Math.round(c.clientWidth) || 340, H = Math.round(c.clientHeight) || 62, L = 34, R = 6, T = 5, B = 13;
+    c.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
     const h = state.history;
     if (!h.length) {
       const t = svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'empty' });
@@ -160,7 +162,7 @@
     for (const g of [0, ymax / 2, ymax]) {
       c.appendChild(svg('line', { x1: L, x2: W - R, y1: Y(g), y2: Y(g), class: 'grid' }));
       const t = svg('text', { x: L - 4, y: Y(g) + 3, 'text-anchor': 'end', class: 'axis' });
-      t.textContent = String(g);
+      t.textContent = ymax >= 10000 ? g / 1000 + 'k' : String(g); // keep axis labels inside the margin
       c.appendChild(t);
     }
     const xl = (v, anchor, x) => {
@@ -209,7 +211,7 @@
     if (maxY - minY < MIN_SPAN) { const m = (minY + maxY) / 2; minY = m - MIN_SPAN / 2; maxY = m + MIN_SPAN / 2; }
     Object.assign(proj, { ok: true, kx, minX, maxX, minY, maxY, scale: VIEW_W / (maxX - minX) });
     const w = VIEW_W, h = (maxY - minY) * proj.scale, pad = 0.03 * Math.max(w, h);
-    const base = { x: -pad, y: -pad, w: w + 2 * pad, h: h + 2 * pad };
+    const base = { x: -pad, y: -pad, w: w + 2 * pad, h: h + 2 * pad + 0.06 * w }; // extra room under the legend
     const same = view.base && ['x', 'y', 'w', 'h'].every((k) => Math.abs(view.base[k] - base[k]) < 1e-6);
     view.base = base;
     setView(same && view.cur ? view.cur : base); // keep the user's zoom when nothing moved
@@ -269,13 +271,16 @@
   el.map.addEventListener('pointerup', endDrag);
   el.map.addEventListener('pointercancel', endDrag);
   el.map.addEventListener('dblclick', () => { if (view.base) setView(view.base); });
-  if (window.ResizeObserver) new ResizeObserver(updateScale).observe(el.map);
+  if (window.ResizeObserver) {
+    new ResizeObserver(updateScale).observe(el.map);
+    new ResizeObserver(() => renderChart()).observe(el.chart);
+  }
 
   // ---------- map: stations ----------
   function normStation(s) {
     let lat = num(s.lat), lon = num(s.lon);
-    // (0, 0) and out-of-range positions are data errors; drawing them would wreck the bounding box.
-    if (lat == null || lon == null || Math.abs(lat) > 90 || Math.abs(lon) > 180 || (lat === 0 && lon === 0)) lat = lon = null;
+    // Drawn exactly when the server gives a position; an impossible one cannot be projected.
+    if (lat == null || lon == null || Math.abs(lat) > 90 || Math.abs(lon) > 180) lat = lon = null;
     return {
       name: s.name == null ? '' : String(s.name), lat, lon,
       postcode: s.postcode == null ? null : String(s.postcode),
@@ -620,9 +625,13 @@
   applyFilter();
   setInterval(tick, 1000);
   connect();
-  // A quick first picture (and a fallback when SSE is blocked); never overrides SSE data.
-  fetch('/api/state', { cache: 'no-store' })
-    .then((r) => (r.ok ? r.text() : Promise.reject(new Error('HTTP ' + r.status))))
-    .then((t) => { if (!sawSnapshot) handle('snapshot', t, performance.now()); })
-    .catch((err) => console.warn('velib: /api/state failed:', err));
+  // Fallback when /events is slow or blocked (e.g. a buffering proxy): fetch /api/state once.
+  // Not done up front, because applying a 20,000-station snapshot twice costs a visible pause.
+  setTimeout(() => {
+    if (sawSnapshot) return;
+    fetch('/api/state', { cache: 'no-store' })
+      .then((r) => (r.ok ? r.text() : Promise.reject(new Error('HTTP ' + r.status))))
+      .then((t) => { if (!sawSnapshot) handle('snapshot', t, performance.now()); }) // SSE data always wins
+      .catch((err) => console.warn('velib: /api/state failed:', err));
+  }, 1500);
 })();
