@@ -56,6 +56,11 @@ struct Args {
     #[arg(long, value_name = "TOPIC")]
     state_topic: Option<String>,
 
+    /// Read no state topic (an aggregator run with --no-state has none):
+    /// the page shows the postcodes, and no map.
+    #[arg(long, conflicts_with = "state_topic")]
+    no_state: bool,
+
     /// The aggregator's input topic of station statuses.
     #[arg(long, default_value = DEFAULT_STATUS_TOPIC, value_name = "TOPIC")]
     input_topic: String,
@@ -80,9 +85,10 @@ fn main() -> ExitCode {
         }
     };
     let mut committed = CommittedConfig::new(kafka);
-    committed.state_topic = match args.state_topic {
-        Some(topic) => StateTopic::Named(topic),
-        None => StateTopic::BesideOutput,
+    committed.state_topic = match (args.no_state, args.state_topic) {
+        (true, _) => StateTopic::None,
+        (false, Some(topic)) => StateTopic::Named(topic),
+        (false, None) => StateTopic::BesideOutput,
     }
     .name(&args.output_topic);
     committed.output_topic = args.output_topic;

@@ -12,11 +12,11 @@
 //! Every answer closes its connection (`Connection: close`): the endpoints
 //! are scraped or opened by a browser, never hammered.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest request head read (request line and headers).
 pub(crate) const MAX_REQUEST_BYTES: usize = 8 << 10;
@@ -59,30 +59,35 @@ impl BadRequest {
     }
 }
 
-/// Reads a request head from `stream`, within the bounds above. `Ok(None)`
-/// when the client closed without sending anything.
+/// Reads a request head from `stream`, within the bounds above: the whole
+/// head within [`CLIENT_TIMEOUT`], not each read (a client sending a byte
+/// now and then is cut off all the same). `Ok(None)` when the client closed
+/// without sending anything.
 pub(crate) fn read_request(
     stream: &TcpStream,
 ) -> std::io::Result<Option<Result<Request, BadRequest>>> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?).take(MAX_REQUEST_BYTES as u64);
-    let mut lines = Vec::new();
-    let mut read = 0;
-    loop {
-        let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) if lines.is_empty() && line.is_empty() => return Ok(None),
-            Ok(n) if n == 0 || !line.ends_with(b"\n") => {
-                // The bound, or the client closed, before the blank line.
-                let too_large = read + n >= MAX_REQUEST_BYTES;
-                return Ok(Some(Err(if too_large {
-                    BadRequest::TooLarge
-                } else {
-                    BadRequest::Malformed
-                })));
-            }
-            Ok(n) => read += n,
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        if let Some(end) = head_end(&head) {
+            break end;
+        }
+        if head.len() >= MAX_REQUEST_BYTES {
+            return Ok(Some(Err(BadRequest::TooLarge)));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Some(Err(BadRequest::Timeout)));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let room = (MAX_REQUEST_BYTES - head.len()).min(chunk.len());
+        match (&*stream).read(&mut chunk[..room]) {
+            Ok(0) if head.is_empty() => return Ok(None),
+            // The client closed before the blank line.
+            Ok(0) => return Ok(Some(Err(BadRequest::Malformed))),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -91,14 +96,15 @@ pub(crate) fn read_request(
             {
                 return Ok(Some(Err(BadRequest::Timeout)))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        lines.push(line);
-    }
-    let Some(Ok(request_line)) = lines.first().map(|l| std::str::from_utf8(l)) else {
+    };
+    let Some(request_line) = head[..end]
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+    else {
         return Ok(Some(Err(BadRequest::Malformed)));
     };
     let mut parts = request_line.split_ascii_whitespace();
@@ -116,6 +122,20 @@ pub(crate) fn read_request(
         method: method.to_owned(),
         path: path.to_owned(),
     })))
+}
+
+/// Where a request head ends: its blank line (`\r\n\r\n`, or `\n\n`).
+fn head_end(head: &[u8]) -> Option<usize> {
+    // A blank first line: no request line at all.
+    if head.starts_with(b"\r\n") || head.starts_with(b"\n") {
+        return Some(0);
+    }
+    let crlf = head.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = head.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// An answer with a body (left out for `HEAD`).
@@ -176,9 +196,18 @@ pub(crate) fn serve_connections(
         .name(name.to_owned())
         .spawn(move || {
             let busy = Arc::new(AtomicUsize::new(0));
-            for stream in listener.incoming().flatten() {
-                if busy.fetch_add(1, Ordering::SeqCst) >= max_clients {
-                    busy.fetch_sub(1, Ordering::SeqCst);
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait, rather than spin.
+                        tracing::debug!("{what}: accepting: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let slot = Slot::take(&busy);
+                if slot.count > max_clients {
                     // A short answer fits the socket's buffer: this never
                     // blocks the accepting thread for long.
                     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
@@ -186,15 +215,16 @@ pub(crate) fn serve_connections(
                         .write(&stream, false);
                     continue;
                 }
-                let (handle, busy) = (Arc::clone(&handle), Arc::clone(&busy));
+                let handle = Arc::clone(&handle);
                 let client = what.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("{what}-client"))
                     .spawn(move || {
+                        // Freed however the handler ends, a panic included.
+                        let _slot = slot;
                         if let Err(e) = handle(stream) {
                             tracing::debug!("{client}: a client: {e}");
                         }
-                        busy.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
                     tracing::warn!("{name}: no thread for a client: dropped", name = what);
@@ -204,9 +234,45 @@ pub(crate) fn serve_connections(
     Ok(bound)
 }
 
-/// Answers a refused request with its status, and closes.
+/// A client's place among those served at once: counted while it lives.
+struct Slot {
+    busy: Arc<AtomicUsize>,
+    /// The clients served, this one included, when it was taken.
+    count: usize,
+}
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Slot {
+        let count = busy.fetch_add(1, Ordering::SeqCst) + 1;
+        Slot {
+            busy: Arc::clone(busy),
+            count,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers a refused request with its status, and closes: after what the
+/// client still sends is read for a moment, so that the answer reaches it
+/// rather than a reset.
 pub(crate) fn refuse(stream: &TcpStream, bad: BadRequest) -> std::io::Result<()> {
-    Response::text(bad.status(), "").write(stream, false)
+    Response::text(bad.status(), "").write(stream, false)?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 8192];
+    let mut left = 1usize << 20;
+    while left > 0 {
+        match (&*stream).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

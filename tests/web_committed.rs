@@ -117,8 +117,8 @@ fn next_epochs(reader: &mut CommittedReader, patience: Duration) -> Vec<Committe
     }
 }
 
-#[test]
-fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
+/// A broker with the page's two topics, and a plain producer for them.
+fn topics_and_writer() -> (Broker, Writer) {
     let broker = Broker::start();
     broker.create_topics(&[(OUTPUT, 2, &[]), (STATE, 1, &[])]);
     let writer = Writer(
@@ -127,6 +127,12 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
             .create()
             .unwrap(),
     );
+    (broker, writer)
+}
+
+#[test]
+fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
+    let (broker, writer) = topics_and_writer();
     let mut config = CommittedConfig::new(KafkaConfig::new(broker.address.clone()));
     config.output_topic = OUTPUT.into();
     config.state_topic = Some(STATE.into());
@@ -174,12 +180,35 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
     // Epoch 2, torn: progress on partition 0 only.
     writer.postcode(0, 2, "75001", 6);
     writer.status(2, 7, 6);
+    writer.status(2, 8, 1);
     writer.progress(0, 2);
     writer.send(
         OUTPUT,
         1,
         b"__velib_progress",
         Some(b"{\"epoch\":"),
+        &[("velib-epoch", "2"), ("velib-kind", "progress")],
+    );
+    // Forged progress: the largest epoch (no epoch after it), and a payload
+    // of another epoch than its header's. Neither moves the output on.
+    let forged = json!({"epoch": u64::MAX, "feed_time": null, "positions": {}, "state": null, "feed_age_s": null});
+    for partition in 0..2 {
+        writer.send(
+            OUTPUT,
+            partition,
+            b"__velib_progress",
+            Some(forged.to_string().as_bytes()),
+            &[
+                ("velib-epoch", &u64::MAX.to_string()),
+                ("velib-kind", "progress"),
+            ],
+        );
+    }
+    writer.send(
+        OUTPUT,
+        1,
+        b"__velib_progress",
+        Some(forged.to_string().as_bytes()),
         &[("velib-epoch", "2"), ("velib-kind", "progress")],
     );
 
@@ -196,7 +225,7 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
     assert_eq!(
         first.statuses.len(),
         1,
-        "epoch 2's status waits: {:?}",
+        "epoch 2's statuses wait: {:?}",
         first.statuses
     );
     assert_eq!(
@@ -209,7 +238,7 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
     assert_eq!(first.stations_note, None);
     // Nothing more while epoch 2 is torn, however long.
     assert!(next_epochs(&mut reader, Duration::from_secs(3)).is_empty());
-    assert_eq!(reader.malformed(), 8, "each hostile record counted once");
+    assert_eq!(reader.malformed(), 11, "each hostile record counted once");
 
     // A record of epoch 1, late: never shown again. Epoch 2 made whole.
     writer.postcode(1, 1, "75009", 99);
@@ -226,6 +255,8 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
             .bikes_available,
         6
     );
+    assert_eq!(epochs[0].statuses.len(), 2);
+    assert_eq!(reader.late(), 1, "epoch 1's late record, counted");
 
     // An epoch written without the state topic says why there are no stations.
     for partition in 0..2 {
@@ -259,8 +290,8 @@ fn a_reader_with_no_cluster_says_so() {
 }
 
 /// An epoch whole on the output topic while its stations are still being
-/// fetched from the state topic (a large backlog, fetched a megabyte at a
-/// time) is released only once they are all read.
+/// fetched from the state topic (many, in the same transaction, fetched
+/// 64 KiB at a time) is released only once they are all read.
 #[test]
 fn an_epoch_waits_for_all_of_its_stations() {
     const STATIONS: u64 = 60_000;
@@ -271,9 +302,25 @@ fn an_epoch_waits_for_all_of_its_stations() {
             .set("bootstrap.servers", &broker.address)
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "1000000")
+            .set("transactional.id", "page-test-aggregator")
             .create()
             .unwrap(),
     );
+    writer.0.init_transactions(Duration::from_secs(30)).unwrap();
+    // Fetched a little at a time: the output's progress arrives long
+    // before the last station.
+    let kafka = KafkaConfig::new(broker.address.clone())
+        .with_property("max.partition.fetch.bytes=65536")
+        .unwrap();
+    let mut config = CommittedConfig::new(kafka);
+    config.output_topic = OUTPUT.into();
+    config.state_topic = Some(STATE.into());
+    let mut reader = CommittedReader::open(config).unwrap();
+    // Opened on empty topics: nothing to catch up, every epoch is its own.
+    assert!(reader.poll(Duration::from_millis(200)).is_empty());
+    // One transaction, as the aggregator writes an epoch: its stations,
+    // its output, its progress.
+    writer.0.begin_transaction().unwrap();
     let name = "a station with a name long enough to make the backlog large, ".repeat(4);
     for id in 0..STATIONS {
         let status = json!({
@@ -294,20 +341,14 @@ fn an_epoch_waits_for_all_of_its_stations() {
         writer.0.send(record).map_err(|(e, _)| e).unwrap();
         writer.0.poll(Duration::ZERO);
     }
-    writer.0.flush(Duration::from_secs(60)).unwrap();
     writer.postcode(0, 1, "75001", 5);
     writer.progress(0, 1);
     writer.progress(1, 1);
-
-    // Fetched a little at a time: the output's progress arrives long
-    // before the last station.
-    let kafka = KafkaConfig::new(broker.address.clone())
-        .with_property("max.partition.fetch.bytes=65536")
+    writer
+        .0
+        .commit_transaction(Duration::from_secs(60))
         .unwrap();
-    let mut config = CommittedConfig::new(kafka);
-    config.output_topic = OUTPUT.into();
-    config.state_topic = Some(STATE.into());
-    let mut reader = CommittedReader::open(config).unwrap();
+
     let epochs = next_epochs(&mut reader, Duration::from_secs(120));
     assert_eq!(epochs.len(), 1);
     assert_eq!(
@@ -315,4 +356,45 @@ fn an_epoch_waits_for_all_of_its_stations() {
         STATIONS,
         "every station of epoch 1"
     );
+}
+
+/// A reader opened on topics with history reads them to the ends they had
+/// and releases it all as one epoch, the last: stations and postcodes of
+/// one time, whatever the cleaner kept of each topic.
+#[test]
+fn a_reader_opened_late_catches_up_in_one_epoch() {
+    let (broker, writer) = topics_and_writer();
+    for epoch in 1..=3 {
+        writer.postcode(0, epoch, "75001", epoch as i64);
+        writer.postcode(1, epoch, &format!("7500{}", epoch + 1), 1);
+        writer.status(epoch, 7, epoch as u32);
+        writer.status(epoch, 10 + epoch, 1);
+        writer.progress(0, epoch);
+        writer.progress(1, epoch);
+    }
+    let mut config = CommittedConfig::new(KafkaConfig::new(broker.address.clone()));
+    config.output_topic = OUTPUT.into();
+    config.state_topic = Some(STATE.into());
+    let mut reader = CommittedReader::open(config).unwrap();
+    let epochs = next_epochs(&mut reader, Duration::from_secs(60));
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    let caught_up = &epochs[0];
+    assert_eq!(caught_up.epoch, 3);
+    assert_eq!(caught_up.feed_time, Some(1_732_004_541));
+    assert_eq!(caught_up.postcodes.len(), 4);
+    assert_eq!(caught_up.postcodes["75001"].as_ref().unwrap().nbr_total, 3);
+    assert_eq!(caught_up.statuses.len(), 4);
+    assert_eq!(
+        caught_up.statuses[&StationId::Num(7)]
+            .as_ref()
+            .unwrap()
+            .bikes_available,
+        3
+    );
+    // Then epoch by epoch.
+    writer.postcode(0, 4, "75001", 4);
+    writer.progress(0, 4);
+    writer.progress(1, 4);
+    let epochs = next_epochs(&mut reader, Duration::from_secs(60));
+    assert_eq!(epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), [4]);
 }

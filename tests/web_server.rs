@@ -179,7 +179,7 @@ fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn too_many_clients_are_turned_away_until_some_leave() {
+fn too_many_clients_are_turned_away_and_the_server_serves_again_once_they_are_gone() {
     let (addr, _) = start();
     let idle: Vec<TcpStream> = (0..MAX_CLIENTS)
         .map(|_| TcpStream::connect(addr).unwrap())
@@ -193,6 +193,36 @@ fn too_many_clients_are_turned_away_until_some_leave() {
         assert!(Instant::now() < deadline, "the server serves again");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A client that sends its head a byte at a time, each within the read
+/// timeout, is cut off all the same: the whole head has one deadline.
+#[test]
+fn a_client_trickling_its_request_is_cut_off() {
+    let (addr, _) = start();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    let mut answer = Vec::new();
+    // Far more than the head's deadline, far less than its size limit.
+    for _ in 0..120 {
+        if client.write_all(b"x").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
 #[test]

@@ -227,6 +227,16 @@ fn live(args: Args) -> Result<(), String> {
         return aggregator::run(timely_config, aggregator_config, aggregator_handle)
             .map_err(|e| format!("aggregator: {e}"));
     }
+    // Before anything starts: an address in use is said at once.
+    let page = match args.http {
+        Some(addr) => {
+            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
+                .map_err(|e| format!("--http {addr}: {e}"))?;
+            eprintln!("velib_live: the live page is at http://{}/", page.addr());
+            Some(page)
+        }
+        None => None,
+    };
     let stopper = producer_handle.clone();
     let (interrupt, interrupted) = std::sync::mpsc::channel();
     common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
@@ -251,15 +261,6 @@ fn live(args: Args) -> Result<(), String> {
     let aggregator_thread = {
         let handle = aggregator_handle.clone();
         std::thread::spawn(move || aggregator::run(timely_config, aggregator_config, handle))
-    };
-    let page = match args.http {
-        Some(addr) => {
-            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
-                .map_err(|e| format!("--http {addr}: {e}"))?;
-            eprintln!("velib_live: the live page is at http://{}/", page.addr());
-            Some(page)
-        }
-        None => None,
     };
     let mut view = view::LiveView::new(&kafka, DEFAULT_OUTPUT_TOPIC, args.format)?;
 

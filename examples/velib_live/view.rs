@@ -102,12 +102,9 @@ impl LiveView {
             let _ = out.flush();
             return;
         }
-        let (bikes, meca, elec) = self.current.values().fold((0, 0, 0), |t, r| {
-            (t.0 + r.nbr_total, t.1 + r.nbr_meca, t.2 + r.nbr_elec)
-        });
-        let (empty, full) = self.current.values().fold((0, 0), |t, r| {
-            (t.0 + r.nbr_stations_empty, t.1 + r.nbr_stations_full)
-        });
+        let totals = velib_dataflow::web::page::Totals::of(self.current.values());
+        let (bikes, meca, elec) = (totals.nbr_total, totals.nbr_meca, totals.nbr_elec);
+        let (empty, full) = (totals.nbr_stations_empty, totals.nbr_stations_full);
         let width = std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.parse::<usize>().ok())

@@ -10,17 +10,24 @@
 //! are of the same epoch.
 //!
 //! The two topics are read by one consumer but their partitions are fetched
-//! independently, so an epoch whole on the output topic may not be read
+//! independently, and a transaction's commit markers are written partition
+//! by partition: an epoch whole on the output topic may not be readable
 //! whole on the state topic yet. Before releasing an epoch the reader asks
-//! the state topic's committed ends (the last stable offsets: a
-//! `read_committed` consumer's watermarks), which the epoch's transaction is
-//! below since it is committed, and waits until it has read that far. State
-//! records of a later epoch wait for that epoch.
+//! the state partitions' high watermarks (at `read_uncommitted`: the epoch's
+//! state records were acknowledged before its commit, so they are below),
+//! and waits until its `read_committed` position has passed them, which it
+//! can only do once every transaction below is committed or aborted. State
+//! records of a later epoch wait for that epoch; one that arrives for an
+//! epoch already released (it cannot, but the topic is not ours) goes out
+//! with the next epoch, counted as late.
 //!
-//! Once the log cleaner has compacted the topics, an epoch whose own
-//! progress records are gone is released with the next one that has them
-//! (see [`crate::kafka::progress`]): only the state once caught up is exact.
-//! That is the state a page opened now shows.
+//! A reader opened on topics with history catches up first: it reads both
+//! topics to the ends they had when it opened and releases all of it as one
+//! epoch, the last. The topics are compacted separately, so an older epoch
+//! would show stations from another time; only the state once caught up is
+//! exact. After that, an epoch whose own progress records the cleaner
+//! removed is released with the next one that has them (see
+//! [`crate::kafka::progress`]).
 
 use super::WebError;
 use crate::dataflow::Epoch;
@@ -148,6 +155,8 @@ enum StationChange {
 /// topics (see the module's documentation).
 pub struct CommittedReader {
     consumer: BaseConsumer,
+    /// At `read_uncommitted`, only asked for high watermarks.
+    ends: BaseConsumer,
     config: CommittedConfig,
     /// The state topic and its partitions, once it exists.
     state: Option<(String, i32)>,
@@ -159,13 +168,35 @@ pub struct CommittedReader {
     stations: BTreeMap<Epoch, Vec<StationChange>>,
     /// Epochs whole on the output topic, waiting for the state topic.
     ready: BTreeMap<Epoch, Vec<PostcodeChange>>,
-    /// The epoch whose state the reader is reading to, and the state
-    /// partitions' committed ends it must reach.
-    state_target: Option<(Epoch, Vec<i64>)>,
+    /// The epoch whose state the reader is reading to, and the ends it must
+    /// pass on the state partitions.
+    state_target: Option<(Epoch, Vec<Target>)>,
+    /// The ends of every partition when the reader opened: it releases
+    /// nothing, then everything as one epoch, once it has passed them.
+    catch_up: Option<Vec<Target>>,
+    /// State records of epochs already released, for the next release.
+    late_stations: Vec<StationChange>,
+    /// The latest progress epoch seen on each output partition.
+    progress_seen: BTreeMap<i32, Epoch>,
     released: Option<Epoch>,
     malformed: u64,
+    late: u64,
+    /// The partitions changed: open a new reader.
+    stale_assignment: bool,
+    checked_partitions: Instant,
+    looked_for_state: Instant,
+    last_release: Instant,
     since_warned: Instant,
 }
+
+/// A partition, and the offset a reader's position must reach on it.
+type Target = (String, i32, i64);
+
+/// How often the partitions are counted again, and a missing state topic
+/// looked for.
+const RECHECK: Duration = Duration::from_secs(10);
+/// How long without an epoch before the reader says what it waits for.
+const QUIET: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for CommittedReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +229,11 @@ impl CommittedReader {
             what: "creating the page's consumer".into(),
             problem: e.to_string(),
         })?;
+        client.set("isolation.level", "read_uncommitted");
+        let ends: BaseConsumer = client.create().map_err(|e| WebError::Kafka {
+            what: "creating the page's consumer".into(),
+            problem: e.to_string(),
+        })?;
         let deadline = Instant::now() + config.wait_for_topics;
         let output_partitions = loop {
             if let Some(n) = partitions(&consumer, &config.output_topic) {
@@ -215,8 +251,12 @@ impl CommittedReader {
             }
             std::thread::sleep(Duration::from_millis(500));
         };
+        let now = Instant::now();
+        // The first warning is said at once.
+        let long_ago = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         let mut reader = CommittedReader {
             consumer,
+            ends,
             state: None,
             output: OutputEpochs::new(output_partitions),
             output_partitions,
@@ -224,14 +264,82 @@ impl CommittedReader {
             stations: BTreeMap::new(),
             ready: BTreeMap::new(),
             state_target: None,
+            catch_up: None,
+            late_stations: Vec::new(),
+            progress_seen: BTreeMap::new(),
             released: None,
             malformed: 0,
-            since_warned: Instant::now(),
+            late: 0,
+            stale_assignment: false,
+            checked_partitions: now,
+            looked_for_state: now,
+            last_release: now,
+            since_warned: long_ago,
             config,
         };
         reader.find_state_topic();
         reader.assign(output_partitions)?;
+        let output_topic = reader.config.output_topic.clone();
+        let mut catch_up = reader
+            .ends_of(&output_topic, output_partitions)
+            .map_err(|problem| WebError::Kafka {
+                what: format!("reading the ends of {output_topic}"),
+                problem,
+            })?;
+        if let Some((topic, n)) = reader.state.clone() {
+            catch_up.extend(
+                reader
+                    .ends_of(&topic, n)
+                    .map_err(|problem| WebError::Kafka {
+                        what: format!("reading the ends of {topic}"),
+                        problem,
+                    })?,
+            );
+        }
+        reader.catch_up = Some(catch_up);
         Ok(reader)
+    }
+
+    /// The high watermark of each partition of `topic` (0 for an empty one).
+    fn ends_of(&self, topic: &str, partitions: i32) -> Result<Vec<Target>, String> {
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = self
+                    .ends
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(|e| format!("{topic}[{p}]: {e}"))?;
+                Ok((topic.to_owned(), p, if high > low { high } else { 0 }))
+            })
+            .collect()
+    }
+
+    /// Whether the read position has passed every one of `targets`.
+    fn passed(&self, targets: &[Target]) -> bool {
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        targets.iter().all(|(topic, p, end)| {
+            let position = positions
+                .find_partition(topic, *p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            // librdkafka's position steps over commit and abort markers.
+            *end == 0 || position.is_some_and(|o| o >= *end)
+        })
+    }
+
+    /// Records of epochs already released, passed over (counted apart from
+    /// the malformed; state records among them go out with the next epoch).
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Whether the topics' partitions changed since the reader opened: a
+    /// new reader must be opened to follow them.
+    pub fn needs_reopening(&self) -> bool {
+        self.stale_assignment
     }
 
     /// Records that could not be read (logged, and otherwise passed over).
@@ -290,12 +398,21 @@ impl CommittedReader {
                     let message = message.detach();
                     self.read(&message);
                 }
-                // librdkafka retries by itself; the page waits.
-                Err(e) => tracing::debug!("live page: {e}"),
+                // librdkafka retries by itself; the page waits, and says why.
+                Err(e) => self.warn(&format!("reading: {e}")),
             }
         }
-        if self.state.is_none() && self.config.state_topic.is_some() {
-            // Created by the aggregator after the page started.
+        if self.checked_partitions.elapsed() > RECHECK {
+            self.checked_partitions = Instant::now();
+            self.check_partitions();
+        }
+        if self.state.is_none()
+            && self.config.state_topic.is_some()
+            && self.looked_for_state.elapsed() > RECHECK
+        {
+            // Created by the aggregator after the page started: read from
+            // its start, its records go out with the next epoch.
+            self.looked_for_state = Instant::now();
             self.find_state_topic();
             if self.state.is_some() {
                 if let Err(e) = self.assign(self.output_partitions) {
@@ -312,13 +429,74 @@ impl CommittedReader {
                 self.ready.entry(epoch).or_default();
             }
         }
+        if let Some(catch_up) = &self.catch_up {
+            if !self.passed(catch_up) {
+                if self.last_release.elapsed() > QUIET {
+                    self.warn("catching up: the topics are not read yet to the ends they had when the page opened (an open transaction holds them?)");
+                }
+                return Vec::new();
+            }
+            self.catch_up = None;
+            // All of the history as one epoch: the state once caught up.
+            return match self.ready.last_key_value() {
+                Some((&through, _)) => self.release(through, true),
+                None => Vec::new(),
+            };
+        }
         let Some((&through, _)) = self.ready.last_key_value() else {
+            self.say_what_is_missing();
             return Vec::new();
         };
         if !self.state_read_through(through) {
             return Vec::new();
         }
-        self.release(through)
+        self.release(through, false)
+    }
+
+    /// Reopening is needed when a topic's partitions were added.
+    fn check_partitions(&mut self) {
+        let output = partitions(&self.consumer, &self.config.output_topic);
+        let state = self
+            .state
+            .as_ref()
+            .map(|(t, n)| (partitions(&self.consumer, t), *n));
+        let changed = output.is_some_and(|n| n != self.output_partitions)
+            || state.is_some_and(|(now, was)| now.is_some_and(|n| n != was));
+        if changed && !self.stale_assignment {
+            tracing::warn!(
+                "live page: the partitions of {} or its state topic changed: reading them again",
+                self.config.output_topic
+            );
+            self.stale_assignment = true;
+        }
+    }
+
+    /// After a long time without an epoch, says which partitions lack progress.
+    fn say_what_is_missing(&mut self) {
+        if self.last_release.elapsed() < QUIET {
+            return;
+        }
+        let Some(&newest) = self.progress_seen.values().max() else {
+            return;
+        };
+        let behind: Vec<i32> = (0..self.output_partitions)
+            .filter(|p| self.progress_seen.get(p).is_none_or(|e| *e < newest))
+            .collect();
+        let what = format!(
+            "no whole epoch for {QUIET:?}: partitions {behind:?} of {} have no progress record of epoch {newest} yet",
+            self.config.output_topic
+        );
+        self.warn(&what);
+    }
+
+    /// A warning, at most every 30 s (the rest at debug level).
+    fn warn(&mut self, what: &str) {
+        if self.since_warned.elapsed() > Duration::from_secs(30) {
+            tracing::warn!("live page: {what}");
+            self.since_warned = Instant::now();
+        } else {
+            tracing::debug!("live page: {what}");
+        }
     }
 
     /// Whether every state record of the epochs up to `through` was read.
@@ -327,64 +505,48 @@ impl CommittedReader {
             return true;
         };
         if self.state_target.as_ref().is_none_or(|(e, _)| *e < through) {
-            // Asked after the epoch was seen whole: its transaction, and
-            // the state records in it, are below these ends.
-            let mut ends = Vec::new();
-            for p in 0..partitions {
-                match self
-                    .consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                {
-                    Ok((low, high)) => ends.push(if high > low { high } else { 0 }),
-                    Err(e) => {
-                        tracing::debug!("live page: the end of {topic}[{p}]: {e}");
-                        return false;
-                    }
+            // Asked after the epoch was seen whole: its state records were
+            // acknowledged before its commit, so they are below these ends.
+            match self.ends_of(&topic, partitions) {
+                Ok(ends) => self.state_target = Some((through, ends)),
+                Err(problem) => {
+                    self.warn(&format!("the end of the state topic: {problem}"));
+                    return false;
                 }
             }
-            self.state_target = Some((through, ends));
-            self.since_warned = Instant::now();
         }
         let Some((_, ends)) = &self.state_target else {
             return true;
         };
-        let Ok(positions) = self.consumer.position() else {
-            return false;
-        };
-        let caught_up = ends.iter().enumerate().all(|(p, &end)| {
-            let position =
-                positions
-                    .find_partition(&topic, p as i32)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-            // librdkafka's position steps over a transaction's commit
-            // marker: it reaches the end itself.
-            end == 0 || position.is_some_and(|o| o >= end)
-        });
-        if !caught_up && self.since_warned.elapsed() > Duration::from_secs(30) {
-            tracing::warn!(
-                "live page: epoch {through} is committed, and {topic} is not read to its end yet"
-            );
-            self.since_warned = Instant::now();
+        let passed = self.passed(ends);
+        if !passed && self.last_release.elapsed() > QUIET {
+            self.warn(&format!(
+                "epoch {through} is committed, and {topic} is not read to its end yet"
+            ));
         }
-        caught_up
+        passed
     }
 
     /// Releases the ready epochs up to `through`, with their stations.
-    fn release(&mut self, through: Epoch) -> Vec<CommittedEpoch> {
+    /// Epochs are below [`Epoch::MAX`] (see `read`): `through + 1` is one.
+    fn release(&mut self, through: Epoch, merge_all: bool) -> Vec<CommittedEpoch> {
         let later = self.ready.split_off(&(through + 1));
         let now = std::mem::replace(&mut self.ready, later);
         let mut released = Vec::new();
         let mut pending: Option<CommittedEpoch> = None;
+        let mut late = std::mem::take(&mut self.late_stations);
         for (epoch, changes) in now {
             let progress = self.progress.remove(&epoch);
             let later_stations = self.stations.split_off(&(epoch + 1));
             let stations = std::mem::replace(&mut self.stations, later_stations);
             let mut this = CommittedEpoch::empty(epoch);
             this.postcodes.extend(changes);
-            for change in stations.into_values().flatten() {
+            // Late ones first: the epoch's own changes are newer.
+            let changes: Vec<StationChange> = late
+                .drain(..)
+                .chain(stations.into_values().flatten())
+                .collect();
+            for change in changes {
                 match change {
                     StationChange::Status(id, status) => {
                         this.statuses.insert(id, status);
@@ -406,12 +568,13 @@ impl CommittedReader {
             }
             // An epoch whose own progress the cleaner removed goes out with
             // the next one that has it.
-            if own || epoch == through {
+            if (own && !merge_all) || epoch == through {
                 released.extend(pending.take());
             }
         }
         self.progress = self.progress.split_off(&(through + 1));
         self.released = Some(through);
+        self.last_release = Instant::now();
         released
     }
 
@@ -436,17 +599,25 @@ impl CommittedReader {
 
     fn read(&mut self, message: &OwnedMessage) {
         let epoch = header(message, EPOCH_HEADER).and_then(|e| e.parse::<Epoch>().ok());
-        let Some(epoch) = epoch else {
-            self.pass_over(message, "no epoch header");
+        // The largest has no epoch after it, and no writer reaches it.
+        let Some(epoch) = epoch.filter(|e| *e < Epoch::MAX) else {
+            self.pass_over(message, "no epoch header, or not an epoch number");
             return;
         };
-        if self.released.is_some_and(|r| r >= epoch) {
-            return;
-        }
+        let late = self.released.is_some_and(|r| r >= epoch);
         if message.topic() == self.config.output_topic {
+            if late {
+                self.late += 1;
+                return;
+            }
             self.read_output(message, epoch);
-        } else {
-            self.read_state(message, epoch);
+        } else if let Some(change) = self.read_state(message) {
+            if late {
+                self.late += 1;
+                self.late_stations.push(change);
+            } else {
+                self.stations.entry(epoch).or_default().push(change);
+            }
         }
     }
 
@@ -456,10 +627,19 @@ impl CommittedReader {
                 .payload()
                 .map(serde_json::from_slice::<EpochProgress>)
             {
-                Some(Ok(progress)) => {
+                Some(Ok(progress)) if progress.epoch == epoch => {
                     self.output.progress(message.partition(), epoch);
+                    let seen = self
+                        .progress_seen
+                        .entry(message.partition())
+                        .or_insert(epoch);
+                    *seen = (*seen).max(epoch);
                     self.progress.insert(epoch, progress);
                 }
+                Some(Ok(_)) => self.pass_over(
+                    message,
+                    "a progress record of another epoch than its header's",
+                ),
                 _ => self.pass_over(message, "a progress record that does not parse"),
             }
             return;
@@ -478,51 +658,62 @@ impl CommittedReader {
                 }
             },
         };
-        self.output.record(epoch, (postcode.to_owned(), record));
+        if !self.output.record(epoch, (postcode.to_owned(), record)) {
+            self.late += 1;
+        }
     }
 
-    fn read_state(&mut self, message: &OwnedMessage, epoch: Epoch) {
+    /// The station a state record changes; `None` for another source's
+    /// record, or a malformed one (passed over).
+    fn read_state(&mut self, message: &OwnedMessage) -> Option<StationChange> {
         let key = message.key().unwrap_or_default();
         let Some(source) = source_of(key) else {
             self.pass_over(message, "not a state key");
-            return;
+            return None;
         };
         let Ok(id) = serde_json::from_slice::<StationId>(&key[source.len() + 1..]) else {
             self.pass_over(message, "not a station key");
-            return;
+            return None;
         };
         let payload = message.payload();
-        let change = if source == self.config.status_topic {
+        if source == self.config.status_topic {
             match payload
                 .map(serde_json::from_slice::<StationStatus>)
                 .transpose()
             {
-                Ok(status) => StationChange::Status(id, status),
-                Err(e) => return self.pass_over(message, &format!("not a station status: {e}")),
+                Ok(status) => Some(StationChange::Status(id, status)),
+                Err(e) => {
+                    self.pass_over(message, &format!("not a station status: {e}"));
+                    None
+                }
             }
         } else if source == self.config.directory_topic {
             match payload
                 .map(serde_json::from_slice::<DirectoryEntry>)
                 .transpose()
             {
-                Ok(entry) => StationChange::Directory(id, entry),
-                Err(e) => return self.pass_over(message, &format!("not a directory entry: {e}")),
+                Ok(entry) => Some(StationChange::Directory(id, entry)),
+                Err(e) => {
+                    self.pass_over(message, &format!("not a directory entry: {e}"));
+                    None
+                }
             }
         } else {
             // Another source's state: not stations.
-            return;
-        };
-        self.stations.entry(epoch).or_default().push(change);
+            None
+        }
     }
 
     fn pass_over(&mut self, message: &OwnedMessage, why: &str) {
         self.malformed += 1;
-        tracing::warn!(
-            "live page: {}[{}]@{}: {why}: passed over",
+        let what = format!(
+            "{}[{}]@{}: {why}: passed over ({} so far)",
             message.topic(),
             message.partition(),
-            message.offset()
+            message.offset(),
+            self.malformed
         );
+        self.warn(&what);
     }
 }
 

@@ -43,8 +43,20 @@ pub struct EventHub {
 #[derive(Debug, Default)]
 struct Hub {
     page: PageState,
-    followers: Vec<SyncSender<Event>>,
+    followers: Vec<Follower>,
     dropped: u64,
+}
+
+/// A browser's queue, and how to cut it off when it is dropped.
+struct Follower {
+    events: SyncSender<Event>,
+    cut_off: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").finish_non_exhaustive()
+    }
 }
 
 impl EventHub {
@@ -58,22 +70,47 @@ impl EventHub {
     pub fn publish(&self, epoch: CommittedEpoch) {
         let mut hub = self.lock();
         let event: Event = hub.page.apply(epoch).into();
-        let before = hub.followers.len();
-        hub.followers
-            .retain(|follower| match follower.try_send(Arc::clone(&event)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => false,
-                Err(TrySendError::Disconnected(_)) => false,
-            });
-        hub.dropped += (before - hub.followers.len()) as u64;
+        let mut dropped = 0;
+        let followers = std::mem::take(&mut hub.followers);
+        for mut follower in followers {
+            match follower.events.try_send(Arc::clone(&event)) {
+                Ok(()) => hub.followers.push(follower),
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    // Not reading: its connection is cut, so that a writer
+                    // blocked on it (a browser taking a byte now and then)
+                    // is freed too.
+                    if let Some(cut_off) = follower.cut_off.take() {
+                        cut_off();
+                    }
+                    dropped += 1;
+                }
+            }
+        }
+        hub.dropped += dropped;
     }
 
     /// The page now, as JSON, and the events of every later epoch.
     pub fn subscribe(&self) -> (String, Receiver<Event>) {
+        self.follow(None)
+    }
+
+    /// As [`EventHub::subscribe`], calling `cut_off` if the follower is
+    /// dropped for not reading (the server shuts its connection).
+    pub fn subscribe_cutting_off(
+        &self,
+        cut_off: impl FnOnce() + Send + 'static,
+    ) -> (String, Receiver<Event>) {
+        self.follow(Some(Box::new(cut_off)))
+    }
+
+    fn follow(&self, cut_off: Option<Box<dyn FnOnce() + Send>>) -> (String, Receiver<Event>) {
         let mut hub = self.lock();
-        let (sender, events) = sync_channel(QUEUE_EVENTS);
-        hub.followers.push(sender);
-        (hub.page.snapshot_json(crate::freshness::unix_now()), events)
+        let (events, receiver) = sync_channel(QUEUE_EVENTS);
+        hub.followers.push(Follower { events, cut_off });
+        (
+            hub.page.snapshot_json(crate::freshness::unix_now()),
+            receiver,
+        )
     }
 
     /// The page now, as JSON.
@@ -123,6 +160,21 @@ mod tests {
         // Coming back, it starts from the page as it is now.
         let (snapshot, _) = hub.subscribe();
         assert!(snapshot.contains(r#""epoch":17"#));
+    }
+
+    #[test]
+    fn a_browser_dropped_for_not_reading_has_its_connection_cut() {
+        let hub = EventHub::default();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&cut);
+        let (_, _stuck) = hub
+            .subscribe_cutting_off(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        for epoch in 1..=QUEUE_EVENTS as u64 {
+            hub.publish(CommittedEpoch::empty(epoch));
+        }
+        assert!(!cut.load(std::sync::atomic::Ordering::SeqCst));
+        hub.publish(CommittedEpoch::empty(QUEUE_EVENTS as u64 + 1));
+        assert!(cut.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]

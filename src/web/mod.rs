@@ -118,9 +118,23 @@ impl Drop for LivePage {
     }
 }
 
-/// Reads committed epochs into `hub` until `stop`, opening the reader again
-/// while the topics are not there.
+/// Reads committed epochs into `hub` until `stop`, opening a reader again
+/// while the topics are not there, when their partitions change, and after
+/// a panic (said in the log: the page keeps what it shows meanwhile).
 fn read_into(config: CommittedConfig, hub: &EventHub, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let run = std::panic::AssertUnwindSafe(|| follow(&config, hub, stop));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!(
+                "live page: the reader failed (a bug: please report it); reading again"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// One reader, from its opening until `stop` or until it must be reopened.
+fn follow(config: &CommittedConfig, hub: &EventHub, stop: &AtomicBool) {
     // Short attempts, so that a stop is seen; a warning once the wait the
     // config allows is over, and each time again after as long.
     let mut attempt = config.clone();
@@ -139,9 +153,12 @@ fn read_into(config: CommittedConfig, hub: &EventHub, stop: &AtomicBool) {
             Err(e) => tracing::debug!("live page: {e}"),
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) && !reader.needs_reopening() {
         for epoch in reader.poll(Duration::from_millis(200)) {
-            hub.publish(epoch);
+            // A reader opened again catches up to what the page shows.
+            if hub.epoch().is_none_or(|shown| epoch.epoch > shown) {
+                hub.publish(epoch);
+            }
         }
     }
 }

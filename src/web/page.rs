@@ -60,17 +60,21 @@ pub struct Totals {
 impl Totals {
     /// The sums of `records`.
     pub fn of<'r>(records: impl IntoIterator<Item = &'r PostcodeRecord>) -> Totals {
+        // Saturating: a record is what the topic holds, and a hostile one
+        // must not overflow (and panic) the page.
         records.into_iter().fold(Totals::default(), |t, r| Totals {
-            nbr_total: t.nbr_total + r.nbr_total,
-            nbr_meca: t.nbr_meca + r.nbr_meca,
-            nbr_elec: t.nbr_elec + r.nbr_elec,
-            nbr_docks: t.nbr_docks + r.nbr_docks,
-            nbr_stations: t.nbr_stations + r.nbr_stations,
-            nbr_stations_renting: t.nbr_stations_renting + r.nbr_stations_renting,
-            nbr_stations_empty: t.nbr_stations_empty + r.nbr_stations_empty,
-            nbr_stations_full: t.nbr_stations_full + r.nbr_stations_full,
-            nbr_stations_stale: t.nbr_stations_stale + r.nbr_stations_stale,
-            nbr_bikes_stale: t.nbr_bikes_stale + r.nbr_bikes_stale,
+            nbr_total: t.nbr_total.saturating_add(r.nbr_total),
+            nbr_meca: t.nbr_meca.saturating_add(r.nbr_meca),
+            nbr_elec: t.nbr_elec.saturating_add(r.nbr_elec),
+            nbr_docks: t.nbr_docks.saturating_add(r.nbr_docks),
+            nbr_stations: t.nbr_stations.saturating_add(r.nbr_stations),
+            nbr_stations_renting: t
+                .nbr_stations_renting
+                .saturating_add(r.nbr_stations_renting),
+            nbr_stations_empty: t.nbr_stations_empty.saturating_add(r.nbr_stations_empty),
+            nbr_stations_full: t.nbr_stations_full.saturating_add(r.nbr_stations_full),
+            nbr_stations_stale: t.nbr_stations_stale.saturating_add(r.nbr_stations_stale),
+            nbr_bikes_stale: t.nbr_bikes_stale.saturating_add(r.nbr_bikes_stale),
         })
     }
 }

@@ -147,7 +147,10 @@ fn stream_events(stream: &TcpStream, hub: &EventHub) -> std::io::Result<()> {
     }
     head.push_str("\r\n");
     out.write_all(head.as_bytes())?;
-    let (snapshot, events) = hub.subscribe();
+    let socket = stream.try_clone()?;
+    let (snapshot, events) = hub.subscribe_cutting_off(move || {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    });
     // A browser that lost the stream asks again after 2 s.
     write!(out, "retry: 2000\n\nevent: snapshot\ndata: {snapshot}\n\n")?;
     out.flush()?;
