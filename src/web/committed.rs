@@ -279,25 +279,32 @@ impl CommittedReader {
         };
         reader.find_state_topic();
         reader.assign(output_partitions)?;
-        let output_topic = reader.config.output_topic.clone();
-        let mut catch_up = reader
-            .ends_of(&output_topic, output_partitions)
-            .map_err(|problem| WebError::Kafka {
-                what: format!("reading the ends of {output_topic}"),
-                problem,
-            })?;
-        if let Some((topic, n)) = reader.state.clone() {
-            catch_up.extend(
-                reader
-                    .ends_of(&topic, n)
-                    .map_err(|problem| WebError::Kafka {
-                        what: format!("reading the ends of {topic}"),
+        // A topic just created has partitions whose leaders do not answer
+        // yet: asked again, within the same wait.
+        let catch_up = loop {
+            match reader.all_ends() {
+                Ok(ends) => break ends,
+                Err(problem) if Instant::now() > deadline => {
+                    return Err(WebError::Kafka {
+                        what: "reading where the topics end".into(),
                         problem,
-                    })?,
-            );
-        }
+                    })
+                }
+                Err(problem) => tracing::debug!("live page: {problem}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         reader.catch_up = Some(catch_up);
         Ok(reader)
+    }
+
+    /// The high watermarks of every partition read.
+    fn all_ends(&self) -> Result<Vec<Target>, String> {
+        let mut ends = self.ends_of(&self.config.output_topic, self.output_partitions)?;
+        if let Some((topic, n)) = &self.state {
+            ends.extend(self.ends_of(topic, *n)?);
+        }
+        Ok(ends)
     }
 
     /// The high watermark of each partition of `topic` (0 for an empty one).
