@@ -3,7 +3,8 @@
 //! `station_information` (it is counted under `unknown`), one in
 //! `station_information` with no status (it is not counted), and a status
 //! whose `num_bikes_available` is not the sum of its bike types (`nbr_total`
-//! then differs from `nbr_meca + nbr_elec`). None is an error: the snapshot
+//! then differs from `nbr_meca + nbr_elec`), and a vehicle type a status
+//! names that `vehicle_types.json` does not define. None is an error: the snapshot
 //! is still published, and what does not agree is counted by kind and
 //! named, never folded silently into the totals. (A station listed twice
 //! is an error: the parsers refuse the whole payload, `duplicate_station`.)
@@ -23,6 +24,9 @@ pub enum Inconsistency {
     InformationWithoutStatus,
     /// `num_bikes_available` is not the sum of `num_bikes_available_types`.
     BikesNotSumOfTypes,
+    /// `vehicle_types_available` names a type `vehicle_types.json` does
+    /// not define.
+    UndefinedVehicleType,
 }
 
 impl Inconsistency {
@@ -40,6 +44,7 @@ impl Inconsistency {
             Inconsistency::StatusWithoutInformation => "status_without_information",
             Inconsistency::InformationWithoutStatus => "information_without_status",
             Inconsistency::BikesNotSumOfTypes => "bikes_not_sum_of_types",
+            Inconsistency::UndefinedVehicleType => "undefined_vehicle_type",
         }
     }
 
@@ -54,6 +59,9 @@ impl Inconsistency {
             }
             Inconsistency::BikesNotSumOfTypes => {
                 "num_bikes_available is not the sum of its types: nbr_total counts them, nbr_meca and nbr_elec count the types"
+            }
+            Inconsistency::UndefinedVehicleType => {
+                "with a vehicle type that vehicle_types.json does not define: counted as other vehicles, in neither nbr_meca nor nbr_elec"
             }
         }
     }
@@ -107,7 +115,15 @@ impl Inconsistencies {
             .iter()
             .filter(|s| selection.keeps(s.code.as_deref(), &s.station_id))
             .collect();
+        let undefined_types: HashSet<&StationId> = status
+            .undefined_vehicle_types
+            .iter()
+            .map(|(id, _)| id)
+            .collect();
         for s in &statuses {
+            if undefined_types.contains(&s.station_id) {
+                note(Inconsistency::UndefinedVehicleType, &s.station_id);
+            }
             if let Some(types) = s.bike_types {
                 let typed =
                     u64::from(types.mechanical) + u64::from(types.ebike) + u64::from(types.other);

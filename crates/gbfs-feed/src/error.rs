@@ -21,6 +21,8 @@ pub enum FeedKind {
     StationInformation,
     /// GBFS `station_status.json`.
     StationStatus,
+    /// GBFS `vehicle_types.json`.
+    VehicleTypes,
     /// The City of Paris `velib-disponibilite-en-temps-reel` export.
     OpenDataParis,
 }
@@ -31,6 +33,7 @@ impl fmt::Display for FeedKind {
             FeedKind::Discovery => "gbfs.json",
             FeedKind::StationInformation => "station_information.json",
             FeedKind::StationStatus => "station_status.json",
+            FeedKind::VehicleTypes => "vehicle_types.json",
             FeedKind::OpenDataParis => "Paris open-data export",
         })
     }

@@ -26,6 +26,7 @@
 //! ```
 
 use super::json::{opt, parse_payload, Ctx};
+use super::vehicle_types::{VehicleKind, VehicleTypes};
 use super::{
     BikeTypes, FeedError, FeedKind, FeedTime, FeedTimeKind, InformationSnapshot, Position, Problem,
     StationId, StationInfo, StationStatus, StatusSnapshot,
@@ -217,6 +218,39 @@ fn relocate(e: FeedError, at: &str, field: &str) -> FeedError {
 /// # Ok::<(), gbfs_feed::FeedError>(())
 /// ```
 pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
+    parse_status_typed(bytes, None)
+}
+
+/// As [`parse_status`], classifying `vehicle_types_available` by the
+/// system's `vehicle_types.json` when given
+/// ([`crate::vehicle_types`]): mechanical, e-bikes and other vehicles as
+/// the system defines them, not as their ids suggest. A type a station
+/// names that `types` does not define is counted as another vehicle and
+/// listed in [`StatusSnapshot::undefined_vehicle_types`]. Without `types`
+/// (a v1 or v2.2 feed, or vehicle types not read yet) the ids are guessed
+/// from as before.
+///
+/// # Examples
+///
+/// ```
+/// use gbfs_feed::{gbfs, vehicle_types::{VehicleKind, VehicleTypes}, StationId};
+///
+/// let status = br#"{"last_updated": 1, "ttl": 0, "version": "3.0", "data": {"stations": [{"station_id": "s",
+///     "num_vehicles_available": 5, "vehicle_types_available": [
+///         {"vehicle_type_id": "t1", "count": 2}, {"vehicle_type_id": "t2", "count": 2}, {"vehicle_type_id": "t9", "count": 1}],
+///     "is_installed": true, "is_renting": true, "is_returning": true, "last_reported": "2024-01-01T00:00:00Z"}]}}"#;
+/// let types: VehicleTypes = [("t1".to_owned(), VehicleKind::Ebike), ("t2".to_owned(), VehicleKind::Mechanical)]
+///     .into_iter().collect();
+/// let snapshot = gbfs::parse_status_typed(status, Some(&types))?;
+/// let bikes = snapshot.stations[0].bike_types.unwrap();
+/// assert_eq!((bikes.mechanical, bikes.ebike, bikes.other), (2, 2, 1));
+/// assert_eq!(snapshot.undefined_vehicle_types, [(StationId::Text("s".into()), "t9".to_owned())]);
+/// # Ok::<(), gbfs_feed::FeedError>(())
+/// ```
+pub fn parse_status_typed(
+    bytes: &[u8],
+    types: Option<&VehicleTypes>,
+) -> Result<StatusSnapshot, FeedError> {
     let ctx = Ctx::new(FeedKind::StationStatus);
     let root = parse_payload(ctx.feed, bytes)?;
     let header = Header::read(&ctx, &root)?;
@@ -226,8 +260,9 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
         .is_some_and(|v| v.starts_with('3'));
     let mut seen = HashSet::new();
     let mut stations = Vec::with_capacity(header.stations.len());
+    let mut undefined = Vec::new();
     for (i, raw) in header.stations.iter().enumerate() {
-        let status = parse_station_status(&ctx, i, raw, v3)?;
+        let status = parse_station_status(&ctx, i, raw, v3, types, &mut undefined)?;
         if !seen.insert(status.station_id.clone()) {
             return Err(FeedError::DuplicateStation {
                 feed: ctx.feed,
@@ -259,6 +294,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusSnapshot, FeedError> {
         version: header.version,
         ttl: header.ttl,
         stations,
+        undefined_vehicle_types: undefined,
     })
 }
 
@@ -287,7 +323,7 @@ pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
         return Err(ctx.wrong("(station record)", "an object", &raw));
     }
     let v3 = raw.get("num_vehicles_available").is_some();
-    parse_station_status(&ctx, 0, &raw, v3)
+    parse_station_status(&ctx, 0, &raw, v3, None, &mut Vec::new())
 }
 
 /// Parses a `station_information.json` payload.
@@ -387,11 +423,15 @@ fn station_ctx<'v>(
     Ok((ctx.at_station(id.to_string()), obj, id))
 }
 
+/// `undefined` collects the vehicle types the station names that `types`
+/// does not define.
 fn parse_station_status(
     ctx: &Ctx,
     index: usize,
     raw: &Value,
     v3: bool,
+    types: Option<&VehicleTypes>,
+    undefined: &mut Vec<(StationId, String)>,
 ) -> Result<StationStatus, FeedError> {
     let (ctx, obj, station_id) = station_ctx(ctx, index, raw)?;
     let (field, bikes) = ctx.req_any(
@@ -412,7 +452,9 @@ fn parse_station_status(
     Ok(StationStatus {
         code: ctx.opt_code(obj, "stationCode")?,
         bikes_available,
-        bike_types: bike_types(&ctx, obj)?,
+        bike_types: bike_types(&ctx, obj, types, &mut |type_id| {
+            undefined.push((station_id.clone(), type_id.to_owned()))
+        })?,
         docks_available,
         is_installed: ctx.req_flag(obj, "is_installed")?,
         is_renting: ctx.req_flag(obj, "is_renting")?,
@@ -427,13 +469,13 @@ fn parse_station_status(
 
 /// Which kind of bike a feed's type name means. Names vary by operator
 /// (`ebike`, `electric`, `mechanical`, `classic`, v3 vehicle type ids…).
-fn classify(name: &str) -> BikeKind {
+fn classify(name: &str) -> VehicleKind {
     let n = name.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
     if has(&[
         "ebike", "e-bike", "e_bike", "electric", "elec", "assist", "pedelec", "boost",
     ]) {
-        BikeKind::Ebike
+        VehicleKind::Ebike
     } else if has(&[
         "mechanical",
         "meca",
@@ -444,38 +486,37 @@ fn classify(name: &str) -> BikeKind {
         "velo",
         "vélo",
     ]) {
-        BikeKind::Mechanical
+        VehicleKind::Mechanical
     } else {
-        BikeKind::Other
+        VehicleKind::Other
     }
 }
 
-enum BikeKind {
-    Mechanical,
-    Ebike,
-    Other,
-}
-
 impl BikeTypes {
-    fn add(&mut self, kind: BikeKind, n: u32) {
+    fn add(&mut self, kind: VehicleKind, n: u32) {
         let slot = match kind {
-            BikeKind::Mechanical => &mut self.mechanical,
-            BikeKind::Ebike => &mut self.ebike,
-            BikeKind::Other => &mut self.other,
+            VehicleKind::Mechanical => &mut self.mechanical,
+            VehicleKind::Ebike => &mut self.ebike,
+            VehicleKind::Other => &mut self.other,
         };
         *slot = slot.saturating_add(n);
     }
 }
 
-fn bike_types(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Option<BikeTypes>, FeedError> {
-    let mut types = BikeTypes::default();
+fn bike_types(
+    ctx: &Ctx,
+    obj: &Map<String, Value>,
+    vehicle_types: Option<&VehicleTypes>,
+    undefined: &mut dyn FnMut(&str),
+) -> Result<Option<BikeTypes>, FeedError> {
+    let mut counted = BikeTypes::default();
     let mut any = false;
     if let Some(v) = opt(obj, "num_bikes_available_types") {
         const FIELD: &str = "num_bikes_available_types";
         let mut add_object = |o: &Map<String, Value>, at: &str| -> Result<(), FeedError> {
             for (name, count) in o {
                 let n = ctx.count(&format!("{at}.{name}"), count)?;
-                types.add(classify(name), n);
+                counted.add(classify(name), n);
                 any = true;
             }
             Ok(())
@@ -504,11 +545,20 @@ fn bike_types(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Option<BikeTypes>, 
             let count = ctx
                 .req(item, "count")
                 .map_err(|e| relocate(e, &at, "count"))?;
-            types.add(classify(id), ctx.count(&format!("{at}.count"), count)?);
+            let kind = match vehicle_types.map(|t| t.kind(id)) {
+                Some(Some(kind)) => kind,
+                Some(None) => {
+                    undefined(id);
+                    VehicleKind::Other
+                }
+                // The system's types are not known: guessed from the id.
+                None => classify(id),
+            };
+            counted.add(kind, ctx.count(&format!("{at}.count"), count)?);
             any = true;
         }
     }
-    Ok(any.then_some(types))
+    Ok(any.then_some(counted))
 }
 
 fn parse_station_info(ctx: &Ctx, index: usize, raw: &Value) -> Result<StationInfo, FeedError> {

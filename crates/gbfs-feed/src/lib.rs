@@ -25,6 +25,7 @@ pub mod opendata_paris;
 pub mod payload;
 pub mod poll;
 mod timestamp;
+pub mod vehicle_types;
 
 pub use error::{FeedError, FeedKind, Problem};
 pub use timestamp::parse_rfc3339;
@@ -472,6 +473,10 @@ pub struct StatusSnapshot {
     pub ttl: Option<u32>,
     /// Every station in the payload, in feed order.
     pub stations: Vec<StationStatus>,
+    /// Vehicle types a station's `vehicle_types_available` names that the
+    /// system's `vehicle_types.json` does not define, with the station:
+    /// counted as other vehicles ([`gbfs::parse_status_typed`]).
+    pub undefined_vehicle_types: Vec<(StationId, String)>,
 }
 
 /// A whole `station_information` payload, normalised.

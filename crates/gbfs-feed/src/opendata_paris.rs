@@ -132,6 +132,7 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
         version: None,
         ttl: None,
         stations: statuses,
+        undefined_vehicle_types: Vec::new(),
     };
     let info = InformationSnapshot {
         feed_time,

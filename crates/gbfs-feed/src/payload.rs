@@ -2,6 +2,7 @@
 //! a producer pointed at a URL and a replay pointed at a file both accept
 //! either format.
 
+use super::vehicle_types::VehicleTypes;
 use super::{gbfs, opendata_paris, FeedError, InformationSnapshot, StatusSnapshot};
 use serde_json::{Map, Value};
 
@@ -25,11 +26,20 @@ use serde_json::{Map, Value};
 pub fn parse_status(
     bytes: &[u8],
 ) -> Result<(StatusSnapshot, Option<InformationSnapshot>), FeedError> {
+    parse_status_typed(bytes, None)
+}
+
+/// As [`parse_status`], a GBFS payload's vehicles classified by the
+/// system's vehicle types when known ([`gbfs::parse_status_typed`]).
+pub fn parse_status_typed(
+    bytes: &[u8],
+    types: Option<&VehicleTypes>,
+) -> Result<(StatusSnapshot, Option<InformationSnapshot>), FeedError> {
     if looks_like_opendata(bytes) {
         let (status, information) = opendata_paris::parse(bytes)?;
         Ok((status, Some(information)))
     } else {
-        Ok((gbfs::parse_status(bytes)?, None))
+        Ok((gbfs::parse_status_typed(bytes, types)?, None))
     }
 }
 

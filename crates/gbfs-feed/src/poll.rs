@@ -7,6 +7,7 @@
 //! around it, and what to do with each snapshot, are the caller's.
 
 use crate::fetch::{FeedFetcher, FetchConfig, FetchError, Fetched};
+use crate::vehicle_types::{parse_vehicle_types, VehicleTypes};
 use crate::{gbfs, payload, FeedError, InformationSnapshot, StationId, StatusSnapshot};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -332,8 +333,10 @@ pub struct PolledStatus {
     /// Each station's own JSON object from the status payload, by station
     /// id (see [`payload::station_fields`]).
     pub feed_fields: HashMap<StationId, Map<String, Value>>,
-    /// Why the station information could not be refreshed, if it could not
-    /// (`information` is then the one held before, or none).
+    /// Why the station information (or the vehicle types) could not be
+    /// refreshed, if it could not (`information` is then the one held
+    /// before, or none; the vehicle types too, and before any the status's
+    /// type ids are guessed from).
     pub information_error: Option<PollError>,
 }
 
@@ -342,6 +345,8 @@ pub struct PolledStatus {
 struct Urls {
     status: String,
     information: Option<String>,
+    /// `vehicle_types.json` (GBFS v2.1 and later), if discovery lists one.
+    vehicle_types: Option<String>,
 }
 
 /// Polls a feed.
@@ -372,6 +377,9 @@ pub struct FeedPoller {
     information: Option<Arc<InformationSnapshot>>,
     information_at: Option<Instant>,
     known: HashSet<StationId>,
+    /// The system's vehicle types, once read; refreshed as the information.
+    vehicle_types: Option<Arc<VehicleTypes>>,
+    vehicle_types_at: Option<Instant>,
     /// A status body already fetched (the feed URL was a status, not a
     /// discovery file), to be used by the next poll.
     pending: Option<Vec<u8>>,
@@ -400,6 +408,7 @@ impl FeedPoller {
             } => Some(Urls {
                 status: status.clone(),
                 information: information.clone(),
+                vehicle_types: None,
             }),
         };
         Ok(FeedPoller {
@@ -411,6 +420,8 @@ impl FeedPoller {
             information: None,
             information_at: None,
             known: HashSet::new(),
+            vehicle_types: None,
+            vehicle_types_at: None,
             pending: None,
         })
     }
@@ -527,7 +538,10 @@ impl FeedPoller {
                 Fetched::Body(bytes) => bytes,
             },
         };
-        let (status, own_information) = match payload::parse_status(&bytes) {
+        // Before the status: its vehicles are counted by these types.
+        let vehicle_types_error = self.refresh_vehicle_types(&urls).err();
+        let typed = payload::parse_status_typed(&bytes, self.vehicle_types.as_deref());
+        let (status, own_information) = match typed {
             Ok(parsed) => parsed,
             Err(source) => {
                 // Ask for the whole body again next time, even if unchanged:
@@ -548,7 +562,8 @@ impl FeedPoller {
                 None
             }
             None => self.refresh_information(&urls, &status).err(),
-        };
+        }
+        .or(vehicle_types_error);
         Ok(Polled::Status(PolledStatus {
             status,
             information: self.information.clone(),
@@ -582,10 +597,20 @@ impl FeedPoller {
                 let information = discovery
                     .feed_url("station_information", language.as_deref())
                     .map(str::to_owned);
-                tracing::info!(discovery = url, status, information, "feed discovered");
+                let vehicle_types = discovery
+                    .feed_url("vehicle_types", language.as_deref())
+                    .map(str::to_owned);
+                tracing::info!(
+                    discovery = url,
+                    status,
+                    information,
+                    vehicle_types,
+                    "feed discovered"
+                );
                 Ok(Urls {
                     status: status.to_owned(),
                     information,
+                    vehicle_types,
                 })
             }
             Err(discovery_error) => match payload::parse_status(&bytes) {
@@ -600,6 +625,7 @@ impl FeedPoller {
                     Ok(Urls {
                         status: url,
                         information: None,
+                        vehicle_types: None,
                     })
                 }
                 Err(_) => {
@@ -608,6 +634,51 @@ impl FeedPoller {
                         url,
                         body: cut_body(&bytes),
                         source: Box::new(discovery_error),
+                    })
+                }
+            },
+        }
+    }
+
+    /// Refreshes the vehicle types when due: never read, or older than the
+    /// information interval. While they cannot be read, the last ones read
+    /// are kept (or, before any, the status's type ids are guessed from).
+    fn refresh_vehicle_types(&mut self, urls: &Urls) -> Result<(), PollError> {
+        let Some(url) = &urls.vehicle_types else {
+            return Ok(());
+        };
+        if self
+            .vehicle_types_at
+            .is_some_and(|at| at.elapsed() < self.config.information_interval)
+        {
+            return Ok(());
+        }
+        // Whatever happens, do not ask again before the next due time.
+        self.vehicle_types_at = Some(Instant::now());
+        if let Some(types) = self.fetch_parsed(url, parse_vehicle_types)? {
+            self.vehicle_types = Some(Arc::new(types));
+        }
+        Ok(())
+    }
+
+    /// Fetches `url` and parses it: `None` when not modified; a body that
+    /// does not parse is rejected with its start, and asked for whole next
+    /// time.
+    fn fetch_parsed<T>(
+        &mut self,
+        url: &str,
+        parse: impl FnOnce(&[u8]) -> Result<T, FeedError>,
+    ) -> Result<Option<T>, PollError> {
+        match self.fetcher.fetch(url)? {
+            Fetched::NotModified => Ok(None),
+            Fetched::Body(bytes) => match parse(&bytes) {
+                Ok(parsed) => Ok(Some(parsed)),
+                Err(source) => {
+                    self.fetcher.forget(url);
+                    Err(PollError::Rejected {
+                        url: url.to_owned(),
+                        body: cut_body(&bytes),
+                        source: Box::new(source),
                     })
                 }
             },
@@ -642,28 +713,15 @@ impl FeedPoller {
         }
         // Whatever happens, do not ask again before the next due time.
         self.information_at = Some(Instant::now());
-        match self.fetcher.fetch(url)? {
-            Fetched::NotModified => Ok(()),
-            Fetched::Body(bytes) => match gbfs::parse_information(&bytes) {
-                Ok(information) => {
-                    self.known = information
-                        .stations
-                        .iter()
-                        .map(|s| s.station_id.clone())
-                        .collect();
-                    self.information = Some(Arc::new(information));
-                    Ok(())
-                }
-                Err(source) => {
-                    self.fetcher.forget(url);
-                    Err(PollError::Rejected {
-                        url: url.clone(),
-                        body: cut_body(&bytes),
-                        source: Box::new(source),
-                    })
-                }
-            },
+        if let Some(information) = self.fetch_parsed(url, gbfs::parse_information)? {
+            self.known = information
+                .stations
+                .iter()
+                .map(|s| s.station_id.clone())
+                .collect();
+            self.information = Some(Arc::new(information));
         }
+        Ok(())
     }
 }
 

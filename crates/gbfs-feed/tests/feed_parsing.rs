@@ -2309,6 +2309,7 @@ proptest! {
                 version: version.map(str::to_owned),
                 ttl,
                 stations: rows.into_iter().map(|r| r.status).collect(),
+                undefined_vehicle_types: Vec::new(),
             }
         );
     }

@@ -361,3 +361,119 @@ fn a_discovery_that_is_neither_is_rejected_and_the_next_poll_discovers_again() {
     status(poller.poll());
     assert_eq!(server.seen("/gbfs.json").len(), 2);
 }
+
+/// A v3 system that lists `vehicle_types.json`: its vehicles are counted by
+/// what the system says each type is (ids chosen to mislead a guess), a
+/// type it does not define is another vehicle, named; while the types
+/// cannot be read, the status is still polled and the ids guessed from.
+#[test]
+fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
+    let server = FeedServer::start();
+    let discovery = serde_json::json!({
+        "last_updated": "2024-11-19T08:22:18Z", "ttl": 60, "version": "3.0",
+        "data": {"feeds": [
+            {"name": "station_status", "url": server.url("/station_status.json")},
+            {"name": "vehicle_types", "url": server.url("/vehicle_types.json")},
+        ]}
+    });
+    server.script(
+        "/gbfs.json",
+        [Reply::ok(serde_json::to_vec(&discovery).unwrap())],
+    );
+    let status_payload = serde_json::json!({
+        "last_updated": "2024-11-19T08:22:18Z", "ttl": 60, "version": "3.0",
+        "data": {"stations": [
+            {"station_id": "s1", "num_vehicles_available": 6, "vehicle_types_available": [
+                {"vehicle_type_id": "ebike-classic", "count": 3},
+                {"vehicle_type_id": "plain", "count": 2},
+                {"vehicle_type_id": "bike-scooter", "count": 1}],
+             "is_installed": true, "is_renting": true, "is_returning": true,
+             "last_reported": "2024-11-19T08:20:00Z"},
+            {"station_id": "s2", "num_vehicles_available": 1, "vehicle_types_available": [
+                {"vehicle_type_id": "never-defined", "count": 1}],
+             "is_installed": true, "is_renting": true, "is_returning": true,
+             "last_reported": "2024-11-19T08:20:00Z"}
+        ]}
+    });
+    server.script(
+        "/station_status.json",
+        [Reply::ok(serde_json::to_vec(&status_payload).unwrap())],
+    );
+    let types = serde_json::json!({
+        "last_updated": "2024-11-19T08:00:00Z", "ttl": 3600, "version": "3.0",
+        "data": {"vehicle_types": [
+            {"vehicle_type_id": "ebike-classic", "form_factor": "bicycle", "propulsion_type": "human",
+             "name": [{"text": "Classic", "language": "en"}]},
+            {"vehicle_type_id": "plain", "form_factor": "cargo_bicycle", "propulsion_type": "electric_assist",
+             "max_range_meters": 50000},
+            {"vehicle_type_id": "bike-scooter", "form_factor": "scooter_standing", "propulsion_type": "electric",
+             "max_range_meters": 20000}
+        ]}
+    });
+    server.script(
+        "/vehicle_types.json",
+        [
+            Reply::Status(503, vec![]),
+            Reply::ok(&b"{\"data\": {\"vehicle_types\": ["[..]),
+            Reply::ok(serde_json::to_vec(&types).unwrap()),
+        ],
+    );
+    let mut config = quick(FeedLocation::Discover {
+        url: server.url("/gbfs.json"),
+        language: None,
+    });
+    // Due at every poll, to see each answer.
+    config.information_interval = Duration::ZERO;
+    let mut poller = FeedPoller::new(config).unwrap();
+    let s1 = StationId::Text("s1".into());
+    let types_of = |polled: &PolledStatus| {
+        let station = polled
+            .status
+            .stations
+            .iter()
+            .find(|s| s.station_id == s1)
+            .unwrap();
+        let t = station.bike_types.unwrap();
+        (t.mechanical, t.ebike, t.other)
+    };
+
+    // Unavailable: the status all the same, the ids guessed, and why.
+    let first = status(poller.poll());
+    assert_eq!(
+        first.information_error.as_ref().map(PollError::reason),
+        Some("server_error")
+    );
+    assert_eq!(
+        types_of(&first),
+        (1, 3, 2),
+        "guessed: 'ebike-…' an e-bike, 'bike-…' a bike"
+    );
+    assert!(first.status.undefined_vehicle_types.is_empty());
+    // Broken: rejected, with its body; still guessed.
+    let second = status(poller.poll());
+    match &second.information_error {
+        Some(PollError::Rejected { url, .. }) => {
+            assert_eq!(url, &server.url("/vehicle_types.json"))
+        }
+        other => panic!("expected rejected vehicle types, got {other:?}"),
+    }
+    assert_eq!(types_of(&second), (1, 3, 2));
+    // Read: counted as the system defines them.
+    let third = status(poller.poll());
+    assert!(
+        third.information_error.is_none(),
+        "{:?}",
+        third.information_error
+    );
+    assert_eq!(
+        types_of(&third),
+        (3, 2, 1),
+        "human bicycle, e-assisted cargo bike, a scooter"
+    );
+    assert_eq!(
+        third.status.undefined_vehicle_types,
+        [(StationId::Text("s2".into()), "never-defined".to_owned())]
+    );
+    let s2 = &third.status.stations[1];
+    assert_eq!(s2.bike_types.map(|t| t.other), Some(1));
+}
