@@ -334,3 +334,36 @@ fn velib_view_says_when_it_cannot_listen() {
         "{stderr}"
     );
 }
+
+/// Brokers that do not answer: the page is served at once, and says why it
+/// has nothing to show (`reader.waiting_for` in its state).
+#[test]
+fn velib_view_says_why_it_waits() {
+    let (mut view, url, log) = started(Command::new(common::example_binary("velib_view")).args([
+        "--brokers",
+        "127.0.0.1:9",
+        "--http",
+        "127.0.0.1:0",
+        "--wait",
+        "1s",
+    ]));
+    let reason = loop {
+        let state = get_json(&url, "/api/state");
+        assert_eq!(state["epoch"], Value::Null);
+        if let Some(reason) = state["reader"]["waiting_for"].as_str() {
+            break reason.to_owned();
+        }
+        assert!(
+            view.try_wait().unwrap().is_none(),
+            "{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        reason.contains("velib-projet-clean") && reason.contains("127.0.0.1:9"),
+        "{reason}"
+    );
+    let _ = view.kill();
+    let _ = view.wait();
+}

@@ -11,7 +11,7 @@
 //! lock: it gets every epoch after its snapshot, once, in order.
 
 use super::committed::CommittedEpoch;
-use super::page::PageState;
+use super::page::{PageState, ReaderHealth};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -43,6 +43,7 @@ pub struct EventHub {
 #[derive(Debug, Default)]
 struct Hub {
     page: PageState,
+    reader: ReaderHealth,
     followers: Vec<Follower>,
     dropped: u64,
 }
@@ -108,14 +109,25 @@ impl EventHub {
         let (events, receiver) = sync_channel(QUEUE_EVENTS);
         hub.followers.push(Follower { events, cut_off });
         (
-            hub.page.snapshot_json(crate::freshness::unix_now()),
+            hub.page
+                .snapshot_json(crate::freshness::unix_now(), &hub.reader),
             receiver,
         )
     }
 
     /// The page now, as JSON.
     pub fn snapshot_json(&self) -> String {
-        self.lock().page.snapshot_json(crate::freshness::unix_now())
+        let hub = self.lock();
+        hub.page
+            .snapshot_json(crate::freshness::unix_now(), &hub.reader)
+    }
+
+    /// Says how the reader is doing (in every later snapshot).
+    pub fn set_reader(&self, health: ReaderHealth) {
+        let mut hub = self.lock();
+        if hub.reader != health {
+            hub.reader = health;
+        }
     }
 
     /// The last epoch applied.

@@ -146,13 +146,21 @@ fn follow(config: &CommittedConfig, hub: &EventHub, stop: &AtomicBool) {
         }
         match CommittedReader::open(attempt.clone()) {
             Ok(reader) => break reader,
-            Err(e) if std::time::Instant::now() > warn_at => {
-                tracing::warn!("live page: {e}; still waiting");
-                warn_at = std::time::Instant::now() + config.wait_for_topics;
+            Err(e) => {
+                if std::time::Instant::now() > warn_at {
+                    tracing::warn!("live page: {e}; still waiting");
+                    warn_at = std::time::Instant::now() + config.wait_for_topics;
+                } else {
+                    tracing::debug!("live page: {e}");
+                }
+                hub.set_reader(page::ReaderHealth {
+                    waiting_for: Some(e.to_string()),
+                    ..Default::default()
+                });
             }
-            Err(e) => tracing::debug!("live page: {e}"),
         }
     };
+    hub.set_reader(page::ReaderHealth::default());
     while !stop.load(Ordering::SeqCst) && !reader.needs_reopening() {
         for epoch in reader.poll(Duration::from_millis(200)) {
             // A reader opened again catches up to what the page shows.
@@ -160,5 +168,10 @@ fn follow(config: &CommittedConfig, hub: &EventHub, stop: &AtomicBool) {
                 hub.publish(epoch);
             }
         }
+        hub.set_reader(page::ReaderHealth {
+            malformed: reader.malformed(),
+            late: reader.late(),
+            waiting_for: None,
+        });
     }
 }

@@ -144,6 +144,29 @@ impl StationView {
     }
 }
 
+/// How the page's reader is doing: what an operator asks when the page
+/// shows nothing, or less than expected.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::web::page::ReaderHealth;
+///
+/// let health = ReaderHealth { waiting_for: Some("velib-projet-clean did not appear".into()), ..Default::default() };
+/// assert!(serde_json::to_string(&health)?.contains(r#""malformed":0"#));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReaderHealth {
+    /// Records passed over as unreadable.
+    pub malformed: u64,
+    /// Records of epochs already shown.
+    pub late: u64,
+    /// Why no reader is open yet (the topics are not there, the brokers do
+    /// not answer), if none is.
+    pub waiting_for: Option<String>,
+}
+
 /// Everything the page shows, as a browser gets it when it connects.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot<'p> {
@@ -167,6 +190,8 @@ pub struct Snapshot<'p> {
     pub stations: BTreeMap<String, StationView>,
     /// Why there are no stations, if there are none.
     pub stations_note: Option<&'p str>,
+    /// How the reader is doing.
+    pub reader: &'p ReaderHealth,
 }
 
 /// One committed epoch's changes, as a browser gets them.
@@ -203,7 +228,7 @@ pub struct EpochEvent<'e> {
 /// let mut page = PageState::default();
 /// let event = page.apply(CommittedEpoch { feed_time: Some(1732004538), ..CommittedEpoch::empty(1) });
 /// assert!(event.contains(r#""epoch":1"#));
-/// assert!(page.snapshot_json(1732004540).contains(r#""feed_time":1732004538"#));
+/// assert!(page.snapshot_json(1732004540, &Default::default()).contains(r#""feed_time":1732004538"#));
 /// ```
 #[derive(Clone, Debug)]
 pub struct PageState {
@@ -307,7 +332,7 @@ impl PageState {
     }
 
     /// Everything, as JSON, stamped with `server_time`.
-    pub fn snapshot_json(&self, server_time: i64) -> String {
+    pub fn snapshot_json(&self, server_time: i64, reader: &ReaderHealth) -> String {
         let stations = self
             .statuses
             .iter()
@@ -329,6 +354,7 @@ impl PageState {
             postcodes: &self.postcodes,
             stations,
             stations_note: self.stations_note.as_deref(),
+            reader,
         };
         serde_json::to_string(&snapshot).expect("a snapshot serialises")
     }

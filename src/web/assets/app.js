@@ -499,6 +499,9 @@
     state.totals = isObj(snap.totals) ? snap.totals : {};
     state.history = (Array.isArray(snap.history) ? snap.history : []).filter(isObj).map(normHist).slice(-HISTORY_MAX);
     state.note = typeof snap.stations_note === 'string' ? snap.stations_note : null;
+    // Why nothing is shown yet, when the server knows.
+    const why = isObj(snap.reader) && typeof snap.reader.waiting_for === 'string' ? snap.reader.waiting_for : null;
+    el.waiting.textContent = 'Waiting for the first committed epoch' + (why ? ': ' + why : '…');
 
     state.stations.clear();
     el.stations.textContent = '';
