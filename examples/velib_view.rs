@@ -69,6 +69,10 @@ struct Args {
     #[arg(long, default_value = DEFAULT_DIRECTORY_TOPIC, value_name = "TOPIC")]
     directory_topic: String,
 
+    /// Serve Prometheus metrics of the page at http://ADDR/metrics.
+    #[arg(long, env = "VELIB_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// How long to wait for the output topic before saying it is not there.
     #[arg(long, default_value = "60s", value_parser = common::parse_duration, value_name = "DURATION")]
     wait: Duration,
@@ -103,6 +107,11 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("velib_view: the live page is at http://{}/", page.addr());
+    let metrics = velib_dataflow::metrics::Metrics::default().page(page.hub().clone());
+    if let Err(message) = common::serve_metrics(args.metrics_addr, metrics) {
+        eprintln!("velib_view: {message}");
+        return ExitCode::from(1);
+    }
     let (stop, stopped) = std::sync::mpsc::channel();
     common::on_ctrl_c("stopping", move || {
         let _ = stop.send(());

@@ -7,6 +7,7 @@
 use crate::aggregator::AggregatorHandle;
 use crate::http;
 use crate::producer::ProducerHandle;
+use crate::web::events::EventHub;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
@@ -27,6 +28,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 pub struct Metrics {
     producer: Option<ProducerHandle>,
     aggregator: Option<AggregatorHandle>,
+    page: Option<EventHub>,
 }
 
 impl Metrics {
@@ -39,6 +41,12 @@ impl Metrics {
     /// Also reports this aggregator.
     pub fn aggregator(mut self, handle: AggregatorHandle) -> Self {
         self.aggregator = Some(handle);
+        self
+    }
+
+    /// Also reports this live page ([`crate::web`]).
+    pub fn page(mut self, hub: EventHub) -> Self {
+        self.page = Some(hub);
         self
     }
 
@@ -188,6 +196,39 @@ impl Metrics {
                 &aggregator.close_to_commit(),
             );
         }
+        if let Some(hub) = &self.page {
+            let reader = hub.reader();
+            out.gauge(
+                "velib_page_last_epoch_shown",
+                "The last committed epoch the live page shows.",
+                hub.epoch().unwrap_or(0),
+            );
+            out.gauge(
+                "velib_page_followers",
+                "Browsers following the live page's events now.",
+                hub.followers(),
+            );
+            out.counter(
+                "velib_page_followers_dropped_total",
+                "Browsers dropped for not reading their events (or gone).",
+                hub.dropped(),
+            );
+            out.counter(
+                "velib_page_records_malformed_total",
+                "Records the live page's reader passed over as unreadable.",
+                reader.malformed,
+            );
+            out.counter(
+                "velib_page_records_late_total",
+                "Records of epochs the live page already showed.",
+                reader.late,
+            );
+            out.gauge(
+                "velib_page_waiting",
+                "1 while the live page's reader cannot open (see /api/state's reader.waiting_for).",
+                u64::from(reader.waiting_for.is_some()),
+            );
+        }
         out.text
     }
 }
@@ -314,6 +355,17 @@ mod tests {
         let mut answer = String::new();
         let _ = client.read_to_string(&mut answer);
         answer
+    }
+
+    #[test]
+    fn the_live_page_is_reported() {
+        let hub = EventHub::default();
+        let (_, _events) = hub.subscribe();
+        hub.publish(crate::web::committed::CommittedEpoch::empty(4));
+        let text = Metrics::default().page(hub).render();
+        assert!(text.contains("velib_page_last_epoch_shown 4"), "{text}");
+        assert!(text.contains("velib_page_followers 1"), "{text}");
+        assert!(text.contains("velib_page_waiting 0"), "{text}");
     }
 
     #[test]

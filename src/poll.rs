@@ -132,6 +132,7 @@ impl FeedPoller {
             snapshot,
             feed_fields: polled.feed_fields,
             information_error: polled.information_error.map(PollError::from),
+            vehicle_types_error: polled.vehicle_types_error.map(PollError::from),
             age,
             inconsistencies,
         }))

@@ -354,7 +354,10 @@ pub fn run_with_source(
                     watch_freshness(&mut freshness, age, &handle);
                 }
                 report_inconsistencies(&mut disagreeing, &polled.inconsistencies, &handle);
-                if let Some(e) = &polled.information_error {
+                for e in [&polled.information_error, &polled.vehicle_types_error]
+                    .into_iter()
+                    .flatten()
+                {
                     reject(&handle, e.reason(), e);
                     dead_letter(&mut publisher, e);
                 }

@@ -7,6 +7,7 @@
 
 use crate::consistency::Inconsistencies;
 use crate::directory::DirectoryResolver;
+use crate::feed::vehicle_types::parse_vehicle_types;
 use crate::feed::{
     gbfs, payload, FeedError, InformationSnapshot, StatusSnapshot, MAX_PAYLOAD_BYTES,
 };
@@ -202,7 +203,22 @@ pub fn load(path: &Path) -> Result<RecordedSnapshot, RecordedError> {
         path: path.to_owned(),
         source,
     };
-    let (status, information) = payload::parse_status(&bytes).map_err(feed)?;
+    // A recorded system's vehicle types, beside its status, classify its
+    // vehicles as the live poller's would.
+    let types_file = path.with_file_name("vehicle_types.json");
+    let types = if types_file.is_file() && types_file != path {
+        let bytes = read_bounded(&types_file)?;
+        Some(
+            parse_vehicle_types(&bytes).map_err(|source| RecordedError::Feed {
+                path: types_file.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let (status, information) =
+        payload::parse_status_typed(&bytes, types.as_ref()).map_err(feed)?;
     if information.is_some() {
         return Ok(RecordedSnapshot {
             path: path.to_owned(),
@@ -311,6 +327,7 @@ impl SnapshotSource for RecordedSource {
             snapshot,
             feed_fields,
             information_error: None,
+            vehicle_types_error: None,
             // Recorded long ago: its age says nothing of the feed now.
             age: None,
             inconsistencies,

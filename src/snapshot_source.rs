@@ -93,6 +93,10 @@ pub struct PolledSnapshot {
     /// Why the station information could not be refreshed, if it could not
     /// (the snapshot then uses the information held, or none).
     pub information_error: Option<PollError>,
+    /// Why the vehicle types could not be refreshed, if they could not (the
+    /// snapshot's vehicles are then classified by the ones held, or by what
+    /// their type ids say).
+    pub vehicle_types_error: Option<PollError>,
     /// How old the snapshot was when it was fetched: `None` for a recorded
     /// snapshot, or a feed that publishes no time of its own.
     pub age: Option<FeedAge>,
@@ -132,7 +136,8 @@ pub enum PollOutcome {
 ///     fn poll(&mut self) -> Result<PollOutcome, PollError> {
 ///         Ok(match self.0.take() {
 ///             Some(snapshot) => PollOutcome::Snapshot(PolledSnapshot {
-///                 snapshot, feed_fields: Default::default(), information_error: None, age: None,
+///                 snapshot, feed_fields: Default::default(), information_error: None,
+///                 vehicle_types_error: None, age: None,
 ///                 inconsistencies: Default::default(),
 ///             }),
 ///             None => PollOutcome::Exhausted,

@@ -413,3 +413,46 @@ fn bad_status_file_names_the_status_file() {
         "{err:?}"
     );
 }
+
+/// A recorded GBFS v3 system with its `vehicle_types.json` beside the
+/// status replays with its vehicles classified as the live poller does;
+/// a broken types file is an error naming it, not a silent guess.
+#[test]
+fn a_recorded_systems_vehicle_types_classify_its_vehicles() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("station_status.json");
+    std::fs::write(
+        &status,
+        br#"{"last_updated": "2024-11-19T08:22:18Z", "ttl": 60, "version": "3.0", "data": {"stations": [
+            {"station_id": "a", "num_vehicles_available": 3, "vehicle_types_available": [
+                {"vehicle_type_id": "1", "count": 2}, {"vehicle_type_id": "2", "count": 1}],
+             "is_installed": true, "is_renting": true, "is_returning": true,
+             "last_reported": "2024-11-19T08:20:00Z"}]}}"#,
+    )
+    .unwrap();
+    let unclassified = velib_dataflow::recorded::load(&status).unwrap();
+    let guessed = unclassified.status.stations[0].bike_types.unwrap();
+    assert_eq!(
+        (guessed.mechanical, guessed.ebike, guessed.other),
+        (0, 0, 3)
+    );
+    let types = dir.path().join("vehicle_types.json");
+    std::fs::write(
+        &types,
+        br#"{"last_updated": 1, "version": "3.0", "data": {"vehicle_types": [
+            {"vehicle_type_id": "1", "form_factor": "bicycle", "propulsion_type": "human"},
+            {"vehicle_type_id": "2", "form_factor": "bicycle", "propulsion_type": "electric_assist"}]}}"#,
+    )
+    .unwrap();
+    let recorded = velib_dataflow::recorded::load(&status).unwrap();
+    let typed = recorded.status.stations[0].bike_types.unwrap();
+    assert_eq!((typed.mechanical, typed.ebike, typed.other), (2, 1, 0));
+    // Listing the folder plays the status only.
+    let files = velib_dataflow::recorded::snapshot_files(&[dir.path().to_owned()]);
+    assert_eq!(files.len(), 1);
+    std::fs::write(&types, b"{\"data\": {\"vehicle_types\": [").unwrap();
+    let error = velib_dataflow::recorded::load(&status)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("vehicle_types.json"), "{error}");
+}

@@ -212,12 +212,23 @@ fn live(args: Args) -> Result<(), String> {
 
     let producer_handle = ProducerHandle::default();
     let aggregator_handle = AggregatorHandle::default();
-    common::serve_metrics(
-        args.metrics_addr,
-        velib_dataflow::metrics::Metrics::default()
-            .producer(producer_handle.clone())
-            .aggregator(aggregator_handle.clone()),
-    )?;
+    // Before anything starts: an address in use is said at once.
+    let page = match args.http.filter(|_| args.cluster.process == 0) {
+        Some(addr) => {
+            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
+                .map_err(|e| format!("--http {addr}: {e}"))?;
+            eprintln!("velib_live: the live page is at http://{}/", page.addr());
+            Some(page)
+        }
+        None => None,
+    };
+    let mut metrics = velib_dataflow::metrics::Metrics::default()
+        .producer(producer_handle.clone())
+        .aggregator(aggregator_handle.clone());
+    if let Some(page) = &page {
+        metrics = metrics.page(page.hub().clone());
+    }
+    common::serve_metrics(args.metrics_addr, metrics)?;
     if args.cluster.process > 0 {
         // Aggregator workers only: process 0 polls, publishes and shows.
         let stopper = aggregator_handle.clone();
@@ -227,16 +238,6 @@ fn live(args: Args) -> Result<(), String> {
         return aggregator::run(timely_config, aggregator_config, aggregator_handle)
             .map_err(|e| format!("aggregator: {e}"));
     }
-    // Before anything starts: an address in use is said at once.
-    let page = match args.http {
-        Some(addr) => {
-            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
-                .map_err(|e| format!("--http {addr}: {e}"))?;
-            eprintln!("velib_live: the live page is at http://{}/", page.addr());
-            Some(page)
-        }
-        None => None,
-    };
     let stopper = producer_handle.clone();
     let (interrupt, interrupted) = std::sync::mpsc::channel();
     common::on_ctrl_c("stopping: finishing the epoch in flight", move || {

@@ -122,6 +122,11 @@ impl EventHub {
             .snapshot_json(crate::freshness::unix_now(), &hub.reader)
     }
 
+    /// How the reader is doing.
+    pub fn reader(&self) -> ReaderHealth {
+        self.lock().reader.clone()
+    }
+
     /// Says how the reader is doing (in every later snapshot).
     pub fn set_reader(&self, health: ReaderHealth) {
         let mut hub = self.lock();

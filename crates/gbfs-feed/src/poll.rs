@@ -333,11 +333,13 @@ pub struct PolledStatus {
     /// Each station's own JSON object from the status payload, by station
     /// id (see [`payload::station_fields`]).
     pub feed_fields: HashMap<StationId, Map<String, Value>>,
-    /// Why the station information (or the vehicle types) could not be
-    /// refreshed, if it could not (`information` is then the one held
-    /// before, or none; the vehicle types too, and before any the status's
-    /// type ids are guessed from).
+    /// Why the station information could not be refreshed, if it could not
+    /// (`information` is then the one held before, or none).
     pub information_error: Option<PollError>,
+    /// Why the vehicle types could not be refreshed, if they could not (the
+    /// status was then classified by the ones held before, or, before any,
+    /// by what its type ids say).
+    pub vehicle_types_error: Option<PollError>,
 }
 
 /// The URLs in use, once discovered.
@@ -380,6 +382,8 @@ pub struct FeedPoller {
     /// The system's vehicle types, once read; refreshed as the information.
     vehicle_types: Option<Arc<VehicleTypes>>,
     vehicle_types_at: Option<Instant>,
+    /// The last status named a vehicle type the types lack.
+    undefined_vehicle_types: bool,
     /// A status body already fetched (the feed URL was a status, not a
     /// discovery file), to be used by the next poll.
     pending: Option<Vec<u8>>,
@@ -422,6 +426,7 @@ impl FeedPoller {
             known: HashSet::new(),
             vehicle_types: None,
             vehicle_types_at: None,
+            undefined_vehicle_types: false,
             pending: None,
         })
     }
@@ -544,6 +549,10 @@ impl FeedPoller {
         let (status, own_information) = match typed {
             Ok(parsed) => parsed,
             Err(source) => {
+                if vehicle_types_error.is_some() {
+                    // Not reported with this poll's error: asked again next time.
+                    self.vehicle_types_at = None;
+                }
                 // Ask for the whole body again next time, even if unchanged:
                 // a body that was cut short may carry the same validators.
                 self.fetcher.forget(&urls.status);
@@ -562,13 +571,16 @@ impl FeedPoller {
                 None
             }
             None => self.refresh_information(&urls, &status).err(),
-        }
-        .or(vehicle_types_error);
+        };
+        // A type the status names and the types lack: the system may have
+        // added one, asked for again soon (as an unknown station is).
+        self.undefined_vehicle_types = !status.undefined_vehicle_types.is_empty();
         Ok(Polled::Status(PolledStatus {
             status,
             information: self.information.clone(),
             feed_fields,
             information_error,
+            vehicle_types_error,
         }))
     }
 
@@ -640,17 +652,27 @@ impl FeedPoller {
         }
     }
 
-    /// Refreshes the vehicle types when due: never read, or older than the
-    /// information interval. While they cannot be read, the last ones read
-    /// are kept (or, before any, the status's type ids are guessed from).
+    /// Refreshes the vehicle types when due: never asked for, older than the
+    /// information interval, or (at most once per `unknown_station_refresh`)
+    /// none read yet or lacking a type the last status named. While they
+    /// cannot be read, the last ones read are kept (or, before any, the
+    /// status's type ids are guessed from).
     fn refresh_vehicle_types(&mut self, urls: &Urls) -> Result<(), PollError> {
         let Some(url) = &urls.vehicle_types else {
             return Ok(());
         };
-        if self
-            .vehicle_types_at
-            .is_some_and(|at| at.elapsed() < self.config.information_interval)
-        {
+        let due = match self.vehicle_types_at {
+            None => true,
+            Some(at) => {
+                let age = at.elapsed();
+                age >= self.config.information_interval
+                    // None read yet (the last attempt failed), or the last
+                    // status named a type they lack: sooner.
+                    || ((self.vehicle_types.is_none() || self.undefined_vehicle_types)
+                        && age >= self.config.unknown_station_refresh)
+            }
+        };
+        if !due {
             return Ok(());
         }
         // Whatever happens, do not ask again before the next due time.

@@ -122,25 +122,41 @@ pub fn parse_vehicle_types(bytes: &[u8]) -> Result<VehicleTypes, FeedError> {
         ctx.req(data, "vehicle_types")
             .map_err(|_| ctx.err("data.vehicle_types", Problem::Missing))?,
     )?;
+    if types.is_empty() {
+        // Every vehicle would be another vehicle: an outage, not a system.
+        return Err(ctx.outage("vehicle_types.json lists no vehicle types"));
+    }
     let mut kinds = BTreeMap::new();
     for (i, raw) in types.iter().enumerate() {
         let at = format!("data.vehicle_types[{i}]");
         let item = ctx.object(&at, raw)?;
-        let text = |field: &str| -> Result<&str, FeedError> {
-            let value = ctx
-                .req(item, field)
-                .map_err(|_| ctx.err(format!("{at}.{field}"), Problem::Missing))?;
+        let text = |ctx: &Ctx, field: &str| -> Result<String, FeedError> {
+            let field_at = format!("{at}.{field}");
+            let value = ctx.req(item, field).map_err(|e| match e {
+                FeedError::Field { problem, .. } => ctx.err(field_at.clone(), problem),
+                other => other,
+            })?;
             value
                 .as_str()
-                .ok_or_else(|| ctx.wrong(&format!("{at}.{field}"), "a string", value))
+                .map(str::to_owned)
+                .ok_or_else(|| ctx.wrong(&field_at, "a string", value))
         };
-        let id = text("vehicle_type_id")?;
+        let id = text(&ctx, "vehicle_type_id")?;
+        // Later errors name the type (in the place a station's name goes).
         let ctx = ctx.at_station(format!("vehicle type {id}"));
-        let (form, propulsion) = (text("form_factor")?, text("propulsion_type")?);
-        if kinds
-            .insert(id.to_owned(), VehicleKind::of(form, propulsion))
-            .is_some()
-        {
+        let form = text(&ctx, "form_factor")?;
+        let propulsion = text(&ctx, "propulsion_type")?;
+        // Spelling is not meaning: `Bicycle` is a bicycle.
+        let kind = VehicleKind::of(&form.to_ascii_lowercase(), &propulsion.to_ascii_lowercase());
+        if kind == VehicleKind::Other {
+            tracing::debug!(
+                id,
+                form,
+                propulsion,
+                "counted as another vehicle, not a bike"
+            );
+        }
+        if kinds.insert(id.clone(), kind).is_some() {
             return Err(ctx.err(
                 format!("{at}.vehicle_type_id"),
                 Problem::OutOfRange(format!("{id:?} is listed twice")),
@@ -159,12 +175,13 @@ mod tests {
     fn broken_truncated_and_hostile_payloads_are_refused_naming_the_field() {
         let ok = br#"{"last_updated": 1, "data": {"vehicle_types": [{"vehicle_type_id": "a", "form_factor": "bicycle", "propulsion_type": "human"}]}}"#;
         assert_eq!(parse_vehicle_types(ok).unwrap().len(), 1);
-        for cut in 0..ok.len() - 1 {
+        for cut in 0..ok.len() {
             let error = parse_vehicle_types(&ok[..cut]).unwrap_err();
             assert_eq!(error.reason(), "invalid_json", "cut at {cut}: {error}");
         }
         let cases: &[(&[u8], &str)] = &[
             (b"[]", "(top level)"),
+            (br#"{"data": {"vehicle_types": []}}"#, "no vehicle types"),
             (br#"{"data": {}}"#, "data.vehicle_types"),
             (br#"{"data": {"vehicle_types": {}}}"#, "data.vehicle_types"),
             (br#"{"data": {"vehicle_types": [7]}}"#, "data.vehicle_types[0]"),
@@ -210,5 +227,11 @@ mod tests {
             VehicleKind::Mechanical
         );
         assert_eq!(VehicleKind::of("bicycle", "electric"), VehicleKind::Ebike);
+        // Spelling is not meaning: case does not change a type.
+        let shouting = br#"{"data": {"vehicle_types": [{"vehicle_type_id": "a", "form_factor": "Bicycle", "propulsion_type": "HUMAN"}]}}"#;
+        assert_eq!(
+            parse_vehicle_types(shouting).unwrap().kind("a"),
+            Some(VehicleKind::Mechanical)
+        );
     }
 }

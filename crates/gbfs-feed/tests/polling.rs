@@ -422,8 +422,10 @@ fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
         url: server.url("/gbfs.json"),
         language: None,
     });
-    // Due at every poll, to see each answer.
-    config.information_interval = Duration::ZERO;
+    // Hourly, as by default; but while none is read, or a status names a
+    // type they lack, asked again at the unknown-station pace (here: each poll).
+    config.information_interval = Duration::from_secs(3600);
+    config.unknown_station_refresh = Duration::ZERO;
     let mut poller = FeedPoller::new(config).unwrap();
     let s1 = StationId::Text("s1".into());
     let types_of = |polled: &PolledStatus| {
@@ -440,7 +442,7 @@ fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
     // Unavailable: the status all the same, the ids guessed, and why.
     let first = status(poller.poll());
     assert_eq!(
-        first.information_error.as_ref().map(PollError::reason),
+        first.vehicle_types_error.as_ref().map(PollError::reason),
         Some("server_error")
     );
     assert_eq!(
@@ -451,7 +453,7 @@ fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
     assert!(first.status.undefined_vehicle_types.is_empty());
     // Broken: rejected, with its body; still guessed.
     let second = status(poller.poll());
-    match &second.information_error {
+    match &second.vehicle_types_error {
         Some(PollError::Rejected { url, .. }) => {
             assert_eq!(url, &server.url("/vehicle_types.json"))
         }
@@ -461,9 +463,9 @@ fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
     // Read: counted as the system defines them.
     let third = status(poller.poll());
     assert!(
-        third.information_error.is_none(),
+        third.vehicle_types_error.is_none(),
         "{:?}",
-        third.information_error
+        third.vehicle_types_error
     );
     assert_eq!(
         types_of(&third),
@@ -474,6 +476,12 @@ fn vehicles_are_counted_by_the_systems_own_vehicle_types() {
         third.status.undefined_vehicle_types,
         [(StationId::Text("s2".into()), "never-defined".to_owned())]
     );
-    let s2 = &third.status.stations[1];
-    assert_eq!(s2.bike_types.map(|t| t.other), Some(1));
+    // s2's type is still not defined: the types are asked for again.
+    let fourth = status(poller.poll());
+    assert!(fourth.vehicle_types_error.is_none());
+    assert_eq!(server.seen("/vehicle_types.json").len(), 4);
+    assert!(
+        first.information_error.is_none(),
+        "no information feed: nothing to say"
+    );
 }
