@@ -171,7 +171,7 @@ fn only_whole_epochs_come_out_and_hostile_records_are_passed_over() {
     writer.send(
         STATE,
         0,
-        &state_key("elsewhere", &9u64),
+        &state_key("elsewhere", &[9, 10]),
         Some(b"{}"),
         &[("velib-epoch", "1")],
     );

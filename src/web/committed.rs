@@ -678,6 +678,10 @@ impl CommittedReader {
             self.pass_over(message, "not a state key");
             return None;
         };
+        if source != self.config.status_topic && source != self.config.directory_topic {
+            // Another source's state: not stations, whatever its keys.
+            return None;
+        }
         let Ok(id) = serde_json::from_slice::<StationId>(&key[source.len() + 1..]) else {
             self.pass_over(message, "not a station key");
             return None;
@@ -694,7 +698,7 @@ impl CommittedReader {
                     None
                 }
             }
-        } else if source == self.config.directory_topic {
+        } else {
             match payload
                 .map(serde_json::from_slice::<DirectoryEntry>)
                 .transpose()
@@ -705,9 +709,6 @@ impl CommittedReader {
                     None
                 }
             }
-        } else {
-            // Another source's state: not stations.
-            None
         }
     }
 
