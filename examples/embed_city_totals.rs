@@ -19,7 +19,7 @@ use std::time::Duration;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 use velib_dataflow::aggregator::table_directory;
-use velib_dataflow::counts::PostcodeCounts;
+use velib_dataflow::counts::PostcodeTotals;
 use velib_dataflow::dataflow::{postcode_counts, Epoch};
 use velib_dataflow::kafka::sink::{KafkaSink, SinkConfig, SinkHandle};
 use velib_dataflow::kafka::source::{
@@ -94,7 +94,7 @@ fn main() -> Result<(), String> {
 
             // This crate's fragment, and the sink.
             let directory = table_directory(&statuses, Arc::new(PostcodeTable::velib()));
-            let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
+            let counts: VecCollection<'_, Epoch, (Postcode, PostcodeTotals)> =
                 postcode_counts(statuses, directory);
             counts
                 .kafka_sink(

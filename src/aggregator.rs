@@ -10,7 +10,7 @@
 //! Without a directory topic, each station is placed by the postcode table
 //! (the shipped Vélib' one or the user's), by its code, else its id.
 
-use crate::counts::PostcodeCounts;
+use crate::counts::PostcodeTotals;
 use crate::dataflow::{postcode_counts_from_upserts, Epoch};
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
@@ -626,7 +626,7 @@ fn build_dataflow<'s>(
         }
         None => table_directory_upserts(statuses.clone(), Arc::clone(&config.postcodes)),
     };
-    let counts: VecCollection<'_, Epoch, (Postcode, PostcodeCounts)> =
+    let counts: VecCollection<'_, Epoch, (Postcode, PostcodeTotals)> =
         postcode_counts_from_upserts(statuses, directory);
     let mut sink = SinkConfig::new(
         config.kafka.clone(),

@@ -85,7 +85,7 @@
 //! # Ok::<(), velib_dataflow::audit::AuditError>(())
 //! ```
 
-use crate::counts::PostcodeCounts;
+use crate::counts::PostcodeTotals;
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
@@ -110,8 +110,22 @@ use std::time::{Duration, Instant};
 
 /// The count fields of one postcode's output value, by name (`nbr_total`,
 /// `nbr_meca`, `nbr_elec`, `nbr_docks`, …), as [`PostcodeRecord`] writes
-/// them.
+/// them, and its since-times (`longest_empty_since`, `longest_full_since`),
+/// [`NO_TIME`] where the record says `null`.
 pub type RecordCounts = BTreeMap<String, i64>;
+
+/// A since-time field that is `null` (no station empty, or full), in
+/// [`RecordCounts`].
+pub const NO_TIME: i64 = i64::MIN;
+
+/// Whether a record's field is one the audit checks.
+fn is_checked_field(field: &str) -> bool {
+    field.starts_with("nbr_") || is_time_field(field)
+}
+
+fn is_time_field(field: &str) -> bool {
+    field.starts_with("longest_") && field.ends_with("_since")
+}
 
 /// Mismatches kept in a report; more are only counted
 /// ([`AuditReport::mismatch_count`]).
@@ -258,7 +272,15 @@ impl fmt::Display for Mismatch {
                     .iter()
                     .filter_map(|(field, e)| {
                         let found = found.get(field).filter(|f| *f != e)?;
-                        Some(format!("{field} expected {e}, found {found}"))
+                        let text = |n: &i64| match *n {
+                            NO_TIME => "null".to_owned(),
+                            n => n.to_string(),
+                        };
+                        Some(format!(
+                            "{field} expected {}, found {}",
+                            text(e),
+                            text(found)
+                        ))
                     })
                     .collect();
                 f.write_str(&differing.join("; "))
@@ -277,7 +299,13 @@ impl fmt::Display for Mismatch {
 }
 
 fn counts_text(counts: &RecordCounts) -> String {
-    let fields: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let fields: Vec<String> = counts
+        .iter()
+        .map(|(k, v)| match *v {
+            NO_TIME => format!("{k}=null"),
+            v => format!("{k}={v}"),
+        })
+        .collect();
     fields.join(" ")
 }
 
@@ -1763,12 +1791,16 @@ fn output_counts(postcode: &str, value: &[u8]) -> Result<RecordCounts, String> {
     }
     let mut counts = RecordCounts::new();
     for (field, value) in &object {
-        if !field.starts_with("nbr_") {
+        if !is_checked_field(field) {
             continue;
         }
-        let n = value
-            .as_i64()
-            .ok_or_else(|| format!("{field} is {value}, not an integer"))?;
+        let n = match value {
+            serde_json::Value::Null if is_time_field(field) => NO_TIME,
+            value => value
+                .as_i64()
+                .filter(|n| *n != NO_TIME)
+                .ok_or_else(|| format!("{field} is {value}, not an integer"))?,
+        };
         counts.insert(field.clone(), n);
     }
     if counts.is_empty() {
@@ -1778,13 +1810,16 @@ fn output_counts(postcode: &str, value: &[u8]) -> Result<RecordCounts, String> {
 }
 
 /// The count fields [`PostcodeRecord`] writes for `counts`.
-fn expected_counts(postcode: &Postcode, counts: &PostcodeCounts) -> RecordCounts {
-    let record = PostcodeRecord::new(postcode, counts, 0, 0);
+fn expected_counts(postcode: &Postcode, totals: &PostcodeTotals) -> RecordCounts {
+    let record = PostcodeRecord::new(postcode, totals, 0, 0);
     match serde_json::to_value(record) {
         Ok(serde_json::Value::Object(object)) => object
             .into_iter()
-            .filter(|(field, _)| field.starts_with("nbr_"))
-            .filter_map(|(field, value)| Some((field, value.as_i64()?)))
+            .filter(|(field, _)| is_checked_field(field))
+            .filter_map(|(field, value)| match value {
+                serde_json::Value::Null => Some((field, NO_TIME)),
+                value => Some((field, value.as_i64()?)),
+            })
             .collect(),
         _ => RecordCounts::new(),
     }
@@ -1793,7 +1828,7 @@ fn expected_counts(postcode: &Postcode, counts: &PostcodeCounts) -> RecordCounts
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::BikeTypes;
+    use crate::feed::{BikeTypes, Judged};
     use crate::kafka::protocol::{EpochMarker, EpochStamp};
     use crate::station_records::{station_key, station_value};
     use rdkafka::message::{Header, OwnedHeaders};
@@ -1881,6 +1916,11 @@ mod tests {
 
         /// Station `code` (its id too) with `bikes` bikes, in `epoch`.
         fn status(&mut self, epoch: Epoch, code: u64, bikes: u32) {
+            self.status_judged(epoch, code, bikes, Default::default());
+        }
+
+        /// As [`Self::status`], judged so.
+        fn status_judged(&mut self, epoch: Epoch, code: u64, bikes: u32, judged: Judged) {
             let status = StationStatus {
                 station_id: StationId::Num(code),
                 code: Some(code.to_string()),
@@ -1895,7 +1935,7 @@ mod tests {
                 is_renting: true,
                 is_returning: true,
                 last_reported: None,
-                judged: Default::default(),
+                judged,
             };
             let stamp = EpochStamp {
                 epoch,
@@ -1928,12 +1968,27 @@ mod tests {
         /// The output record of `postcode` with `bikes` bikes at one
         /// station, in `epoch`.
         fn data(&mut self, partition: i32, epoch: Epoch, postcode: &str, bikes: i64) {
-            let value = serde_json::json!({
+            self.data_with(partition, epoch, postcode, bikes, serde_json::json!({}));
+        }
+
+        /// As [`Self::data`], with `more` fields.
+        fn data_with(
+            &mut self,
+            partition: i32,
+            epoch: Epoch,
+            postcode: &str,
+            bikes: i64,
+            more: serde_json::Value,
+        ) {
+            let mut value = serde_json::json!({
                 "postcode": postcode, "nbr_total": bikes, "nbr_meca": bikes, "nbr_elec": 0,
                 "nbr_docks": 10, "nbr_stations": 1, "nbr_stations_renting": 1,
                 "nbr_stations_not_renting": 0, "nbr_bikes_unavailable": 0,
                 "nbr_stations_inferred": 0, "epoch": epoch, "feed_time": 0,
             });
+            if let (Some(value), serde_json::Value::Object(more)) = (value.as_object_mut(), more) {
+                value.extend(more);
+            }
             let headers = [(EPOCH_HEADER, epoch.to_string())];
             let message = self.message(
                 OUTPUT,
@@ -2029,6 +2084,47 @@ mod tests {
             "epoch 2, postcode 75001: nbr_meca expected 5, found 6; nbr_total expected 5, found 6"
         );
         assert!(report.torn_epochs.is_empty() && report.missing_epochs.is_empty());
+    }
+
+    #[test]
+    fn the_longest_empty_is_checked_null_included() {
+        let mut f = Fixture::new(2);
+        let empty = |since| Judged {
+            empty_since: Some(since),
+            ..Default::default()
+        };
+        f.status_judged(1, 1, 0, empty(100));
+        f.status_judged(1, 2, 0, empty(200));
+        let at = f.marker(1);
+        let since = |empty: i64, since: serde_json::Value| {
+            serde_json::json!({"nbr_stations_empty": empty, "longest_empty_since": since,
+                "longest_full_since": null})
+        };
+        f.data_with(0, 1, "75001", 0, since(1, 100.into()));
+        // Epoch 1 says 75002's empty station has no since-time: it has 200.
+        f.data_with(1, 1, "75002", 0, since(1, serde_json::Value::Null));
+        f.progress(0, 1, at);
+        f.progress(1, 1, at);
+        f.complete();
+        // Station 2 stops being empty; station 1 still is, since 100.
+        f.status(2, 2, 3);
+        let at = f.marker(2);
+        f.data_with(1, 2, "75002", 3, since(0, serde_json::Value::Null));
+        f.data_with(0, 2, "75001", 0, since(1, 90.into()));
+        f.progress(0, 2, at);
+        f.progress(1, 2, at);
+        f.complete();
+        let report = f.report();
+        assert_eq!(report.epochs_checked, 2, "{report}");
+        let mismatches: Vec<String> = report.mismatches.iter().map(|m| m.to_string()).collect();
+        assert_eq!(
+            mismatches,
+            [
+                "epoch 1, postcode 75002: longest_empty_since expected 200, found null",
+                "epoch 2, postcode 75001: longest_empty_since expected 100, found 90",
+            ],
+            "{report}"
+        );
     }
 
     #[test]

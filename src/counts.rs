@@ -5,8 +5,13 @@
 //! leaving contributes their negation. Sums of contributions are what
 //! differential dataflow maintains, so a change at one station costs work in
 //! proportion to that change, not to the size of its postcode.
+//!
+//! [`PostcodeTotals`] is what the aggregation outputs per postcode: the
+//! counts, and since when its longest-empty and longest-full stations have
+//! been so. A minimum does not add up, so it is kept beside the sums, not
+//! in them.
 
-use crate::feed::StationStatus;
+use crate::feed::{FeedTime, StationStatus};
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
@@ -158,7 +163,8 @@ impl PostcodeCounts {
 
 /// What one station contributes, before its postcode is known: the fields
 /// of its status the counts use, as the feed gives them, and nothing else,
-/// so that the dataflow's per-station state stays small (20 bytes).
+/// so that the dataflow's per-station state stays small (its since-times,
+/// which few stations have, are kept apart).
 ///
 /// # Examples
 ///
@@ -199,6 +205,10 @@ pub struct StationCounts {
     pub empty_long: bool,
     /// Full for long (as judged).
     pub full_long: bool,
+    /// Since when it has been empty (as judged), while it is.
+    pub empty_since: Option<FeedTime>,
+    /// Since when it has been full (as judged), while it is.
+    pub full_since: Option<FeedTime>,
 }
 
 impl StationCounts {
@@ -215,7 +225,24 @@ impl StationCounts {
             stale: status.judged.stale,
             empty_long: status.judged.empty_long,
             full_long: status.judged.full_long,
+            empty_since: status.judged.empty_since,
+            full_since: status.judged.full_since,
         }
+    }
+
+    /// Since when the station has been empty, if it is counted empty now
+    /// (installed, renting, no bike): what its postcode's longest-empty
+    /// time is the earliest of.
+    pub fn counted_empty_since(&self) -> Option<FeedTime> {
+        self.empty_since
+            .filter(|_| self.renting && self.bikes_available == 0)
+    }
+
+    /// Since when the station has been full, if it is counted full now
+    /// (installed, returning, no free dock).
+    pub fn counted_full_since(&self) -> Option<FeedTime> {
+        self.full_since
+            .filter(|_| self.returning && self.docks_available == 0)
     }
 
     /// What the station adds to its postcode's counts, its postcode
@@ -239,6 +266,64 @@ impl StationCounts {
             bikes_stale: rider_can(self.renting && self.stale, self.bikes_available),
             stations_empty_long: i64::from(self.empty_long),
             stations_full_long: i64::from(self.full_long),
+        }
+    }
+}
+
+/// What the aggregation outputs for a postcode: its [`PostcodeCounts`], and
+/// since when (feed time) the station empty for the longest has been empty,
+/// and the one full for the longest full: the smallest `empty_since` and
+/// `full_since` of its stations, `None` when none is.
+///
+/// These are times, not durations, so that a postcode's value changes only
+/// when one of its stations does: how long is the epoch's feed time minus
+/// the time, and a replay gives the same answer as the live run.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::{PostcodeCounts, PostcodeTotals};
+///
+/// let counts = PostcodeCounts { bikes: 3, stations: 2, stations_empty: 1, ..Default::default() };
+/// let totals = PostcodeTotals { counts, longest_empty_since: Some(1_000), longest_full_since: None };
+/// // Empty for 15 minutes at feed time 1,900.
+/// assert_eq!(totals.longest_empty_for(1_900), Some(900));
+/// // Counts alone have no longest.
+/// assert_eq!(PostcodeTotals::from(counts).longest_empty_since, None);
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct PostcodeTotals {
+    /// The counts, summed over the postcode's stations.
+    pub counts: PostcodeCounts,
+    /// The earliest `empty_since` of its empty stations.
+    pub longest_empty_since: Option<FeedTime>,
+    /// The earliest `full_since` of its full stations.
+    pub longest_full_since: Option<FeedTime>,
+}
+
+impl PostcodeTotals {
+    /// How long, at feed time `now`, the longest-empty station has been
+    /// empty (0 for a time after `now`, which a wrong clock can give).
+    pub fn longest_empty_for(&self, now: FeedTime) -> Option<i64> {
+        self.longest_empty_since
+            .map(|since| now.saturating_sub(since).max(0))
+    }
+
+    /// How long, at feed time `now`, the longest-full station has been full.
+    pub fn longest_full_for(&self, now: FeedTime) -> Option<i64> {
+        self.longest_full_since
+            .map(|since| now.saturating_sub(since).max(0))
+    }
+}
+
+impl From<PostcodeCounts> for PostcodeTotals {
+    fn from(counts: PostcodeCounts) -> Self {
+        PostcodeTotals {
+            counts,
+            longest_empty_since: None,
+            longest_full_since: None,
         }
     }
 }

@@ -117,6 +117,32 @@ impl Metrics {
                 "kind",
                 s.inconsistent.iter().map(|(k, v)| (*k, *v)),
             );
+            let t = &s.stations;
+            for (name, help, value) in [
+                ("empty", "installed and renting with no bike", t.empty),
+                ("full", "installed and returning with no free dock", t.full),
+                ("stale", "whose last report is too old to trust", t.stale),
+                ("empty_long", "empty for longer than --long-after", t.empty_long),
+                ("full_long", "full for longer than --long-after", t.full_long),
+            ] {
+                out.gauge(
+                    &format!("velib_producer_stations_{name}"),
+                    &format!("Stations of the last epoch published {help}."),
+                    value,
+                );
+            }
+            for (name, help, value) in [
+                ("empty", "empty", t.longest_empty_seconds),
+                ("full", "full", t.longest_full_seconds),
+            ] {
+                if let Some(seconds) = value {
+                    out.gauge(
+                        &format!("velib_producer_longest_{name}_seconds"),
+                        &format!("How long the station {help} for the longest had been so, at the last epoch's feed time."),
+                        seconds,
+                    );
+                }
+            }
             out.counter(
                 "velib_kafka_producer_sent_messages_total",
                 "Messages the producer's Kafka client sent (librdkafka txmsgs).",

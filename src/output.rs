@@ -1,6 +1,6 @@
 //! The per-postcode record users read: JSON, with the seed's field names.
 
-use crate::counts::PostcodeCounts;
+use crate::counts::PostcodeTotals;
 use crate::dataflow::Epoch;
 use crate::feed::FeedTime;
 use crate::kafka::changes::KeyChange;
@@ -17,14 +17,21 @@ use serde::{Deserialize, Serialize};
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::counts::PostcodeCounts;
+/// use velib_dataflow::counts::{PostcodeCounts, PostcodeTotals};
 /// use velib_dataflow::output::PostcodeRecord;
 /// use velib_dataflow::postcode::Postcode;
 ///
 /// let counts = PostcodeCounts { bikes: 12, mechanical: 7, ebikes: 5, stations: 2, stations_renting: 2, ..Default::default() };
-/// let record = PostcodeRecord::new(&Postcode::parse("75016").unwrap(), &counts, 3, 1732004538);
+/// let record = PostcodeRecord::new(&Postcode::parse("75016").unwrap(), &counts.into(), 3, 1732004538);
 /// let json = serde_json::to_string(&record).unwrap();
 /// assert!(json.starts_with(r#"{"postcode":"75016","nbr_total":12,"nbr_meca":7,"nbr_elec":5,"#));
+///
+/// // One station empty since 1732003638: for 15 minutes at this epoch.
+/// let counts = PostcodeCounts { stations: 1, stations_renting: 1, stations_empty: 1, ..Default::default() };
+/// let totals = PostcodeTotals { counts, longest_empty_since: Some(1732003638), longest_full_since: None };
+/// let record = PostcodeRecord::new(&Postcode::parse("75016").unwrap(), &totals, 3, 1732004538);
+/// assert_eq!(record.feed_time - record.longest_empty_since.unwrap(), 900);
+/// assert!(serde_json::to_string(&record).unwrap().contains(r#""longest_empty_since":1732003638,"longest_full_since":null,"#));
 ///
 /// // A record written before `nbr_stations_empty`, `nbr_stations_full` and
 /// // `occupancy` existed still reads.
@@ -32,7 +39,7 @@ use serde::{Deserialize, Serialize};
 ///   "nbr_stations":2,"nbr_stations_renting":2,"nbr_stations_not_renting":0,
 ///   "nbr_bikes_unavailable":0,"nbr_stations_inferred":0,"epoch":3,"feed_time":1732004538}"#;
 /// let old: PostcodeRecord = serde_json::from_str(old).unwrap();
-/// assert_eq!((old.nbr_stations_empty, old.occupancy), (0, None));
+/// assert_eq!((old.nbr_stations_empty, old.occupancy, old.longest_empty_since), (0, None, None));
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PostcodeRecord {
@@ -84,6 +91,15 @@ pub struct PostcodeRecord {
     /// Of `nbr_stations_full`, those full for more than `--long-after`.
     #[serde(default)]
     pub nbr_stations_full_long: i64,
+    /// Since when (feed time, seconds since the Unix epoch) the station
+    /// empty for the longest has been empty: `feed_time` minus this is how
+    /// long. `null` when no station is empty (and in a record written
+    /// before the field existed).
+    #[serde(default)]
+    pub longest_empty_since: Option<FeedTime>,
+    /// Since when the station full for the longest has been full.
+    #[serde(default)]
+    pub longest_full_since: Option<FeedTime>,
     /// The epoch of this value.
     pub epoch: Epoch,
     /// The feed's time of the snapshot, in seconds since the Unix epoch.
@@ -91,13 +107,14 @@ pub struct PostcodeRecord {
 }
 
 impl PostcodeRecord {
-    /// The record of `postcode` with `counts` at `epoch`.
+    /// The record of `postcode` with `totals` at `epoch`.
     pub fn new(
         postcode: &Postcode,
-        counts: &PostcodeCounts,
+        totals: &PostcodeTotals,
         epoch: Epoch,
         feed_time: FeedTime,
     ) -> Self {
+        let counts = &totals.counts;
         PostcodeRecord {
             postcode: postcode.to_string(),
             nbr_total: counts.bikes,
@@ -116,6 +133,8 @@ impl PostcodeRecord {
             nbr_bikes_stale: counts.bikes_stale,
             nbr_stations_empty_long: counts.stations_empty_long,
             nbr_stations_full_long: counts.stations_full_long,
+            longest_empty_since: totals.longest_empty_since,
+            longest_full_since: totals.longest_full_since,
             epoch,
             feed_time,
         }
@@ -138,7 +157,7 @@ pub struct PostcodeDeletion {
 
 /// One line of JSON for a change, as `velib_replay` prints it.
 pub fn json_line(
-    change: &KeyChange<Postcode, PostcodeCounts>,
+    change: &KeyChange<Postcode, PostcodeTotals>,
     epoch: Epoch,
     feed_time: FeedTime,
 ) -> String {
@@ -163,7 +182,7 @@ pub fn json_line(
 /// # Examples
 ///
 /// ```
-/// use velib_dataflow::counts::PostcodeCounts;
+/// use velib_dataflow::counts::PostcodeTotals;
 /// use velib_dataflow::kafka::sink::{EpochProgress, RecordEncoder};
 /// use velib_dataflow::output::PostcodeRecordEncoder;
 /// use velib_dataflow::postcode::Postcode;
@@ -171,13 +190,13 @@ pub fn json_line(
 /// let postcode = Postcode::parse("75016").unwrap();
 /// assert_eq!(PostcodeRecordEncoder.key(&postcode), b"75016");
 /// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
-/// let value = PostcodeRecordEncoder.value(&postcode, &PostcodeCounts::default(), &progress);
+/// let value = PostcodeRecordEncoder.value(&postcode, &PostcodeTotals::default(), &progress);
 /// assert!(String::from_utf8(value).unwrap().ends_with(r#""epoch":3,"feed_time":1732004538}"#));
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PostcodeRecordEncoder;
 
-impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeCounts> for PostcodeRecordEncoder {
+impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeTotals> for PostcodeRecordEncoder {
     fn key(&self, key: &Postcode) -> Vec<u8> {
         key.as_str().as_bytes().to_vec()
     }
@@ -185,7 +204,7 @@ impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeCounts> for PostcodeRec
     fn value(
         &self,
         key: &Postcode,
-        value: &PostcodeCounts,
+        value: &PostcodeTotals,
         progress: &crate::kafka::sink::EpochProgress,
     ) -> Vec<u8> {
         let record = PostcodeRecord::new(

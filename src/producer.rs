@@ -10,6 +10,7 @@ use crate::consistency::{Inconsistencies, Named};
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryResolver;
 use crate::feed::poll as feed_poll;
+use crate::feed::{FeedTime, StationStatus};
 use crate::fetch::{Backoff, FetchError};
 use crate::freshness::{unix_now, FeedAge, FeedWatch, StalePolicy, Turned};
 use crate::kafka::publish::{EpochPublisher, PublishedTopic, PublisherConfig, StationRecord};
@@ -144,6 +145,77 @@ pub struct ProducerStats {
     /// Stations of the last snapshot whose files disagree, by kind
     /// ([`crate::consistency`]).
     pub inconsistent: BTreeMap<&'static str, u64>,
+    /// The stations of the last epoch published, as it judged them.
+    pub stations: StationTally,
+}
+
+/// How many stations of an epoch are empty, full, stale, empty or full for
+/// long, and for how long the longest have been empty and full, at the
+/// epoch's feed time: the city-wide figures of the output's per-postcode
+/// fields, counted the same way.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::feed::{Judged, StationId, StationStatus};
+/// use velib_dataflow::producer::StationTally;
+///
+/// let empty = StationStatus {
+///     station_id: StationId::Num(1), code: None, bikes_available: 0, bike_types: None,
+///     docks_available: 9, is_installed: true, is_renting: true, is_returning: true,
+///     last_reported: None, judged: Judged { empty_since: Some(1_000), ..Default::default() },
+/// };
+/// let tally = StationTally::of([&empty], 1_600);
+/// assert_eq!((tally.empty, tally.full, tally.longest_empty_seconds), (1, 0, Some(600)));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StationTally {
+    /// Stations installed and renting with no bike.
+    pub empty: u64,
+    /// Stations installed and returning with no free dock.
+    pub full: u64,
+    /// Stations whose last report is too old to trust.
+    pub stale: u64,
+    /// Empty for longer than `--long-after`.
+    pub empty_long: u64,
+    /// Full for longer than `--long-after`.
+    pub full_long: u64,
+    /// How long the station empty for the longest has been so; `None`
+    /// when none is.
+    pub longest_empty_seconds: Option<i64>,
+    /// How long the station full for the longest has been so.
+    pub longest_full_seconds: Option<i64>,
+}
+
+impl StationTally {
+    /// The tally of `statuses` at feed time `now`.
+    pub fn of<'a>(
+        statuses: impl IntoIterator<Item = &'a StationStatus>,
+        now: FeedTime,
+    ) -> StationTally {
+        let mut tally = StationTally::default();
+        let mut earliest_empty: Option<FeedTime> = None;
+        let mut earliest_full: Option<FeedTime> = None;
+        for status in statuses {
+            let station = crate::counts::StationCounts::of_station(status);
+            let counted = station.placed(false);
+            tally.empty += u64::from(counted.stations_empty > 0);
+            tally.full += u64::from(counted.stations_full > 0);
+            tally.stale += u64::from(station.stale);
+            tally.empty_long += u64::from(station.empty_long);
+            tally.full_long += u64::from(station.full_long);
+            let min = |a: Option<FeedTime>, b: Option<FeedTime>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            earliest_empty = min(earliest_empty, station.counted_empty_since());
+            earliest_full = min(earliest_full, station.counted_full_since());
+        }
+        let age = |since: FeedTime| now.saturating_sub(since).max(0);
+        tally.longest_empty_seconds = earliest_empty.map(age);
+        tally.longest_full_seconds = earliest_full.map(age);
+        tally
+    }
 }
 
 /// How long a station must stay empty or full to be so for long, by default.
@@ -468,9 +540,11 @@ fn sequence(
         sequencer.statuses().count(),
         started.elapsed().as_millis()
     );
+    let tally = StationTally::of(sequencer.statuses(), updates.feed_time);
     handle.count(|s| {
         s.epochs_published += 1;
         s.last_epoch = updates.epoch;
+        s.stations = tally;
         s.status_records += statuses as u64;
         s.directory_records += directory as u64;
     });

@@ -4,13 +4,13 @@
 //! that it is obviously right; tests compare the incremental dataflow with it
 //! at every epoch, and the benchmarks compare their costs.
 
-use crate::counts::PostcodeCounts;
+use crate::counts::{PostcodeCounts, PostcodeTotals};
 use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::postcode::Postcode;
 use std::collections::{BTreeMap, HashMap};
 
-/// Per-postcode counts of one snapshot, computed from scratch.
+/// Per-postcode totals of one snapshot, computed from scratch.
 ///
 /// # Examples
 ///
@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 pub fn postcode_counts_from_scratch<'a>(
     statuses: impl IntoIterator<Item = &'a StationStatus>,
     directory: impl IntoIterator<Item = &'a DirectoryEntry>,
-) -> BTreeMap<Postcode, PostcodeCounts> {
+) -> BTreeMap<Postcode, PostcodeTotals> {
     let located: HashMap<_, _> = directory
         .into_iter()
         .map(|d| {
@@ -32,13 +32,32 @@ pub fn postcode_counts_from_scratch<'a>(
         })
         .collect();
     let unknown = Postcode::unknown();
-    let mut totals: BTreeMap<Postcode, PostcodeCounts> = BTreeMap::new();
+    let mut totals: BTreeMap<Postcode, PostcodeTotals> = BTreeMap::new();
     for status in statuses {
         let (postcode, inferred) = located
             .get(&status.station_id)
             .copied()
             .unwrap_or((&unknown, false));
-        *totals.entry(*postcode).or_default() += &station_counts(status, inferred);
+        let postcode = totals.entry(*postcode).or_default();
+        let counts = station_counts(status, inferred);
+        postcode.counts += &counts;
+        // The longest is the earliest since-time of the stations counted
+        // empty (or full) now.
+        let earliest = |longest: &mut Option<i64>, since: Option<i64>, counted: i64| {
+            if let Some(since) = since.filter(|_| counted == 1) {
+                *longest = Some(longest.map_or(since, |l| l.min(since)));
+            }
+        };
+        earliest(
+            &mut postcode.longest_empty_since,
+            status.judged.empty_since,
+            counts.stations_empty,
+        );
+        earliest(
+            &mut postcode.longest_full_since,
+            status.judged.full_since,
+            counts.stations_full,
+        );
     }
     totals
 }

@@ -6,7 +6,7 @@
 //! epoch's output is gathered at worker 0 and handed over once the epoch is
 //! complete.
 
-use crate::counts::PostcodeCounts;
+use crate::counts::PostcodeTotals;
 use crate::dataflow::{postcode_counts, Epoch};
 use crate::feed::FeedTime;
 use crate::kafka::changes::{key_changes, KeyChange};
@@ -26,7 +26,7 @@ pub struct EpochOutput {
     /// The feed's time of its snapshot.
     pub feed_time: FeedTime,
     /// One change per postcode whose counts changed, sorted by postcode.
-    pub changes: Vec<KeyChange<Postcode, PostcodeCounts>>,
+    pub changes: Vec<KeyChange<Postcode, PostcodeTotals>>,
 }
 
 /// A replay that could not run to its end.
@@ -57,7 +57,7 @@ pub enum ReplayError {
     },
 }
 
-type Gathered = Rc<RefCell<Vec<((Postcode, PostcodeCounts), Epoch, isize)>>>;
+type Gathered = Rc<RefCell<Vec<((Postcode, PostcodeTotals), Epoch, isize)>>>;
 
 /// Runs [`postcode_counts`] on `config`'s workers over `epochs`, calling
 /// `on_epoch` (on worker 0's thread) with each epoch's output as soon as the

@@ -448,7 +448,11 @@ fn a_v3_systems_vehicle_types_classify_its_bikes_and_an_undefined_one_is_named()
         polled.snapshot.directory.as_deref().unwrap_or_default(),
     );
     let (bikes, meca, elec) = counts.values().fold((0, 0, 0), |t, c| {
-        (t.0 + c.bikes, t.1 + c.mechanical, t.2 + c.ebikes)
+        (
+            t.0 + c.counts.bikes,
+            t.1 + c.counts.mechanical,
+            t.2 + c.counts.ebikes,
+        )
     });
     assert_eq!((bikes, meca, elec), (8, 1, 5));
 }

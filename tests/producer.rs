@@ -803,6 +803,42 @@ fn a_feed_that_turns_stale_and_fresh_again_is_said_once_each_way() {
     // The same content again is no epoch, except that an hour and more on,
     // the stations empty (or full) since the first are so for long: one more.
     assert_eq!(stats.epochs_published, 2, "{stats:?}");
+    // That epoch's stations, counted from the raw feed: each one empty (or
+    // full) in the first snapshot still is, for 80 minutes now.
+    let raw = velib_status();
+    let stations = raw["data"]["stations"].as_array().unwrap();
+    let flag = |s: &Value, field: &str| s[field].as_i64() == Some(1);
+    let empty = stations
+        .iter()
+        .filter(|s| {
+            flag(s, "is_installed") && flag(s, "is_renting") && s["num_bikes_available"] == 0
+        })
+        .count() as u64;
+    let full = stations
+        .iter()
+        .filter(|s| {
+            flag(s, "is_installed") && flag(s, "is_returning") && s["num_docks_available"] == 0
+        })
+        .count() as u64;
+    assert!(empty > 0 && full > 0, "the fixture has both");
+    let tally = &stats.stations;
+    assert_eq!(
+        (tally.empty, tally.full, tally.empty_long, tally.full_long),
+        (empty, full, empty, full),
+        "{tally:?}"
+    );
+    assert_eq!(
+        (tally.longest_empty_seconds, tally.longest_full_seconds),
+        (Some(4_800), Some(4_800))
+    );
+    for line in [
+        format!("velib_producer_stations_empty {empty}"),
+        format!("velib_producer_stations_full_long {full}"),
+        "velib_producer_longest_empty_seconds 4800".to_owned(),
+        "velib_producer_longest_full_seconds 4800".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} in {text}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use velib_dataflow::directory::DirectoryResolver;
 use velib_dataflow::kafka::changes::KeyChange;
+use velib_dataflow::output::PostcodeRecord;
 use velib_dataflow::postcode::PostcodeTable;
 use velib_dataflow::recorded::load;
 use velib_dataflow::snapshot::{SnapshotSequencer, StationSelection};
@@ -53,10 +54,13 @@ fn dataflow_gives_the_reference_totals_under_every_config() {
             let KeyChange::Upsert(postcode, c) = change else {
                 panic!("{label}: first epoch has only insertions")
             };
-            all_stations += c.stations;
-            all_bikes += c.bikes + c.bikes_unavailable;
+            all_stations += c.counts.stations;
+            all_bikes += c.counts.bikes + c.counts.bikes_unavailable;
             if !postcode.is_unknown() {
-                got.insert(postcode.to_string(), (c.bikes, c.mechanical, c.ebikes));
+                got.insert(
+                    postcode.to_string(),
+                    (c.counts.bikes, c.counts.mechanical, c.counts.ebikes),
+                );
             }
         }
         // Every postcode, not just the totals.
@@ -80,10 +84,10 @@ fn counting_every_station_gives_the_old_spark_totals() {
     for change in &outputs[0].changes {
         if let KeyChange::Upsert(postcode, c) = change {
             if !postcode.is_unknown() {
-                all += c.bikes + c.bikes_unavailable;
+                all += c.counts.bikes + c.counts.bikes_unavailable;
             }
             if postcode.as_str() == "75015" {
-                p75015 = c.bikes + c.bikes_unavailable;
+                p75015 = c.counts.bikes + c.counts.bikes_unavailable;
             }
         }
     }
@@ -384,5 +388,40 @@ fn velib_replay_stale_after_moves_the_threshold_and_refuses_a_bad_one() {
     assert!(
         stderr.contains("--stale-after") && stderr.contains("not a duration"),
         "{stderr}"
+    );
+}
+
+/// The record the README shows under "What it computes" is the one the
+/// 2024-11-19 snapshot gives 75015 at its first epoch, field for field.
+#[test]
+fn the_readme_s_record_is_the_snapshot_s() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## What it computes").expect("the section")..];
+    let start = section.find("```json\n").expect("a JSON block") + "```json\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let shown: PostcodeRecord = serde_json::from_str(block).expect("the README's record reads");
+
+    let recorded = load(&snapshot_dir().join("station_status.json")).unwrap();
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), false);
+    let snapshot = recorded.into_snapshot(&resolver, &StationSelection::all());
+    let feed_time = snapshot.feed_time;
+    let updates = SnapshotSequencer::new().advance(snapshot).unwrap().unwrap();
+    let outputs = common::run_epochs(timely::Config::thread(), vec![updates]);
+    let postcode = velib_dataflow::postcode::Postcode::parse("75015").unwrap();
+    let totals = outputs[0]
+        .changes
+        .iter()
+        .find_map(|change| match change {
+            KeyChange::Upsert(p, totals) if *p == postcode => Some(*totals),
+            _ => None,
+        })
+        .expect("75015 is written at the first epoch");
+    let computed = PostcodeRecord::new(&postcode, &totals, 1, feed_time);
+    assert_eq!(
+        shown,
+        computed,
+        "the README shows {block}, the snapshot gives {}",
+        serde_json::to_string(&computed).unwrap()
     );
 }

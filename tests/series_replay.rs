@@ -56,7 +56,7 @@ fn paris_series_matches_from_scratch_at_every_epoch() {
     // 10 polls, two byte-identical to the one before: 8 epochs.
     assert_eq!(epochs.len(), 8);
     assert!(
-        epochs[0].1.values().any(|c| c.stations_inferred > 0),
+        epochs[0].1.values().any(|c| c.counts.stations_inferred > 0),
         "inference is exercised"
     );
     for (label, config) in common::configs() {
@@ -89,9 +89,9 @@ fn sum_over_postcodes_is_sum_over_stations() {
         );
         let bikes: i64 = by_postcode
             .values()
-            .map(|c| c.bikes + c.bikes_unavailable)
+            .map(|c| c.counts.bikes + c.counts.bikes_unavailable)
             .sum();
-        let stations: i64 = by_postcode.values().map(|c| c.stations).sum();
+        let stations: i64 = by_postcode.values().map(|c| c.counts.stations).sum();
         let raw: i64 = snapshot
             .statuses
             .iter()

@@ -12,21 +12,26 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
-use velib_dataflow::counts::PostcodeCounts;
+use velib_dataflow::counts::PostcodeTotals;
 use velib_dataflow::dataflow::postcode_counts_from_upserts;
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
-use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
+use velib_dataflow::feed::{BikeTypes, Judged, StationId, StationStatus};
 use velib_dataflow::postcode::Postcode;
 use velib_dataflow::reference::postcode_counts_from_scratch;
 
 const POSTCODES: &[&str] = &["75001", "75002", "93100"];
 const STATIONS: u64 = 6;
 
-type State = BTreeMap<Postcode, PostcodeCounts>;
+type State = BTreeMap<Postcode, PostcodeTotals>;
+
+/// A status: mechanical bikes, e-bikes, docks, renting, typed, and since
+/// when empty and full (few times, so that stations share them; given
+/// whether the station is empty or not, as a judge might be wrong).
+type StatusFields = (u32, u32, u32, bool, bool, Option<i64>, Option<i64>);
 
 #[derive(Clone, Debug)]
 enum Upsert {
-    Status(u64, Option<(u32, u32, bool, bool)>),
+    Status(u64, Option<StatusFields>),
     Entry(u64, Option<(usize, bool)>),
 }
 
@@ -39,7 +44,19 @@ fn station(i: u64) -> StationId {
 }
 
 fn upsert() -> impl Strategy<Value = Upsert> {
-    let status = prop::option::weighted(0.8, (0u32..5, 0u32..5, any::<bool>(), any::<bool>()));
+    let since = || prop::option::of(0i64..4);
+    let status = prop::option::weighted(
+        0.8,
+        (
+            0u32..3,
+            0u32..2,
+            0u32..3,
+            any::<bool>(),
+            any::<bool>(),
+            since(),
+            since(),
+        ),
+    );
     let entry = prop::option::weighted(0.8, (0..POSTCODES.len(), any::<bool>()));
     prop_oneof![
         3 => (0..STATIONS, status).prop_map(|(i, s)| Upsert::Status(i, s)),
@@ -47,14 +64,15 @@ fn upsert() -> impl Strategy<Value = Upsert> {
     ]
 }
 
-fn status_of(i: u64, (mechanical, docks, renting, typed): (u32, u32, bool, bool)) -> StationStatus {
+fn status_of(i: u64, fields: StatusFields) -> StationStatus {
+    let (mechanical, ebike, docks, renting, typed, empty_since, full_since) = fields;
     StationStatus {
         station_id: station(i),
         code: None,
-        bikes_available: mechanical + 1,
+        bikes_available: mechanical + ebike,
         bike_types: typed.then_some(BikeTypes {
             mechanical,
-            ebike: 1,
+            ebike,
             other: 0,
         }),
         docks_available: docks,
@@ -62,7 +80,11 @@ fn status_of(i: u64, (mechanical, docks, renting, typed): (u32, u32, bool, bool)
         is_renting: renting,
         is_returning: !renting,
         last_reported: None,
-        judged: Default::default(),
+        judged: Judged {
+            empty_since,
+            full_since,
+            ..Default::default()
+        },
     }
 }
 
@@ -113,7 +135,7 @@ fn incremental(config: timely::Config, epochs: Vec<Vec<Upsert>>) -> Vec<State> {
     let result = Arc::clone(&states);
     let epochs = Arc::new(epochs);
     timely::execute(config, move |worker| {
-        let seen: Rc<RefCell<BTreeMap<(Postcode, PostcodeCounts), isize>>> = Rc::default();
+        let seen: Rc<RefCell<BTreeMap<(Postcode, PostcodeTotals), isize>>> = Rc::default();
         let sink = Rc::clone(&seen);
         let (mut statuses, mut entries, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (statuses, status_stream) = scope.new_input();

@@ -10,10 +10,10 @@ mod place_stations;
 mod postcode_totals;
 
 pub use latest_per_key::latest_per_key;
-pub use place_stations::{place_stations, Placement, PostcodeDeltas};
+pub use place_stations::{place_stations, PlacedStation, Placement, PostcodeDeltas};
 pub use postcode_totals::postcode_totals;
 
-use crate::counts::{PostcodeCounts, StationCounts};
+use crate::counts::{PostcodeTotals, StationCounts};
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::postcode::Postcode;
@@ -27,20 +27,23 @@ use timely_kafka::upsert::Upserts;
 /// strictly increasing, as the epoch protocol numbers them.
 pub use crate::kafka::protocol::Epoch;
 
-/// Maintains per-postcode counts from station statuses and directory entries.
+/// Maintains per-postcode totals from station statuses and directory
+/// entries: the counts, and since when the longest-empty and longest-full
+/// stations have been so ([`PostcodeTotals`]).
 ///
 /// Both inputs are collections with at most one record per station id at any
 /// time (what [`crate::snapshot`] produces); a snapshot's change is a
 /// retraction of the old row and an insertion of the new. The output holds,
-/// at every time, one `(postcode, counts)` per postcode with at least one
-/// station: a postcode's change is a retraction of its old counts and an
+/// at every time, one `(postcode, totals)` per postcode with at least one
+/// station: a postcode's change is a retraction of its old totals and an
 /// insertion of the new; a postcode left without stations is only retracted.
 ///
 /// A status whose station has no directory entry is counted under
 /// [`Postcode::unknown`]. Work per change is proportional to the change: the
 /// changed station is placed again on its own, and the accumulation is a sum
-/// of [`PostcodeCounts`] differences rather than a reduction over the
-/// postcode. A station listed more than once at a time counts once.
+/// of [`PostcodeCounts`](crate::counts::PostcodeCounts) differences (and a
+/// multiset of since-times) rather than a reduction over the postcode. A
+/// station listed more than once at a time counts once.
 ///
 /// # Examples
 ///
@@ -75,13 +78,14 @@ pub use crate::kafka::protocol::Epoch;
 ///     });
 /// });
 /// let out = out.lock().unwrap();
-/// let ((postcode, counts), epoch, diff) = &out[0];
+/// let ((postcode, totals), epoch, diff) = &out[0];
+/// let counts = totals.counts;
 /// assert_eq!((postcode.as_str(), counts.bikes, counts.ebikes, *epoch, *diff), ("75016", 3, 1, 0, 1));
 /// ```
 pub fn postcode_counts<'s, T>(
     statuses: VecCollection<'s, T, StationStatus>,
     directory: VecCollection<'s, T, DirectoryEntry>,
-) -> VecCollection<'s, T, (Postcode, PostcodeCounts)>
+) -> VecCollection<'s, T, (Postcode, PostcodeTotals)>
 where
     T: Timestamp + TotalOrder,
 {
@@ -119,7 +123,7 @@ where
 ///     ];
 ///     let no_directory = Vec::<(StationId, Option<_>, u64)>::new();
 ///     postcode_counts_from_upserts(statuses.to_stream(scope), no_directory.to_stream(scope))
-///         .inspect(move |((pc, counts), time, diff)| sink.lock().unwrap().push((counts.bikes, *time, *diff)));
+///         .inspect(move |((pc, totals), time, diff)| sink.lock().unwrap().push((totals.counts.bikes, *time, *diff)));
 /// });
 /// let mut out = out.lock().unwrap().clone();
 /// out.sort_by_key(|(_, time, diff)| (*time, *diff));
@@ -129,7 +133,7 @@ where
 pub fn postcode_counts_from_upserts<'s, T>(
     statuses: Upserts<'s, T, StationId, StationStatus>,
     directory: Upserts<'s, T, StationId, DirectoryEntry>,
-) -> VecCollection<'s, T, (Postcode, PostcodeCounts)>
+) -> VecCollection<'s, T, (Postcode, PostcodeTotals)>
 where
     T: Timestamp + TotalOrder,
 {

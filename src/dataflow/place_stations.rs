@@ -4,15 +4,17 @@
 //!
 //! This is a keyed upsert-join of two upsert streams, done in one pass over
 //! each epoch's upserts: per station, one hash lookup, and at most two
-//! updates out (what it took away from its old postcode, what it adds to
+//! updates out (the station retracted from its old postcode, inserted under
 //! its new one). Nothing is arranged: the state is one small record per
-//! station ([`StationCounts`], a [`Placement`]).
+//! station (its counts and a [`Placement`], 32 bytes), and the since-times
+//! of the few stations empty or full now, kept apart so that the others do
+//! not pay for them.
 
 use crate::counts::{PostcodeCounts, StationCounts};
-use crate::feed::StationId;
+use crate::feed::{FeedTime, StationId};
 use crate::postcode::Postcode;
-use differential_dataflow::difference::Abelian;
 use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
@@ -22,7 +24,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::Stream;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 use timely_kafka::upsert::Upserts;
@@ -71,32 +72,177 @@ enum Upsert {
 impl Upsert {
     fn apply_to(&self, station: &mut Station) {
         match *self {
-            Upsert::Counts(counts) => station.counts = counts,
+            Upsert::Counts(counts) => station.counts = counts.map(|c| Counts::of(&c)),
             Upsert::Placement(placement) => station.placement = placement,
+        }
+    }
+
+    /// The station's since-times after this upsert, `before` those it had.
+    fn since_after(&self, before: Since) -> Since {
+        match self {
+            Upsert::Counts(counts) => counts.as_ref().map(Since::counted).unwrap_or_default(),
+            Upsert::Placement(_) => before,
         }
     }
 }
 
-/// What a station adds to a postcode: `(postcode, counts, time)`, counts
-/// negative for what it took away.
-pub type PostcodeDeltas<'s, T> = Stream<'s, T, Vec<(Postcode, PostcodeCounts, T)>>;
+/// [`StationCounts`] without its since-times: what every station keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    bikes_available: u32,
+    mechanical: u32,
+    ebikes: u32,
+    docks_available: u32,
+    renting: bool,
+    returning: bool,
+    stale: bool,
+    empty_long: bool,
+    full_long: bool,
+}
+
+impl Counts {
+    fn of(c: &StationCounts) -> Counts {
+        Counts {
+            bikes_available: c.bikes_available,
+            mechanical: c.mechanical,
+            ebikes: c.ebikes,
+            docks_available: c.docks_available,
+            renting: c.renting,
+            returning: c.returning,
+            stale: c.stale,
+            empty_long: c.empty_long,
+            full_long: c.full_long,
+        }
+    }
+
+    fn with(&self, since: Since) -> StationCounts {
+        StationCounts {
+            bikes_available: self.bikes_available,
+            mechanical: self.mechanical,
+            ebikes: self.ebikes,
+            docks_available: self.docks_available,
+            renting: self.renting,
+            returning: self.returning,
+            stale: self.stale,
+            empty_long: self.empty_long,
+            full_long: self.full_long,
+            empty_since: since.empty,
+            full_since: since.full,
+        }
+    }
+
+    /// Counted empty or full: only then can it have since-times.
+    fn may_have_since(&self) -> bool {
+        (self.renting && self.bikes_available == 0) || (self.returning && self.docks_available == 0)
+    }
+}
+
+/// A station's since-times, as far as they count
+/// ([`StationCounts::counted_empty_since`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Since {
+    empty: Option<FeedTime>,
+    full: Option<FeedTime>,
+}
+
+impl Since {
+    fn counted(counts: &StationCounts) -> Since {
+        Since {
+            empty: counts.counted_empty_since(),
+            full: counts.counted_full_since(),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.empty.is_none() && self.full.is_none()
+    }
+}
+
+/// The since-times of the stations that have any: the stations empty or
+/// full now, a small part of all.
+#[derive(Default)]
+struct SinceTimes(FxHashMap<StationId, Since>);
+
+impl SinceTimes {
+    fn of(&self, id: &StationId, station: &Station) -> Since {
+        match station.counts {
+            Some(counts) if counts.may_have_since() => self.0.get(id).copied().unwrap_or_default(),
+            _ => Since::default(),
+        }
+    }
+
+    fn replace(&mut self, id: &StationId, before: Since, after: Since) {
+        if before == after {
+            return;
+        }
+        if after.is_none() {
+            self.0.remove(id);
+        } else {
+            self.0.insert(id.clone(), after);
+        }
+    }
+}
+
+/// A station as its postcode counts it: its counts, and whether the
+/// postcode was inferred from a neighbour.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::counts::StationCounts;
+/// use velib_dataflow::dataflow::PlacedStation;
+///
+/// let counts = StationCounts { bikes_available: 3, renting: true, ..Default::default() };
+/// let placed = PlacedStation { counts, inferred: true };
+/// assert_eq!((placed.contribution().bikes, placed.contribution().stations_inferred), (3, 1));
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct PlacedStation {
+    /// The station's counts.
+    pub counts: StationCounts,
+    /// Its postcode was inferred from a neighbour.
+    pub inferred: bool,
+}
+
+impl PlacedStation {
+    /// What it adds to its postcode's counts.
+    pub fn contribution(&self) -> PostcodeCounts {
+        self.counts.placed(self.inferred)
+    }
+}
+
+/// The stations of every postcode: a collection of `(postcode, station)`,
+/// whose change is the station retracted where it was and inserted where it
+/// is now, as it now is.
+pub type PostcodeDeltas<'s, T> = VecCollection<'s, T, (Postcode, PlacedStation)>;
 
 /// One station's state: 32 bytes, its postcode held as a number
 /// ([`Postcodes`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct Station {
-    counts: Option<StationCounts>,
+    counts: Option<Counts>,
     placement: Option<(u32, bool)>,
 }
 
 impl Station {
-    /// What the station adds: nothing until it has a status; under
-    /// `unknown` while it has no directory entry.
-    fn contribution(&self, postcodes: &Postcodes) -> Option<(Postcode, PostcodeCounts)> {
-        let counts = self.counts?;
+    /// Where and how the station counts, its since-times `since`: nowhere
+    /// until it has a status; under `unknown` while it has no directory
+    /// entry.
+    fn placed(&self, postcodes: &Postcodes, since: Since) -> Option<(Postcode, PlacedStation)> {
+        let counts = self.counts?.with(since);
         Some(match self.placement {
-            Some((postcode, inferred)) => (postcodes.get(postcode), counts.placed(inferred)),
-            None => (Postcode::unknown(), counts.placed(false)),
+            Some((postcode, inferred)) => {
+                (postcodes.get(postcode), PlacedStation { counts, inferred })
+            }
+            None => (
+                Postcode::unknown(),
+                PlacedStation {
+                    counts,
+                    inferred: false,
+                },
+            ),
         })
     }
 
@@ -135,7 +281,7 @@ struct PendingTime<T: Timestamp> {
 }
 
 /// Places every station: from upserts of its counts and of its placement,
-/// what it adds to (and takes from) each postcode, per time.
+/// the collection of each postcode's stations.
 ///
 /// A station counts once it has a status, under [`Postcode::unknown`] while
 /// it has no placement. Upserts of one station at one time apply in the
@@ -156,13 +302,14 @@ struct PendingTime<T: Timestamp> {
 ///     let counts = StationCounts { bikes_available: 3, renting: true, ..Default::default() };
 ///     let statuses = vec![(StationId::Num(1), Some(counts), 1u64)].to_stream(scope);
 ///     let places = vec![(StationId::Num(1), Some(at), 2u64)].to_stream(scope);
-///     place_stations(statuses, places).capture_into(send);
+///     place_stations(statuses, places).inner.capture_into(send);
 /// });
 /// let deltas: Vec<_> = receive.extract().into_iter().flat_map(|(_, d)| d).collect();
 /// // Counted under `unknown` at 1, moved to 75016 at 2.
-/// let mut moves: Vec<_> = deltas.iter().map(|(pc, c, t)| (*t, c.bikes, pc.as_str())).collect();
+/// let mut moves: Vec<_> =
+///     deltas.iter().map(|((pc, s), t, diff)| (*t, *diff, s.counts.bikes_available, pc.as_str())).collect();
 /// moves.sort();
-/// assert_eq!(moves, [(1, 3, "unknown"), (2, -3, "unknown"), (2, 3, "75016")]);
+/// assert_eq!(moves, [(1, 1, 3, "unknown"), (2, -1, 3, "unknown"), (2, 1, 3, "75016")]);
 /// ```
 pub fn place_stations<'s, T>(
     counts: Upserts<'s, T, StationId, StationCounts>,
@@ -172,13 +319,14 @@ where
     T: Timestamp + TotalOrder,
 {
     let by_station = |id: &StationId| id.hashed();
-    counts.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
+    let stations = counts.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
         placements,
         Exchange::new(move |(id, _, _): &(StationId, _, T)| by_station(id)),
         Exchange::new(move |(id, _, _): &(StationId, _, T)| by_station(id)),
         "PlaceStations",
         |_capability, _info| {
             let mut stations: FxHashMap<StationId, Station> = FxHashMap::default();
+            let mut since = SinceTimes::default();
             let mut postcodes = Postcodes::default();
             let mut pending: BTreeMap<T, PendingTime<T>> = BTreeMap::new();
             let waiting = |capability: &timely::dataflow::operators::InputCapability<T>,
@@ -229,9 +377,12 @@ where
                     for (id, upsert) in upserts {
                         let (before, after) = match stations.entry(id) {
                             Entry::Occupied(mut known) => {
-                                let before = known.get().contribution(&postcodes);
+                                let since_before = since.of(known.key(), known.get());
+                                let before = known.get().placed(&postcodes, since_before);
+                                let since_after = upsert.since_after(since_before);
                                 upsert.apply_to(known.get_mut());
-                                let after = known.get().contribution(&postcodes);
+                                since.replace(known.key(), since_before, since_after);
+                                let after = known.get().placed(&postcodes, since_after);
                                 // A station with neither status nor entry is no state.
                                 if known.get().is_empty() {
                                     known.remove();
@@ -240,8 +391,10 @@ where
                             }
                             Entry::Vacant(new) => {
                                 let mut station = Station::default();
+                                let since_after = upsert.since_after(Since::default());
                                 upsert.apply_to(&mut station);
-                                let after = station.contribution(&postcodes);
+                                since.replace(new.key(), Since::default(), since_after);
+                                let after = station.placed(&postcodes, since_after);
                                 if !station.is_empty() {
                                     new.insert(station);
                                 }
@@ -251,23 +404,28 @@ where
                         if before == after {
                             continue;
                         }
-                        if let Some((postcode, mut counts)) = before {
-                            counts.negate();
-                            session.give((postcode, counts, time.clone()));
+                        if let Some(before) = before {
+                            session.give((before, time.clone(), -1));
                         }
-                        if let Some((postcode, counts)) = after {
-                            session.give((postcode, counts, time.clone()));
+                        if let Some(after) = after {
+                            session.give((after, time.clone(), 1));
                         }
                     }
                 }
             }
         },
-    )
+    );
+    stations.as_collection()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stations_state_is_as_small_as_documented() {
+        assert_eq!(std::mem::size_of::<Station>(), 32);
+    }
 
     #[test]
     fn table_order_keeps_each_stations_own_order() {

@@ -1,19 +1,23 @@
-//! Summing what the stations add to each postcode into the postcode's
-//! counts: a collection with one `(postcode, counts)` per postcode that has
-//! a station, whose change is a retraction of the old counts and an
-//! insertion of the new.
+//! Summing the stations of each postcode into its totals: a collection with
+//! one `(postcode, totals)` per postcode that has a station, whose change is
+//! a retraction of the old totals and an insertion of the new.
 //!
-//! The work per epoch is one hash lookup per postcode that changed; the
-//! state is the current counts of each postcode this worker owns.
+//! The counts are sums of each station's contribution. The longest-empty
+//! and longest-full times are minimums, which do not subtract: each postcode
+//! keeps the multiset of its empty (and full) stations' since-times, whose
+//! first entry is the answer. The work per epoch is one hash lookup per
+//! postcode that changed, and a tree update per station that turned empty
+//! or full or stopped being so; the state is each postcode's counts and
+//! those multisets, on the worker that owns it.
 
-use super::place_stations::PostcodeDeltas;
-use crate::counts::PostcodeCounts;
+use super::place_stations::{PlacedStation, PostcodeDeltas};
+use crate::counts::{PostcodeCounts, PostcodeTotals};
+use crate::feed::FeedTime;
 use crate::postcode::Postcode;
-use differential_dataflow::difference::IsZero;
+use differential_dataflow::difference::{IsZero, Multiply};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -22,18 +26,87 @@ use timely::dataflow::operators::Capability;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
-type Pending<T> = (Capability<T>, FxHashMap<Postcode, PostcodeCounts>);
+/// How many stations have each since-time: the smallest key is the longest.
+type SinceTimes = BTreeMap<FeedTime, i64>;
 
-/// The counts of every postcode, from what stations add to and take from
-/// them ([`place_stations`](super::place_stations)). A postcode whose
-/// stations all left is retracted and not inserted again.
+fn add_since(times: &mut SinceTimes, since: Option<FeedTime>, diff: i64) {
+    let Some(since) = since else { return };
+    let count = times.entry(since).or_default();
+    *count += diff;
+    if *count == 0 {
+        times.remove(&since);
+    }
+}
+
+/// One postcode's state: the sum of its stations' counts, and their
+/// since-times.
+#[derive(Default)]
+struct Totals {
+    counts: PostcodeCounts,
+    empty_since: SinceTimes,
+    full_since: SinceTimes,
+}
+
+impl Totals {
+    fn add(&mut self, station: &PlacedStation, diff: isize) {
+        self.counts += &station.contribution().multiply(&diff);
+        let diff = diff as i64;
+        add_since(
+            &mut self.empty_since,
+            station.counts.counted_empty_since(),
+            diff,
+        );
+        add_since(
+            &mut self.full_since,
+            station.counts.counted_full_since(),
+            diff,
+        );
+    }
+
+    fn merge(&mut self, change: Totals) {
+        self.counts += &change.counts;
+        for (since, diff) in change.empty_since {
+            add_since(&mut self.empty_since, Some(since), diff);
+        }
+        for (since, diff) in change.full_since {
+            add_since(&mut self.full_since, Some(since), diff);
+        }
+    }
+
+    /// The postcode's value, `None` once it has no station.
+    fn value(&self) -> Option<PostcodeTotals> {
+        if self.counts.is_zero() && self.empty_since.is_empty() && self.full_since.is_empty() {
+            return None;
+        }
+        // A multiset of stations has no negative count; one could only come
+        // from a retraction of what was never inserted.
+        let first = |times: &SinceTimes| {
+            times
+                .iter()
+                .find(|(_, count)| **count > 0)
+                .map(|(since, _)| *since)
+        };
+        Some(PostcodeTotals {
+            counts: self.counts,
+            longest_empty_since: first(&self.empty_since),
+            longest_full_since: first(&self.full_since),
+        })
+    }
+}
+
+type Pending<T> = (Capability<T>, FxHashMap<Postcode, Totals>);
+
+/// The totals of every postcode, from the collection of its stations
+/// ([`place_stations`](super::place_stations)). A postcode whose stations
+/// all left is retracted and not inserted again.
 ///
 /// # Examples
 ///
 /// ```
+/// use differential_dataflow::AsCollection;
 /// use timely::dataflow::operators::ToStream;
-/// use velib_dataflow::counts::PostcodeCounts;
-/// use velib_dataflow::dataflow::postcode_totals;
+/// use velib_dataflow::counts::StationCounts;
+/// use velib_dataflow::dataflow::{postcode_totals, PlacedStation};
 /// use velib_dataflow::postcode::Postcode;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -41,37 +114,53 @@ type Pending<T> = (Capability<T>, FxHashMap<Postcode, PostcodeCounts>);
 /// let sink = out.clone();
 /// timely::example(move |scope| {
 ///     let pc = Postcode::parse("75016").unwrap();
-///     let one = PostcodeCounts { bikes: 2, stations: 1, ..Default::default() };
-///     let gone = PostcodeCounts { bikes: -2, stations: -1, ..Default::default() };
-///     let deltas = vec![(pc, one, 1u64), (pc, one, 1), (pc, gone, 2), (pc, gone, 3)];
-///     postcode_totals(deltas.to_stream(scope))
-///         .inspect(move |x| sink.lock().unwrap().push((x.0.1.bikes, x.1, x.2)));
+///     let station = |bikes, empty_since| PlacedStation {
+///         counts: StationCounts { bikes_available: bikes, renting: true, empty_since, ..Default::default() },
+///         inferred: false,
+///     };
+///     let (empty_a, empty_b, two) = (station(0, Some(100)), station(0, Some(40)), station(2, None));
+///     let stations = vec![
+///         ((pc, empty_a), 1u64, 1), ((pc, two), 1, 1),
+///         ((pc, empty_b), 2, 1),
+///         ((pc, empty_b), 3, -1), ((pc, empty_a), 3, -1),
+///     ];
+///     postcode_totals(stations.to_stream(scope).as_collection()).inspect(move |((_, totals), time, diff)| {
+///         let row = (*time, *diff, totals.counts.stations, totals.longest_empty_since);
+///         sink.lock().unwrap().push(row);
+///     });
 /// });
 /// let mut out = out.lock().unwrap().clone();
-/// out.sort_by_key(|(_, time, diff)| (*time, *diff));
-/// // Two stations at 1, one at 2, none at 3.
-/// assert_eq!(out, [(4, 1, 1), (4, 2, -1), (2, 2, 1), (2, 3, -1)]);
+/// out.sort_by_key(|(time, diff, ..)| (*time, *diff));
+/// // Empty since 100, then since 40 (a second empty station), then none.
+/// assert_eq!(out, [
+///     (1, 1, 2, Some(100)),
+///     (2, -1, 2, Some(100)), (2, 1, 3, Some(40)),
+///     (3, -1, 3, Some(40)), (3, 1, 1, None),
+/// ]);
 /// ```
 pub fn postcode_totals<'s, T>(
-    deltas: PostcodeDeltas<'s, T>,
-) -> VecCollection<'s, T, (Postcode, PostcodeCounts)>
+    stations: PostcodeDeltas<'s, T>,
+) -> VecCollection<'s, T, (Postcode, PostcodeTotals)>
 where
     T: Timestamp + TotalOrder,
 {
-    deltas
+    stations
+        .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
-            Exchange::new(|(postcode, _, _): &(Postcode, PostcodeCounts, T)| postcode.hashed()),
+            Exchange::new(
+                |((postcode, _), _, _): &((Postcode, PlacedStation), T, isize)| postcode.hashed(),
+            ),
             "PostcodeTotals",
             |_capability, _info| {
-                let mut totals: FxHashMap<Postcode, PostcodeCounts> = FxHashMap::default();
+                let mut totals: FxHashMap<Postcode, Totals> = FxHashMap::default();
                 let mut pending: BTreeMap<T, Pending<T>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
-                        for (postcode, delta, time) in data.drain(..) {
-                            let deltas = pending.entry(time.clone()).or_insert_with(|| {
+                        for ((postcode, station), time, diff) in data.drain(..) {
+                            let changes = pending.entry(time.clone()).or_insert_with(|| {
                                 (capability.delayed(&time, 0), FxHashMap::default())
                             });
-                            *deltas.1.entry(postcode).or_default() += &delta;
+                            changes.1.entry(postcode).or_default().add(&station, diff);
                         }
                     });
                     while let Some(entry) = pending.first_entry() {
@@ -79,26 +168,24 @@ where
                         if frontier.less_equal(&time) {
                             break;
                         }
-                        let (capability, deltas) = entry.remove();
+                        let (capability, changes) = entry.remove();
                         let mut session = output.session(&capability);
-                        for (postcode, delta) in deltas {
-                            if delta.is_zero() {
+                        for (postcode, change) in changes {
+                            let known = totals.entry(postcode).or_default();
+                            let before = known.value();
+                            known.merge(change);
+                            let after = known.value();
+                            if after.is_none() {
+                                totals.remove(&postcode);
+                            }
+                            if before == after {
                                 continue;
                             }
-                            match totals.entry(postcode) {
-                                Entry::Occupied(mut known) => {
-                                    session.give(((postcode, *known.get()), time.clone(), -1));
-                                    *known.get_mut() += &delta;
-                                    if known.get().is_zero() {
-                                        known.remove();
-                                    } else {
-                                        session.give(((postcode, *known.get()), time.clone(), 1));
-                                    }
-                                }
-                                Entry::Vacant(new) => {
-                                    session.give(((postcode, delta), time.clone(), 1));
-                                    new.insert(delta);
-                                }
+                            if let Some(before) = before {
+                                session.give(((postcode, before), time.clone(), -1));
+                            }
+                            if let Some(after) = after {
+                                session.give(((postcode, after), time.clone(), 1));
                             }
                         }
                     }

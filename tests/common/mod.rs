@@ -11,7 +11,7 @@ pub mod output;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use velib_dataflow::counts::PostcodeCounts;
+use velib_dataflow::counts::PostcodeTotals;
 use velib_dataflow::feed::{Judged, StationId};
 use velib_dataflow::kafka::changes::KeyChange;
 use velib_dataflow::postcode::Postcode;
@@ -42,7 +42,7 @@ pub fn configs() -> Vec<(&'static str, timely::Config)> {
     ]
 }
 
-pub type State = BTreeMap<Postcode, PostcodeCounts>;
+pub type State = BTreeMap<Postcode, PostcodeTotals>;
 
 /// The 10 polls of the Paris open-data series, resolved with the shipped table.
 pub fn paris_series(infer: bool) -> Vec<Snapshot> {
