@@ -23,8 +23,9 @@
 //!   as of `E`'s progress positions: every record of each input partition
 //!   below its position, applied with the epoch protocol
 //!   ([`PartitionEpochs`]: only what a marker releases counts, last value
-//!   per station wins). The count fields (`nbr_*`) present in both are
-//!   compared. Once the output is read, records that came after a
+//!   per station wins). The count fields (`nbr_*`) and the since-times
+//!   (`longest_empty_since`, `longest_full_since`, `null` included) present
+//!   in both are compared. Once the output is read, records that came after a
 //!   partition's last progress but belong to complete epochs (a replay, a
 //!   forged record) are applied too and the current state is compared again.
 //! - **Duplicated epochs**: a progress record of an epoch a partition has

@@ -1,7 +1,7 @@
 //! Per-postcode counts, and each station's contribution to them.
 //!
-//! [`PostcodeCounts`] is both the value the aggregation outputs and the
-//! *difference type* it accumulates: a station contributes its counts, and
+//! [`PostcodeCounts`] is the *difference type* the aggregation
+//! accumulates: a station contributes its counts, and
 //! leaving contributes their negation. Sums of contributions are what
 //! differential dataflow maintains, so a change at one station costs work in
 //! proportion to that change, not to the size of its postcode.

@@ -122,8 +122,16 @@ impl Metrics {
                 ("empty", "installed and renting with no bike", t.empty),
                 ("full", "installed and returning with no free dock", t.full),
                 ("stale", "whose last report is too old to trust", t.stale),
-                ("empty_long", "empty for longer than --long-after", t.empty_long),
-                ("full_long", "full for longer than --long-after", t.full_long),
+                (
+                    "empty_long",
+                    "empty for longer than --long-after",
+                    t.empty_long,
+                ),
+                (
+                    "full_long",
+                    "full for longer than --long-after",
+                    t.full_long,
+                ),
             ] {
                 out.gauge(
                     &format!("velib_producer_stations_{name}"),

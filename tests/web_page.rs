@@ -98,6 +98,15 @@ fn assert_shows_the_reference(shown: &Value, expected: &[common::SequencedEpoch]
         "epoch {epoch}: the table's postcodes"
     );
     for (postcode, record) in &records {
+        // How long, in whole minutes at the epoch's feed time.
+        let empty_for = record.longest_empty_since.map_or("—".to_owned(), |since| {
+            (record.feed_time - since).max(0).div_euclid(60).to_string()
+        });
+        assert_eq!(
+            rows[postcode]["longest_empty"].as_str(),
+            Some(empty_for.as_str()),
+            "epoch {epoch}, postcode {postcode}: empty for"
+        );
         for column in COLUMNS {
             assert_eq!(
                 rows[postcode][column]

@@ -11,6 +11,9 @@
   const FUTURE_TOLERANCE_S = 60; // feed_time further ahead than this means a wrong clock
   const ROW_FIELDS = ['nbr_total', 'nbr_meca', 'nbr_elec', 'nbr_docks', 'nbr_stations_renting',
     'nbr_stations_empty', 'nbr_stations_full', 'nbr_stations_stale', 'occupancy'];
+  // Shown as how long at the feed time shown, refreshed at every epoch: the
+  // record holds since when, and is only written again when a station changes.
+  const SINCE_FIELDS = { longest_empty: 'longest_empty_since' };
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -398,7 +401,22 @@
       row.appendChild(td);
       cells[f] = td;
     }
+    for (const f in SINCE_FIELDS) {
+      const td = document.createElement('td');
+      td.dataset.field = f;
+      row.appendChild(td);
+      cells[f] = td;
+    }
     return { rec: {}, row, cells, label: null };
+  }
+  // Whole minutes from a since-time to the feed time shown; '—' when none.
+  function minutesSince(since) {
+    const s = num(since), now = state.feedTime;
+    if (s == null || now == null) return '—';
+    return fmtInt(Math.max(0, Math.floor((now - s) / 60)));
+  }
+  function fillSince(p) {
+    for (const f in SINCE_FIELDS) setText(p.cells[f], minutesSince(p.rec[SINCE_FIELDS[f]]));
   }
   const cellText = (rec, f) => (f === 'occupancy' ? fmtOcc(num(rec[f])) : fmtInt(num(rec[f])));
   // Fill a row; returns true when any displayed value changed.
@@ -412,6 +430,7 @@
     }
     p.cells.nbr_total.classList.toggle('zero', num(rec.nbr_total) === 0);
     p.rec = rec;
+    fillSince(p);
     return changed;
   }
   function upsertPostcode(pc, rec, parent) {
@@ -476,6 +495,7 @@
 
   // ---------- applying server data ----------
   function finish(changedPostcodes) {
+    for (const p of state.postcodes.values()) fillSince(p);
     renderHeader();
     renderTotals();
     renderChart();
