@@ -36,7 +36,7 @@ use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use velib_dataflow::counts::{PostcodeCounts, StationCounts};
 use velib_dataflow::dataflow::{place_stations, postcode_totals, Epoch, Placement};
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
-use velib_dataflow::feed::{BikeTypes, StationId, StationStatus};
+use velib_dataflow::feed::{BikeTypes, Judged, StationId, StationStatus};
 use velib_dataflow::postcode::Postcode;
 use velib_dataflow::reference::postcode_counts_from_scratch;
 
@@ -98,6 +98,16 @@ impl Lcg {
 fn status(i: usize, rng: &mut Lcg) -> StationStatus {
     let mechanical = rng.below(20);
     let ebike = rng.below(10);
+    let docks = rng.below(30);
+    let (installed, renting) = (rng.below(50) != 0, rng.below(30) != 0);
+    // Empty and full stations have been so since some time in the last
+    // hour, as the producer judges them: the dataflow keeps those times.
+    let mut since = |now: bool| now.then(|| 1_732_000_000 + i64::from(rng.below(3_600)));
+    let judged = Judged {
+        empty_since: since(installed && renting && mechanical + ebike == 0),
+        full_since: since(installed && docks == 0),
+        ..Default::default()
+    };
     StationStatus {
         station_id: StationId::Num(213_688_169 + i as u64),
         code: Some(format!("{}", 10_000 + i)),
@@ -107,12 +117,12 @@ fn status(i: usize, rng: &mut Lcg) -> StationStatus {
             ebike,
             other: 0,
         }),
-        docks_available: rng.below(30),
-        is_installed: rng.below(50) != 0,
-        is_renting: rng.below(30) != 0,
+        docks_available: docks,
+        is_installed: installed,
+        is_renting: renting,
         is_returning: true,
         last_reported: Some(1_732_004_538),
-        judged: Default::default(),
+        judged,
     }
 }
 

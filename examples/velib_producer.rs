@@ -10,6 +10,10 @@
 //! # another GBFS system, polled every 5 s:
 //! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 \
 //!     --feed https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json --interval 5s
+//! # several systems at once, each on its own (velib-projet-oslo, …):
+//! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 \
+//!     --feed oslo=https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json \
+//!     --feed bergen=https://gbfs.urbansharing.com/bergenbysykkel.no/gbfs.json
 //! ```
 //!
 //! Restarting it is safe: it reads back the last epoch it published and
@@ -26,8 +30,9 @@ use velib_dataflow::kafka::publish::{
     state_topic_beside, PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
 };
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
-use velib_dataflow::producer::{run, ProducerConfig, ProducerHandle};
+use velib_dataflow::producer::{run_systems, ProducerConfig, ProducerHandle};
 use velib_dataflow::snapshot::StationSelection;
+use velib_dataflow::systems::{check_systems, parse_systems_file, SystemFeed};
 
 /// Poll a GBFS bike-share feed and publish each snapshot's changes to Kafka,
 /// one atomic epoch per snapshot.
@@ -42,9 +47,18 @@ struct Args {
     stale: common::StaleArgs,
 
     /// The feed: a GBFS gbfs.json, or directly a station_status URL (GBFS or
-    /// the City of Paris export).
-    #[arg(long, env = "VELIB_FEED", default_value = VELIB_FEED, value_name = "URL")]
-    feed: String,
+    /// the City of Paris export). Repeat it as NAME=URL for several systems
+    /// at once: each is polled on its own and publishes its own epochs to
+    /// its own topics (<topic>-NAME, <directory-topic>-NAME, …); one
+    /// without a name keeps the topics as they are [default: Vélib'
+    /// Métropole]
+    #[arg(long, env = "VELIB_FEED", value_name = "[NAME=]URL")]
+    feed: Vec<String>,
+
+    /// A file of systems to poll, one `NAME URL` a line (# for comments),
+    /// as with --feed NAME=URL.
+    #[arg(long, value_name = "FILE")]
+    systems: Option<PathBuf>,
 
     /// The discovery language [default: the first listed].
     #[arg(long, value_name = "LANG")]
@@ -127,33 +141,106 @@ fn main() -> ExitCode {
     common::init_logging();
     let args = Args::parse();
     let metrics_addr = args.metrics_addr;
-    let config = match configure(args) {
-        Ok(config) => config,
+    let systems = match systems(&args).and_then(|systems| configure(args, systems)) {
+        Ok(systems) => systems,
         Err(message) => {
             eprintln!("velib_producer: {message}");
             return ExitCode::from(2);
         }
     };
-    let handle = ProducerHandle::default();
-    let metrics = velib_dataflow::metrics::Metrics::default().producer(handle.clone());
+    let mut metrics = velib_dataflow::metrics::Metrics::default();
+    let systems: Vec<_> = systems
+        .into_iter()
+        .map(|(system, config)| {
+            let handle = ProducerHandle::default();
+            metrics = match &system.name {
+                Some(name) => metrics.clone().system_producer(name, handle.clone()),
+                None => metrics.clone().producer(handle.clone()),
+            };
+            (system.label().to_owned(), config, handle)
+        })
+        .collect();
     if let Err(message) = common::serve_metrics(metrics_addr, metrics) {
         eprintln!("velib_producer: {message}");
         return ExitCode::from(2);
     }
-    let stopper = handle.clone();
-    common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
-        stopper.stop()
+    let stoppers: Vec<ProducerHandle> = systems.iter().map(|(_, _, h)| h.clone()).collect();
+    common::on_ctrl_c("stopping: finishing the epochs in flight", move || {
+        stoppers.iter().for_each(ProducerHandle::stop)
     });
-    match run(config, handle) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("velib_producer: {e}");
-            ExitCode::from(1)
+    let several = systems.len() > 1;
+    let mut code = ExitCode::SUCCESS;
+    for (name, outcome) in run_systems(systems) {
+        if let Err(e) = outcome {
+            match several {
+                true => eprintln!("velib_producer: system {name}: {e}"),
+                false => eprintln!("velib_producer: {e}"),
+            }
+            code = ExitCode::from(1);
         }
     }
+    code
 }
 
-fn configure(args: Args) -> Result<ProducerConfig, String> {
+/// The systems the flags name: --feed (repeated) and --systems, checked
+/// together; Vélib' Métropole when none is.
+fn systems(args: &Args) -> Result<Vec<SystemFeed>, String> {
+    let mut systems = args
+        .feed
+        .iter()
+        .map(|feed| {
+            feed.parse::<SystemFeed>()
+                .map_err(|e| format!("--feed {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.systems {
+        let text = common::read_small_file(path, 1 << 20)
+            .map_err(|e| format!("--systems {}: {e}", path.display()))?;
+        let listed =
+            parse_systems_file(&text).map_err(|e| format!("--systems {}: {e}", path.display()))?;
+        systems.extend(listed);
+    }
+    if systems.is_empty() {
+        systems.push(SystemFeed {
+            name: None,
+            url: VELIB_FEED.into(),
+        });
+    }
+    check_systems(&systems).map_err(|e| e.to_string())?;
+    if systems.len() > 1 {
+        for (flag, given) in [
+            ("--status-url", args.status_url.is_some()),
+            ("--stations", !args.stations.is_empty()),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag} is for one feed; with several systems, give each its gbfs.json"
+                ));
+            }
+        }
+    }
+    Ok(systems)
+}
+
+fn configure(
+    args: Args,
+    systems: Vec<SystemFeed>,
+) -> Result<Vec<(SystemFeed, ProducerConfig)>, String> {
+    let base = configure_one(args)?;
+    Ok(systems
+        .into_iter()
+        .map(|system| {
+            let mut config = base.clone();
+            config.publish = system.topics(&base.publish);
+            if let FeedLocation::Discover { url, .. } = &mut config.poll.location {
+                url.clone_from(&system.url);
+            }
+            (system, config)
+        })
+        .collect())
+}
+
+fn configure_one(args: Args) -> Result<ProducerConfig, String> {
     if args.interval.is_some_and(|i| i.is_zero()) {
         return Err("--interval must be more than 0".into());
     }
@@ -168,7 +255,7 @@ fn configure(args: Args) -> Result<ProducerConfig, String> {
             information: args.information_url,
         },
         None => FeedLocation::Discover {
-            url: args.feed,
+            url: VELIB_FEED.into(),
             language: args.language,
         },
     };

@@ -47,4 +47,5 @@ pub mod replay;
 pub mod snapshot;
 pub mod snapshot_source;
 pub mod station_records;
+pub mod systems;
 pub mod web;

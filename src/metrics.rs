@@ -26,7 +26,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    producer: Option<ProducerHandle>,
+    /// Each producer, with its system's name when it has one.
+    producers: Vec<(Option<String>, ProducerHandle)>,
     aggregator: Option<AggregatorHandle>,
     page: Option<EventHub>,
 }
@@ -34,7 +35,30 @@ pub struct Metrics {
 impl Metrics {
     /// Also reports this producer.
     pub fn producer(mut self, handle: ProducerHandle) -> Self {
-        self.producer = Some(handle);
+        self.producers.push((None, handle));
+        self
+    }
+
+    /// Also reports this producer of the system `name` ([`crate::systems`]):
+    /// its series are labelled `system="name"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::metrics::Metrics;
+    /// use velib_dataflow::producer::ProducerHandle;
+    ///
+    /// let metrics = Metrics::default()
+    ///     .system_producer("oslo", ProducerHandle::default())
+    ///     .system_producer("bergen", ProducerHandle::default());
+    /// let text = metrics.render();
+    /// // One family, a series per system.
+    /// assert_eq!(text.matches("# TYPE velib_producer_polls_total counter").count(), 1);
+    /// assert!(text.contains("velib_producer_polls_total{system=\"oslo\"} 0"));
+    /// assert!(text.contains("velib_producer_polls_total{system=\"bergen\"} 0"));
+    /// ```
+    pub fn system_producer(mut self, name: &str, handle: ProducerHandle) -> Self {
+        self.producers.push((Some(name.to_owned()), handle));
         self
     }
 
@@ -53,7 +77,11 @@ impl Metrics {
     /// The metrics, in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = Exposition::default();
-        if let Some(producer) = &self.producer {
+        for (system, producer) in &self.producers {
+            out.labels = system
+                .as_deref()
+                .map(|name| format!("system=\"{}\"", escape(name)))
+                .unwrap_or_default();
             let s = producer.stats();
             out.counter("velib_producer_polls_total", "Polls of the feed.", s.polls);
             out.counter(
@@ -162,6 +190,7 @@ impl Metrics {
                 s.kafka_sent.1,
             );
         }
+        out.labels.clear();
         if let Some(aggregator) = &self.aggregator {
             let s = aggregator.source_stats();
             out.gauge(
@@ -203,10 +232,10 @@ impl Metrics {
             );
             for (topic, partitions) in &s.consumer_lag {
                 for (partition, lag) in partitions {
-                    let _ = writeln!(
-                        out.text,
-                        "velib_aggregator_consumer_lag{{topic=\"{}\",partition=\"{partition}\"}} {lag}",
-                        escape(topic)
+                    out.series(
+                        "velib_aggregator_consumer_lag",
+                        &format!("topic=\"{}\",partition=\"{partition}\"", escape(topic)),
+                        lag,
                     );
                 }
             }
@@ -263,38 +292,67 @@ impl Metrics {
                 u64::from(reader.waiting_for.is_some()),
             );
         }
-        out.text
+        out.text()
     }
 }
 
+/// The text exposition being written: metric families in the order first
+/// named, each one's series together (the format requires it), whichever
+/// job wrote them. `labels` go on every series written meanwhile (a
+/// producer's `system`).
 #[derive(Default)]
 struct Exposition {
-    text: String,
+    families: Vec<(String, String)>,
+    index: std::collections::HashMap<String, usize>,
+    current: usize,
+    labels: String,
 }
 
 impl Exposition {
+    /// Starts writing `name`'s series (its HELP and TYPE once).
     fn head(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self.current = match self.index.get(name) {
+            Some(i) => *i,
+            None => {
+                let head = format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+                self.families.push((head, String::new()));
+                self.index.insert(name.to_owned(), self.families.len() - 1);
+                self.families.len() - 1
+            }
+        };
+    }
+
+    /// One series of the current family: `name` with `extra` labels.
+    fn series(&mut self, name: &str, extra: &str, value: impl std::fmt::Display) {
+        let labels = match (self.labels.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => format!("{{{}}}", self.labels),
+            (true, false) => format!("{{{extra}}}"),
+            (false, false) => format!("{{{},{extra}}}", self.labels),
+        };
+        if let Some((_, lines)) = self.families.get_mut(self.current) {
+            let _ = writeln!(lines, "{name}{labels} {value}");
+        }
     }
 
     fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.head(name, help, "counter");
-        let _ = writeln!(self.text, "{name} {value}");
+        self.series(name, "", value);
     }
 
     fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
         self.head(name, help, "gauge");
-        let _ = writeln!(self.text, "{name} {value}");
+        self.series(name, "", value);
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &crate::kafka::sink::LatencyHistogram) {
         self.head(name, help, "histogram");
         for (bound, count) in h.cumulative() {
-            let _ = writeln!(self.text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+            self.series(&format!("{name}_bucket"), &format!("le=\"{bound}\""), count);
         }
-        let _ = writeln!(self.text, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
-        let _ = writeln!(self.text, "{name}_sum {}", h.sum());
-        let _ = writeln!(self.text, "{name}_count {}", h.count());
+        self.series(&format!("{name}_bucket"), "le=\"+Inf\"", h.count());
+        self.series(&format!("{name}_sum"), "", h.sum());
+        self.series(&format!("{name}_count"), "", h.count());
     }
 
     fn labelled<'a>(
@@ -307,8 +365,15 @@ impl Exposition {
     ) {
         self.head(name, help, kind);
         for (key, value) in values {
-            let _ = writeln!(self.text, "{name}{{{label}=\"{}\"}} {value}", escape(key));
+            self.series(name, &format!("{label}=\"{}\"", escape(key)), value);
         }
+    }
+
+    fn text(self) -> String {
+        self.families
+            .into_iter()
+            .map(|(head, lines)| head + &lines)
+            .collect()
     }
 }
 
@@ -380,6 +445,44 @@ fn answer(stream: &TcpStream, metrics: &Metrics) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// Several producers and an aggregator: every family once, its series
+    /// together under its head, each producer's labelled by its system.
+    #[test]
+    fn each_family_is_one_group_whatever_wrote_it() {
+        let text = Metrics::default()
+            .system_producer("oslo", ProducerHandle::default())
+            .system_producer("a\"b", ProducerHandle::default())
+            .aggregator(AggregatorHandle::default())
+            .render();
+        let mut seen = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_owned();
+                assert!(seen.insert(current.clone()), "{current} twice:\n{text}");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| *f == current))
+                    .unwrap_or(name);
+                assert_eq!(family, current, "{line} outside its family:\n{text}");
+            }
+        }
+        assert!(
+            text.contains("velib_producer_polls_total{system=\"oslo\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("velib_producer_polls_total{system=\"a\\\"b\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("velib_aggregator_records_read_total 0"),
+            "{text}"
+        );
+    }
 
     fn ask(addr: SocketAddr, request: &[u8]) -> String {
         let mut client = TcpStream::connect(addr).unwrap();

@@ -110,6 +110,10 @@ pub enum ProducerError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The producer's thread ended without running to a stop
+    /// ([`run_systems`]).
+    #[error("{0}")]
+    Thread(String),
 }
 
 /// What the producer did so far.
@@ -297,6 +301,70 @@ pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), Produce
     let poller = FeedPoller::new(config.poll.clone(), config.resolver.clone())?
         .selecting(config.selection.clone());
     run_with_source(poller, &config, handle)
+}
+
+/// Runs one producer per system, each on its own thread, with its own
+/// epochs and topics ([`crate::systems`]): a feed that is slow, failing or
+/// stale holds back no other system's epochs, and a producer that stops on
+/// an error stops no other. Returns, once every one has stopped, how each
+/// did, by name. Each thread's log lines name its system.
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::poll::FeedLocation;
+/// use velib_dataflow::producer::{run_systems, ProducerConfig, ProducerHandle};
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9092");
+/// let system = |name: &str, url: &str| {
+///     let location = FeedLocation::Discover { url: url.into(), language: None };
+///     (name.to_owned(), ProducerConfig::new(location, kafka.clone()), ProducerHandle::default())
+/// };
+/// for (name, outcome) in run_systems(vec![
+///     system("oslo", "https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json"),
+///     system("bergen", "https://gbfs.urbansharing.com/bergenbysykkel.no/gbfs.json"),
+/// ]) {
+///     println!("{name}: {outcome:?}");
+/// }
+/// ```
+pub fn run_systems(
+    systems: Vec<(String, ProducerConfig, ProducerHandle)>,
+) -> Vec<(String, Result<(), ProducerError>)> {
+    let threads: Vec<_> = systems
+        .into_iter()
+        .map(|(name, config, handle)| {
+            let label = name.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("producer-{name}"))
+                .spawn(move || {
+                    let _span = tracing::info_span!("system", name = %label).entered();
+                    run(config, handle)
+                });
+            (name, thread)
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|(name, thread)| {
+            let outcome = match thread {
+                Ok(thread) => thread.join().unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    Err(ProducerError::Thread(format!(
+                        "the producer panicked: {why}"
+                    )))
+                }),
+                Err(e) => Err(ProducerError::Thread(format!(
+                    "its thread could not start: {e}"
+                ))),
+            };
+            (name, outcome)
+        })
+        .collect()
 }
 
 /// Notes a fetched snapshot's age, and says so when the feed turns stale

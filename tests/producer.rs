@@ -11,7 +11,6 @@ use common::http::{FeedServer, Reply};
 use common::output::{assert_epochs_on_topic, header, published};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorHandle};
@@ -532,47 +531,10 @@ fn an_unreachable_feed_is_reported_and_retried_until_stopped() {
 /// the directory carries the names from the information feed.
 #[test]
 fn oslo_series_through_discovery_publishes_exactly_each_change() {
-    use velib_dataflow::feed::{gbfs, payload};
-    use velib_dataflow::snapshot::{Snapshot, SnapshotSequencer};
-
     let broker = Broker::start();
     let server = FeedServer::start();
-    let oslo = common::fixtures().join("gbfs/oslo");
-    let mut series: Vec<PathBuf> = std::fs::read_dir(oslo.join("series"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    series.sort();
-    let information = std::fs::read(oslo.join("station_information.json")).unwrap();
-    server.script("/gbfs.json", [Reply::ok(common::http::discovery(&server))]);
-    server.script(
-        "/nb/station_status.json",
-        series.iter().map(|p| Reply::ok(std::fs::read(p).unwrap())),
-    );
-    server.script(
-        "/nb/station_information.json",
-        [Reply::ok(information.clone())],
-    );
-
-    // What should be published, from the same files.
-    let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
-    let info = gbfs::parse_information(&information).unwrap();
-    let mut sequencer = SnapshotSequencer::new();
-    let expected: Vec<(Epoch, usize, usize)> = series
-        .iter()
-        .filter_map(|p| {
-            let (status, _) = payload::parse_status(&std::fs::read(p).unwrap()).unwrap();
-            let snapshot =
-                Snapshot::assemble(status, Some(&info), &resolver, &StationSelection::all());
-            sequencer.advance(snapshot).unwrap().map(|u| {
-                (
-                    u.epoch,
-                    net_changes(&u.statuses).len(),
-                    net_changes(&u.directory).len(),
-                )
-            })
-        })
-        .collect();
+    // Served, and what should be published, from the same files.
+    let expected = common::serve_oslo_series(&server);
     let last = expected.last().unwrap().0;
 
     let config = producer_config(

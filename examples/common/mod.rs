@@ -104,6 +104,21 @@ pub fn postcode_table(
     }
 }
 
+/// The text of a small file: refused when larger than `max` bytes or not
+/// UTF-8, with why.
+pub fn read_small_file(path: &std::path::Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))
+}
+
 /// Calls `stop` on Ctrl-C (SIGINT or SIGTERM), saying `what` it does.
 pub fn on_ctrl_c(what: &'static str, stop: impl Fn() + Send + 'static) {
     if let Err(e) = ctrlc::set_handler(move || {

@@ -385,3 +385,51 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// Serves the Oslo series through its discovery file; returns what each
+/// epoch should publish: (epoch, statuses, directory entries).
+pub fn serve_oslo_series(
+    server: &http::FeedServer,
+) -> Vec<(velib_dataflow::dataflow::Epoch, usize, usize)> {
+    use std::path::PathBuf;
+    use velib_dataflow::directory::DirectoryResolver;
+    use velib_dataflow::feed::{gbfs, payload};
+    use velib_dataflow::postcode::PostcodeTable;
+    use velib_dataflow::snapshot::{net_changes, Snapshot, SnapshotSequencer, StationSelection};
+    let oslo = fixtures().join("gbfs/oslo");
+    let mut series: Vec<PathBuf> = std::fs::read_dir(oslo.join("series"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    series.sort();
+    let information = std::fs::read(oslo.join("station_information.json")).unwrap();
+    server.script("/gbfs.json", [http::Reply::ok(http::discovery(server))]);
+    server.script(
+        "/nb/station_status.json",
+        series
+            .iter()
+            .map(|p| http::Reply::ok(std::fs::read(p).unwrap())),
+    );
+    server.script(
+        "/nb/station_information.json",
+        [http::Reply::ok(information.clone())],
+    );
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
+    let info = gbfs::parse_information(&information).unwrap();
+    let mut sequencer = SnapshotSequencer::new();
+    series
+        .iter()
+        .filter_map(|p| {
+            let (status, _) = payload::parse_status(&std::fs::read(p).unwrap()).unwrap();
+            let snapshot =
+                Snapshot::assemble(status, Some(&info), &resolver, &StationSelection::all());
+            sequencer.advance(snapshot).unwrap().map(|u| {
+                (
+                    u.epoch,
+                    net_changes(&u.statuses).len(),
+                    net_changes(&u.directory).len(),
+                )
+            })
+        })
+        .collect()
+}

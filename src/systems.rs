@@ -1,0 +1,343 @@
+//! Several bike-share systems at once: which feeds, under which names, and
+//! the topics each one's producer publishes to.
+//!
+//! Each system has its own producer loop, its own epochs and its own
+//! topics, so that a slow, failing or stale feed never holds back another
+//! system's epochs: the epoch protocol numbers one feed's snapshots, and two
+//! feeds' snapshots have no order between them. A feed given without a name
+//! is the *default* system and keeps the topics a single feed always had
+//! (`velib-projet`, `velib-directory`, …); a named system's topics are those
+//! names followed by `-<name>` (`velib-projet-oslo`, `velib-directory-oslo`).
+
+use crate::kafka::publish::{state_topic_beside, PublisherConfig};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// The longest system name: it goes into topic names (Kafka allows 249
+/// characters) and metric labels.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// What is wrong with a list of systems.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SystemsError {
+    /// A name that cannot be part of a topic name.
+    #[error(
+        "system name {name:?}: use 1 to {MAX_NAME_LEN} lowercase letters, digits and '-', \
+         starting with a letter or digit"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// A feed that is not an http(s) URL.
+    #[error("system {name}: {url:?} is not an http:// or https:// URL")]
+    BadUrl {
+        /// The system's name (`default` for the unnamed one).
+        name: String,
+        /// The URL given.
+        url: String,
+    },
+    /// Two systems with one name: their topics would be the same.
+    #[error("system {name} is listed twice: each system needs its own name")]
+    Duplicate {
+        /// The name.
+        name: String,
+    },
+    /// More than one feed without a name: only one can keep the default
+    /// topics.
+    #[error(
+        "{count} feeds have no name: with several feeds, name them (--feed oslo=URL); \
+         at most one keeps the default topics"
+    )]
+    SeveralUnnamed {
+        /// How many.
+        count: usize,
+    },
+    /// A line of a systems file that is not `NAME URL`.
+    #[error("line {line}: {text:?} is not `NAME URL` (or a # comment)")]
+    BadLine {
+        /// Its number, from 1.
+        line: usize,
+        /// The line, cut to 80 characters.
+        text: String,
+    },
+    /// No system at all.
+    #[error("no system listed")]
+    Empty,
+}
+
+/// One system: its name (`None` for the default system) and its feed.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::SystemFeed;
+///
+/// let oslo: SystemFeed = "oslo=https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json".parse()?;
+/// assert_eq!(oslo.name.as_deref(), Some("oslo"));
+/// let default: SystemFeed = "https://velib-metropole-opendata.smovengo.cloud/opendata/Velib_Metropole/gbfs.json".parse()?;
+/// assert_eq!(default.name, None);
+/// assert!("Oslo City=https://x".parse::<SystemFeed>().is_err());
+/// # Ok::<(), velib_dataflow::systems::SystemsError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemFeed {
+    /// The name, `None` for the default system.
+    pub name: Option<String>,
+    /// Its GBFS `gbfs.json` (or a `station_status` URL).
+    pub url: String,
+}
+
+impl SystemFeed {
+    /// The name to show: the system's, or `default`.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("default")
+    }
+
+    /// `topics` for this system: the default system's as they are, a named
+    /// system's with `-<name>` after each topic and transactional id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::kafka::publish::PublisherConfig;
+    /// use velib_dataflow::kafka::KafkaConfig;
+    /// use velib_dataflow::systems::SystemFeed;
+    ///
+    /// let base = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+    /// let oslo: SystemFeed = "oslo=https://example.org/gbfs.json".parse()?;
+    /// let topics = oslo.topics(&base);
+    /// assert_eq!((topics.status_topic.as_str(), topics.directory_topic.as_str()), ("velib-projet-oslo", "velib-directory-oslo"));
+    /// assert_eq!(topics.state_topic.as_deref(), Some("velib-projet-oslo-state"));
+    /// # Ok::<(), velib_dataflow::systems::SystemsError>(())
+    /// ```
+    pub fn topics(&self, base: &PublisherConfig) -> PublisherConfig {
+        let Some(name) = &self.name else {
+            return base.clone();
+        };
+        let named = |topic: &str| format!("{topic}-{name}");
+        let mut config = base.clone();
+        config.status_topic = named(&base.status_topic);
+        config.directory_topic = named(&base.directory_topic);
+        // The state topic stays beside the status topic (or absent).
+        config.state_topic = base
+            .state_topic
+            .as_ref()
+            .map(|_| state_topic_beside(&config.status_topic));
+        config.dead_letter_topic = base.dead_letter_topic.as_deref().map(named);
+        config.transactional_id = named(&base.transactional_id);
+        config
+    }
+}
+
+impl FromStr for SystemFeed {
+    type Err = SystemsError;
+
+    /// `NAME=URL`, or a bare `URL` for the default system.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (name, url) = match s.split_once('=') {
+            // A URL's query may hold '=': a name comes before any ':' or '/'.
+            Some((name, url)) if !name.contains([':', '/']) => {
+                check_name(name)?;
+                (Some(name.to_owned()), url.trim())
+            }
+            _ => (None, s),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= 8 {
+            return Err(SystemsError::BadUrl {
+                name: name.unwrap_or_else(|| "default".into()),
+                url: url.chars().take(200).collect(),
+            });
+        }
+        Ok(SystemFeed {
+            name,
+            url: url.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for SystemFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name}={}", self.url),
+            None => f.write_str(&self.url),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), SystemsError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SystemsError::BadName {
+            name: name.chars().take(80).collect(),
+        })
+    }
+}
+
+/// Checks that `systems` can run together: at least one, names unique, at
+/// most one without a name.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::{check_systems, SystemFeed, SystemsError};
+///
+/// let a: SystemFeed = "a=https://example.org/a.json".parse()?;
+/// assert!(check_systems(&[a.clone()]).is_ok());
+/// assert_eq!(check_systems(&[a.clone(), a]), Err(SystemsError::Duplicate { name: "a".into() }));
+/// # Ok::<(), SystemsError>(())
+/// ```
+pub fn check_systems(systems: &[SystemFeed]) -> Result<(), SystemsError> {
+    if systems.is_empty() {
+        return Err(SystemsError::Empty);
+    }
+    let unnamed = systems.iter().filter(|s| s.name.is_none()).count();
+    if unnamed > 1 {
+        return Err(SystemsError::SeveralUnnamed { count: unnamed });
+    }
+    let mut names = BTreeSet::new();
+    for name in systems.iter().filter_map(|s| s.name.as_deref()) {
+        if !names.insert(name) {
+            return Err(SystemsError::Duplicate { name: name.into() });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a systems file: one `NAME URL` per line (or `NAME=URL`); blank
+/// lines and lines starting with `#` are skipped. Every system in a file is
+/// named.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::parse_systems_file;
+///
+/// let systems = parse_systems_file("# Nordic systems\noslo https://example.org/oslo.json\n\nbergen=https://example.org/bergen.json\n")?;
+/// assert_eq!(systems.iter().map(|s| s.label()).collect::<Vec<_>>(), ["oslo", "bergen"]);
+/// # Ok::<(), velib_dataflow::systems::SystemsError>(())
+/// ```
+pub fn parse_systems_file(text: &str) -> Result<Vec<SystemFeed>, SystemsError> {
+    let mut systems = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || SystemsError::BadLine {
+            line: index + 1,
+            text: line.chars().take(80).collect(),
+        };
+        let (name, url) = match line.split_once(char::is_whitespace) {
+            Some((name, url)) if !name.contains('=') => (name, url.trim()),
+            _ => line.split_once('=').ok_or_else(bad)?,
+        };
+        if url.is_empty() || url.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let system: SystemFeed = format!("{name}={url}").parse()?;
+        if system.name.is_none() {
+            return Err(bad());
+        }
+        systems.push(system);
+    }
+    check_systems(&systems)?;
+    Ok(systems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_and_urls_are_refused_with_the_reason() {
+        for name in [
+            "",
+            "Oslo",
+            "os lo",
+            "-oslo",
+            "oslo_1",
+            "ø",
+            "a\u{0}b",
+            &"a".repeat(MAX_NAME_LEN + 1),
+        ] {
+            let spec = format!("{name}=https://example.org/gbfs.json");
+            assert!(
+                matches!(
+                    spec.parse::<SystemFeed>(),
+                    Err(SystemsError::BadName { .. })
+                ),
+                "{spec:?}"
+            );
+        }
+        for url in [
+            "ftp://x/y",
+            "https://",
+            "gbfs.json",
+            "oslo=",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                matches!(url.parse::<SystemFeed>(), Err(SystemsError::BadUrl { .. })),
+                "{url:?}"
+            );
+        }
+        // A query's '=' is not a name.
+        let feed: SystemFeed = "https://example.org/gbfs.json?key=v".parse().unwrap();
+        assert_eq!(feed.name, None);
+        assert_eq!(feed.url, "https://example.org/gbfs.json?key=v");
+    }
+
+    #[test]
+    fn a_systems_file_says_which_line_is_wrong() {
+        let err = parse_systems_file("oslo https://a.example/x\nbergen\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2: \"bergen\" is not `NAME URL` (or a # comment)"
+        );
+        let err =
+            parse_systems_file("oslo https://a.example/x\noslo https://b.example/y\n").unwrap_err();
+        assert_eq!(
+            err,
+            SystemsError::Duplicate {
+                name: "oslo".into()
+            }
+        );
+        assert_eq!(
+            parse_systems_file("# nothing\n\n"),
+            Err(SystemsError::Empty)
+        );
+        let err = parse_systems_file("oslo https://a.example/x trailing\n").unwrap_err();
+        assert!(
+            matches!(err, SystemsError::BadLine { line: 1, .. }),
+            "{err}"
+        );
+        let truncated = parse_systems_file("oslo https://a.exa").unwrap();
+        assert_eq!(
+            truncated[0].url, "https://a.exa",
+            "a short URL is still a URL"
+        );
+    }
+
+    #[test]
+    fn several_unnamed_feeds_are_refused() {
+        let feeds: Vec<SystemFeed> = ["https://a.example/x", "https://b.example/y"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            check_systems(&feeds),
+            Err(SystemsError::SeveralUnnamed { count: 2 })
+        );
+    }
+}
