@@ -10,7 +10,7 @@
 //! # another GBFS system, polled every 5 s:
 //! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 \
 //!     --feed https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json --interval 5s
-//! # several systems at once, each on its own (velib-projet-oslo, …):
+//! # several systems at once, each on its own (velib-projet.oslo, …):
 //! cargo run --example velib_producer -- --brokers 127.0.0.1:9092 \
 //!     --feed oslo=https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json \
 //!     --feed bergen=https://gbfs.urbansharing.com/bergenbysykkel.no/gbfs.json
@@ -21,7 +21,7 @@
 
 mod common;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,9 +30,9 @@ use velib_dataflow::kafka::publish::{
     state_topic_beside, PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
 };
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
-use velib_dataflow::producer::{run_systems, ProducerConfig, ProducerHandle};
+use velib_dataflow::producer::{run, run_systems, ProducerConfig, ProducerHandle};
 use velib_dataflow::snapshot::StationSelection;
-use velib_dataflow::systems::{check_systems, parse_systems_file, SystemFeed};
+use velib_dataflow::systems::{check_systems, check_topics, parse_systems_file, SystemFeed};
 
 /// Poll a GBFS bike-share feed and publish each snapshot's changes to Kafka,
 /// one atomic epoch per snapshot.
@@ -49,7 +49,7 @@ struct Args {
     /// The feed: a GBFS gbfs.json, or directly a station_status URL (GBFS or
     /// the City of Paris export). Repeat it as NAME=URL for several systems
     /// at once: each is polled on its own and publishes its own epochs to
-    /// its own topics (<topic>-NAME, <directory-topic>-NAME, …); one
+    /// its own topics (<topic>.NAME, <directory-topic>.NAME, …); one
     /// without a name keeps the topics as they are [default: Vélib'
     /// Métropole]
     #[arg(long, env = "VELIB_FEED", value_name = "[NAME=]URL")]
@@ -139,7 +139,17 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    // $VELIB_FEED stands for a missing --feed; a systems file lists them.
+    if args.systems.is_some()
+        && matches.value_source("feed") == Some(clap::parser::ValueSource::EnvVariable)
+    {
+        args.feed.clear();
+    }
     let metrics_addr = args.metrics_addr;
     let systems = match systems(&args).and_then(|systems| configure(args, systems)) {
         Ok(systems) => systems,
@@ -169,11 +179,26 @@ fn main() -> ExitCode {
         stoppers.iter().for_each(ProducerHandle::stop)
     });
     let several = systems.len() > 1;
+    if let [(name, _, _)] = systems.as_slice() {
+        if name == "default" {
+            // One unnamed feed: as it always ran, on this thread.
+            let (_, config, handle) = systems.into_iter().next().expect("one system");
+            return match run(config, handle) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("velib_producer: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+    }
     let mut code = ExitCode::SUCCESS;
     for (name, outcome) in run_systems(systems) {
         if let Err(e) = outcome {
             match several {
-                true => eprintln!("velib_producer: system {name}: {e}"),
+                true => eprintln!(
+                    "velib_producer: system {name}: {e} (the other systems went on until stopped)"
+                ),
                 false => eprintln!("velib_producer: {e}"),
             }
             code = ExitCode::from(1);
@@ -211,6 +236,7 @@ fn systems(args: &Args) -> Result<Vec<SystemFeed>, String> {
         for (flag, given) in [
             ("--status-url", args.status_url.is_some()),
             ("--stations", !args.stations.is_empty()),
+            ("--language", args.language.is_some()),
         ] {
             if given {
                 return Err(format!(
@@ -227,6 +253,9 @@ fn configure(
     systems: Vec<SystemFeed>,
 ) -> Result<Vec<(SystemFeed, ProducerConfig)>, String> {
     let base = configure_one(args)?;
+    if systems.iter().any(|s| s.name.is_some()) {
+        check_topics(&systems, &base.publish).map_err(|e| e.to_string())?;
+    }
     Ok(systems
         .into_iter()
         .map(|system| {

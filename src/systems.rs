@@ -7,9 +7,12 @@
 //! feeds' snapshots have no order between them. A feed given without a name
 //! is the *default* system and keeps the topics a single feed always had
 //! (`velib-projet`, `velib-directory`, …); a named system's topics are those
-//! names followed by `-<name>` (`velib-projet-oslo`, `velib-directory-oslo`).
+//! names followed by `.<name>` (`velib-projet.oslo`, `velib-directory.oslo`,
+//! `velib-projet-state.oslo`). A name has no `.`, so while the base topics
+//! have none either, no system's topic can be another's, or the default
+//! system's, whatever the names; [`check_topics`] checks it for any bases.
 
-use crate::kafka::publish::{state_topic_beside, PublisherConfig};
+use crate::kafka::publish::PublisherConfig;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
@@ -55,6 +58,16 @@ pub enum SystemsError {
         /// How many.
         count: usize,
     },
+    /// Two systems (or two roles of one) would publish to one topic.
+    #[error("systems {first} and {second} would both publish to topic {topic}")]
+    TopicClash {
+        /// The topic.
+        topic: String,
+        /// One system (`default` for the unnamed one).
+        first: String,
+        /// The other.
+        second: String,
+    },
     /// A line of a systems file that is not `NAME URL`.
     #[error("line {line}: {text:?} is not `NAME URL` (or a # comment)")]
     BadLine {
@@ -97,7 +110,7 @@ impl SystemFeed {
     }
 
     /// `topics` for this system: the default system's as they are, a named
-    /// system's with `-<name>` after each topic and transactional id.
+    /// system's with `.<name>` after each topic and the transactional id.
     ///
     /// # Examples
     ///
@@ -109,23 +122,19 @@ impl SystemFeed {
     /// let base = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9092"));
     /// let oslo: SystemFeed = "oslo=https://example.org/gbfs.json".parse()?;
     /// let topics = oslo.topics(&base);
-    /// assert_eq!((topics.status_topic.as_str(), topics.directory_topic.as_str()), ("velib-projet-oslo", "velib-directory-oslo"));
-    /// assert_eq!(topics.state_topic.as_deref(), Some("velib-projet-oslo-state"));
+    /// assert_eq!((topics.status_topic.as_str(), topics.directory_topic.as_str()), ("velib-projet.oslo", "velib-directory.oslo"));
+    /// assert_eq!(topics.state_topic.as_deref(), Some("velib-projet-state.oslo"));
     /// # Ok::<(), velib_dataflow::systems::SystemsError>(())
     /// ```
     pub fn topics(&self, base: &PublisherConfig) -> PublisherConfig {
         let Some(name) = &self.name else {
             return base.clone();
         };
-        let named = |topic: &str| format!("{topic}-{name}");
+        let named = |topic: &str| format!("{topic}.{name}");
         let mut config = base.clone();
         config.status_topic = named(&base.status_topic);
         config.directory_topic = named(&base.directory_topic);
-        // The state topic stays beside the status topic (or absent).
-        config.state_topic = base
-            .state_topic
-            .as_ref()
-            .map(|_| state_topic_beside(&config.status_topic));
+        config.state_topic = base.state_topic.as_deref().map(named);
         config.dead_letter_topic = base.dead_letter_topic.as_deref().map(named);
         config.transactional_id = named(&base.transactional_id);
         config
@@ -137,16 +146,24 @@ impl FromStr for SystemFeed {
 
     /// `NAME=URL`, or a bare `URL` for the default system.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
+        let s = s.trim_start_matches('\u{feff}').trim();
         let (name, url) = match s.split_once('=') {
             // A URL's query may hold '=': a name comes before any ':' or '/'.
             Some((name, url)) if !name.contains([':', '/']) => {
+                let name = name.trim();
                 check_name(name)?;
                 (Some(name.to_owned()), url.trim())
             }
             _ => (None, s),
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= 8 {
+        // A scheme (in any case), then a host: not empty, not a path.
+        let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+        let rest = [("https://", 8), ("http://", 7)]
+            .into_iter()
+            .find(|(scheme, _)| lower.starts_with(scheme))
+            .map(|(_, len)| &url[len..]);
+        let has_host = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'));
+        if !has_host || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(SystemsError::BadUrl {
                 name: name.unwrap_or_else(|| "default".into()),
                 url: url.chars().take(200).collect(),
@@ -214,9 +231,48 @@ pub fn check_systems(systems: &[SystemFeed]) -> Result<(), SystemsError> {
     Ok(())
 }
 
+/// Checks that no two systems, with `base` topics, publish to one topic,
+/// nor one system to one topic in two roles (status, directory, state,
+/// dead letters).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::kafka::publish::PublisherConfig;
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::systems::{check_topics, SystemFeed};
+///
+/// let base = PublisherConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// // "state" would have been velib-projet-state, the default system's state topic, with a dash.
+/// let systems: Vec<SystemFeed> = ["https://a.example/gbfs.json", "state=https://b.example/gbfs.json"]
+///     .iter().map(|s| s.parse().unwrap()).collect();
+/// assert!(check_topics(&systems, &base).is_ok());
+/// # Ok::<(), velib_dataflow::systems::SystemsError>(())
+/// ```
+pub fn check_topics(systems: &[SystemFeed], base: &PublisherConfig) -> Result<(), SystemsError> {
+    let mut owners: std::collections::BTreeMap<String, String> = Default::default();
+    for system in systems {
+        let config = system.topics(base);
+        let topics = [Some(config.status_topic), Some(config.directory_topic)]
+            .into_iter()
+            .chain([config.state_topic, config.dead_letter_topic])
+            .flatten();
+        for topic in topics {
+            if let Some(first) = owners.insert(topic.clone(), system.label().to_owned()) {
+                return Err(SystemsError::TopicClash {
+                    topic,
+                    first,
+                    second: system.label().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads a systems file: one `NAME URL` per line (or `NAME=URL`); blank
 /// lines and lines starting with `#` are skipped. Every system in a file is
-/// named.
+/// named, and names are unique; a file of comments gives no system.
 ///
 /// # Examples
 ///
@@ -230,7 +286,7 @@ pub fn check_systems(systems: &[SystemFeed]) -> Result<(), SystemsError> {
 pub fn parse_systems_file(text: &str) -> Result<Vec<SystemFeed>, SystemsError> {
     let mut systems = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
+        let line = line.trim_start_matches('\u{feff}').trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -251,7 +307,11 @@ pub fn parse_systems_file(text: &str) -> Result<Vec<SystemFeed>, SystemsError> {
         }
         systems.push(system);
     }
-    check_systems(&systems)?;
+    // Named, and unique within the file; an empty file is for the caller
+    // to judge, with the other systems it has.
+    if !systems.is_empty() {
+        check_systems(&systems)?;
+    }
     Ok(systems)
 }
 
@@ -293,9 +353,21 @@ mod tests {
             );
         }
         // A query's '=' is not a name.
+        for url in ["https:///x", "http://", "https://a b/c", "https://a/\u{7}"] {
+            assert!(url.parse::<SystemFeed>().is_err(), "{url:?}");
+        }
         let feed: SystemFeed = "https://example.org/gbfs.json?key=v".parse().unwrap();
         assert_eq!(feed.name, None);
         assert_eq!(feed.url, "https://example.org/gbfs.json?key=v");
+        for url in [
+            "HTTPS://a.example/g.json",
+            "http://a",
+            "http://[::1]:8080/g.json",
+        ] {
+            assert_eq!(url.parse::<SystemFeed>().unwrap().url, url);
+        }
+        let spaced: SystemFeed = " oslo = https://a.example/g.json ".parse().unwrap();
+        assert_eq!(spaced.label(), "oslo");
     }
 
     #[test]
@@ -313,10 +385,9 @@ mod tests {
                 name: "oslo".into()
             }
         );
-        assert_eq!(
-            parse_systems_file("# nothing\n\n"),
-            Err(SystemsError::Empty)
-        );
+        assert_eq!(parse_systems_file("# nothing\n\n"), Ok(vec![]));
+        let bom = parse_systems_file("\u{feff}oslo https://a.example/x\n").unwrap();
+        assert_eq!(bom[0].label(), "oslo");
         let err = parse_systems_file("oslo https://a.example/x trailing\n").unwrap_err();
         assert!(
             matches!(err, SystemsError::BadLine { line: 1, .. }),
@@ -326,6 +397,61 @@ mod tests {
         assert_eq!(
             truncated[0].url, "https://a.exa",
             "a short URL is still a URL"
+        );
+    }
+
+    #[test]
+    fn names_that_spell_another_topic_do_not_clash() {
+        use crate::kafka::KafkaConfig;
+        let base = PublisherConfig::new(KafkaConfig::new("x:1"));
+        let systems: Vec<SystemFeed> = [
+            "https://a.example/x",
+            "state=https://b.example/y",
+            "clean=https://b.example/y",
+            "dead-letters=https://b.example/y",
+            "a=https://b.example/y",
+            "a-state=https://b.example/y",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(check_topics(&systems, &base), Ok(()));
+        let topics: BTreeSet<String> = systems
+            .iter()
+            .flat_map(|s| {
+                let c = s.topics(&base);
+                [c.status_topic, c.directory_topic]
+                    .into_iter()
+                    .chain(c.state_topic)
+                    .chain(c.dead_letter_topic)
+            })
+            .collect();
+        assert_eq!(topics.len(), 6 * 4, "every system's four topics its own");
+        assert!(
+            !topics.contains("velib-projet-clean"),
+            "the aggregator's default output"
+        );
+    }
+
+    #[test]
+    fn topics_that_would_clash_are_refused() {
+        use crate::kafka::KafkaConfig;
+        let mut base = PublisherConfig::new(KafkaConfig::new("x:1"));
+        let systems: Vec<SystemFeed> = ["https://a.example/x", "oslo=https://b.example/y"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(check_topics(&systems, &base), Ok(()));
+        // A user's base topics that make one system's status topic another
+        // role's: refused, naming both.
+        base.directory_topic = base.status_topic.clone();
+        assert_eq!(
+            check_topics(&systems[1..], &base),
+            Err(SystemsError::TopicClash {
+                topic: "velib-projet.oslo".into(),
+                first: "oslo".into(),
+                second: "oslo".into(),
+            })
         );
     }
 

@@ -83,8 +83,8 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
     // Oslo's whole series is published while the other system hangs.
     let deadline = Instant::now() + Duration::from_secs(120);
     let created = |topic: &str| topics(&broker).iter().any(|t| t == topic);
-    while !(created("velib-projet-oslo") && created("velib-directory-oslo"))
-        || on_topics(&broker, "velib-projet-oslo", "velib-directory-oslo").len() < expected.len()
+    while !(created("velib-projet.oslo") && created("velib-directory.oslo"))
+        || on_topics(&broker, "velib-projet.oslo", "velib-directory.oslo").len() < expected.len()
     {
         assert!(
             Instant::now() < deadline,
@@ -104,7 +104,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
     assert!(status.success(), "{status}: {}", lines.join("\n"));
 
     assert_eq!(
-        on_topics(&broker, "velib-projet-oslo", "velib-directory-oslo"),
+        on_topics(&broker, "velib-projet.oslo", "velib-directory.oslo"),
         expected
     );
     assert!(
@@ -112,7 +112,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         "the other system is polled meanwhile: {stuck_polls}"
     );
     assert!(
-        !created("velib-projet-stuck") || broker.kcat_read("velib-projet-stuck").is_empty(),
+        !created("velib-projet.stuck") || broker.kcat_read("velib-projet.stuck").is_empty(),
         "the failing system published nothing"
     );
     // Its failures are said, under its name.
@@ -123,12 +123,13 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         "{}",
         lines.join("\n")
     );
-    // Neither system touched the default topics.
+    // Every topic is one system's; the default system's are left alone.
     let all = topics(&broker);
     assert!(
-        !all.iter()
-            .any(|t| t == "velib-projet" || t == "velib-directory"),
-        "the default topics are left alone: {all:?}"
+        all.iter()
+            .filter(|t| !t.starts_with("__"))
+            .all(|t| t.ends_with(".oslo") || t.ends_with(".stuck")),
+        "{all:?}"
     );
 }
 
@@ -150,7 +151,7 @@ fn bad_system_lists_are_refused_before_anything_starts() {
     let huge = file("huge.txt", &vec![b'#'; (1 << 20) + 1]);
     common::assert_cli(
         "velib_producer",
-        &["--feed"],
+        &["--feed", "--systems"],
         &[
             (
                 vec![
@@ -212,6 +213,32 @@ fn bad_system_lists_are_refused_before_anything_starts() {
                     "1,2",
                 ],
                 "--stations is for one feed",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--feed",
+                    "oslo=https://a.example/g.json",
+                    "--feed",
+                    "paris=https://b.example/g.json",
+                    "--language",
+                    "fr",
+                ],
+                "--language is for one feed",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--feed",
+                    "oslo=https://a.example/g.json",
+                    "--feed",
+                    "https://b.example/g.json",
+                    "--directory-topic",
+                    "velib-projet",
+                ],
+                "would both publish to topic velib-projet",
             ),
         ],
     );
