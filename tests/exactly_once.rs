@@ -26,6 +26,7 @@ use common::epochs::{
 use common::output::{assert_epochs_on_topic, header};
 use common::State;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use velib_dataflow::dataflow::Epoch;
@@ -330,6 +331,8 @@ fn audit(broker: &Broker, topics: &Topics, epochs: usize, compacted: bool) {
     assert_eq!(checked + unchecked, epochs, "{report}");
     if compacted {
         assert!(checked > 0, "{report}");
+    } else if unchecked > 0 {
+        assert_start_aborted(broker, &topics.output, report);
     } else {
         assert_eq!(checked, epochs, "{report}");
     }
@@ -343,6 +346,49 @@ fn audit(broker: &Broker, topics: &Topics, epochs: usize, compacted: bool) {
             report[problem],
             serde_json::json!([]),
             "{problem}: {report}"
+        );
+    }
+}
+
+/// On a topic never compacted, the audit leaves epochs unchecked only in
+/// one case: a kill during the first start, mid-transaction, left aborted
+/// records before the first committed one. Read committed, that start looks
+/// compacted, and the audit (by design) does not vouch for what came before
+/// the first progress record. The output of those epochs is still checked
+/// by the caller, against the reference and the uninterrupted run.
+fn assert_start_aborted(broker: &Broker, topic: &str, report: &Value) {
+    let first = |records: Vec<Value>| {
+        let mut first: BTreeMap<i64, i64> = BTreeMap::new();
+        for r in records {
+            let (p, o) = (
+                r["partition"].as_i64().unwrap(),
+                r["offset"].as_i64().unwrap(),
+            );
+            let at = first.entry(p).or_insert(o);
+            *at = (*at).min(o);
+        }
+        first
+    };
+    let committed = first(broker.kcat_read(topic));
+    let any = first(broker.kcat_read_uncommitted(topic));
+    assert!(
+        committed
+            .iter()
+            .any(|(p, c)| any.get(p).is_some_and(|a| a < c)),
+        "epochs unchecked, but no partition starts with an aborted transaction: {report}"
+    );
+    let notes = report["notes"].as_array().unwrap();
+    let unchecked: Vec<&Value> = notes
+        .iter()
+        .filter(|n| n.as_str().is_some_and(|n| n.contains("not checked")))
+        .collect();
+    assert!(!unchecked.is_empty(), "{report}");
+    for note in unchecked {
+        assert!(
+            note.as_str()
+                .unwrap()
+                .contains("the output topic was compacted before them"),
+            "{note}: {report}"
         );
     }
 }
