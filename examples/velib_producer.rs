@@ -158,6 +158,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let single_unnamed = matches!(systems.as_slice(), [(system, _)] if system.name.is_none());
     let mut metrics = velib_dataflow::metrics::Metrics::default();
     let systems: Vec<_> = systems
         .into_iter()
@@ -179,18 +180,16 @@ fn main() -> ExitCode {
         stoppers.iter().for_each(ProducerHandle::stop)
     });
     let several = systems.len() > 1;
-    if let [(name, _, _)] = systems.as_slice() {
-        if name == "default" {
-            // One unnamed feed: as it always ran, on this thread.
-            let (_, config, handle) = systems.into_iter().next().expect("one system");
-            return match run(config, handle) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("velib_producer: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+    if single_unnamed {
+        // One unnamed feed: as it always ran, on this thread.
+        let (_, config, handle) = systems.into_iter().next().expect("one system");
+        return match run(config, handle) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("velib_producer: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let mut code = ExitCode::SUCCESS;
     for (name, outcome) in run_systems(systems) {

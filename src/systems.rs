@@ -28,7 +28,7 @@ pub enum SystemsError {
     /// A name that cannot be part of a topic name.
     #[error(
         "system name {name:?}: use 1 to {MAX_NAME_LEN} lowercase letters, digits and '-', \
-         starting with a letter or digit"
+         starting with a letter or digit (and not `default`, the unnamed system)"
     )]
     BadName {
         /// The name given.
@@ -191,7 +191,9 @@ fn check_name(name: &str) -> Result<(), SystemsError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-');
+        && !name.starts_with('-')
+        // What the unnamed system is called in messages.
+        && name != "default";
     if ok {
         Ok(())
     } else {
@@ -329,6 +331,7 @@ mod tests {
             "oslo_1",
             "ø",
             "a\u{0}b",
+            "default",
             &"a".repeat(MAX_NAME_LEN + 1),
         ] {
             let spec = format!("{name}=https://example.org/gbfs.json");
