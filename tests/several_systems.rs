@@ -93,7 +93,15 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let stuck_polls = stuck.seen("/gbfs.json").len();
+    // The failing system goes on being asked, after its failures (a bound
+    // on a hang, not a performance assertion).
+    while stuck.seen("/gbfs.json").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the other system is not polled again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -106,10 +114,6 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
     assert_eq!(
         on_topics(&broker, "velib-projet.oslo", "velib-directory.oslo"),
         expected
-    );
-    assert!(
-        stuck_polls >= 2,
-        "the other system is polled meanwhile: {stuck_polls}"
     );
     assert!(
         !created("velib-projet.stuck") || broker.kcat_read("velib-projet.stuck").is_empty(),
