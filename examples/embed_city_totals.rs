@@ -105,7 +105,7 @@ fn main() -> Result<(), String> {
                         args.output_topic.clone(),
                         "embed-city-totals",
                     ),
-                    velib_dataflow::output::PostcodeRecordEncoder,
+                    velib_dataflow::output::PostcodeRecordEncoder::default(),
                     sink.clone(),
                 )
                 .probe_with(&finished);

@@ -14,6 +14,11 @@
 //! # two processes of two workers each:
 //! cargo run --example velib_aggregator -- --brokers … -w 2 -n 2 -p 0 -h hosts.txt
 //! cargo run --example velib_aggregator -- --brokers … -w 2 -n 2 -p 1 -h hosts.txt
+//! # the systems of `velib_producer --feed oslo=URL --feed bergen=URL`,
+//! # each in its own dataflow, to velib-projet-clean.oslo and .bergen:
+//! cargo run --example velib_aggregator -- --brokers … --system oslo --system bergen
+//! # or those of its --systems file:
+//! cargo run --example velib_aggregator -- --brokers … --systems systems.txt
 //! ```
 //!
 //! Stops cleanly on Ctrl-C: the epochs already read are finished and
@@ -28,11 +33,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use velib_dataflow::aggregator::{
-    run, AggregatorConfig, AggregatorHandle, StateTopic, DEFAULT_DEAD_LETTER_TOPIC,
+    run, run_systems, AggregatorConfig, AggregatorHandle, StateTopic, DEFAULT_DEAD_LETTER_TOPIC,
     DEFAULT_INPUT_TOPIC, DEFAULT_OUTPUT_TOPIC,
 };
 use velib_dataflow::kafka::publish::DEFAULT_DIRECTORY_TOPIC;
 use velib_dataflow::kafka::source::Framing;
+use velib_dataflow::systems::{check_aggregator_topics, check_names, parse_system_name};
 
 /// Keep per-postcode bike counts from a Kafka topic of station statuses.
 ///
@@ -101,6 +107,20 @@ struct Args {
     #[arg(long, value_name = "ID")]
     transactional_id: Option<String>,
 
+    /// Aggregate this system of velib_producer's (--feed NAME=URL):
+    /// repeat it for several, each its own dataflow, epochs and
+    /// transactional id, reading <input topic>.NAME and
+    /// <directory topic>.NAME, writing <output topic>.NAME (and its state
+    /// <state topic>.NAME) with `"system":"NAME"` in each record. `default`
+    /// is the system without a name, on the topics as they are.
+    #[arg(long, value_name = "NAME")]
+    system: Vec<String>,
+
+    /// Aggregate the systems of this velib_producer --systems file (one
+    /// `NAME URL` a line; the URLs are the producer's business).
+    #[arg(long, value_name = "FILE")]
+    systems: Option<PathBuf>,
+
     #[command(flatten)]
     cluster: common::ClusterArgs,
 
@@ -123,30 +143,109 @@ fn main() -> ExitCode {
     common::init_logging();
     let args = Args::parse();
     let metrics_addr = args.metrics_addr;
-    let (timely_config, config) = match configure(args) {
+    let configured = system_names(&args).and_then(|names| {
+        let (timely_config, base) = configure(args)?;
+        let systems = systems(&names, &base, &timely_config)?;
+        Ok((timely_config, base, systems))
+    });
+    let (timely_config, base, systems) = match configured {
         Ok(configured) => configured,
         Err(message) => {
             eprintln!("velib_aggregator: {message}");
             return ExitCode::from(2);
         }
     };
-    let handle = AggregatorHandle::default();
-    let metrics = velib_dataflow::metrics::Metrics::default().aggregator(handle.clone());
+    let mut metrics = velib_dataflow::metrics::Metrics::default();
+    let handles: Vec<AggregatorHandle> = systems.iter().map(|(_, _, h)| h.clone()).collect();
+    for (name, _, handle) in &systems {
+        metrics = match name {
+            Some(name) => metrics.system_aggregator(name, handle.clone()),
+            None => metrics.aggregator(handle.clone()),
+        };
+    }
     if let Err(message) = common::serve_metrics(metrics_addr, metrics) {
         eprintln!("velib_aggregator: {message}");
         return ExitCode::from(2);
     }
-    let stopper = handle.clone();
     common::on_ctrl_c("stopping: finishing the epochs already read", move || {
-        stopper.stop()
+        handles.iter().for_each(AggregatorHandle::stop)
     });
-    match run(timely_config, config, handle) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("velib_aggregator: {e}");
-            ExitCode::from(1)
+    if let [(None, _, handle)] = &systems[..] {
+        // The default system alone: as it always ran, on this thread.
+        return match run(timely_config, base, handle.clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("velib_aggregator: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let systems = systems
+        .into_iter()
+        .map(|(name, config, handle)| {
+            let label = name.unwrap_or_else(|| "default".into());
+            (label, config, handle)
+        })
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for (name, outcome) in run_systems(timely_config, systems) {
+        if let Err(e) = outcome {
+            eprintln!(
+                "velib_aggregator: system {name}: {e} (the other systems went on until stopped)"
+            );
+            code = ExitCode::from(1);
         }
     }
+    code
+}
+
+/// The systems --system and --systems name, checked together; the default
+/// system alone when neither does.
+fn system_names(args: &Args) -> Result<Vec<Option<String>>, String> {
+    let mut names = args
+        .system
+        .iter()
+        .map(|name| parse_system_name(name).map_err(|e| format!("--system {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.systems {
+        let listed = common::read_systems_file(path)?;
+        names.extend(listed.into_iter().map(|s| s.name));
+    }
+    if names.is_empty() {
+        names.push(None);
+    }
+    check_names(names.iter().map(Option::as_deref)).map_err(|e| e.to_string())?;
+    Ok(names)
+}
+
+/// Each system's configuration, from the flags' (`base`): the default
+/// system's as it is, a named one's on its own topics.
+fn systems(
+    names: &[Option<String>],
+    base: &AggregatorConfig,
+    timely_config: &timely::Config,
+) -> Result<Vec<(Option<String>, AggregatorConfig, AggregatorHandle)>, String> {
+    if names.len() > 1 {
+        if matches!(
+            timely_config.communication,
+            timely::CommunicationConfig::Cluster { .. }
+        ) {
+            return Err("-n above 1 is for one system: several systems run on this \
+                        process's threads (-w), each its own dataflow"
+                .into());
+        }
+        check_aggregator_topics(names, base).map_err(|e| e.to_string())?;
+    }
+    Ok(names
+        .iter()
+        .map(|name| {
+            let config = match name {
+                Some(name) => base.for_system(name),
+                None => base.clone(),
+            };
+            (name.clone(), config, AggregatorHandle::default())
+        })
+        .collect())
 }
 
 fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {

@@ -32,7 +32,7 @@ use velib_dataflow::kafka::publish::{
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
 use velib_dataflow::producer::{run, run_systems, ProducerConfig, ProducerHandle};
 use velib_dataflow::snapshot::StationSelection;
-use velib_dataflow::systems::{check_systems, check_topics, parse_systems_file, SystemFeed};
+use velib_dataflow::systems::{check_systems, check_topics, SystemFeed};
 
 /// Poll a GBFS bike-share feed and publish each snapshot's changes to Kafka,
 /// one atomic epoch per snapshot.
@@ -218,11 +218,7 @@ fn systems(args: &Args) -> Result<Vec<SystemFeed>, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(path) = &args.systems {
-        let text = common::read_small_file(path, 1 << 20)
-            .map_err(|e| format!("--systems {}: {e}", path.display()))?;
-        let listed =
-            parse_systems_file(&text).map_err(|e| format!("--systems {}: {e}", path.display()))?;
-        systems.extend(listed);
+        systems.extend(common::read_systems_file(path)?);
     }
     if systems.is_empty() {
         systems.push(SystemFeed {

@@ -142,6 +142,10 @@ pub struct AggregatorConfig {
     pub replication: i32,
     /// Epochs read ahead of what is committed.
     pub read_ahead: u64,
+    /// The system whose records these are, written in each record's
+    /// `system` field (`None`: the default system, whose records have
+    /// none); see [`Self::for_system`].
+    pub system: Option<String>,
 }
 
 impl AggregatorConfig {
@@ -161,7 +165,50 @@ impl AggregatorConfig {
             create_partitions: Some(3),
             replication: 1,
             read_ahead: 8,
+            system: None,
         }
+    }
+
+    /// This configuration for the named system of [`crate::systems`]: each
+    /// topic and the transactional id followed by `.<name>` (the producer's
+    /// `velib-projet.oslo` and `velib-directory.oslo` in,
+    /// `velib-projet-clean.oslo` and its state `velib-projet-clean-state.oslo`
+    /// out), and the records saying `"system":"<name>"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::aggregator::AggregatorConfig;
+    /// use velib_dataflow::kafka::KafkaConfig;
+    ///
+    /// let oslo = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092")).for_system("oslo");
+    /// let topics: Vec<_> = oslo.topics(3).into_iter().map(|t| t.name).collect();
+    /// assert_eq!(topics, [
+    ///     "velib-projet.oslo",
+    ///     "velib-directory.oslo",
+    ///     "velib-projet-clean.oslo",
+    ///     "velib-projet-clean-state.oslo",
+    ///     "velib-projet-dead-letters.oslo",
+    /// ]);
+    /// assert_eq!(oslo.transactional_id, "velib-aggregator-velib-projet-clean.oslo");
+    /// assert_eq!(oslo.system.as_deref(), Some("oslo"));
+    /// ```
+    pub fn for_system(&self, name: &str) -> AggregatorConfig {
+        let named = |topic: &str| format!("{topic}.{name}");
+        let mut config = self.clone();
+        config.input_topic = named(&self.input_topic);
+        config.directory_topic = self.directory_topic.as_deref().map(named);
+        config.output_topic = named(&self.output_topic);
+        // Named, so that the state is `<state>.<name>` as the producer's is,
+        // not `<output>.<name>-state`.
+        config.state_topic = match self.state_topic.name(&self.output_topic) {
+            Some(state) => StateTopic::Named(named(&state)),
+            None => StateTopic::None,
+        };
+        config.dead_letter_topic = self.dead_letter_topic.as_deref().map(named);
+        config.transactional_id = named(&self.transactional_id);
+        config.system = Some(name.to_owned());
+        config
     }
 
     /// The topics the aggregator uses, as they should be created.
@@ -641,7 +688,7 @@ fn build_dataflow<'s>(
             state,
             sources.progress().probe_with(read),
             sink,
-            PostcodeRecordEncoder,
+            PostcodeRecordEncoder::of_system(config.system.clone()),
             handle.sink.clone(),
         )
         .probe_with(finished);
@@ -703,7 +750,11 @@ pub fn run(
         }
     }
     let watched = handle.clone();
+    // The workers' log lines in the caller's span (a system's, with
+    // several): timely's threads do not inherit it.
+    let span = tracing::Span::current();
     let guards = timely::execute(timely_config, move |worker| {
+        let _span = span.clone().entered();
         let handle = handle.clone();
         let config = config.clone();
         let start = match agree_on_start(worker, &config) {
@@ -781,4 +832,58 @@ pub fn run(
         Some(error) => Err(AggregatorError::Stopped(error)),
         None => Ok(()),
     }
+}
+
+/// Runs one aggregator per system, each as [`run`] does, on threads of its
+/// own ([`crate::systems::run_each`]): a system whose start fails, whose
+/// transactions stall or whose input is silent holds back none of the
+/// others' epochs. Each system has its own `timely_config` workers, its own
+/// epochs, transactional id and state (see [`AggregatorConfig::for_system`]).
+/// Returns each system's outcome when all have stopped.
+///
+/// Several systems share this process's threads: a `timely_config` of
+/// several processes is for one system, and refused here for more.
+///
+/// # Examples
+///
+/// ```no_run
+/// use velib_dataflow::aggregator::{run_systems, AggregatorConfig, AggregatorHandle};
+/// use velib_dataflow::kafka::KafkaConfig;
+///
+/// let base = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// let systems = ["oslo", "bergen"]
+///     .map(|name| (name.to_owned(), base.for_system(name), AggregatorHandle::default()));
+/// for (name, outcome) in run_systems(timely::Config::thread(), systems.into()) {
+///     println!("{name}: {outcome:?}");
+/// }
+/// ```
+pub fn run_systems(
+    timely_config: timely::Config,
+    systems: Vec<(String, AggregatorConfig, AggregatorHandle)>,
+) -> Vec<(String, Result<(), AggregatorError>)> {
+    let cluster = matches!(
+        timely_config.communication,
+        timely::CommunicationConfig::Cluster { .. }
+    );
+    if cluster && systems.len() > 1 {
+        return systems
+            .into_iter()
+            .map(|(name, _, _)| {
+                let why = "several systems run on one process's threads: several processes \
+                           (-n above 1) are for one system"
+                    .to_owned();
+                (name, Err(AggregatorError::Timely(why)))
+            })
+            .collect();
+    }
+    let jobs = systems
+        .into_iter()
+        .map(|(name, config, handle)| (name, (timely_config.clone(), config, handle)))
+        .collect();
+    crate::systems::run_each(
+        "aggregator",
+        jobs,
+        |(timely_config, config, handle)| run(timely_config, config, handle),
+        AggregatorError::Timely,
+    )
 }

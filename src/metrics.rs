@@ -28,7 +28,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 pub struct Metrics {
     /// Each producer, with its system's name when it has one.
     producers: Vec<(Option<String>, ProducerHandle)>,
-    aggregator: Option<AggregatorHandle>,
+    /// Each aggregator, with its system's name when it has one.
+    aggregators: Vec<(Option<String>, AggregatorHandle)>,
     page: Option<EventHub>,
 }
 
@@ -64,7 +65,28 @@ impl Metrics {
 
     /// Also reports this aggregator.
     pub fn aggregator(mut self, handle: AggregatorHandle) -> Self {
-        self.aggregator = Some(handle);
+        self.aggregators.push((None, handle));
+        self
+    }
+
+    /// Also reports this aggregator of the system `name`: its series are
+    /// labelled `system="name"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::aggregator::AggregatorHandle;
+    /// use velib_dataflow::metrics::Metrics;
+    ///
+    /// let metrics = Metrics::default()
+    ///     .system_aggregator("oslo", AggregatorHandle::default())
+    ///     .system_aggregator("bergen", AggregatorHandle::default());
+    /// let text = metrics.render();
+    /// assert!(text.contains("velib_aggregator_last_epoch_committed{system=\"oslo\"} 0"));
+    /// assert!(text.contains("velib_aggregator_failed{system=\"bergen\"} 0"));
+    /// ```
+    pub fn system_aggregator(mut self, name: &str, handle: AggregatorHandle) -> Self {
+        self.aggregators.push((Some(name.to_owned()), handle));
         self
     }
 
@@ -190,13 +212,22 @@ impl Metrics {
                 s.kafka_sent.1,
             );
         }
-        out.labels.clear();
-        if let Some(aggregator) = &self.aggregator {
+        for (system, aggregator) in &self.aggregators {
+            out.labels = system
+                .as_deref()
+                .map(|name| format!("system=\"{}\"", escape(name)))
+                .unwrap_or_default();
             let s = aggregator.source_stats();
             out.gauge(
                 "velib_aggregator_last_epoch_committed",
                 "The last epoch whose output is committed.",
                 aggregator.committed().unwrap_or(0),
+            );
+            out.gauge(
+                "velib_aggregator_failed",
+                "1 once the aggregator stopped on an error (its log says which); \
+                 with several systems, the others go on.",
+                u64::from(aggregator.error().is_some()),
             );
             out.counter(
                 "velib_aggregator_records_read_total",
@@ -259,6 +290,7 @@ impl Metrics {
                 &aggregator.close_to_commit(),
             );
         }
+        out.labels.clear();
         if let Some(hub) = &self.page {
             let reader = hub.reader();
             out.gauge(
@@ -454,6 +486,7 @@ mod tests {
             .system_producer("oslo", ProducerHandle::default())
             .system_producer("a\"b", ProducerHandle::default())
             .aggregator(AggregatorHandle::default())
+            .system_aggregator("oslo", AggregatorHandle::default())
             .render();
         let mut seen = std::collections::HashSet::new();
         let mut current = String::new();
@@ -480,6 +513,16 @@ mod tests {
         );
         assert!(
             text.contains("velib_aggregator_records_read_total 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("velib_aggregator_records_read_total{system=\"oslo\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "velib_aggregator_epoch_close_to_commit_seconds_count{system=\"oslo\"} 0"
+            ),
             "{text}"
         );
     }

@@ -43,6 +43,11 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PostcodeRecord {
+    /// The system, when the aggregator ran for a named one
+    /// ([`crate::systems`]); absent for the default system, whose records
+    /// are as they always were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     /// The postcode, or `unknown`.
     pub postcode: String,
     /// Bikes a rider can take (stations installed and renting).
@@ -116,6 +121,7 @@ impl PostcodeRecord {
     ) -> Self {
         let counts = &totals.counts;
         PostcodeRecord {
+            system: None,
             postcode: postcode.to_string(),
             nbr_total: counts.bikes,
             nbr_meca: counts.mechanical,
@@ -188,13 +194,31 @@ pub fn json_line(
 /// use velib_dataflow::postcode::Postcode;
 ///
 /// let postcode = Postcode::parse("75016").unwrap();
-/// assert_eq!(PostcodeRecordEncoder.key(&postcode), b"75016");
+/// let encoder = PostcodeRecordEncoder::default();
+/// assert_eq!(encoder.key(&postcode), b"75016");
 /// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
-/// let value = PostcodeRecordEncoder.value(&postcode, &PostcodeTotals::default(), &progress);
-/// assert!(String::from_utf8(value).unwrap().ends_with(r#""epoch":3,"feed_time":1732004538}"#));
+/// let value = String::from_utf8(encoder.value(&postcode, &PostcodeTotals::default(), &progress)).unwrap();
+/// assert!(value.starts_with(r#"{"postcode":"75016","#), "{value}");
+/// assert!(value.ends_with(r#""epoch":3,"feed_time":1732004538}"#));
+///
+/// // A named system's records say which system they are of.
+/// let oslo = PostcodeRecordEncoder::of_system(Some("oslo".into()));
+/// let value = String::from_utf8(oslo.value(&postcode, &PostcodeTotals::default(), &progress)).unwrap();
+/// assert!(value.starts_with(r#"{"system":"oslo","postcode":"75016","#), "{value}");
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PostcodeRecordEncoder;
+#[derive(Clone, Debug, Default)]
+pub struct PostcodeRecordEncoder {
+    /// Written in each record's `system` field, when given.
+    system: Option<String>,
+}
+
+impl PostcodeRecordEncoder {
+    /// The encoder of `system`'s records (`None`: the default system's,
+    /// with no `system` field).
+    pub fn of_system(system: Option<String>) -> Self {
+        PostcodeRecordEncoder { system }
+    }
+}
 
 impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeTotals> for PostcodeRecordEncoder {
     fn key(&self, key: &Postcode) -> Vec<u8> {
@@ -207,12 +231,15 @@ impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeTotals> for PostcodeRec
         value: &PostcodeTotals,
         progress: &crate::kafka::sink::EpochProgress,
     ) -> Vec<u8> {
-        let record = PostcodeRecord::new(
-            key,
-            value,
-            progress.epoch,
-            progress.feed_time.unwrap_or_default(),
-        );
+        let record = PostcodeRecord {
+            system: self.system.clone(),
+            ..PostcodeRecord::new(
+                key,
+                value,
+                progress.epoch,
+                progress.feed_time.unwrap_or_default(),
+            )
+        };
         serde_json::to_vec(&record).expect("records of strings and integers always serialise")
     }
 }

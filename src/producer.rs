@@ -331,40 +331,16 @@ pub fn run(config: ProducerConfig, handle: ProducerHandle) -> Result<(), Produce
 pub fn run_systems(
     systems: Vec<(String, ProducerConfig, ProducerHandle)>,
 ) -> Vec<(String, Result<(), ProducerError>)> {
-    let threads: Vec<_> = systems
+    let jobs = systems
         .into_iter()
-        .map(|(name, config, handle)| {
-            let label = name.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("producer-{name}"))
-                .spawn(move || {
-                    let _span = tracing::info_span!("system", name = %label).entered();
-                    run(config, handle)
-                });
-            (name, thread)
-        })
+        .map(|(name, config, handle)| (name, (config, handle)))
         .collect();
-    threads
-        .into_iter()
-        .map(|(name, thread)| {
-            let outcome = match thread {
-                Ok(thread) => thread.join().unwrap_or_else(|panic| {
-                    let why = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic");
-                    Err(ProducerError::Thread(format!(
-                        "the producer panicked: {why}"
-                    )))
-                }),
-                Err(e) => Err(ProducerError::Thread(format!(
-                    "its thread could not start: {e}"
-                ))),
-            };
-            (name, outcome)
-        })
-        .collect()
+    crate::systems::run_each(
+        "producer",
+        jobs,
+        |(config, handle)| run(config, handle),
+        ProducerError::Thread,
+    )
 }
 
 /// Notes a fetched snapshot's age, and says so when the feed turns stale

@@ -11,7 +11,16 @@
 //! `velib-projet-state.oslo`). A name has no `.`, so while the base topics
 //! have none either, no system's topic can be another's, or the default
 //! system's, whatever the names; [`check_topics`] checks it for any bases.
+//!
+//! The aggregator's side is the same: one dataflow per system, each with
+//! its own sources, sink, transactional id and state
+//! ([`AggregatorConfig::for_system`]), reading the system's topics and
+//! writing `velib-projet-clean.<name>`, whose records say their `system`;
+//! [`check_aggregator_topics`] checks those. Each system runs on threads
+//! of its own ([`run_each`]), so that a stuck transaction or a failed start
+//! of one stops none of the others.
 
+use crate::aggregator::AggregatorConfig;
 use crate::kafka::publish::PublisherConfig;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -217,20 +226,60 @@ fn check_name(name: &str) -> Result<(), SystemsError> {
 /// # Ok::<(), SystemsError>(())
 /// ```
 pub fn check_systems(systems: &[SystemFeed]) -> Result<(), SystemsError> {
-    if systems.is_empty() {
+    check_names(systems.iter().map(|s| s.name.as_deref()))
+}
+
+/// As [`check_systems`], on names alone (`None`: the default system), as
+/// the aggregator is given them.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::{check_names, SystemsError};
+///
+/// assert!(check_names([None, Some("oslo")]).is_ok());
+/// assert_eq!(check_names([None, None]), Err(SystemsError::SeveralUnnamed { count: 2 }));
+/// ```
+pub fn check_names<'a>(
+    names: impl IntoIterator<Item = Option<&'a str>>,
+) -> Result<(), SystemsError> {
+    let names: Vec<Option<&str>> = names.into_iter().collect();
+    if names.is_empty() {
         return Err(SystemsError::Empty);
     }
-    let unnamed = systems.iter().filter(|s| s.name.is_none()).count();
+    let unnamed = names.iter().filter(|n| n.is_none()).count();
     if unnamed > 1 {
         return Err(SystemsError::SeveralUnnamed { count: unnamed });
     }
-    let mut names = BTreeSet::new();
-    for name in systems.iter().filter_map(|s| s.name.as_deref()) {
-        if !names.insert(name) {
+    let mut seen = BTreeSet::new();
+    for name in names.into_iter().flatten() {
+        if !seen.insert(name) {
             return Err(SystemsError::Duplicate { name: name.into() });
         }
     }
     Ok(())
+}
+
+/// A system's name as the aggregator's `--system` takes it: `default` is
+/// the unnamed system (the one a lone `--feed URL` publishes for), any
+/// other a name as [`SystemFeed`] checks it.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::parse_system_name;
+///
+/// assert_eq!(parse_system_name("oslo"), Ok(Some("oslo".to_owned())));
+/// assert_eq!(parse_system_name("default"), Ok(None));
+/// assert!(parse_system_name("Oslo").is_err());
+/// ```
+pub fn parse_system_name(name: &str) -> Result<Option<String>, SystemsError> {
+    let name = name.trim_start_matches('\u{feff}').trim();
+    if name == "default" {
+        return Ok(None);
+    }
+    check_name(name)?;
+    Ok(Some(name.to_owned()))
 }
 
 /// Checks that no two systems, with `base` topics, publish to one topic,
@@ -252,24 +301,133 @@ pub fn check_systems(systems: &[SystemFeed]) -> Result<(), SystemsError> {
 /// # Ok::<(), velib_dataflow::systems::SystemsError>(())
 /// ```
 pub fn check_topics(systems: &[SystemFeed], base: &PublisherConfig) -> Result<(), SystemsError> {
-    let mut owners: std::collections::BTreeMap<String, String> = Default::default();
-    for system in systems {
+    check_owners(systems.iter().map(|system| {
         let config = system.topics(base);
         let topics = [Some(config.status_topic), Some(config.directory_topic)]
             .into_iter()
             .chain([config.state_topic, config.dead_letter_topic])
-            .flatten();
+            .flatten()
+            .collect();
+        (system.label().to_owned(), topics)
+    }))
+}
+
+/// As [`check_topics`], for the aggregator: no two systems (`None`: the
+/// default one), with `base` topics, read or write one topic, nor one
+/// system one topic in two roles (input, directory, output, state, dead
+/// letters).
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::aggregator::AggregatorConfig;
+/// use velib_dataflow::kafka::KafkaConfig;
+/// use velib_dataflow::systems::check_aggregator_topics;
+///
+/// let base = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+/// let names = [None, Some("oslo".to_owned()), Some("clean".to_owned())];
+/// assert!(check_aggregator_topics(&names, &base).is_ok());
+/// let mut clashing = base.clone();
+/// clashing.output_topic = clashing.input_topic.clone();
+/// assert!(check_aggregator_topics(&names, &clashing).is_err());
+/// ```
+pub fn check_aggregator_topics(
+    names: &[Option<String>],
+    base: &AggregatorConfig,
+) -> Result<(), SystemsError> {
+    check_owners(names.iter().map(|name| {
+        let config = match name {
+            Some(name) => base.for_system(name),
+            None => base.clone(),
+        };
+        let state = config.state_topic.name(&config.output_topic);
+        let topics = [Some(config.input_topic), config.directory_topic]
+            .into_iter()
+            .chain([Some(config.output_topic), state, config.dead_letter_topic])
+            .flatten()
+            .collect();
+        (name.as_deref().unwrap_or("default").to_owned(), topics)
+    }))
+}
+
+/// Refuses any topic named by two systems, or twice by one.
+fn check_owners(
+    systems: impl IntoIterator<Item = (String, Vec<String>)>,
+) -> Result<(), SystemsError> {
+    let mut owners: std::collections::BTreeMap<String, String> = Default::default();
+    for (label, topics) in systems {
         for topic in topics {
-            if let Some(first) = owners.insert(topic.clone(), system.label().to_owned()) {
+            if let Some(first) = owners.insert(topic.clone(), label.clone()) {
                 return Err(SystemsError::TopicClash {
                     topic,
                     first,
-                    second: system.label().to_owned(),
+                    second: label,
                 });
             }
         }
     }
     Ok(())
+}
+
+/// Runs `job` for each system on a thread of its own (named
+/// `{role}-{name}`, its log lines inside a `system{name=…}` span), and
+/// waits for them all: one system's error, stall or panic stops none of the
+/// others. Returns each system's outcome in the order given; a panic, or a
+/// thread that could not start, as `thread_error` of why.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::systems::run_each;
+///
+/// let outcomes = run_each(
+///     "job",
+///     vec![("oslo".to_owned(), 1), ("bergen".to_owned(), 0)],
+///     |n: u32| if n > 0 { Ok(()) } else { Err("nothing to do".to_owned()) },
+///     |why| why,
+/// );
+/// assert_eq!(outcomes, [("oslo".to_owned(), Ok(())), ("bergen".to_owned(), Err("nothing to do".to_owned()))]);
+/// ```
+pub fn run_each<C, E>(
+    role: &str,
+    systems: Vec<(String, C)>,
+    job: fn(C) -> Result<(), E>,
+    thread_error: fn(String) -> E,
+) -> Vec<(String, Result<(), E>)>
+where
+    C: Send + 'static,
+    E: Send + 'static,
+{
+    let threads: Vec<_> = systems
+        .into_iter()
+        .map(|(name, config)| {
+            let label = name.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{role}-{name}"))
+                .spawn(move || {
+                    let _span = tracing::info_span!("system", name = %label).entered();
+                    job(config)
+                });
+            (name, thread)
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|(name, thread)| {
+            let outcome = match thread {
+                Ok(thread) => thread.join().unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    Err(thread_error(format!("the {role} panicked: {why}")))
+                }),
+                Err(e) => Err(thread_error(format!("its thread could not start: {e}"))),
+            };
+            (name, outcome)
+        })
+        .collect()
 }
 
 /// Reads a systems file: one `NAME URL` per line (or `NAME=URL`); blank

@@ -35,7 +35,7 @@ fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch
                 let committed = counts.kafka_sink(
                     SourceProgress::from_positions(position_stream),
                     config,
-                    PostcodeRecordEncoder,
+                    PostcodeRecordEncoder::default(),
                     sink_handle,
                 );
                 let (probe, _) = committed.probe();

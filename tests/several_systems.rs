@@ -1,17 +1,26 @@
-//! Several systems at once, the producer's side: one `velib_producer` with
-//! `--feed NAME=URL` twice, on Apache Kafka, checked with kcat. Each system
-//! publishes its own epochs to its own topics, and a system whose feed
-//! hangs and fails holds back no epoch of the other.
+//! Several systems at once, on Apache Kafka, checked with kcat. The
+//! producer's side: one `velib_producer` with `--feed NAME=URL` twice; each
+//! system publishes its own epochs to its own topics, and a system whose
+//! feed hangs and fails holds back no epoch of the other. The aggregator's
+//! side: one `velib_aggregator` with `--system` thrice; each system's
+//! output is its own, equal to the from-scratch reference, and a system
+//! that cannot start or has no input holds back none of another's epochs.
 
 mod common;
 
 use common::broker::Broker;
+use common::epochs::{by_id, epoch_records, ScriptedEpochWriter};
 use common::http::{FeedServer, Reply};
-use common::output::published;
+use common::output::{assert_system_epochs_on_topic, header, published};
+use common::State;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use velib_dataflow::aggregator::AggregatorConfig;
 use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::kafka::topics::ensure_topics;
+use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::snapshot::EpochUpdates;
 
 /// The topics the broker has, as kcat lists them.
 fn topics(broker: &Broker) -> Vec<String> {
@@ -42,6 +51,38 @@ fn on_topics(broker: &Broker, status: &str, directory: &str) -> Vec<(Epoch, usiz
         .collect()
 }
 
+/// Ctrl-C for `child`: how it exited, and what it logged.
+fn interrupt(
+    mut child: std::process::Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+) -> (std::process::ExitStatus, Vec<String>) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (child.wait().unwrap(), lines.join().unwrap())
+}
+
+/// Starts `command` with its stderr collected (joined once it exits), and
+/// kills it after three minutes: a bound on a hang, not a performance
+/// assertion.
+fn spawn_logged(
+    command: &mut Command,
+) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
+    common::broker::killed_with_this_thread(command);
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(180));
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    });
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let lines =
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    (child, lines)
+}
+
 #[test]
 fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
     let broker = Broker::start();
@@ -59,26 +100,14 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         }),
     );
     let mut command = Command::new(common::example_binary("velib_producer"));
-    common::broker::killed_with_this_thread(&mut command);
-    let mut child = command
+    command
         .args(["--brokers", &broker.address])
         // The hanging one first: a loop over systems in turn would stall.
         .args(["--feed", &format!("stuck={}", stuck.url("/gbfs.json"))])
         .args(["--feed", &format!("oslo={}", oslo.url("/gbfs.json"))])
         .args(["--interval", "100ms", "--timeout", "2s"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A bound on a hang, not a performance assertion.
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(180));
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-    });
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let lines =
-        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+        .env("RUST_LOG", "info");
+    let (child, lines) = spawn_logged(&mut command);
 
     // Oslo's whole series is published while the other system hangs.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -102,13 +131,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    let lines = lines.join().unwrap();
+    let (status, lines) = interrupt(child, lines);
     assert!(status.success(), "{status}: {}", lines.join("\n"));
 
     assert_eq!(
@@ -134,6 +157,165 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
             .filter(|t| !t.starts_with("__"))
             .all(|t| t.ends_with(".oslo") || t.ends_with(".stuck")),
         "{all:?}"
+    );
+}
+
+/// Writes `epochs` to a system's input topics, as velib_producer does
+/// (statuses and directory, three partitions each).
+fn write_system_input(
+    broker: &Broker,
+    config: &AggregatorConfig,
+    epochs: &[(EpochUpdates, State)],
+) {
+    ensure_topics(&config.kafka, &config.topics(3), Duration::from_secs(30)).unwrap();
+    let directory = config.directory_topic.as_deref().unwrap();
+    let writer = ScriptedEpochWriter::new(
+        &broker.address,
+        "attempt-1",
+        &[(&config.input_topic, 3), (directory, 3)],
+    );
+    for (updates, _) in epochs {
+        let mut records = epoch_records(updates, true, &by_id(3));
+        for record in &mut records {
+            record.topic = match record.topic.as_str() {
+                common::epochs::STATUS_TOPIC => config.input_topic.clone(),
+                _ => directory.to_owned(),
+            };
+        }
+        writer.write_epoch(updates.epoch, updates.feed_time, &records);
+    }
+}
+
+/// Whether the output topic holds the progress records of `epoch`.
+fn has_progress_of(broker: &Broker, topic: &str, epoch: Epoch) -> bool {
+    broker.kcat_read(topic).iter().any(|r| {
+        header(r, "velib-kind") == Some("progress")
+            && header(r, "velib-epoch") == Some(&epoch.to_string())
+    })
+}
+
+#[test]
+fn one_aggregator_keeps_each_system_apart_and_a_failing_one_holds_back_none() {
+    let broker = Broker::start();
+    let base = AggregatorConfig::new(KafkaConfig::new(&broker.address));
+    // Two systems with input: Paris's series as the default system (its
+    // first epochs only) and as `a`, so that mixing them shows.
+    let paris = common::sequence(common::paris_series(true));
+    let short = &paris[..paris.len() / 2];
+    assert!(short.len() >= 2 && paris.len() > short.len());
+    write_system_input(&broker, &base, short);
+    write_system_input(&broker, &base.for_system("a"), &paris);
+    // `broken` cannot start: its output topic exists, not compacted.
+    broker.create_topics(&[("velib-projet-clean.broken", 1, &[])]);
+
+    let mut command = Command::new(common::example_binary("velib_aggregator"));
+    command
+        .args(["--brokers", &broker.address])
+        // The failing and the silent ones first: systems run in turn, or
+        // one failure stopping all, would hold back the others.
+        .args(["--system", "broken", "--system", "quiet"])
+        .args(["--system", "a", "--system", "default"])
+        .env("RUST_LOG", "info");
+    let (child, lines) = spawn_logged(&mut command);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let last = |epochs: &[(EpochUpdates, State)]| epochs.last().unwrap().0.epoch;
+    while !(has_progress_of(&broker, "velib-projet-clean.a", last(&paris))
+        && has_progress_of(&broker, "velib-projet-clean", last(short)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the systems' epochs, held back?\n{}",
+            broker.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, lines) = interrupt(child, lines);
+    let log = lines.join("\n");
+    // The failed system makes the exit an error, once the others stopped.
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        lines.iter().any(|l| l.contains("system broken:")
+            && l.contains("velib-projet-clean.broken")
+            && l.contains("the other systems went on")),
+        "{log}"
+    );
+
+    // Each system's output is its own, and the reference's.
+    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean.a"), &paris, Some("a"));
+    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), short, None);
+    assert!(
+        broker.kcat_read("velib-projet-clean.quiet").is_empty(),
+        "no input, no epoch"
+    );
+    assert!(broker.kcat_read("velib-projet-clean.broken").is_empty());
+    // Each system's state and transactional id are its own.
+    for topic in ["velib-projet-clean-state.a", "velib-projet-clean-state"] {
+        assert!(!broker.kcat_read(topic).is_empty(), "{topic}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("system{name=a}")),
+        "the workers' lines say their system: {log}"
+    );
+}
+
+/// Bad --system and --systems values say what is wrong, and nothing
+/// starts.
+#[test]
+fn bad_aggregator_system_lists_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let listed = dir.path().join("systems.txt");
+    std::fs::write(&listed, "oslo https://a.example/gbfs.json\n").unwrap();
+    let listed = listed.to_str().unwrap();
+    let hosts = common::hosts_file(2);
+    let hosts = hosts.path().to_str().unwrap();
+    common::assert_cli(
+        "velib_aggregator",
+        &["--system", "--systems"],
+        &[
+            (
+                vec!["--brokers", "x:1", "--system", "Oslo"],
+                "system name \"Oslo\"",
+            ),
+            (
+                vec!["--brokers", "x:1", "--system", "oslo", "--systems", listed],
+                "system oslo is listed twice",
+            ),
+            (
+                vec!["--brokers", "x:1", "--systems", "/nonexistent/systems.txt"],
+                "/nonexistent/systems.txt",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--system",
+                    "a",
+                    "--system",
+                    "b",
+                    "-n",
+                    "2",
+                    "-p",
+                    "0",
+                    "-h",
+                    hosts,
+                ],
+                "-n above 1 is for one system",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--system",
+                    "a",
+                    "--system",
+                    "default",
+                    "--output-topic",
+                    "velib-projet",
+                ],
+                "would both publish to topic velib-projet",
+            ),
+        ],
     );
 }
 

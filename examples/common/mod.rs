@@ -198,3 +198,14 @@ impl StaleArgs {
         velib_dataflow::freshness::StalePolicy::after_age(self.stale_after)
     }
 }
+
+/// The systems of a `--systems` file (at most 1 MiB of UTF-8), errors
+/// naming the flag and the file.
+pub fn read_systems_file(
+    path: &std::path::Path,
+) -> Result<Vec<velib_dataflow::systems::SystemFeed>, String> {
+    let text =
+        read_small_file(path, 1 << 20).map_err(|e| format!("--systems {}: {e}", path.display()))?;
+    velib_dataflow::systems::parse_systems_file(&text)
+        .map_err(|e| format!("--systems {}: {e}", path.display()))
+}

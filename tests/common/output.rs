@@ -19,6 +19,16 @@ pub fn assert_epochs_on_topic(
     records: &[Value],
     epochs: &[(EpochUpdates, State)],
 ) -> BTreeMap<Epoch, Value> {
+    assert_system_epochs_on_topic(records, epochs, None)
+}
+
+/// As [`assert_epochs_on_topic`], for a named system's output: every record
+/// says `"system": system`.
+pub fn assert_system_epochs_on_topic(
+    records: &[Value],
+    epochs: &[(EpochUpdates, State)],
+    system: Option<&str>,
+) -> BTreeMap<Epoch, Value> {
     let all_partitions: BTreeSet<i64> = records
         .iter()
         .filter(|r| header(r, "velib-kind") == Some("progress"))
@@ -80,10 +90,11 @@ pub fn assert_epochs_on_topic(
                 Some((p, counts)) => {
                     let got: PostcodeRecord =
                         serde_json::from_str(payload.as_str().unwrap()).unwrap();
-                    assert_eq!(
-                        got,
-                        PostcodeRecord::new(p, counts, epoch, updates.feed_time)
-                    );
+                    let want = PostcodeRecord {
+                        system: system.map(str::to_owned),
+                        ..PostcodeRecord::new(p, counts, epoch, updates.feed_time)
+                    };
+                    assert_eq!(got, want);
                 }
                 None => assert!(
                     payload.is_null(),
