@@ -38,7 +38,9 @@ use velib_dataflow::aggregator::{
 };
 use velib_dataflow::kafka::publish::DEFAULT_DIRECTORY_TOPIC;
 use velib_dataflow::kafka::source::Framing;
-use velib_dataflow::systems::{check_aggregator_topics, check_names, parse_system_name};
+use velib_dataflow::systems::{
+    check_aggregator_topics, check_names, parse_system_name, SystemsError,
+};
 
 /// Keep per-postcode bike counts from a Kafka topic of station statuses.
 ///
@@ -180,19 +182,23 @@ fn main() -> ExitCode {
             }
         };
     }
-    let systems = systems
+    let systems: Vec<(String, AggregatorConfig, AggregatorHandle)> = systems
         .into_iter()
         .map(|(name, config, handle)| {
             let label = name.unwrap_or_else(|| "default".into());
             (label, config, handle)
         })
         .collect();
+    let several = systems.len() > 1;
     let mut code = ExitCode::SUCCESS;
     for (name, outcome) in run_systems(timely_config, systems) {
         if let Err(e) = outcome {
-            eprintln!(
-                "velib_aggregator: system {name}: {e} (the other systems went on until stopped)"
-            );
+            let others = if several {
+                " (the other systems went on until stopped)"
+            } else {
+                ""
+            };
+            eprintln!("velib_aggregator: system {name}: {e}{others}");
             code = ExitCode::from(1);
         }
     }
@@ -214,7 +220,11 @@ fn system_names(args: &Args) -> Result<Vec<Option<String>>, String> {
     if names.is_empty() {
         names.push(None);
     }
-    check_names(names.iter().map(Option::as_deref)).map_err(|e| e.to_string())?;
+    check_names(names.iter().map(Option::as_deref)).map_err(|e| match e {
+        // The aggregator names the unnamed system `default`.
+        SystemsError::SeveralUnnamed { .. } => "system default is listed twice".to_owned(),
+        e => e.to_string(),
+    })?;
     Ok(names)
 }
 
@@ -225,17 +235,16 @@ fn systems(
     base: &AggregatorConfig,
     timely_config: &timely::Config,
 ) -> Result<Vec<(Option<String>, AggregatorConfig, AggregatorHandle)>, String> {
-    if names.len() > 1 {
-        if matches!(
-            timely_config.communication,
-            timely::CommunicationConfig::Cluster { .. }
-        ) {
-            return Err("-n above 1 is for one system: several systems run on this \
-                        process's threads (-w), each its own dataflow"
-                .into());
-        }
-        check_aggregator_topics(names, base).map_err(|e| e.to_string())?;
+    let cluster = matches!(
+        timely_config.communication,
+        timely::CommunicationConfig::Cluster { .. }
+    );
+    if names.len() > 1 && cluster {
+        return Err("-n above 1 is for one system: several systems run on this \
+                    process's threads (-w), each its own dataflow"
+            .into());
     }
+    check_aggregator_topics(names, base).map_err(|e| e.to_string())?;
     Ok(names
         .iter()
         .map(|name| {

@@ -12,6 +12,8 @@
 //! cargo run --example velib_audit -- --brokers 127.0.0.1:9092
 //! # an aggregator run with --no-directory and a postcode table of its own:
 //! cargo run --example velib_audit -- --brokers 127.0.0.1:9092 --no-directory --postcodes stations.csv
+//! # one system of `velib_aggregator --system oslo` (velib-projet.oslo … -> velib-projet-clean.oslo):
+//! cargo run --example velib_audit -- --brokers 127.0.0.1:9092 --system oslo
 //! # other topics, the report as one JSON object on stdout, on a managed cluster:
 //! cargo run --example velib_audit -- --brokers broker-1:9093 \
 //!     -X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN \
@@ -34,6 +36,7 @@ use std::time::Duration;
 use velib_dataflow::aggregator::{DEFAULT_INPUT_TOPIC, DEFAULT_OUTPUT_TOPIC};
 use velib_dataflow::audit::{audit, AuditConfig};
 use velib_dataflow::kafka::publish::DEFAULT_DIRECTORY_TOPIC;
+use velib_dataflow::systems::parse_system_name;
 
 /// Check that an aggregator's output topic holds exactly what its input
 /// says, epoch by epoch: counts equal to a from-scratch computation, no
@@ -70,6 +73,12 @@ struct Args {
     /// Topic of per-postcode counts to audit.
     #[arg(long, default_value = DEFAULT_OUTPUT_TOPIC, value_name = "TOPIC")]
     output_topic: String,
+
+    /// Audit this system of `velib_aggregator --system NAME`: the topics
+    /// above followed by .NAME, and every record saying `"system":"NAME"`
+    /// (`default`: the unnamed system, whose records say none).
+    #[arg(long, value_name = "NAME")]
+    system: Option<String>,
 
     /// Print the report as one JSON object on stdout instead of the summary.
     #[arg(long)]
@@ -129,5 +138,10 @@ fn configure(args: Args) -> Result<AuditConfig, String> {
     config.postcodes = Arc::new(common::postcode_table(args.postcodes.as_deref())?);
     config.stall = args.stall;
     config.progress_every = args.progress_every;
+    if let Some(name) = &args.system {
+        if let Some(name) = parse_system_name(name).map_err(|e| format!("--system {e}"))? {
+            config = config.for_system(&name);
+        }
+    }
     Ok(config)
 }

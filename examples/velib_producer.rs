@@ -21,7 +21,7 @@
 
 mod common;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,7 +32,7 @@ use velib_dataflow::kafka::publish::{
 use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
 use velib_dataflow::producer::{run, run_systems, ProducerConfig, ProducerHandle};
 use velib_dataflow::snapshot::StationSelection;
-use velib_dataflow::systems::{check_systems, check_topics, SystemFeed};
+use velib_dataflow::systems::{check_topics, SystemFeed};
 
 /// Poll a GBFS bike-share feed and publish each snapshot's changes to Kafka,
 /// one atomic epoch per snapshot.
@@ -139,15 +139,9 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let matches = Args::command().get_matches();
-    let mut args = match Args::from_arg_matches(&matches) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
+    let (mut args, feed_from_env) = common::parse_with_feed_source::<Args>();
     // $VELIB_FEED stands for a missing --feed; a systems file lists them.
-    if args.systems.is_some()
-        && matches.value_source("feed") == Some(clap::parser::ValueSource::EnvVariable)
-    {
+    if args.systems.is_some() && feed_from_env {
         args.feed.clear();
     }
     let metrics_addr = args.metrics_addr;
@@ -209,24 +203,7 @@ fn main() -> ExitCode {
 /// The systems the flags name: --feed (repeated) and --systems, checked
 /// together; Vélib' Métropole when none is.
 fn systems(args: &Args) -> Result<Vec<SystemFeed>, String> {
-    let mut systems = args
-        .feed
-        .iter()
-        .map(|feed| {
-            feed.parse::<SystemFeed>()
-                .map_err(|e| format!("--feed {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(path) = &args.systems {
-        systems.extend(common::read_systems_file(path)?);
-    }
-    if systems.is_empty() {
-        systems.push(SystemFeed {
-            name: None,
-            url: VELIB_FEED.into(),
-        });
-    }
-    check_systems(&systems).map_err(|e| e.to_string())?;
+    let systems = common::system_feeds(&args.feed, args.systems.as_deref())?;
     if systems.len() > 1 {
         for (flag, given) in [
             ("--status-url", args.status_url.is_some()),

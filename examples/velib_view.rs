@@ -5,6 +5,8 @@
 //! # the aggregator's default topics (velib-projet-clean and its state topic):
 //! cargo run --example velib_view -- --brokers 127.0.0.1:9092 --http 127.0.0.1:8080
 //! # then open http://127.0.0.1:8080/
+//! # a system of `velib_aggregator --system oslo`:
+//! cargo run --example velib_view -- --brokers 127.0.0.1:9092 --system oslo
 //! ```
 //!
 //! It reads at `read_committed` with a consumer assigned its partitions: it
@@ -20,8 +22,9 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
-use velib_dataflow::aggregator::{StateTopic, DEFAULT_OUTPUT_TOPIC};
+use velib_dataflow::aggregator::{AggregatorConfig, StateTopic, DEFAULT_OUTPUT_TOPIC};
 use velib_dataflow::kafka::publish::{DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC};
+use velib_dataflow::systems::parse_system_name;
 use velib_dataflow::web::committed::CommittedConfig;
 use velib_dataflow::web::LivePage;
 
@@ -73,6 +76,11 @@ struct Args {
     #[arg(long, env = "VELIB_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// Show this system of the aggregator's --system NAME: its topics are
+    /// the ones above followed by .NAME (`default`: the unnamed system's).
+    #[arg(long, value_name = "NAME")]
+    system: Option<String>,
+
     /// How long to wait for the output topic before saying it is not there.
     #[arg(long, default_value = "60s", value_parser = common::parse_duration, value_name = "DURATION")]
     wait: Duration,
@@ -81,23 +89,34 @@ struct Args {
 fn main() -> ExitCode {
     common::init_logging();
     let args = Args::parse();
-    let kafka = match args.kafka.kafka_config() {
-        Ok(kafka) => kafka,
+    let configured = args.kafka.kafka_config().and_then(|kafka| {
+        let system = match &args.system {
+            Some(name) => parse_system_name(name).map_err(|e| format!("--system {e}"))?,
+            None => None,
+        };
+        Ok((kafka, system))
+    });
+    let (kafka, system) = match configured {
+        Ok(configured) => configured,
         Err(message) => {
             eprintln!("velib_view: {message}");
             return ExitCode::from(2);
         }
     };
-    let mut committed = CommittedConfig::new(kafka);
-    committed.state_topic = match (args.no_state, args.state_topic) {
+    // The topics as the aggregator with these flags writes them.
+    let mut aggregator = AggregatorConfig::new(kafka);
+    aggregator.state_topic = match (args.no_state, args.state_topic) {
         (true, _) => StateTopic::None,
         (false, Some(topic)) => StateTopic::Named(topic),
         (false, None) => StateTopic::BesideOutput,
+    };
+    aggregator.output_topic = args.output_topic;
+    aggregator.input_topic = args.input_topic;
+    aggregator.directory_topic = Some(args.directory_topic);
+    if let Some(name) = &system {
+        aggregator = aggregator.for_system(name);
     }
-    .name(&args.output_topic);
-    committed.output_topic = args.output_topic;
-    committed.status_topic = args.input_topic;
-    committed.directory_topic = args.directory_topic;
+    let mut committed = CommittedConfig::reading(&aggregator);
     committed.wait_for_topics = args.wait;
     let page = match LivePage::start(args.http, committed) {
         Ok(page) => page,

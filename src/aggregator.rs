@@ -22,7 +22,7 @@ use crate::kafka::source::{
 use crate::kafka::state::{
     read_state_share, restore_state, restored_upserts, Changelog, RestoreConfig, StateRecord,
 };
-use crate::kafka::topics::{ensure_topics, TopicSpec};
+use crate::kafka::topics::{ensure_topics, TopicOutcome, TopicSpec};
 use crate::kafka::upsert::Upserts;
 use crate::kafka::{KafkaConfig, KafkaError};
 use crate::output::PostcodeRecordEncoder;
@@ -280,10 +280,20 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
         Some(progress) => match (&progress.state, &state_topic) {
             (Some(state), Some(topic)) if &state.topic == topic => true,
             (Some(state), Some(topic)) => {
+                let advice = match &config.system {
+                    // --state-topic is a base that gets `.<name>`.
+                    Some(name) => format!(
+                        "run system {name} alone with the topics it was committed with \
+                         (--output-topic {} --state-topic {}, without --system), or delete {} \
+                         and {topic} to start it over",
+                        config.output_topic, state.topic, config.output_topic
+                    ),
+                    None => format!("give --state-topic {}", state.topic),
+                };
                 return Err(AggregatorError::Resume(format!(
-                    "epoch {} of {} was committed with its state in {}, and this run keeps it in {topic}: give --state-topic {}",
-                    progress.epoch, config.output_topic, state.topic, state.topic
-                )))
+                    "epoch {} of {} was committed with its state in {}, and this run keeps it in {topic}: {advice}",
+                    progress.epoch, config.output_topic, state.topic
+                )));
             }
             (Some(state), None) => {
                 tracing::warn!(
@@ -736,6 +746,21 @@ pub fn run(
     config: AggregatorConfig,
     handle: AggregatorHandle,
 ) -> Result<(), AggregatorError> {
+    let watched = handle.clone();
+    let outcome = run_workers(timely_config, config, handle);
+    if let (Err(e), None) = (&outcome, watched.error()) {
+        // A start that failed (topics, timely) is the handle's error too:
+        // its watchers (metrics, other systems' logs) see it at once.
+        watched.sources.fail(e.to_string());
+    }
+    outcome
+}
+
+fn run_workers(
+    timely_config: timely::Config,
+    config: AggregatorConfig,
+    handle: AggregatorHandle,
+) -> Result<(), AggregatorError> {
     let first_process = match &timely_config.communication {
         timely::CommunicationConfig::Cluster { process, .. } => *process == 0,
         _ => true,
@@ -747,6 +772,13 @@ pub fn run(
             Duration::from_secs(30),
         )? {
             tracing::info!(topic, ?outcome, "topic ready");
+            if topic == config.input_topic && outcome == TopicOutcome::Created {
+                tracing::warn!(
+                    topic,
+                    "the input topic did not exist (created now): is a producer publishing to it? \
+                     (with several systems, check the system's name)"
+                );
+            }
         }
     }
     let watched = handle.clone();

@@ -182,6 +182,10 @@ pub struct AuditConfig {
     /// The progress callback is called every this many records read
     /// (input and output together).
     pub progress_every: u64,
+    /// The system whose output this is ([`Self::for_system`]): every record
+    /// must say it in its `system` field, and the default system's
+    /// (`None`) have none; a record that says otherwise is malformed.
+    pub system: Option<String>,
 }
 
 impl AuditConfig {
@@ -196,7 +200,32 @@ impl AuditConfig {
             output_topic: crate::aggregator::DEFAULT_OUTPUT_TOPIC.into(),
             stall: Duration::from_secs(30),
             progress_every: 100_000,
+            system: None,
         }
+    }
+
+    /// This audit for the named system of `velib_aggregator --system`:
+    /// each topic followed by `.<name>`, as
+    /// [`crate::aggregator::AggregatorConfig::for_system`] names them, and
+    /// every record checked to say `"system":"<name>"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::audit::AuditConfig;
+    /// use velib_dataflow::kafka::KafkaConfig;
+    ///
+    /// let oslo = AuditConfig::new(KafkaConfig::new("127.0.0.1:9092")).for_system("oslo");
+    /// assert_eq!((oslo.input_topic.as_str(), oslo.output_topic.as_str()), ("velib-projet.oslo", "velib-projet-clean.oslo"));
+    /// assert_eq!(oslo.directory_topic.as_deref(), Some("velib-directory.oslo"));
+    /// ```
+    pub fn for_system(mut self, name: &str) -> Self {
+        let named = |topic: &str| format!("{topic}.{name}");
+        self.input_topic = named(&self.input_topic);
+        self.directory_topic = self.directory_topic.as_deref().map(named);
+        self.output_topic = named(&self.output_topic);
+        self.system = Some(name.to_owned());
+        self
     }
 
     fn input_topics(&self) -> Vec<String> {
@@ -1020,6 +1049,8 @@ struct InputTopic {
 #[derive(Debug)]
 struct Engine {
     table: Option<Arc<PostcodeTable>>,
+    /// The `system` every output record must say.
+    system: Option<String>,
     output: Vec<OutputPartition>,
     /// Output records of epochs not yet complete, by the epoch they count in.
     open: BTreeMap<Epoch, Vec<DataRecord>>,
@@ -1075,6 +1106,7 @@ impl Engine {
                 .directory_topic
                 .is_none()
                 .then(|| Arc::clone(&config.postcodes)),
+            system: config.system.clone(),
             output: output_low
                 .iter()
                 .map(|low| OutputPartition {
@@ -1227,7 +1259,7 @@ impl Engine {
         let postcode = postcode.to_owned();
         let value = match message.payload() {
             None => None,
-            Some(bytes) => match output_counts(&postcode, bytes) {
+            Some(bytes) => match output_counts(&postcode, self.system.as_deref(), bytes) {
                 Ok(counts) => Some(counts),
                 Err(why) => return self.malformed_output(message, &why),
             },
@@ -1779,10 +1811,21 @@ fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<Option<&'a [u8]>>
         .map(|h| h.value)
 }
 
-/// The count fields of an output value, checked against its key.
-fn output_counts(postcode: &str, value: &[u8]) -> Result<RecordCounts, String> {
+/// The count fields of an output value, checked against its key and the
+/// system it must say (`None`: none).
+fn output_counts(
+    postcode: &str,
+    system: Option<&str>,
+    value: &[u8],
+) -> Result<RecordCounts, String> {
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(value).map_err(|e| format!("value is not a JSON object: {e}"))?;
+    let said = object.get("system");
+    if said.map(|s| s.as_str()) != system.map(Some) {
+        let want = system.map_or("no system".to_owned(), |s| format!("system {s:?}"));
+        let said = said.map_or("none".to_owned(), |s| s.to_string());
+        return Err(format!("its value should say {want}, and says {said}"));
+    }
     if let Some(named) = object.get("postcode") {
         if named.as_str() != Some(postcode) {
             return Err(format!(
@@ -2259,5 +2302,34 @@ mod tests {
                 .any(|n| n.contains("no epoch is complete")),
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_record_must_say_its_system_and_no_other() {
+        let record = |system: &str| {
+            format!(r#"{{{system}"postcode":"0150","nbr_total":3,"epoch":1,"feed_time":5}}"#)
+        };
+        let default = record("");
+        let oslo = record(r#""system":"oslo","#);
+        assert!(output_counts("0150", None, default.as_bytes()).is_ok());
+        assert!(output_counts("0150", Some("oslo"), oslo.as_bytes()).is_ok());
+        for (system, value, why) in [
+            (
+                Some("oslo"),
+                default.clone(),
+                "should say system \"oslo\", and says none",
+            ),
+            (
+                None,
+                oslo.clone(),
+                "should say no system, and says \"oslo\"",
+            ),
+            (Some("bergen"), oslo.clone(), "says \"oslo\""),
+            (Some("oslo"), record(r#""system":7,"#), "says 7"),
+            (None, record(r#""system":null,"#), "says null"),
+        ] {
+            let e = output_counts("0150", system, value.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 }

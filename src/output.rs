@@ -151,6 +151,9 @@ impl PostcodeRecord {
 /// tombstone: the key with a null value).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostcodeDeletion {
+    /// The system, for a named one (as [`PostcodeRecord::system`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     /// The postcode.
     pub postcode: String,
     /// Always `true`.
@@ -172,6 +175,7 @@ pub fn json_line(
             serde_json::to_string(&PostcodeRecord::new(postcode, counts, epoch, feed_time))
         }
         KeyChange::Delete(postcode) => serde_json::to_string(&PostcodeDeletion {
+            system: None,
             postcode: postcode.to_string(),
             deleted: true,
             epoch,

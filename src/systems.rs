@@ -396,7 +396,7 @@ pub fn run_each<C, E>(
 ) -> Vec<(String, Result<(), E>)>
 where
     C: Send + 'static,
-    E: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
 {
     let threads: Vec<_> = systems
         .into_iter()
@@ -406,7 +406,12 @@ where
                 .name(format!("{role}-{name}"))
                 .spawn(move || {
                     let _span = tracing::info_span!("system", name = %label).entered();
-                    job(config)
+                    let outcome = job(config);
+                    if let Err(e) = &outcome {
+                        // Now, not once every system has stopped.
+                        tracing::error!("stopped: {e}; the other systems go on");
+                    }
+                    outcome
                 });
             (name, thread)
         })

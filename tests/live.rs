@@ -60,9 +60,116 @@ fn velib_live_replays_the_paris_series_on_apache_kafka() {
 }
 
 fn assert_printed_epochs_match_the_reference(lines: Vec<Value>) {
-    // Printed per epoch: exactly the postcodes that changed, with the
-    // values of a from-scratch computation on that epoch's snapshot.
     let expected = common::sequence(common::paris_series(true));
+    assert_printed_epochs_match(lines, &expected, None);
+}
+
+/// Several systems: `velib_live --feed a=URL --feed b=URL --feed stuck=URL`
+/// on its embedded broker, two serving the recorded Oslo series and one
+/// failing. Each system's lines say their system and equal the
+/// from-scratch reference; the failing one holds back neither.
+#[test]
+fn velib_live_runs_several_systems_each_to_the_reference() {
+    use common::http::{FeedServer, Reply};
+    use std::time::{Duration, Instant};
+    let (a, b, stuck) = (
+        FeedServer::start(),
+        FeedServer::start(),
+        FeedServer::start(),
+    );
+    common::serve_oslo_series(&a);
+    common::serve_oslo_series(&b);
+    stuck.script("/gbfs.json", [Reply::Status(503, vec![])]);
+    let expected = common::sequence(common::oslo_series());
+    let lines_per_system: usize = expected
+        .iter()
+        .scan(common::State::new(), |previous, (_, state)| {
+            let changed = common::output::changed_postcodes(previous, state).len();
+            *previous = state.clone();
+            Some(changed)
+        })
+        .sum();
+    assert!(lines_per_system > 0);
+
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut command = std::process::Command::new(common::example_binary("velib_live"));
+    common::broker::killed_with_this_thread(&mut command);
+    let mut child = command
+        // The failing one first.
+        .args(["--feed", &format!("stuck={}", stuck.url("/gbfs.json"))])
+        .args(["--feed", &format!("a={}", a.url("/gbfs.json"))])
+        .args(["--feed", &format!("b={}", b.url("/gbfs.json"))])
+        .args(["--interval", "100ms", "--format", "json"])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("VELIB_FEED")
+        .stdout(stdout.reopen().unwrap())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let printed = || -> Vec<Value> {
+        std::fs::read_to_string(stdout.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let of = |lines: &[Value], system: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| l["system"] == system)
+            .cloned()
+            .collect()
+    };
+    // A bound on a hang, not a performance assertion.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lines = printed();
+        if of(&lines, "a").len() >= lines_per_system && of(&lines, "b").len() >= lines_per_system {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "not every epoch shown: {} of a, {} of b, {lines_per_system} each expected\n{}",
+                of(&lines, "a").len(),
+                of(&lines, "b").len(),
+                std::fs::read_to_string(stderr.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    assert!(status.success(), "{status}\n{log}");
+    let lines = printed();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["system"] == "a" || l["system"] == "b"),
+        "every line says its system, none the failing one's"
+    );
+    assert_printed_epochs_match(of(&lines, "a"), &expected, Some("a"));
+    assert_printed_epochs_match(of(&lines, "b"), &expected, Some("b"));
+    assert!(
+        log.contains("stuck") && log.contains("503"),
+        "the failing system is said: {log}"
+    );
+}
+
+/// Printed per epoch: exactly the postcodes that changed, with the values
+/// of a from-scratch computation on that epoch's snapshot, each saying
+/// `system`.
+fn assert_printed_epochs_match(
+    lines: Vec<Value>,
+    expected: &[(velib_dataflow::snapshot::EpochUpdates, common::State)],
+    system: Option<&str>,
+) {
     let mut by_epoch: BTreeMap<u64, BTreeMap<String, Value>> = BTreeMap::new();
     for line in lines {
         let epoch = line["epoch"].as_u64().unwrap();
@@ -77,7 +184,7 @@ fn assert_printed_epochs_match_the_reference(lines: Vec<Value>) {
         );
     }
     let mut previous = common::State::new();
-    for (updates, state) in &expected {
+    for (updates, state) in expected {
         let printed = by_epoch.remove(&updates.epoch).unwrap_or_default();
         let changed = common::output::changed_postcodes(&previous, state);
         assert_eq!(
@@ -90,12 +197,16 @@ fn assert_printed_epochs_match_the_reference(lines: Vec<Value>) {
             match state.iter().find(|(p, _)| p.as_str() == postcode) {
                 Some((p, counts)) => {
                     let got: PostcodeRecord = serde_json::from_value(line).unwrap();
-                    assert_eq!(
-                        got,
-                        PostcodeRecord::new(p, counts, updates.epoch, updates.feed_time)
-                    );
+                    let want = PostcodeRecord {
+                        system: system.map(str::to_owned),
+                        ..PostcodeRecord::new(p, counts, updates.epoch, updates.feed_time)
+                    };
+                    assert_eq!(got, want);
                 }
-                None => assert_eq!(line["deleted"], true),
+                None => {
+                    assert_eq!(line["deleted"], true);
+                    assert_eq!(line["system"].as_str(), system);
+                }
             }
         }
         previous = state.clone();
@@ -116,11 +227,50 @@ fn velib_live_explains_its_flags() {
             "-w",
             "--format",
             "--http",
+            "--systems",
+            "--page-system",
         ],
         &[
             (vec!["--interval", "never"], "never"),
             (vec!["--format", "xml"], "xml"),
             (vec!["--http", "localhost"], "localhost"),
+            (
+                vec![
+                    "--feed",
+                    "a=http://a.example/g.json",
+                    "--feed",
+                    "b=http://b.example/g.json",
+                    "--replay",
+                    "x",
+                ],
+                "--replay is for one feed",
+            ),
+            (
+                vec![
+                    "--feed",
+                    "a=http://a.example/g.json",
+                    "--feed",
+                    "b=http://b.example/g.json",
+                    "--stations",
+                    "1",
+                ],
+                "--stations is for one feed",
+            ),
+            (
+                vec![
+                    "--feed",
+                    "a=http://a.example/g.json",
+                    "--http",
+                    "127.0.0.1:0",
+                    "--page-system",
+                    "c",
+                ],
+                "--page-system c: no such system among a",
+            ),
+            (
+                vec!["--feed", "A=http://a.example/g.json"],
+                "system name \"A\"",
+            ),
         ],
     );
 }

@@ -13,8 +13,7 @@ use common::epochs::{by_id, epoch_records, ScriptedEpochWriter};
 use common::http::{FeedServer, Reply};
 use common::output::{assert_system_epochs_on_topic, header, published};
 use common::State;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::AggregatorConfig;
 use velib_dataflow::dataflow::Epoch;
@@ -51,36 +50,45 @@ fn on_topics(broker: &Broker, status: &str, directory: &str) -> Vec<(Epoch, usiz
         .collect()
 }
 
-/// Ctrl-C for `child`: how it exited, and what it logged.
-fn interrupt(
-    mut child: std::process::Child,
-    lines: std::thread::JoinHandle<Vec<String>>,
-) -> (std::process::ExitStatus, Vec<String>) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    (child.wait().unwrap(), lines.join().unwrap())
+/// A job started by a test, its stderr in a file the test reads as it runs.
+struct Logged {
+    child: std::process::Child,
+    log: tempfile::NamedTempFile,
 }
 
-/// Starts `command` with its stderr collected (joined once it exits), and
-/// kills it after three minutes: a bound on a hang, not a performance
-/// assertion.
-fn spawn_logged(
-    command: &mut Command,
-) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
-    common::broker::killed_with_this_thread(command);
-    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(180));
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-    });
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let lines =
-        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
-    (child, lines)
+impl Logged {
+    /// Starts `command`, and kills it after three minutes: a bound on a
+    /// hang, not a performance assertion.
+    fn spawn(command: &mut Command) -> Logged {
+        common::broker::killed_with_this_thread(command);
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = command.stderr(log.reopen().unwrap()).spawn().unwrap();
+        let pid = child.id().to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(180));
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        });
+        Logged { child, log }
+    }
+
+    /// What it logged so far.
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log.path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Ctrl-C: how it exited, and what it logged.
+    fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (self.child.wait().unwrap(), self.lines())
+    }
 }
 
 #[test]
@@ -107,7 +115,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         .args(["--feed", &format!("oslo={}", oslo.url("/gbfs.json"))])
         .args(["--interval", "100ms", "--timeout", "2s"])
         .env("RUST_LOG", "info");
-    let (child, lines) = spawn_logged(&mut command);
+    let job = Logged::spawn(&mut command);
 
     // Oslo's whole series is published while the other system hangs.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -131,7 +139,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (status, lines) = interrupt(child, lines);
+    let (status, lines) = job.interrupt();
     assert!(status.success(), "{status}: {}", lines.join("\n"));
 
     assert_eq!(
@@ -215,8 +223,9 @@ fn one_aggregator_keeps_each_system_apart_and_a_failing_one_holds_back_none() {
         // one failure stopping all, would hold back the others.
         .args(["--system", "broken", "--system", "quiet"])
         .args(["--system", "a", "--system", "default"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
-    let (child, lines) = spawn_logged(&mut command);
+    let job = Logged::spawn(&mut command);
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let last = |epochs: &[(EpochUpdates, State)]| epochs.last().unwrap().0.epoch;
@@ -230,7 +239,22 @@ fn one_aggregator_keeps_each_system_apart_and_a_failing_one_holds_back_none() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (status, lines) = interrupt(child, lines);
+    // While the others run, the failed system is said: logged under its
+    // name, and in its metric.
+    let log = job.lines().join("\n");
+    assert!(
+        job.lines()
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("system{name=broken}")),
+        "{log}"
+    );
+    let metrics = scrape(&job.lines());
+    for (system, failed) in [("broken", 1), ("quiet", 0), ("a", 0)] {
+        let series = format!("velib_aggregator_failed{{system=\"{system}\"}} {failed}\n");
+        assert!(metrics.contains(&series), "{series}in\n{metrics}");
+    }
+    assert!(metrics.contains("velib_aggregator_failed 0\n"), "{metrics}");
+    let (status, lines) = job.interrupt();
     let log = lines.join("\n");
     // The failed system makes the exit an error, once the others stopped.
     assert_eq!(status.code(), Some(1), "{log}");
@@ -254,9 +278,126 @@ fn one_aggregator_keeps_each_system_apart_and_a_failing_one_holds_back_none() {
         assert!(!broker.kcat_read(topic).is_empty(), "{topic}");
     }
     assert!(
-        lines.iter().any(|l| l.contains("system{name=a}")),
+        lines
+            .iter()
+            .any(|l| l.contains("system{name=a}") && l.contains("epoch committed")),
         "the workers' lines say their system: {log}"
     );
+    // velib_audit agrees, system by system, the records' system included.
+    assert_audits_clean(&broker, &["a", "default"], "");
+}
+
+/// `velib_audit --system` finds each of `systems` clean.
+fn assert_audits_clean(broker: &Broker, systems: &[&str], context: &str) {
+    for system in systems {
+        let out = Command::new(common::example_binary("velib_audit"))
+            .args(["--brokers", &broker.address, "--system", system])
+            .args(["--stall", "10s"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "audit of {system}{context}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Killed with SIGKILL at random points and restarted, an aggregator of
+/// two systems writes each system's output exactly once: every epoch's
+/// records once, equal to the from-scratch reference (read committed by
+/// kcat), and velib_audit finds each clean.
+#[test]
+fn killed_at_random_points_each_system_resumes_exactly_once() {
+    let broker = Broker::start();
+    let base = AggregatorConfig::new(KafkaConfig::new(&broker.address));
+    let paris = common::sequence(common::paris_series(true));
+    let short = &paris[..paris.len() / 2];
+    write_system_input(&broker, &base, short);
+    write_system_input(&broker, &base.for_system("a"), &paris);
+    let last = |epochs: &[(EpochUpdates, State)]| epochs.last().unwrap().0.epoch;
+    let done = || {
+        has_progress_of(&broker, "velib-projet-clean.a", last(&paris))
+            && has_progress_of(&broker, "velib-projet-clean", last(short))
+    };
+    let start = || {
+        let mut command = Command::new(common::example_binary("velib_aggregator"));
+        command
+            .args(["--brokers", &broker.address])
+            .args(["--system", "a", "--system", "default"])
+            .env("RUST_LOG", "info");
+        Logged::spawn(&mut command)
+    };
+    // Random points, printed to replay a failure: from before the first
+    // commit to part-way through the epochs.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mut kills = 0;
+    // The first run is killed as soon as system a has committed epoch 2:
+    // part-way through, whatever the machine's speed.
+    let mut job = start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_progress_of(&broker, "velib-projet-clean.a", 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.child.kill().unwrap();
+    job.child.wait().unwrap();
+    for round in 0..3u32 {
+        let after = Duration::from_millis(200 + u64::from(seed.rotate_left(round * 7) % 2000));
+        eprintln!("run {round}: killed after {after:?} (seed {seed})");
+        let mut job = start();
+        std::thread::sleep(after);
+        if done() {
+            let _ = job.interrupt();
+            break;
+        }
+        job.child.kill().unwrap();
+        job.child.wait().unwrap();
+        kills += 1;
+    }
+    let job = start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not resumed after {} kills: {}\n{}",
+            kills + 1,
+            job.lines().join("\n"),
+            broker.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, lines) = job.interrupt();
+    assert!(status.success(), "{status}: {}", lines.join("\n"));
+    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean.a"), &paris, Some("a"));
+    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), short, None);
+    assert_audits_clean(
+        &broker,
+        &["a", "default"],
+        &format!(" after {} kills", kills + 1),
+    );
+}
+
+/// The metrics a job serves, at the address its log gives.
+fn scrape(lines: &[String]) -> String {
+    use std::io::{Read, Write};
+    let addr = lines
+        .iter()
+        .find_map(|l| {
+            let rest = l.split("Prometheus metrics at http://").nth(1)?;
+            rest.split('/').next().map(str::to_owned)
+        })
+        .expect("the log says where the metrics are");
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
 
 /// Bad --system and --systems values say what is wrong, and nothing
@@ -290,6 +431,28 @@ fn bad_aggregator_system_lists_are_refused_before_anything_starts() {
                     "--brokers",
                     "x:1",
                     "--system",
+                    "default",
+                    "--system",
+                    "default",
+                ],
+                "system default is listed twice",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--system",
+                    "a",
+                    "--output-topic",
+                    "velib-projet",
+                ],
+                "would both publish to topic velib-projet.a",
+            ),
+            (
+                vec![
+                    "--brokers",
+                    "x:1",
+                    "--system",
                     "a",
                     "--system",
                     "b",
@@ -317,6 +480,21 @@ fn bad_aggregator_system_lists_are_refused_before_anything_starts() {
             ),
         ],
     );
+}
+
+/// The readers of a system's topics refuse a bad --system name.
+#[test]
+fn the_readers_refuse_a_bad_system_name() {
+    for reader in ["velib_view", "velib_audit"] {
+        common::assert_cli(
+            reader,
+            &["--system"],
+            &[(
+                vec!["--brokers", "x:1", "--system", "Oslo"],
+                "--system system name \"Oslo\"",
+            )],
+        );
+    }
 }
 
 /// Bad --feed and --systems values say what is wrong, and nothing starts.

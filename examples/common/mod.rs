@@ -209,3 +209,40 @@ pub fn read_systems_file(
     velib_dataflow::systems::parse_systems_file(&text)
         .map_err(|e| format!("--systems {}: {e}", path.display()))
 }
+
+/// The systems `--feed` (repeated, `[NAME=]URL`) and `--systems FILE` name,
+/// checked together; Vélib' Métropole, unnamed, when neither does.
+pub fn system_feeds(
+    feeds: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<velib_dataflow::systems::SystemFeed>, String> {
+    use velib_dataflow::systems::{check_systems, SystemFeed};
+    let mut systems = feeds
+        .iter()
+        .map(|feed| {
+            feed.parse::<SystemFeed>()
+                .map_err(|e| format!("--feed {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = file {
+        systems.extend(read_systems_file(path)?);
+    }
+    if systems.is_empty() {
+        systems.push(SystemFeed {
+            name: None,
+            url: velib_dataflow::poll::VELIB_FEED.into(),
+        });
+    }
+    check_systems(&systems).map_err(|e| e.to_string())?;
+    Ok(systems)
+}
+
+/// The flags, and whether `--feed`'s value came from its environment
+/// variable only (`$VELIB_FEED`), for which a systems file then stands (it
+/// lists the feeds); exits with clap's message on bad flags.
+pub fn parse_with_feed_source<A: clap::Parser>() -> (A, bool) {
+    let matches = A::command().get_matches();
+    let args = A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let from_env = matches.value_source("feed") == Some(clap::parser::ValueSource::EnvVariable);
+    (args, from_env)
+}

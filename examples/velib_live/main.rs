@@ -10,6 +10,10 @@
 //! cargo run --example velib_live -- --brokers 127.0.0.1:9092
 //! # With the live page (a map and a table) at http://127.0.0.1:8080/:
 //! cargo run --example velib_live -- --http 127.0.0.1:8080
+//! # Several systems at once, each its own producer, aggregator and topics:
+//! cargo run --example velib_live -- \
+//!     --feed oslo=https://gbfs.urbansharing.com/oslobysykkel.no/gbfs.json \
+//!     --feed bergen=https://gbfs.urbansharing.com/bergenbysykkel.no/gbfs.json
 //! ```
 //!
 //! With no `--brokers`, it starts librdkafka's mock cluster in-process: a
@@ -21,25 +25,22 @@
 mod common;
 mod view;
 
-use clap::Parser;
 use rdkafka::mocking::MockCluster;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use velib_dataflow::aggregator::{
-    self, AggregatorConfig, AggregatorHandle, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_OUTPUT_TOPIC,
-    DEFAULT_STATE_TOPIC,
-};
+use velib_dataflow::aggregator::{self, AggregatorConfig, AggregatorHandle};
 use velib_dataflow::directory::DirectoryResolver;
-use velib_dataflow::kafka::publish::{
-    state_topic_beside, PublisherConfig, DEFAULT_DIRECTORY_TOPIC, DEFAULT_STATUS_TOPIC,
-};
+use velib_dataflow::kafka::publish::{PublisherConfig, DEFAULT_DIRECTORY_TOPIC};
 use velib_dataflow::kafka::KafkaConfig;
-use velib_dataflow::poll::{FeedLocation, PollConfig, VELIB_FEED};
+use velib_dataflow::poll::{FeedLocation, PollConfig};
 use velib_dataflow::producer::{self, ProducerConfig, ProducerHandle};
 use velib_dataflow::recorded::RecordedSource;
 use velib_dataflow::snapshot::StationSelection;
+use velib_dataflow::systems::{
+    check_aggregator_topics, check_topics, parse_system_name, SystemFeed,
+};
 use velib_dataflow::web::committed::CommittedConfig;
 use velib_dataflow::web::LivePage;
 
@@ -50,12 +51,25 @@ use velib_dataflow::web::LivePage;
 /// With no --brokers (or KAFKA_BROKERS), an embedded Kafka-compatible broker
 /// is started in this process and its address printed, so that kcat can
 /// read the topics.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(version, about, long_about = None, disable_help_flag = true)]
 struct Args {
-    /// The feed: a GBFS gbfs.json, or a station_status URL.
-    #[arg(long, env = "VELIB_FEED", default_value = VELIB_FEED, value_name = "URL")]
-    feed: String,
+    /// The feed: a GBFS gbfs.json, or a station_status URL. Repeat it as
+    /// NAME=URL for several systems at once: each has its own producer,
+    /// aggregator, epochs and topics (<topic>.NAME); one without a name
+    /// keeps the topics as they are [default: Vélib' Métropole]
+    #[arg(long, env = "VELIB_FEED", value_name = "[NAME=]URL")]
+    feed: Vec<String>,
+
+    /// A file of systems, one `NAME URL` a line (# for comments), as with
+    /// --feed NAME=URL.
+    #[arg(long, value_name = "FILE")]
+    systems: Option<PathBuf>,
+
+    /// With several systems, the one the live page (--http) shows
+    /// (`default` for the unnamed one) [default: the first listed]
+    #[arg(long, value_name = "NAME", requires = "http")]
+    page_system: Option<String>,
 
     /// Replay these recorded snapshot files (or directories of them)
     /// instead of polling the feed; exits when they are done.
@@ -115,12 +129,19 @@ struct Args {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = Args::parse();
-    if let Err(message) = check(&args) {
-        eprintln!("velib_live: {message}");
-        return ExitCode::from(2);
+    let (mut args, feed_from_env) = common::parse_with_feed_source::<Args>();
+    // $VELIB_FEED stands for a missing --feed; a systems file lists them.
+    if args.systems.is_some() && feed_from_env {
+        args.feed.clear();
     }
-    match live(args) {
+    let systems = match check(&args) {
+        Ok(systems) => systems,
+        Err(message) => {
+            eprintln!("velib_live: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match live(args, systems) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("velib_live: {message}");
@@ -130,7 +151,8 @@ fn main() -> ExitCode {
 }
 
 /// Flags that cannot work together: refused before anything starts.
-fn check(args: &Args) -> Result<(), String> {
+/// Returns the systems, the one the page shows first.
+fn check(args: &Args) -> Result<Vec<SystemFeed>, String> {
     if args.partitions < 1 {
         return Err("--partitions must be at least 1".into());
     }
@@ -141,10 +163,50 @@ fn check(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
-    args.cluster.timely_config().map(|_| ())
+    args.cluster.timely_config()?;
+    let mut systems = common::system_feeds(&args.feed, args.systems.as_deref())?;
+    if systems.len() > 1 {
+        for (flag, given) in [
+            ("--replay", !args.replay.is_empty()),
+            ("--stations", !args.stations.is_empty()),
+            ("-n above 1", args.cluster.processes > 1),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag} is for one feed; with several systems, give each its gbfs.json"
+                ));
+            }
+        }
+    }
+    if let Some(wanted) = &args.page_system {
+        let wanted = parse_system_name(wanted).map_err(|e| format!("--page-system {e}"))?;
+        let Some(at) = systems.iter().position(|s| s.name == wanted) else {
+            return Err(format!(
+                "--page-system {}: no such system among {}",
+                wanted.as_deref().unwrap_or("default"),
+                systems
+                    .iter()
+                    .map(SystemFeed::label)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let shown = systems.remove(at);
+        systems.insert(0, shown);
+    }
+    Ok(systems)
 }
 
-fn live(args: Args) -> Result<(), String> {
+/// One system's jobs: its producer and aggregator, their handles.
+struct System {
+    feed: SystemFeed,
+    producer: ProducerConfig,
+    aggregator: AggregatorConfig,
+    producer_handle: ProducerHandle,
+    aggregator_handle: AggregatorHandle,
+}
+
+fn live(args: Args, feeds: Vec<SystemFeed>) -> Result<(), String> {
     let timely_config = args.cluster.timely_config()?;
     let postcodes = common::postcode_table(args.postcodes.as_deref())?;
     let resolver = DirectoryResolver::new(postcodes.clone(), true);
@@ -155,121 +217,209 @@ fn live(args: Args) -> Result<(), String> {
     };
 
     // The broker: the user's, or one in this process.
-    let embedded;
-    let brokers = match &args.brokers {
-        Some(brokers) => brokers.clone(),
+    let embedded = match &args.brokers {
+        Some(_) => None,
         None => {
-            embedded =
-                MockCluster::new(1).map_err(|e| format!("starting the embedded broker: {e}"))?;
-            let address = embedded.bootstrap_servers();
-            for (topic, partitions) in [
-                (DEFAULT_STATUS_TOPIC, args.partitions),
-                (DEFAULT_DIRECTORY_TOPIC, args.partitions),
-                (&state_topic_beside(DEFAULT_STATUS_TOPIC), args.partitions),
-                (DEFAULT_OUTPUT_TOPIC, args.partitions),
-                (DEFAULT_STATE_TOPIC, args.partitions),
-                (DEFAULT_DEAD_LETTER_TOPIC, 1),
-            ] {
-                embedded
-                    .create_topic(topic, partitions, 1)
-                    .map_err(|e| format!("creating {topic} on the embedded broker: {e}"))?;
-            }
-            eprintln!(
-                "velib_live: no --brokers given: started an embedded Kafka-compatible broker \
-                 (librdkafka's mock cluster) at {address}\n\
-                 velib_live: read it with: kcat -b {address} -C -t {DEFAULT_OUTPUT_TOPIC}"
-            );
-            address
+            Some(MockCluster::new(1).map_err(|e| format!("starting the embedded broker: {e}"))?)
         }
     };
-    let mut kafka = KafkaConfig::new(brokers);
+    let brokers = match (&args.brokers, &embedded) {
+        (Some(brokers), _) => brokers.clone(),
+        (None, Some(embedded)) => embedded.bootstrap_servers(),
+        (None, None) => unreachable!("started above"),
+    };
+    let mut kafka = KafkaConfig::new(brokers.clone());
     for property in &args.properties {
         kafka = kafka.with_property(property).map_err(|e| e.to_string())?;
     }
     let create = args.brokers.is_some().then_some(args.partitions);
 
-    let mut poll = PollConfig::new(FeedLocation::Discover {
-        url: args.feed.clone(),
-        language: None,
-    });
-    poll.interval = args.interval;
     let mut publish = PublisherConfig::new(kafka.clone());
     publish.create_partitions = create;
-    let producer_config = ProducerConfig {
-        poll,
-        selection: selection.clone(),
-        publish,
-        resolver: resolver.clone(),
-        retry_base: Duration::from_secs(1),
-        retry_max: Duration::from_secs(60),
-        stale: args.stale.policy(),
-        long_after: args.stale.long_after,
-    };
-    let mut aggregator_config = AggregatorConfig::new(kafka.clone());
-    aggregator_config.directory_topic = Some(DEFAULT_DIRECTORY_TOPIC.into());
-    aggregator_config.postcodes = Arc::new(postcodes);
-    aggregator_config.create_partitions = create;
+    let mut base_aggregator = AggregatorConfig::new(kafka.clone());
+    base_aggregator.directory_topic = Some(DEFAULT_DIRECTORY_TOPIC.into());
+    base_aggregator.postcodes = Arc::new(postcodes);
+    base_aggregator.create_partitions = create;
+    if feeds.len() > 1 {
+        let names: Vec<Option<String>> = feeds.iter().map(|f| f.name.clone()).collect();
+        check_topics(&feeds, &publish).map_err(|e| e.to_string())?;
+        check_aggregator_topics(&names, &base_aggregator).map_err(|e| e.to_string())?;
+    }
+    let systems: Vec<System> = feeds
+        .into_iter()
+        .map(|feed| {
+            let mut poll = PollConfig::new(FeedLocation::Discover {
+                url: feed.url.clone(),
+                language: None,
+            });
+            poll.interval = args.interval;
+            let producer = ProducerConfig {
+                poll,
+                selection: selection.clone(),
+                publish: feed.topics(&publish),
+                resolver: resolver.clone(),
+                retry_base: Duration::from_secs(1),
+                retry_max: Duration::from_secs(60),
+                stale: args.stale.policy(),
+                long_after: args.stale.long_after,
+            };
+            let aggregator = match &feed.name {
+                Some(name) => base_aggregator.for_system(name),
+                None => base_aggregator.clone(),
+            };
+            System {
+                feed,
+                producer,
+                aggregator,
+                producer_handle: ProducerHandle::default(),
+                aggregator_handle: AggregatorHandle::default(),
+            }
+        })
+        .collect();
+    if let Some(embedded) = &embedded {
+        // The mock cluster creates no topic on its own: each system's, as
+        // producer and aggregator would create them.
+        let mut created = std::collections::BTreeSet::new();
+        for system in &systems {
+            let topics = system.producer.publish.topics(args.partitions).into_iter();
+            // The aggregator reads the producer's: each topic once.
+            let topics = topics.chain(system.aggregator.topics(args.partitions));
+            for topic in topics.filter(|t| created.insert(t.name.clone())) {
+                embedded
+                    .create_topic(&topic.name, topic.partitions, 1)
+                    .map_err(|e| format!("creating {} on the embedded broker: {e}", topic.name))?;
+            }
+        }
+        eprintln!(
+            "velib_live: no --brokers given: started an embedded Kafka-compatible broker \
+             (librdkafka's mock cluster) at {brokers}\n\
+             velib_live: read it with: kcat -b {brokers} -C -t {}",
+            systems[0].aggregator.output_topic
+        );
+    }
 
-    let producer_handle = ProducerHandle::default();
-    let aggregator_handle = AggregatorHandle::default();
     // Before anything starts: an address in use is said at once.
     let page = match args.http.filter(|_| args.cluster.process == 0) {
         Some(addr) => {
-            let page = LivePage::start(addr, CommittedConfig::new(kafka.clone()))
+            let shown = &systems[0];
+            let page = LivePage::start(addr, CommittedConfig::reading(&shown.aggregator))
                 .map_err(|e| format!("--http {addr}: {e}"))?;
-            eprintln!("velib_live: the live page is at http://{}/", page.addr());
+            match (&shown.feed.name, systems.len()) {
+                (Some(name), 2..) => eprintln!(
+                    "velib_live: the live page is at http://{}/ (system {name}; --page-system for another)",
+                    page.addr()
+                ),
+                _ => eprintln!("velib_live: the live page is at http://{}/", page.addr()),
+            }
             Some(page)
         }
         None => None,
     };
-    let mut metrics = velib_dataflow::metrics::Metrics::default()
-        .producer(producer_handle.clone())
-        .aggregator(aggregator_handle.clone());
+    let mut metrics = velib_dataflow::metrics::Metrics::default();
+    for system in &systems {
+        metrics = match &system.feed.name {
+            Some(name) => metrics
+                .system_producer(name, system.producer_handle.clone())
+                .system_aggregator(name, system.aggregator_handle.clone()),
+            None => metrics
+                .producer(system.producer_handle.clone())
+                .aggregator(system.aggregator_handle.clone()),
+        };
+    }
     if let Some(page) = &page {
         metrics = metrics.page(page.hub().clone());
     }
     common::serve_metrics(args.metrics_addr, metrics)?;
     if args.cluster.process > 0 {
         // Aggregator workers only: process 0 polls, publishes and shows.
-        let stopper = aggregator_handle.clone();
+        // (-n above 1 is for one system.)
+        let system = systems.into_iter().next().expect("one system");
+        let stopper = system.aggregator_handle.clone();
         common::on_ctrl_c("stopping: finishing the epochs already read", move || {
             stopper.stop()
         });
-        return aggregator::run(timely_config, aggregator_config, aggregator_handle)
+        return aggregator::run(timely_config, system.aggregator, system.aggregator_handle)
             .map_err(|e| format!("aggregator: {e}"));
     }
-    let stopper = producer_handle.clone();
+    let stoppers: Vec<ProducerHandle> = systems.iter().map(|s| s.producer_handle.clone()).collect();
     let (interrupt, interrupted) = std::sync::mpsc::channel();
     common::on_ctrl_c("stopping: finishing the epoch in flight", move || {
-        stopper.stop();
+        stoppers.iter().for_each(ProducerHandle::stop);
         let _ = interrupt.send(());
     });
 
-    // The producer first: it creates the topics the others read.
+    // One system (the default, or one named) runs as it always ran, on a
+    // thread of each job; several on threads of their own.
+    let single = systems.len() == 1;
+    let outputs: Vec<(String, Option<String>)> = systems
+        .iter()
+        .map(|s| (s.aggregator.output_topic.clone(), s.feed.name.clone()))
+        .collect();
+    let producer_handles: Vec<ProducerHandle> =
+        systems.iter().map(|s| s.producer_handle.clone()).collect();
+    let aggregator_handles: Vec<AggregatorHandle> = systems
+        .iter()
+        .map(|s| s.aggregator_handle.clone())
+        .collect();
+    // The producers first: they create the topics the others read.
+    let (producer_jobs, aggregator_jobs): (Vec<_>, Vec<_>) = systems
+        .into_iter()
+        .map(|s| {
+            let label = s.feed.label().to_owned();
+            (
+                (label.clone(), s.producer, s.producer_handle),
+                (label, s.aggregator, s.aggregator_handle),
+            )
+        })
+        .unzip();
     let producer_thread = {
-        let handle = producer_handle.clone();
         let replay = args.replay.clone();
         let interval = args.interval.unwrap_or(Duration::from_secs(1));
         std::thread::spawn(move || {
-            if replay.is_empty() {
-                producer::run(producer_config, handle)
-            } else {
-                let source = RecordedSource::new(&replay, resolver, selection, interval);
-                producer::run_with_source(source, &producer_config, handle)
+            if single {
+                // One feed, as it always ran.
+                let (_, config, handle) = producer_jobs.into_iter().next().expect("one system");
+                let outcome = if replay.is_empty() {
+                    producer::run(config, handle)
+                } else {
+                    let source = RecordedSource::new(&replay, resolver, selection, interval);
+                    producer::run_with_source(source, &config, handle)
+                };
+                return outcome.map_err(|e| format!("producer: {e}"));
             }
+            failures("producer", producer::run_systems(producer_jobs))
         })
     };
-    let aggregator_thread = {
-        let handle = aggregator_handle.clone();
-        std::thread::spawn(move || aggregator::run(timely_config, aggregator_config, handle))
-    };
-    let mut view = view::LiveView::new(&kafka, DEFAULT_OUTPUT_TOPIC, args.format)?;
+    let aggregator_thread = std::thread::spawn(move || {
+        if single {
+            let (_, config, handle) = aggregator_jobs.into_iter().next().expect("one system");
+            return aggregator::run(timely_config, config, handle)
+                .map_err(|e| format!("aggregator: {e}"));
+        }
+        failures(
+            "aggregator",
+            aggregator::run_systems(timely_config, aggregator_jobs),
+        )
+    });
 
-    // Show epochs as they complete, until the producer is done (stopped,
-    // or at the end of a replay) and its last epoch is shown.
+    // Once the jobs run: the view waits for the output topics they create.
+    let mut views = Vec::new();
+    for (topic, system) in outputs {
+        views.push(view::LiveView::new(&kafka, &topic, system, args.format)?);
+    }
+
+    // Show epochs as they complete, until the producers are done (stopped,
+    // or at the end of a replay) and each one's last epoch is shown.
     let mut drain_deadline = None;
+    let each = Duration::from_millis(200 / views.len().max(1) as u64);
     loop {
-        view.poll(Duration::from_millis(200));
+        let mut changed = false;
+        for view in &mut views {
+            changed |= view.poll(each);
+        }
+        if changed {
+            view::redraw(&views);
+        }
         if drain_deadline.is_none() && producer_thread.is_finished() {
             drain_deadline = Some(Instant::now() + Duration::from_secs(30));
         }
@@ -277,29 +427,34 @@ fn live(args: Args) -> Result<(), String> {
             break;
         }
         if let Some(deadline) = drain_deadline {
-            let last = producer_handle.stats().last_epoch;
-            let shown = view.last().unwrap_or(0);
-            if shown >= last {
+            let behind: Vec<_> = producer_handles
+                .iter()
+                .zip(&views)
+                .map(|(producer, view)| (producer.stats().last_epoch, view.last().unwrap_or(0)))
+                .filter(|(last, shown)| shown < last)
+                .collect();
+            if behind.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
                 tracing::warn!(
-                    "epoch {last} was published but its output not seen: stopping anyway"
+                    ?behind,
+                    "epochs (published, shown) were published but their output not seen: stopping anyway"
                 );
                 break;
             }
         }
     }
-    producer_handle.stop();
-    aggregator_handle.stop();
+    producer_handles.iter().for_each(ProducerHandle::stop);
+    aggregator_handles.iter().for_each(AggregatorHandle::stop);
     let produced = producer_thread
         .join()
         .map_err(|_| "the producer panicked".to_owned())?;
     let aggregated = aggregator_thread
         .join()
         .map_err(|_| "the aggregator panicked".to_owned())?;
-    produced.map_err(|e| format!("producer: {e}"))?;
-    aggregated.map_err(|e| format!("aggregator: {e}"))?;
+    produced?;
+    aggregated?;
     if let Some(page) = page {
         // A replay ends; its page is still worth reading.
         if interrupted.try_recv().is_err() {
@@ -311,4 +466,26 @@ fn live(args: Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The systems that failed, said one a line, as one error; `Ok` if none.
+fn failures<E: std::fmt::Display>(
+    role: &str,
+    outcomes: Vec<(String, Result<(), E>)>,
+) -> Result<(), String> {
+    let failed: Vec<String> = outcomes
+        .into_iter()
+        .filter_map(|(name, outcome)| {
+            outcome
+                .err()
+                .map(|e| format!("{role} of system {name}: {e}"))
+        })
+        .collect();
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "{} (the other systems went on until stopped)",
+            failed.join("; ")
+        )),
+    }
 }

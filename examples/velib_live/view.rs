@@ -4,6 +4,7 @@
 //! epoch.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 use velib_dataflow::dataflow::Epoch;
@@ -24,13 +25,38 @@ pub enum Format {
 
 pub struct LiveView {
     reader: CommittedReader,
+    /// The system shown, when named (the table's heading says it).
+    system: Option<String>,
     current: BTreeMap<String, PostcodeRecord>,
     last: Option<Epoch>,
     table: bool,
+    /// The table as last drawn, for [`redraw`].
+    screen: String,
+}
+
+/// Clears the terminal and draws every view's table, one under the other
+/// (nothing for views printing JSON lines, which print as they read).
+pub fn redraw(views: &[LiveView]) {
+    let screens: Vec<&str> = views
+        .iter()
+        .filter(|v| v.table && !v.screen.is_empty())
+        .map(|v| v.screen.as_str())
+        .collect();
+    if screens.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "\x1b[2J\x1b[H{}", screens.join("\n"));
+    let _ = out.flush();
 }
 
 impl LiveView {
-    pub fn new(kafka: &KafkaConfig, topic: &str, format: Format) -> Result<LiveView, String> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        topic: &str,
+        system: Option<String>,
+        format: Format,
+    ) -> Result<LiveView, String> {
         let mut config = CommittedConfig::new(kafka.clone());
         config.output_topic = topic.to_owned();
         // The terminal shows postcodes only: no stations to read.
@@ -43,9 +69,11 @@ impl LiveView {
         };
         Ok(LiveView {
             reader,
+            system,
             current: BTreeMap::new(),
             last: None,
             table,
+            screen: String::new(),
         })
     }
 
@@ -54,9 +82,13 @@ impl LiveView {
         self.last
     }
 
-    /// Reads what arrived within `timeout` and shows every epoch completed.
-    pub fn poll(&mut self, timeout: Duration) {
+    /// Reads what arrived within `timeout` and shows every epoch completed:
+    /// JSON lines printed at once, the table drawn for [`redraw`]. Whether
+    /// an epoch was shown.
+    pub fn poll(&mut self, timeout: Duration) -> bool {
+        let mut shown = false;
         for epoch in self.reader.poll(timeout) {
+            shown = true;
             let feed_time = epoch.feed_time.or_else(|| {
                 epoch
                     .postcodes
@@ -67,6 +99,7 @@ impl LiveView {
             });
             self.show(epoch.epoch, &epoch.postcodes, feed_time);
         }
+        shown
     }
 
     fn show(
@@ -85,12 +118,13 @@ impl LiveView {
         }
         self.last = Some(epoch);
         let feed_time = feed_time.unwrap_or(0);
-        let mut out = std::io::stdout().lock();
         if !self.table {
+            let mut out = std::io::stdout().lock();
             for (postcode, record) in changes {
                 let line = match record {
                     Some(r) => serde_json::to_string(r),
                     None => serde_json::to_string(&PostcodeDeletion {
+                        system: self.system.clone(),
                         postcode: postcode.clone(),
                         deleted: true,
                         epoch,
@@ -102,6 +136,12 @@ impl LiveView {
             let _ = out.flush();
             return;
         }
+        // Written to a string: `redraw` shows every system's together.
+        let mut out = String::new();
+        let system = match &self.system {
+            Some(name) => format!(" · {name}"),
+            None => String::new(),
+        };
         let totals = velib_dataflow::web::page::Totals::of(self.current.values());
         let (bikes, meca, elec) = (totals.nbr_total, totals.nbr_meca, totals.nbr_elec);
         let (empty, full) = (totals.nbr_stations_empty, totals.nbr_stations_full);
@@ -111,10 +151,9 @@ impl LiveView {
             .unwrap_or(120);
         const CELL: usize = 22;
         let columns = (width / CELL).max(1);
-        let _ = write!(out, "\x1b[2J\x1b[H");
         let _ = writeln!(
             out,
-            "velib-dataflow · epoch {epoch} · feed time {} · {bikes} bikes ({meca} mechanical, {elec} e-bikes) · {empty} stations empty, {full} full · {} postcodes, {} changed",
+            "velib-dataflow{system} · epoch {epoch} · feed time {} · {bikes} bikes ({meca} mechanical, {elec} e-bikes) · {empty} stations empty, {full} full · {} postcodes, {} changed",
             utc(feed_time),
             self.current.len(),
             changes.len(),
@@ -153,7 +192,7 @@ impl LiveView {
         if !gone.is_empty() {
             let _ = writeln!(out, "\nno longer any station: {gone:?}");
         }
-        let _ = out.flush();
+        self.screen = out;
     }
 }
 

@@ -89,6 +89,34 @@ impl CommittedConfig {
             wait_for_topics: Duration::from_secs(60),
         }
     }
+
+    /// What `aggregator` writes, on its brokers: its output and state
+    /// topics, its input topics as its state names them (a named system's
+    /// included, [`crate::aggregator::AggregatorConfig::for_system`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::aggregator::AggregatorConfig;
+    /// use velib_dataflow::kafka::KafkaConfig;
+    /// use velib_dataflow::web::committed::CommittedConfig;
+    ///
+    /// let oslo = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092")).for_system("oslo");
+    /// let config = CommittedConfig::reading(&oslo);
+    /// assert_eq!(config.output_topic, "velib-projet-clean.oslo");
+    /// assert_eq!(config.state_topic.as_deref(), Some("velib-projet-clean-state.oslo"));
+    /// assert_eq!((config.status_topic.as_str(), config.directory_topic.as_str()), ("velib-projet.oslo", "velib-directory.oslo"));
+    /// ```
+    pub fn reading(aggregator: &crate::aggregator::AggregatorConfig) -> Self {
+        let mut config = CommittedConfig::new(aggregator.kafka.clone());
+        config.state_topic = aggregator.state_topic.name(&aggregator.output_topic);
+        config.output_topic.clone_from(&aggregator.output_topic);
+        config.status_topic.clone_from(&aggregator.input_topic);
+        if let Some(directory) = &aggregator.directory_topic {
+            config.directory_topic.clone_from(directory);
+        }
+        config
+    }
 }
 
 /// One whole committed epoch: what changed in it.

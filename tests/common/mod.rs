@@ -386,43 +386,59 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Serves the Oslo series through its discovery file; returns what each
-/// epoch should publish: (epoch, statuses, directory entries).
-pub fn serve_oslo_series(
-    server: &http::FeedServer,
-) -> Vec<(velib_dataflow::dataflow::Epoch, usize, usize)> {
-    use std::path::PathBuf;
-    use velib_dataflow::directory::DirectoryResolver;
-    use velib_dataflow::feed::{gbfs, payload};
-    use velib_dataflow::postcode::PostcodeTable;
-    use velib_dataflow::snapshot::{net_changes, Snapshot, SnapshotSequencer, StationSelection};
+/// The recorded Oslo series (`gbfs/oslo/series`) in order, and its
+/// station_information file.
+fn oslo_files() -> (Vec<Vec<u8>>, Vec<u8>) {
     let oslo = fixtures().join("gbfs/oslo");
     let mut series: Vec<PathBuf> = std::fs::read_dir(oslo.join("series"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     series.sort();
+    let series = series.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let information = std::fs::read(oslo.join("station_information.json")).unwrap();
+    (series, information)
+}
+
+/// The Oslo series as the producer assembles it (Vélib' table, postcodes
+/// inferred): for [`sequence`].
+pub fn oslo_series() -> Vec<Snapshot> {
+    use velib_dataflow::directory::DirectoryResolver;
+    use velib_dataflow::feed::{gbfs, payload};
+    use velib_dataflow::postcode::PostcodeTable;
+    use velib_dataflow::snapshot::StationSelection;
+    let (series, information) = oslo_files();
+    let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
+    let info = gbfs::parse_information(&information).unwrap();
+    series
+        .iter()
+        .map(|file| {
+            let (status, _) = payload::parse_status(file).unwrap();
+            Snapshot::assemble(status, Some(&info), &resolver, &StationSelection::all())
+        })
+        .collect()
+}
+
+/// Serves the Oslo series through its discovery file; returns what each
+/// epoch should publish: (epoch, statuses, directory entries).
+pub fn serve_oslo_series(
+    server: &http::FeedServer,
+) -> Vec<(velib_dataflow::dataflow::Epoch, usize, usize)> {
+    use velib_dataflow::snapshot::net_changes;
+    let (series, information) = oslo_files();
     server.script("/gbfs.json", [http::Reply::ok(http::discovery(server))]);
     server.script(
         "/nb/station_status.json",
-        series
-            .iter()
-            .map(|p| http::Reply::ok(std::fs::read(p).unwrap())),
+        series.into_iter().map(http::Reply::ok),
     );
     server.script(
         "/nb/station_information.json",
-        [http::Reply::ok(information.clone())],
+        [http::Reply::ok(information)],
     );
-    let resolver = DirectoryResolver::new(PostcodeTable::velib(), true);
-    let info = gbfs::parse_information(&information).unwrap();
     let mut sequencer = SnapshotSequencer::new();
-    series
-        .iter()
-        .filter_map(|p| {
-            let (status, _) = payload::parse_status(&std::fs::read(p).unwrap()).unwrap();
-            let snapshot =
-                Snapshot::assemble(status, Some(&info), &resolver, &StationSelection::all());
+    oslo_series()
+        .into_iter()
+        .filter_map(|snapshot| {
             sequencer.advance(snapshot).unwrap().map(|u| {
                 (
                     u.epoch,
