@@ -123,6 +123,7 @@ fn status(i: usize, rng: &mut Lcg) -> StationStatus {
         is_returning: true,
         last_reported: Some(1_732_004_538),
         judged,
+        vehicle_types: Default::default(),
     }
 }
 

@@ -109,6 +109,12 @@ struct Args {
     #[arg(long, value_name = "ID")]
     transactional_id: Option<String>,
 
+    /// Also write each postcode's vehicles by the feed's vehicle_type_id
+    /// (GBFS v2.3 and v3 `vehicle_types_available`): a `vehicle_types`
+    /// object in each record, e.g. `{"city": 4, "cargo": 1}`.
+    #[arg(long)]
+    vehicle_types: bool,
+
     /// Aggregate this system of velib_producer's (--feed NAME=URL):
     /// repeat it for several, each its own dataflow, epochs and
     /// transactional id, reading <input topic>.NAME and
@@ -280,6 +286,7 @@ fn configure(args: Args) -> Result<(timely::Config, AggregatorConfig), String> {
         InputFormat::Seed => Some(Framing::Ingestion),
     };
     config.postcodes = Arc::new(postcodes);
+    config.vehicle_types = args.vehicle_types;
     config.create_partitions = args.kafka.create_partitions();
     config.replication = args.kafka.replication;
     Ok((timely_config, config))

@@ -11,7 +11,9 @@
 //! (the shipped Vélib' one or the user's), by its code, else its id.
 
 use crate::counts::PostcodeTotals;
-use crate::dataflow::{postcode_counts_from_upserts, Epoch};
+use crate::dataflow::{
+    postcode_counts_from_upserts, postcode_vehicle_types, with_vehicle_types, Epoch,
+};
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::kafka::as_of::{read_as_of, read_framing};
@@ -142,6 +144,9 @@ pub struct AggregatorConfig {
     pub replication: i32,
     /// Epochs read ahead of what is committed.
     pub read_ahead: u64,
+    /// Also write each postcode's vehicles by `vehicle_type_id`
+    /// (`vehicle_types` in the records; [`crate::dataflow::postcode_vehicle_types`]).
+    pub vehicle_types: bool,
     /// The system whose records these are, written in each record's
     /// `system` field (`None`: the default system, whose records have
     /// none); see [`Self::for_system`].
@@ -165,6 +170,7 @@ impl AggregatorConfig {
             create_partitions: Some(3),
             replication: 1,
             read_ahead: 8,
+            vehicle_types: false,
             system: None,
         }
     }
@@ -684,7 +690,7 @@ fn build_dataflow<'s>(
         None => table_directory_upserts(statuses.clone(), Arc::clone(&config.postcodes)),
     };
     let counts: VecCollection<'_, Epoch, (Postcode, PostcodeTotals)> =
-        postcode_counts_from_upserts(statuses, directory);
+        postcode_counts_from_upserts(statuses.clone(), directory.clone());
     let mut sink = SinkConfig::new(
         config.kafka.clone(),
         config.output_topic.clone(),
@@ -693,15 +699,21 @@ fn build_dataflow<'s>(
     sink.state_topic = config.state_topic.name(&config.output_topic);
     sink.resume = start.committed.clone();
     sink.dead_letter_topic = config.dead_letter_topic.clone();
-    counts
-        .kafka_sink_with_state(
+    let encoder = PostcodeRecordEncoder::of_system(config.system.clone());
+    let progress = sources.progress().probe_with(read);
+    let written = if config.vehicle_types {
+        let types = postcode_vehicle_types(statuses, directory);
+        with_vehicle_types(counts, types).kafka_sink_with_state(
             state,
-            sources.progress().probe_with(read),
+            progress,
             sink,
-            PostcodeRecordEncoder::of_system(config.system.clone()),
+            encoder,
             handle.sink.clone(),
         )
-        .probe_with(finished);
+    } else {
+        counts.kafka_sink_with_state(state, progress, sink, encoder, handle.sink.clone())
+    };
+    written.probe_with(finished);
 }
 
 /// A source's upserts, after the state restored for it (its topic names

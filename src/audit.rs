@@ -1980,6 +1980,7 @@ mod tests {
                 is_returning: true,
                 last_reported: None,
                 judged,
+                vehicle_types: Default::default(),
             };
             let stamp = EpochStamp {
                 epoch,

@@ -90,6 +90,7 @@ impl PostcodeCounts {
     ///     bike_types: Some(BikeTypes { mechanical: 6, ebike: 4, other: 0 }),
     ///     docks_available: 2, is_installed: true, is_renting: false,
     ///     is_returning: true, last_reported: None, judged: Default::default(),
+    ///     vehicle_types: Default::default(),
     /// };
     /// let c = PostcodeCounts::of_station(&closed);
     /// assert_eq!((c.bikes, c.bikes_unavailable, c.stations, c.stations_renting), (0, 10, 1, 0));
@@ -177,6 +178,7 @@ impl PostcodeCounts {
 ///     bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
 ///     docks_available: 9, is_installed: true, is_renting: true,
 ///     is_returning: true, last_reported: None, judged: Default::default(),
+///     vehicle_types: Default::default(),
 /// };
 /// let station = StationCounts::of_station(&status);
 /// // Placed under a postcode, it is exactly the station's PostcodeCounts.

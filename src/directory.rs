@@ -100,6 +100,7 @@ impl DirectoryEntry {
     ///     station_id: StationId::Num(1), code: Some("16107".into()), bikes_available: 0,
     ///     bike_types: None, docks_available: 0, is_installed: true, is_renting: true,
     ///     is_returning: true, last_reported: None, judged: Default::default(),
+    ///     vehicle_types: Default::default(),
     /// };
     /// let entry = DirectoryEntry::placed_by_table(&PostcodeTable::velib(), &status);
     /// assert_eq!((entry.postcode.as_str(), entry.postcode_source), ("75016", PostcodeSource::Table));

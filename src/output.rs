@@ -105,6 +105,11 @@ pub struct PostcodeRecord {
     /// Since when the station full for the longest has been full.
     #[serde(default)]
     pub longest_full_since: Option<FeedTime>,
+    /// With `velib_aggregator --vehicle-types`: vehicles a rider can take,
+    /// by the feed's `vehicle_type_id` (`{}` when the stations list none);
+    /// absent without the option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vehicle_types: Option<crate::dataflow::VehicleTypeCounts>,
     /// The epoch of this value.
     pub epoch: Epoch,
     /// The feed's time of the snapshot, in seconds since the Unix epoch.
@@ -141,6 +146,7 @@ impl PostcodeRecord {
             nbr_stations_full_long: counts.stations_full_long,
             longest_empty_since: totals.longest_empty_since,
             longest_full_since: totals.longest_full_since,
+            vehicle_types: None,
             epoch,
             feed_time,
         }
@@ -199,7 +205,8 @@ pub fn json_line(
 ///
 /// let postcode = Postcode::parse("75016").unwrap();
 /// let encoder = PostcodeRecordEncoder::default();
-/// assert_eq!(encoder.key(&postcode), b"75016");
+/// // (It encodes totals, and totals with vehicle types: say which.)
+/// assert_eq!(RecordEncoder::<Postcode, PostcodeTotals>::key(&encoder, &postcode), b"75016");
 /// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
 /// let value = String::from_utf8(encoder.value(&postcode, &PostcodeTotals::default(), &progress)).unwrap();
 /// assert!(value.starts_with(r#"{"postcode":"75016","#), "{value}");
@@ -240,6 +247,48 @@ impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeTotals> for PostcodeRec
             ..PostcodeRecord::new(
                 key,
                 value,
+                progress.epoch,
+                progress.feed_time.unwrap_or_default(),
+            )
+        };
+        serde_json::to_vec(&record).expect("records of strings and integers always serialise")
+    }
+}
+
+/// With `--vehicle-types`: the record with its `vehicle_types`.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::dataflow::TypedTotals;
+/// use velib_dataflow::kafka::sink::{EpochProgress, RecordEncoder};
+/// use velib_dataflow::output::PostcodeRecordEncoder;
+/// use velib_dataflow::postcode::Postcode;
+///
+/// let typed = TypedTotals { vehicle_types: [("cargo".to_owned(), 2)].into(), ..Default::default() };
+/// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
+/// let value = PostcodeRecordEncoder::default().value(&Postcode::parse("0150").unwrap(), &typed, &progress);
+/// assert!(String::from_utf8(value).unwrap().contains(r#""vehicle_types":{"cargo":2},"epoch":3"#));
+/// ```
+impl crate::kafka::sink::RecordEncoder<Postcode, crate::dataflow::TypedTotals>
+    for PostcodeRecordEncoder
+{
+    fn key(&self, key: &Postcode) -> Vec<u8> {
+        key.as_str().as_bytes().to_vec()
+    }
+
+    fn value(
+        &self,
+        key: &Postcode,
+        value: &crate::dataflow::TypedTotals,
+        progress: &crate::kafka::sink::EpochProgress,
+    ) -> Vec<u8> {
+        let record = PostcodeRecord {
+            system: self.system.clone(),
+            vehicle_types: Some(value.vehicle_types.clone()),
+            ..PostcodeRecord::new(
+                key,
+                &value.totals,
                 progress.epoch,
                 progress.feed_time.unwrap_or_default(),
             )

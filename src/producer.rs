@@ -168,6 +168,7 @@ pub struct ProducerStats {
 ///     station_id: StationId::Num(1), code: None, bikes_available: 0, bike_types: None,
 ///     docks_available: 9, is_installed: true, is_renting: true, is_returning: true,
 ///     last_reported: None, judged: Judged { empty_since: Some(1_000), ..Default::default() },
+///     vehicle_types: Default::default(),
 /// };
 /// let tally = StationTally::of([&empty], 1_600);
 /// assert_eq!((tally.empty, tally.full, tally.longest_empty_seconds), (1, 0, Some(600)));

@@ -5,6 +5,7 @@
 //! at every epoch, and the benchmarks compare their costs.
 
 use crate::counts::{PostcodeCounts, PostcodeTotals};
+use crate::dataflow::{TypedTotals, VehicleTypeCounts};
 use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::postcode::Postcode;
@@ -60,6 +61,52 @@ pub fn postcode_counts_from_scratch<'a>(
         );
     }
     totals
+}
+
+/// Per-postcode totals with vehicles by type (`--vehicle-types`), from
+/// scratch: every postcode of [`postcode_counts_from_scratch`], with the
+/// vehicles of its installed and renting stations summed by
+/// `vehicle_type_id`, types with none left out.
+///
+/// # Examples
+///
+/// ```
+/// use velib_dataflow::reference::typed_totals_from_scratch;
+/// assert!(typed_totals_from_scratch(&[], &[]).is_empty());
+/// ```
+pub fn typed_totals_from_scratch(
+    statuses: &[StationStatus],
+    directory: &[DirectoryEntry],
+) -> BTreeMap<Postcode, TypedTotals> {
+    let located: HashMap<_, _> = directory
+        .iter()
+        .map(|d| (&d.station_id, d.postcode))
+        .collect();
+    let mut types: BTreeMap<Postcode, VehicleTypeCounts> = BTreeMap::new();
+    for status in statuses.iter().filter(|s| s.is_installed && s.is_renting) {
+        let postcode = located
+            .get(&status.station_id)
+            .copied()
+            .unwrap_or_else(Postcode::unknown);
+        let counts = types.entry(postcode).or_default();
+        for (kind, n) in &status.vehicle_types {
+            *counts.entry(kind.clone()).or_default() += i64::from(*n);
+        }
+    }
+    postcode_counts_from_scratch(statuses, directory)
+        .into_iter()
+        .map(|(postcode, totals)| {
+            let mut vehicle_types = types.remove(&postcode).unwrap_or_default();
+            vehicle_types.retain(|_, n| *n != 0);
+            (
+                postcode,
+                TypedTotals {
+                    totals,
+                    vehicle_types,
+                },
+            )
+        })
+        .collect()
 }
 
 /// One station's counts, written out from its status field by field rather

@@ -265,6 +265,7 @@ impl Snapshot {
 /// let station = |bikes| StationStatus {
 ///     station_id: StationId::Num(7), code: None, bikes_available: bikes, bike_types: None,
 ///     docks_available: 5, is_installed: true, is_renting: true, is_returning: true, last_reported: None, judged: Default::default(),
+///     vehicle_types: Default::default(),
 /// };
 /// let snapshot = |t, bikes| Snapshot {
 ///     feed_time: t, feed_time_kind: FeedTimeKind::Published, statuses: vec![station(bikes)], directory: None,
@@ -347,6 +348,7 @@ impl SnapshotSequencer {
     ///     station_id: StationId::Num(1), code: None, bikes_available: 3, bike_types: None,
     ///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true,
     ///     last_reported: Some(1_000), judged: Default::default(),
+    ///     vehicle_types: Default::default(),
     /// };
     /// let at = |feed_time| Snapshot {
     ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![status.clone()], directory: None,
@@ -377,6 +379,7 @@ impl SnapshotSequencer {
     ///     station_id: StationId::Num(1), code: None, bikes_available: 0, bike_types: None,
     ///     docks_available: 9, is_installed: true, is_renting: true, is_returning: true,
     ///     last_reported: None, judged: Default::default(),
+    ///     vehicle_types: Default::default(),
     /// };
     /// let at = |feed_time| Snapshot {
     ///     feed_time, feed_time_kind: FeedTimeKind::Published, statuses: vec![empty.clone()], directory: None,

@@ -310,6 +310,7 @@ mod tests {
             is_returning: true,
             last_reported: None,
             judged: Default::default(),
+            vehicle_types: Default::default(),
         }
     }
 

@@ -111,6 +111,7 @@ fn snapshots(steps: Vec<Step>) -> Vec<Snapshot> {
                             // snapshot: the later ones are stale (2 h).
                             last_reported: Some(time - i as i64 * 1_500),
                             judged: Default::default(),
+                            vehicle_types: Default::default(),
                         })
                     })
                     .collect();

@@ -39,6 +39,7 @@ fn status() -> StationStatus {
         is_returning: true,
         last_reported: Some(1732004476),
         judged: Default::default(),
+        vehicle_types: Default::default(),
     }
 }
 

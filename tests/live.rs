@@ -107,13 +107,7 @@ fn velib_live_runs_several_systems_each_to_the_reference() {
         .stderr(stderr.reopen().unwrap())
         .spawn()
         .unwrap();
-    let printed = || -> Vec<Value> {
-        std::fs::read_to_string(stdout.path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
+    let printed = || printed_lines(stdout.path());
     let of = |lines: &[Value], system: &str| -> Vec<Value> {
         lines
             .iter()
@@ -139,12 +133,7 @@ fn velib_live_runs_several_systems_each_to_the_reference() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
+    let status = interrupt(&mut child);
     let log = std::fs::read_to_string(stderr.path()).unwrap_or_default();
     assert!(status.success(), "{status}\n{log}");
     let lines = printed();
@@ -160,6 +149,102 @@ fn velib_live_runs_several_systems_each_to_the_reference() {
         log.contains("stuck") && log.contains("503"),
         "the failing system is said: {log}"
     );
+}
+
+/// `velib_live --vehicle-types` on a GBFS v3 system: each record has its
+/// postcode's vehicles by type id, as the from-scratch reference counts
+/// them; without the flag, no record has any.
+#[test]
+fn velib_live_counts_vehicles_by_type_with_vehicle_types() {
+    use std::time::{Duration, Instant};
+    use velib_dataflow::poll::{FeedLocation, FeedPoller, PollConfig};
+    use velib_dataflow::snapshot_source::PollOutcome;
+    let server = common::http::FeedServer::start();
+    common::serve_v3_system(&server);
+    let url = server.url("/gbfs.json");
+    // The reference: the system as the producer polls and judges it.
+    let mut poller = FeedPoller::new(
+        PollConfig::new(FeedLocation::Discover {
+            url: url.clone(),
+            language: None,
+        }),
+        velib_dataflow::directory::DirectoryResolver::new(
+            velib_dataflow::postcode::PostcodeTable::velib(),
+            true,
+        ),
+    )
+    .unwrap();
+    let Ok(PollOutcome::Snapshot(polled)) = poller.poll() else {
+        panic!("the system answers");
+    };
+    let epoch = common::sequence_with_stations(vec![polled.snapshot])
+        .pop()
+        .unwrap();
+    let expected =
+        velib_dataflow::reference::typed_totals_from_scratch(&epoch.statuses, &epoch.directory);
+    assert!(expected.values().any(|t| !t.vehicle_types.is_empty()));
+
+    for with_types in [true, false] {
+        let stdout = tempfile::NamedTempFile::new().unwrap();
+        let mut command = std::process::Command::new(common::example_binary("velib_live"));
+        common::broker::killed_with_this_thread(&mut command);
+        command
+            .args(["--feed", &url, "--interval", "100ms", "--format", "json"])
+            .env_remove("KAFKA_BROKERS")
+            .stdout(stdout.reopen().unwrap())
+            .stderr(std::process::Stdio::null());
+        if with_types {
+            command.arg("--vehicle-types");
+        }
+        let mut child = command.spawn().unwrap();
+        let printed = || printed_lines(stdout.path());
+        // A bound on a hang, not a performance assertion.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while printed().len() < expected.len() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("not shown: {:?}", printed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(interrupt(&mut child).success());
+        let lines = printed();
+        assert_eq!(lines.len(), expected.len(), "{lines:?}");
+        for line in lines {
+            let got: PostcodeRecord = serde_json::from_value(line).unwrap();
+            let typed =
+                &expected[&velib_dataflow::postcode::Postcode::parse(&got.postcode).unwrap()];
+            let want = PostcodeRecord {
+                vehicle_types: with_types.then(|| typed.vehicle_types.clone()),
+                ..PostcodeRecord::new(
+                    &velib_dataflow::postcode::Postcode::parse(&got.postcode).unwrap(),
+                    &typed.totals,
+                    epoch.updates.epoch,
+                    epoch.updates.feed_time,
+                )
+            };
+            assert_eq!(got, want);
+        }
+    }
+}
+
+/// The JSON lines printed so far into `path`.
+fn printed_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Ctrl-C, and how it exited.
+fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
 }
 
 /// Printed per epoch: exactly the postcodes that changed, with the values

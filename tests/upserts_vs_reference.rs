@@ -2,8 +2,10 @@
 //! and epoch, removals, stations without an entry, entries without a
 //! status) through `postcode_counts_from_upserts`, the path the aggregator
 //! takes from its Kafka sources, compared at every epoch with the naive
-//! from-scratch computation over what the upserts leave. One worker, and two
-//! with a serialised exchange.
+//! from-scratch computation over what the upserts leave; and the same with
+//! vehicles by type (`with_vehicle_types`), a typed status listing its
+//! mechanical and e-bikes as two GBFS v3 vehicle types. One worker, and
+//! two with a serialised exchange.
 
 use proptest::prelude::*;
 use std::cell::RefCell;
@@ -13,16 +15,19 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use velib_dataflow::counts::PostcodeTotals;
-use velib_dataflow::dataflow::postcode_counts_from_upserts;
+use velib_dataflow::dataflow::{
+    postcode_counts_from_upserts, postcode_vehicle_types, with_vehicle_types, TypedTotals,
+};
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
 use velib_dataflow::feed::{BikeTypes, Judged, StationId, StationStatus};
 use velib_dataflow::postcode::Postcode;
-use velib_dataflow::reference::postcode_counts_from_scratch;
+use velib_dataflow::reference::{postcode_counts_from_scratch, typed_totals_from_scratch};
 
 const POSTCODES: &[&str] = &["75001", "75002", "93100"];
 const STATIONS: u64 = 6;
 
 type State = BTreeMap<Postcode, PostcodeTotals>;
+type TypedState = BTreeMap<Postcode, TypedTotals>;
 
 /// A status: mechanical bikes, e-bikes, docks, renting, typed, and since
 /// when empty and full (few times, so that stations share them; given
@@ -85,6 +90,15 @@ fn status_of(i: u64, fields: StatusFields) -> StationStatus {
             full_since,
             ..Default::default()
         },
+        // As a v3 feed lists them (a type with none included).
+        vehicle_types: match typed {
+            true => [
+                ("city".to_owned(), mechanical),
+                ("e-city".to_owned(), ebike),
+            ]
+            .into(),
+            false => Default::default(),
+        },
     }
 }
 
@@ -108,7 +122,7 @@ fn entry_of(i: u64, (postcode, inferred): (usize, bool)) -> DirectoryEntry {
 }
 
 /// What the reference says after each epoch.
-fn expected(epochs: &[Vec<Upsert>]) -> Vec<State> {
+fn expected(epochs: &[Vec<Upsert>]) -> Vec<(State, TypedState)> {
     let mut statuses: HashMap<u64, StationStatus> = HashMap::new();
     let mut entries: HashMap<u64, DirectoryEntry> = HashMap::new();
     let mut out = Vec::new();
@@ -121,30 +135,60 @@ fn expected(epochs: &[Vec<Upsert>]) -> Vec<State> {
                 Upsert::Entry(i, None) => drop(entries.remove(i)),
             }
         }
-        out.push(postcode_counts_from_scratch(
-            statuses.values(),
-            entries.values(),
-        ));
+        let totals = postcode_counts_from_scratch(statuses.values(), entries.values());
+        let statuses: Vec<StationStatus> = statuses.values().cloned().collect();
+        let entries: Vec<DirectoryEntry> = entries.values().cloned().collect();
+        out.push((totals, typed_totals_from_scratch(&statuses, &entries)));
     }
     out
 }
 
+/// The rows of a collection summed up: one value per postcode.
+fn state_of<V: Clone + std::fmt::Debug>(
+    rows: &BTreeMap<(Postcode, V), isize>,
+) -> BTreeMap<Postcode, V> {
+    let mut state = BTreeMap::new();
+    for ((postcode, value), diff) in rows {
+        match *diff {
+            0 => {}
+            1 => assert!(
+                state.insert(*postcode, value.clone()).is_none(),
+                "{postcode} twice"
+            ),
+            d => panic!("{postcode} {value:?} with multiplicity {d}"),
+        }
+    }
+    state
+}
+
 /// What the dataflow says after each epoch, on `config`'s workers.
-fn incremental(config: timely::Config, epochs: Vec<Vec<Upsert>>) -> Vec<State> {
-    let states: Arc<Mutex<Vec<State>>> = Arc::default();
+fn incremental(config: timely::Config, epochs: Vec<Vec<Upsert>>) -> Vec<(State, TypedState)> {
+    let states: Arc<Mutex<Vec<(State, TypedState)>>> = Arc::default();
     let result = Arc::clone(&states);
     let epochs = Arc::new(epochs);
     timely::execute(config, move |worker| {
         let seen: Rc<RefCell<BTreeMap<(Postcode, PostcodeTotals), isize>>> = Rc::default();
+        let seen_typed: Rc<RefCell<BTreeMap<(Postcode, TypedTotals), isize>>> = Rc::default();
         let sink = Rc::clone(&seen);
+        let typed_sink = Rc::clone(&seen_typed);
         let (mut statuses, mut entries, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (statuses, status_stream) = scope.new_input();
             let (entries, entry_stream) = scope.new_input();
-            let (probe, _) = postcode_counts_from_upserts(status_stream, entry_stream)
+            let counts = postcode_counts_from_upserts(status_stream.clone(), entry_stream.clone());
+            let types = postcode_vehicle_types(status_stream, entry_stream);
+            let (probe, _) = counts
+                .clone()
                 .inner
                 .exchange(|_| 0)
                 .inspect(move |(row, _, diff)| *sink.borrow_mut().entry(*row).or_default() += diff)
                 .probe();
+            with_vehicle_types(counts, types)
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |(row, _, diff)| {
+                    *typed_sink.borrow_mut().entry(row.clone()).or_default() += diff
+                })
+                .probe_with(&probe);
             (statuses, entries, probe)
         });
         for (epoch, upserts) in epochs.iter().enumerate() {
@@ -167,18 +211,8 @@ fn incremental(config: timely::Config, epochs: Vec<Vec<Upsert>>) -> Vec<State> {
                 worker.step();
             }
             if worker.index() == 0 {
-                let mut state = State::new();
-                for ((postcode, counts), diff) in seen.borrow().iter() {
-                    match *diff {
-                        0 => {}
-                        1 => assert!(
-                            state.insert(*postcode, *counts).is_none(),
-                            "{postcode} twice"
-                        ),
-                        d => panic!("{postcode} {counts:?} with multiplicity {d}"),
-                    }
-                }
-                result.lock().unwrap().push(state);
+                let states = (state_of(&seen.borrow()), state_of(&seen_typed.borrow()));
+                result.lock().unwrap().push(states);
             }
         }
     })

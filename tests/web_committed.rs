@@ -94,6 +94,7 @@ impl Writer {
             is_returning: true,
             last_reported: None,
             judged: Default::default(),
+            vehicle_types: Default::default(),
         };
         let e = epoch.to_string();
         self.send(

@@ -134,6 +134,7 @@ impl Network {
             is_returning: open,
             last_reported: Some(self.reported[index]),
             judged: Default::default(),
+            vehicle_types: Default::default(),
         };
         (
             station_key(&status.station_id),

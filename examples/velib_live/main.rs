@@ -71,6 +71,11 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "http")]
     page_system: Option<String>,
 
+    /// Also count each postcode's vehicles by the feed's vehicle_type_id
+    /// (GBFS v2.3 and v3): a `vehicle_types` object in each record.
+    #[arg(long)]
+    vehicle_types: bool,
+
     /// Replay these recorded snapshot files (or directories of them)
     /// instead of polling the feed; exits when they are done.
     #[arg(long, num_args = 1.., value_name = "PATH")]
@@ -240,6 +245,7 @@ fn live(args: Args, feeds: Vec<SystemFeed>) -> Result<(), String> {
     base_aggregator.directory_topic = Some(DEFAULT_DIRECTORY_TOPIC.into());
     base_aggregator.postcodes = Arc::new(postcodes);
     base_aggregator.create_partitions = create;
+    base_aggregator.vehicle_types = args.vehicle_types;
     if feeds.len() > 1 {
         let names: Vec<Option<String>> = feeds.iter().map(|f| f.name.clone()).collect();
         check_topics(&feeds, &publish).map_err(|e| e.to_string())?;

@@ -3,15 +3,21 @@
 //! Three steps, one module each, every one doing work in proportion to what
 //! changed: [`latest_per_key`] (collections to upserts, for callers with
 //! collections), [`place_stations`] (each station's counts meet its
-//! postcode, per station), [`postcode_totals`] (the sum per postcode).
+//! postcode, per station), [`postcode_totals`] (the sum per postcode); and
+//! beside them, optional, [`postcode_vehicle_types`] (vehicles per type per
+//! postcode).
 
 mod latest_per_key;
 mod place_stations;
 mod postcode_totals;
+mod vehicle_types;
 
 pub use latest_per_key::latest_per_key;
 pub use place_stations::{place_stations, PlacedStation, Placement, PostcodeDeltas};
 pub use postcode_totals::postcode_totals;
+pub use vehicle_types::{
+    postcode_vehicle_types, with_vehicle_types, TypedTotals, VehicleTypeCounts,
+};
 
 use crate::counts::{PostcodeTotals, StationCounts};
 use crate::directory::DirectoryEntry;
@@ -75,6 +81,7 @@ pub use crate::kafka::protocol::Epoch;
 ///         bike_types: Some(BikeTypes { mechanical: 2, ebike: 1, other: 0 }),
 ///         docks_available: 32, is_installed: true, is_renting: true, is_returning: true,
 ///         last_reported: None, judged: Default::default(),
+///         vehicle_types: Default::default(),
 ///     });
 /// });
 /// let out = out.lock().unwrap();
@@ -112,6 +119,7 @@ where
 ///     station_id: StationId::Num(1), code: None, bikes_available: bikes, bike_types: None,
 ///     docks_available: 0, is_installed: true, is_renting: true, is_returning: true,
 ///     last_reported: None, judged: Default::default(),
+///     vehicle_types: Default::default(),
 /// };
 /// let out = Arc::new(Mutex::new(Vec::new()));
 /// let sink = out.clone();

@@ -449,3 +449,59 @@ pub fn serve_oslo_series(
         })
         .collect()
 }
+
+/// Serves a GBFS v3 system of two stations whose vehicles are listed by
+/// type id, its `vehicle_types.json` found through discovery (type `9` of
+/// station b is not defined), at `/gbfs.json`.
+pub fn serve_v3_system(server: &http::FeedServer) {
+    let serve_json = |path: &str, value: serde_json::Value| {
+        server.script(path, [http::Reply::ok(serde_json::to_vec(&value).unwrap())]);
+    };
+    let time = "2024-11-19T08:22:18Z";
+    serve_json(
+        "/gbfs.json",
+        serde_json::json!({
+            "last_updated": time, "ttl": 60, "version": "3.0",
+            "data": {"feeds": [
+                {"name": "station_status", "url": server.url("/station_status.json")},
+                {"name": "station_information", "url": server.url("/station_information.json")},
+                {"name": "vehicle_types", "url": server.url("/vehicle_types.json")},
+            ]}
+        }),
+    );
+    let station = |id: &str, types: serde_json::Value| {
+        serde_json::json!({"station_id": id, "num_vehicles_available": 4, "vehicle_types_available": types,
+            "num_docks_available": 6, "is_installed": true, "is_renting": true, "is_returning": true,
+            "last_reported": time})
+    };
+    serve_json(
+        "/station_status.json",
+        serde_json::json!({
+            "last_updated": time, "ttl": 60, "version": "3.0",
+            "data": {"stations": [
+                station("a", serde_json::json!([{"vehicle_type_id": "1", "count": 3}, {"vehicle_type_id": "2", "count": 1}])),
+                station("b", serde_json::json!([{"vehicle_type_id": "1", "count": 2}, {"vehicle_type_id": "9", "count": 2}])),
+            ]}
+        }),
+    );
+    serve_json(
+        "/station_information.json",
+        serde_json::json!({
+            "last_updated": time, "ttl": 60, "version": "3.0",
+            "data": {"stations": [
+                {"station_id": "a", "name": [{"text": "A", "language": "fr"}], "lat": 48.86, "lon": 2.35},
+                {"station_id": "b", "name": [{"text": "B", "language": "fr"}], "lat": 48.87, "lon": 2.36},
+            ]}
+        }),
+    );
+    serve_json(
+        "/vehicle_types.json",
+        serde_json::json!({
+            "last_updated": time, "ttl": 3600, "version": "3.0",
+            "data": {"vehicle_types": [
+                {"vehicle_type_id": "1", "form_factor": "bicycle", "propulsion_type": "electric_assist"},
+                {"vehicle_type_id": "2", "form_factor": "bicycle", "propulsion_type": "human"},
+            ]}
+        }),
+    );
+}

@@ -32,6 +32,7 @@ use super::{
     StationId, StationInfo, StationStatus, StatusSnapshot,
 };
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 
 /// A feed listed by a discovery file.
@@ -449,12 +450,14 @@ fn parse_station_status(
         let (field, docks) = ctx.req_any(obj, &["num_docks_available", "numDocksAvailable"])?;
         ctx.count(field, docks)?
     };
+    let (bike_types, vehicle_types) = bike_types(&ctx, obj, types, &mut |type_id| {
+        undefined.push((station_id.clone(), type_id.to_owned()))
+    })?;
     Ok(StationStatus {
         code: ctx.opt_code(obj, "stationCode")?,
         bikes_available,
-        bike_types: bike_types(&ctx, obj, types, &mut |type_id| {
-            undefined.push((station_id.clone(), type_id.to_owned()))
-        })?,
+        bike_types,
+        vehicle_types,
         docks_available,
         is_installed: ctx.req_flag(obj, "is_installed")?,
         is_renting: ctx.req_flag(obj, "is_renting")?,
@@ -503,12 +506,15 @@ impl BikeTypes {
     }
 }
 
+/// The station's bikes by kind, and (from `vehicle_types_available`) its
+/// vehicles by type id.
 fn bike_types(
     ctx: &Ctx,
     obj: &Map<String, Value>,
     vehicle_types: Option<&VehicleTypes>,
     undefined: &mut dyn FnMut(&str),
-) -> Result<Option<BikeTypes>, FeedError> {
+) -> Result<(Option<BikeTypes>, BTreeMap<String, u32>), FeedError> {
+    let mut by_id: BTreeMap<String, u32> = BTreeMap::new();
     let mut counted = BikeTypes::default();
     let mut any = false;
     if let Some(v) = opt(obj, "num_bikes_available_types") {
@@ -545,6 +551,28 @@ fn bike_types(
             let count = ctx
                 .req(item, "count")
                 .map_err(|e| relocate(e, &at, "count"))?;
+            let count = ctx.count(&format!("{at}.count"), count)?;
+            if id.len() > crate::MAX_VEHICLE_TYPE_ID_LEN {
+                return Err(ctx.err(
+                    format!("{at}.vehicle_type_id"),
+                    Problem::OutOfRange(format!(
+                        "{} bytes, more than {}",
+                        id.len(),
+                        crate::MAX_VEHICLE_TYPE_ID_LEN
+                    )),
+                ));
+            }
+            let slot = by_id.entry(id.to_owned()).or_insert(0);
+            *slot = slot.saturating_add(count);
+            if by_id.len() > crate::MAX_VEHICLE_TYPES {
+                return Err(ctx.err(
+                    FIELD,
+                    Problem::OutOfRange(format!(
+                        "more than {} vehicle types at one station",
+                        crate::MAX_VEHICLE_TYPES
+                    )),
+                ));
+            }
             let kind = match vehicle_types.map(|t| t.kind(id)) {
                 Some(Some(kind)) => kind,
                 Some(None) => {
@@ -554,11 +582,11 @@ fn bike_types(
                 // The system's types are not known: guessed from the id.
                 None => classify(id),
             };
-            counted.add(kind, ctx.count(&format!("{at}.count"), count)?);
+            counted.add(kind, count);
             any = true;
         }
     }
-    Ok(any.then_some(counted))
+    Ok((any.then_some(counted), by_id))
 }
 
 fn parse_station_info(ctx: &Ctx, index: usize, raw: &Value) -> Result<StationInfo, FeedError> {

@@ -229,7 +229,22 @@ pub struct StationStatus {
     /// (records written before it existed).
     #[serde(default)]
     pub judged: Judged,
+    /// Vehicles available by the feed's `vehicle_type_id` (GBFS v2.3 and
+    /// v3 `vehicle_types_available`), whatever kind each is; empty when the
+    /// feed does not list them by id (a Vélib' feed's mechanical and e-bike
+    /// counts are [`Self::bike_types`]), and in records written before the
+    /// field existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vehicle_types: std::collections::BTreeMap<String, u32>,
 }
+
+/// The most vehicle types one station may list: a station lists a few; a
+/// feed listing more is refused rather than carried into every record.
+pub const MAX_VEHICLE_TYPES: usize = 64;
+
+/// The longest `vehicle_type_id` taken, in bytes: ids become keys of the
+/// output records.
+pub const MAX_VEHICLE_TYPE_ID_LEN: usize = 64;
 
 /// What was judged of a station at a snapshot, from its fields and the
 /// snapshot's feed time ([`StationStatus::judged`]).
@@ -314,6 +329,7 @@ impl StationStatus {
             && self.is_renting == other.is_renting
             && self.is_returning == other.is_returning
             && self.judged == other.judged
+            && self.vehicle_types == other.vehicle_types
     }
 }
 

@@ -89,6 +89,7 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
             is_returning: ctx.req_flag(obj, "is_returning")?,
             last_reported: Some(due),
             judged: Default::default(),
+            vehicle_types: Default::default(),
         });
         let position = match opt(obj, "coordonnees_geo") {
             None => None,

@@ -480,6 +480,7 @@ fn gbfs_v1_0_style() {
             is_returning: true,
             last_reported: Some(1_434_054_600),
             judged: Default::default(),
+            vehicle_types: Default::default(),
         }]
     );
 }
@@ -2182,6 +2183,7 @@ fn row() -> impl Strategy<Value = Row> {
                     is_returning: ret,
                     last_reported: reported,
                     judged: Default::default(),
+                    vehicle_types: Default::default(),
                 },
                 numeric_flags: numeric,
                 types_form: form,
@@ -2453,4 +2455,66 @@ fn a_ttl_that_is_not_a_count_is_ignored_not_a_reason_to_refuse_the_stations() {
         gbfs::parse_status(&bytes(&p)).unwrap().ttl,
         Some(4_000_000_000)
     );
+}
+
+/// `vehicle_types_available` is kept by type id: a type listed twice is
+/// summed, and a station listing too many types, or a type id too long to
+/// be a record's key, is refused naming the station and the field.
+#[test]
+fn vehicle_types_by_id_are_kept_summed_and_bounded() {
+    let record = |types: Value| {
+        bytes(
+            &json!({"station_id": "a", "num_vehicles_available": 6, "num_docks_available": 1,
+            "vehicle_types_available": types, "is_installed": true, "is_renting": true, "is_returning": true}),
+        )
+    };
+    let status = gbfs::parse_station_record(&record(json!([
+        {"vehicle_type_id": "city", "count": 2},
+        {"vehicle_type_id": "cargo", "count": 1},
+        {"vehicle_type_id": "city", "count": 3},
+        {"vehicle_type_id": "scooter", "count": 0},
+    ])))
+    .unwrap();
+    assert_eq!(
+        status.vehicle_types,
+        [
+            ("cargo".to_owned(), 1),
+            ("city".to_owned(), 5),
+            ("scooter".to_owned(), 0)
+        ]
+        .into()
+    );
+    // A Vélib' feed's named counts are its bike types, not type ids.
+    let velib = gbfs::parse_station_record(&bytes(&velib_row(1, "16107", 2, 1))).unwrap();
+    assert!(velib.vehicle_types.is_empty());
+
+    let many: Vec<Value> = (0..=gbfs_feed::MAX_VEHICLE_TYPES)
+        .map(|i| json!({"vehicle_type_id": format!("t{i}"), "count": 1}))
+        .collect();
+    let problem = field_err(
+        gbfs::parse_station_record(&record(Value::Array(many))),
+        FeedKind::StationStatus,
+        Some("a"),
+        "vehicle_types_available",
+    );
+    assert!(out_of_range(&problem), "{problem:?}");
+    let long = "x".repeat(gbfs_feed::MAX_VEHICLE_TYPE_ID_LEN + 1);
+    let problem = field_err(
+        gbfs::parse_station_record(&record(json!([{"vehicle_type_id": long, "count": 1}]))),
+        FeedKind::StationStatus,
+        Some("a"),
+        "vehicle_types_available[0].vehicle_type_id",
+    );
+    assert!(out_of_range(&problem), "{problem:?}");
+    // Counts are counts: negative or fractional ones are refused.
+    for count in [json!(-1), json!(1.5), json!("2")] {
+        field_err(
+            gbfs::parse_station_record(&record(
+                json!([{"vehicle_type_id": "city", "count": count}]),
+            )),
+            FeedKind::StationStatus,
+            Some("a"),
+            "vehicle_types_available[0].count",
+        );
+    }
 }
