@@ -11,14 +11,19 @@ mod common;
 use common::broker::Broker;
 use common::epochs::{by_id, epoch_records, ScriptedEpochWriter};
 use common::http::{FeedServer, Reply};
-use common::output::{assert_system_epochs_on_topic, header, published};
+use common::output::{assert_records_on_topic, assert_system_epochs_on_topic, header, published};
 use common::State;
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use velib_dataflow::aggregator::AggregatorConfig;
 use velib_dataflow::dataflow::Epoch;
+use velib_dataflow::dataflow::TypedTotals;
 use velib_dataflow::kafka::topics::ensure_topics;
 use velib_dataflow::kafka::KafkaConfig;
+use velib_dataflow::output::PostcodeRecord;
+use velib_dataflow::postcode::Postcode;
+use velib_dataflow::reference::typed_totals_from_scratch;
 use velib_dataflow::snapshot::EpochUpdates;
 
 /// The topics the broker has, as kcat lists them.
@@ -170,11 +175,7 @@ fn a_hanging_failing_system_holds_back_no_epoch_of_the_other() {
 
 /// Writes `epochs` to a system's input topics, as velib_producer does
 /// (statuses and directory, three partitions each).
-fn write_system_input(
-    broker: &Broker,
-    config: &AggregatorConfig,
-    epochs: &[(EpochUpdates, State)],
-) {
+fn write_system_input<V>(broker: &Broker, config: &AggregatorConfig, epochs: &[(EpochUpdates, V)]) {
     ensure_topics(&config.kafka, &config.topics(3), Duration::from_secs(30)).unwrap();
     let directory = config.directory_topic.as_deref().unwrap();
     let writer = ScriptedEpochWriter::new(
@@ -312,11 +313,13 @@ fn assert_audits_clean(broker: &Broker, systems: &[&str], context: &str) {
 fn killed_at_random_points_each_system_resumes_exactly_once() {
     let broker = Broker::start();
     let base = AggregatorConfig::new(KafkaConfig::new(&broker.address));
-    let paris = common::sequence(common::paris_series(true));
-    let short = &paris[..paris.len() / 2];
+    // System a's stations list their bikes as two v3 vehicle types, counted
+    // with --vehicle-types (the default system's list none).
+    let paris = typed(common::paris_series(true), true);
+    let short = &typed(common::paris_series(true), false)[..paris.len() / 2];
     write_system_input(&broker, &base, short);
     write_system_input(&broker, &base.for_system("a"), &paris);
-    let last = |epochs: &[(EpochUpdates, State)]| epochs.last().unwrap().0.epoch;
+    let last = |epochs: &[(EpochUpdates, TypedState)]| epochs.last().unwrap().0.epoch;
     let done = || {
         has_progress_of(&broker, "velib-projet-clean.a", last(&paris))
             && has_progress_of(&broker, "velib-projet-clean", last(short))
@@ -325,7 +328,7 @@ fn killed_at_random_points_each_system_resumes_exactly_once() {
         let mut command = Command::new(common::example_binary("velib_aggregator"));
         command
             .args(["--brokers", &broker.address])
-            .args(["--system", "a", "--system", "default"])
+            .args(["--system", "a", "--system", "default", "--vehicle-types"])
             .env("RUST_LOG", "info");
         Logged::spawn(&mut command)
     };
@@ -372,13 +375,58 @@ fn killed_at_random_points_each_system_resumes_exactly_once() {
     }
     let (status, lines) = job.interrupt();
     assert!(status.success(), "{status}: {}", lines.join("\n"));
-    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean.a"), &paris, Some("a"));
-    assert_system_epochs_on_topic(&broker.kcat_read("velib-projet-clean"), short, None);
+    let typed_record = |system: Option<&'static str>| {
+        move |p: &Postcode, typed: &TypedTotals, epoch, feed_time| PostcodeRecord {
+            system: system.map(str::to_owned),
+            vehicle_types: Some(typed.vehicle_types.clone()),
+            ..PostcodeRecord::new(p, &typed.totals, epoch, feed_time)
+        }
+    };
+    let on_a = broker.kcat_read("velib-projet-clean.a");
+    assert_records_on_topic(&on_a, &paris, typed_record(Some("a")));
+    assert!(
+        on_a.iter().any(|r| r["payload"]
+            .as_str()
+            .is_some_and(|v| v.contains("\"e-city\":"))),
+        "system a's vehicles are typed"
+    );
+    assert_records_on_topic(
+        &broker.kcat_read("velib-projet-clean"),
+        short,
+        typed_record(None),
+    );
     assert_audits_clean(
         &broker,
         &["a", "default"],
         &format!(" after {} kills", kills + 1),
     );
+}
+
+type TypedState = BTreeMap<Postcode, TypedTotals>;
+
+/// `snapshots` sequenced, each epoch with the from-scratch typed totals;
+/// with `types`, each status lists its mechanical and e-bikes as the v3
+/// types `city` and `e-city`.
+fn typed(
+    mut snapshots: Vec<velib_dataflow::snapshot::Snapshot>,
+    types: bool,
+) -> Vec<(EpochUpdates, TypedState)> {
+    for status in snapshots.iter_mut().flat_map(|s| s.statuses.iter_mut()) {
+        if let (true, Some(t)) = (types, status.bike_types) {
+            status.vehicle_types = [
+                ("city".to_owned(), t.mechanical),
+                ("e-city".to_owned(), t.ebike),
+            ]
+            .into();
+        }
+    }
+    common::sequence_with_stations(snapshots)
+        .into_iter()
+        .map(|e| {
+            let typed = typed_totals_from_scratch(&e.statuses, &e.directory);
+            (e.updates, typed)
+        })
+        .collect()
 }
 
 /// The metrics a job serves, at the address its log gives.

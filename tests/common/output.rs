@@ -5,6 +5,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use velib_dataflow::dataflow::Epoch;
 use velib_dataflow::output::PostcodeRecord;
+use velib_dataflow::postcode::Postcode;
 use velib_dataflow::snapshot::EpochUpdates;
 
 // Kept beside the broker, whose kcat reads need it; not every test uses it.
@@ -28,6 +29,21 @@ pub fn assert_system_epochs_on_topic(
     records: &[Value],
     epochs: &[(EpochUpdates, State)],
     system: Option<&str>,
+) -> BTreeMap<Epoch, Value> {
+    assert_records_on_topic(records, epochs, |p, counts, epoch, feed_time| {
+        PostcodeRecord {
+            system: system.map(str::to_owned),
+            ..PostcodeRecord::new(p, counts, epoch, feed_time)
+        }
+    })
+}
+
+/// As [`assert_epochs_on_topic`], with reference values of any kind, each
+/// postcode's record being `record` of its value.
+pub fn assert_records_on_topic<V: PartialEq + Clone>(
+    records: &[Value],
+    epochs: &[(EpochUpdates, BTreeMap<Postcode, V>)],
+    record: impl Fn(&Postcode, &V, Epoch, velib_dataflow::feed::FeedTime) -> PostcodeRecord,
 ) -> BTreeMap<Epoch, Value> {
     let all_partitions: BTreeSet<i64> = records
         .iter()
@@ -54,7 +70,7 @@ pub fn assert_system_epochs_on_topic(
             by_epoch.entry(epoch).or_default().push(record);
         }
     }
-    let mut previous = State::new();
+    let mut previous = BTreeMap::new();
     for (updates, expected) in epochs {
         let epoch = updates.epoch;
         let mut partitions = progress.remove(&epoch).unwrap_or_default();
@@ -90,11 +106,7 @@ pub fn assert_system_epochs_on_topic(
                 Some((p, counts)) => {
                     let got: PostcodeRecord =
                         serde_json::from_str(payload.as_str().unwrap()).unwrap();
-                    let want = PostcodeRecord {
-                        system: system.map(str::to_owned),
-                        ..PostcodeRecord::new(p, counts, epoch, updates.feed_time)
-                    };
-                    assert_eq!(got, want);
+                    assert_eq!(got, record(p, counts, epoch, updates.feed_time));
                 }
                 None => assert!(
                     payload.is_null(),
@@ -112,7 +124,10 @@ pub fn assert_system_epochs_on_topic(
 }
 
 /// The postcodes whose counts differ between two states, in order.
-pub fn changed_postcodes(previous: &State, next: &State) -> Vec<String> {
+pub fn changed_postcodes<V: PartialEq>(
+    previous: &BTreeMap<Postcode, V>,
+    next: &BTreeMap<Postcode, V>,
+) -> Vec<String> {
     next.keys()
         .chain(previous.keys())
         .filter(|p| next.get(*p) != previous.get(*p))
