@@ -234,7 +234,9 @@ pub struct StationStatus {
     /// feed does not list them by id (a Vélib' feed's mechanical and e-bike
     /// counts are [`Self::bike_types`]), and in records written before the
     /// field existed.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    // Never skipped when empty: timely's exchange between processes is
+    // bincode, which cannot read a record with a field left out.
+    #[serde(default)]
     pub vehicle_types: std::collections::BTreeMap<String, u32>,
 }
 
