@@ -2183,7 +2183,16 @@ fn row() -> impl Strategy<Value = Row> {
                     is_returning: ret,
                     last_reported: reported,
                     judged: Default::default(),
-                    vehicle_types: Default::default(),
+                    // Written by type id in the third form: kept by id.
+                    vehicle_types: match (types, form) {
+                        (Some((mechanical, ebike, other)), 2) => [
+                            ("classic".to_owned(), mechanical),
+                            ("electric".to_owned(), ebike),
+                            ("cargo".to_owned(), other),
+                        ]
+                        .into(),
+                        _ => Default::default(),
+                    },
                 },
                 numeric_flags: numeric,
                 types_form: form,
