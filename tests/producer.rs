@@ -324,7 +324,7 @@ fn older_identical_and_typeless_snapshots_publish_nothing_and_say_why() {
         "bike_types": {"mechanical": 1, "ebike": 0, "other": 0}, "docks_available": 34,
         "is_installed": true, "is_renting": true, "is_returning": true,
         "last_reported": 1732001704, "judged": {"stale": false, "empty_since": null,
-        "full_since": null, "empty_long": false, "full_long": false}}});
+        "full_since": null, "empty_long": false, "full_long": false}, "vehicle_types": {}}});
     let got: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
     assert_eq!(got, want);
     let feed_time = |epoch: Epoch| {
