@@ -217,6 +217,27 @@ impl AggregatorConfig {
         config
     }
 
+    /// What the output records are, as every progress record names it
+    /// ([`crate::kafka::sink::SinkConfig::value_format`]): `vehicle_types`
+    /// with the option, else none (as written before the option existed).
+    /// A restart in another format is refused: only changed postcodes are
+    /// written, and the topic would hold records of both.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use velib_dataflow::aggregator::AggregatorConfig;
+    /// use velib_dataflow::kafka::KafkaConfig;
+    ///
+    /// let mut config = AggregatorConfig::new(KafkaConfig::new("127.0.0.1:9092"));
+    /// assert_eq!(config.value_format(), None);
+    /// config.vehicle_types = true;
+    /// assert_eq!(config.value_format().as_deref(), Some("vehicle_types"));
+    /// ```
+    pub fn value_format(&self) -> Option<String> {
+        self.vehicle_types.then(|| "vehicle_types".to_owned())
+    }
+
     /// The topics the aggregator uses, as they should be created.
     pub fn topics(&self, partitions: i32) -> Vec<TopicSpec> {
         let mut topics = vec![TopicSpec::new(&self.input_topic, partitions)];
@@ -280,6 +301,27 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
         &config.transactional_id,
         stall,
     )?;
+    if let Some(progress) = &committed {
+        let format = config.value_format();
+        if progress.value_format != format {
+            let (was, now) = if format.is_some() {
+                ("without", "with")
+            } else {
+                ("with", "without")
+            };
+            let state = config
+                .state_topic
+                .name(&config.output_topic)
+                .map(|t| format!(" and {t}"))
+                .unwrap_or_default();
+            return Err(AggregatorError::Resume(format!(
+                "epoch {} of {} was written {was} --vehicle-types, and this run is {now} it: \
+                 only changed postcodes are written, so its records would mix both; run {was} \
+                 --vehicle-types, or delete {}{state} to write every postcode anew",
+                progress.epoch, config.output_topic, config.output_topic
+            )));
+        }
+    }
     let state_topic = config.state_topic.name(&config.output_topic);
     let restore = match &committed {
         None => false,
@@ -699,6 +741,7 @@ fn build_dataflow<'s>(
     sink.state_topic = config.state_topic.name(&config.output_topic);
     sink.resume = start.committed.clone();
     sink.dead_letter_topic = config.dead_letter_topic.clone();
+    sink.value_format = config.value_format();
     let encoder = PostcodeRecordEncoder::of_system(config.system.clone());
     let progress = sources.progress().probe_with(read);
     let written = if config.vehicle_types {

@@ -621,3 +621,76 @@ fn velib_aggregator_explains_its_flags_and_refuses_bad_ones() {
         ],
     );
 }
+
+/// `--vehicle-types` adds a field to every record, and the sink writes only
+/// the postcodes that change: a restart that turned it on or off would leave
+/// the topic's postcodes in both formats. It is refused, saying how to go
+/// on, and writes nothing; the same option resumes.
+#[test]
+fn turning_vehicle_types_on_or_off_across_a_restart_is_refused() {
+    let broker = Broker::start();
+    let epochs = paris();
+    let last = epochs.last().unwrap().0.epoch;
+    let typed = |output: &str, on: bool| {
+        let mut config = default_config(&broker.address, output);
+        config.vehicle_types = on;
+        config
+    };
+    create_topics(&broker.address, &typed(OUTPUT, true));
+    create_topics(&broker.address, &typed("untyped", false));
+    write_paris(&broker.address, &epochs, &|_| Vec::new(), &[]);
+    for (output, first) in [(OUTPUT, true), ("untyped", false)] {
+        let (handle, thread) = start(typed(output, first), timely::Config::thread());
+        wait_for(
+            "the last epoch committed",
+            || broker.log_tail(),
+            || handle.committed() == Some(last),
+        );
+        stop(handle, thread);
+        let written = broker.kcat_read(output);
+        assert!(
+            latest(&written)
+                .values()
+                .all(|r| r.is_null() || r.get("vehicle_types").is_some() == first),
+            "{output}"
+        );
+        let progress = written
+            .iter()
+            .rfind(|r| header(r, "velib-kind") == Some("progress"))
+            .unwrap();
+        let progress: Value = serde_json::from_str(progress["payload"].as_str().unwrap()).unwrap();
+        let format = first.then_some("vehicle_types");
+        assert_eq!(progress["value_format"].as_str(), format, "{progress}");
+
+        let (_, thread) = start(typed(output, !first), timely::Config::thread());
+        let refused = thread.join().expect("the aggregator does not panic");
+        // Decided on worker 0 and told to every worker, as text.
+        let why = refused
+            .expect_err("resumed in the other format")
+            .to_string();
+        let (was, now) = if first {
+            ("with", "without")
+        } else {
+            ("without", "with")
+        };
+        assert!(
+            why.starts_with("cannot resume: epoch ")
+                && why.contains(&format!(
+                    "written {was} --vehicle-types, and this run is {now} it"
+                ))
+                && why.contains(&format!("delete {output} and {output}-state")),
+            "{why}"
+        );
+        assert_eq!(broker.kcat_read(output).len(), written.len(), "{output}");
+
+        // The same option goes on where it stopped.
+        let (handle, thread) = start(typed(output, first), timely::Config::thread());
+        wait_for(
+            "the resumed run to start",
+            || broker.log_tail(),
+            || handle.committed() == Some(last),
+        );
+        stop(handle, thread);
+        assert_eq!(broker.kcat_read(output).len(), written.len(), "{output}");
+    }
+}

@@ -21,10 +21,9 @@ const TOPIC: &str = "velib-projet-clean";
 
 /// Runs `epochs` through the dataflow into the sink; returns the last
 /// committed epoch and the sink's error, if any.
-fn run_into_sink(kafka: KafkaConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch>, Option<String>) {
+fn run_into_sink(config: SinkConfig, epochs: Vec<EpochUpdates>) -> (Option<Epoch>, Option<String>) {
     timely::execute_directly(move |worker| {
         let handle = SinkHandle::default();
-        let config = SinkConfig::new(kafka, TOPIC, "velib-sink-test");
         let sink_handle = handle.clone();
         let (mut statuses, mut directory, mut positions, probe) =
             worker.dataflow::<Epoch, _, _>(move |scope| {
@@ -101,7 +100,8 @@ fn paris_series_lands_on_the_topic_exactly_once_per_changed_postcode() {
     );
 
     let epochs = common::sequence(common::paris_series(true));
-    let (committed, error) = run_into_sink(kafka, epochs.iter().map(|(u, _)| u.clone()).collect());
+    let config = SinkConfig::new(kafka, TOPIC, "velib-sink-test");
+    let (committed, error) = run_into_sink(config, epochs.iter().map(|(u, _)| u.clone()).collect());
     assert_eq!(error, None, "{}", broker.log_tail());
     assert_eq!(committed, Some(epochs.len() as Epoch));
 
@@ -185,6 +185,55 @@ fn existing_topics_are_checked_for_compaction_through_describe_configs() {
         listing.contains("topic \"compacted\" with 2 partitions"),
         "{listing}"
     );
+}
+
+/// Resuming in another value format than the committed one would leave
+/// the topic's keys in both (only changed keys are written): the sink
+/// refuses, and writes nothing.
+#[test]
+fn a_resume_in_another_value_format_is_refused_and_writes_nothing() {
+    const FORMATS: &str = "velib-sink-formats";
+    let broker = Broker::shared();
+    let kafka = KafkaConfig::new(&broker.address);
+    ensure_topics(
+        &kafka,
+        &[TopicSpec::new(FORMATS, 1).compacted()],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let epochs: Vec<EpochUpdates> = common::sequence(common::paris_series(true))
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    let mut config = SinkConfig::new(kafka, FORMATS, "velib-sink-formats");
+    config.value_format = Some("typed".into());
+    let (committed, error) = run_into_sink(config.clone(), epochs[..2].to_vec());
+    assert_eq!((committed, error), (Some(2), None));
+    let written = broker.kcat_read(FORMATS);
+    let progress: serde_json::Value =
+        serde_json::from_str(written.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(progress["value_format"], "typed");
+
+    config.resume = Some(serde_json::from_value(progress).unwrap());
+    for other in [None, Some("plain".to_owned())] {
+        let config = SinkConfig {
+            value_format: other.clone(),
+            ..config.clone()
+        };
+        let (_, error) = run_into_sink(config, epochs[2..].to_vec());
+        let error = error.expect("refused");
+        let other = other.as_deref().unwrap_or("(none)");
+        assert!(
+            error.contains(&format!(
+                "epoch 2 was written in the value format typed, and this sink writes {other}"
+            )),
+            "{error}"
+        );
+        assert_eq!(broker.kcat_read(FORMATS).len(), written.len());
+    }
+    // In the committed format, it goes on.
+    let (committed, error) = run_into_sink(config, epochs[2..4].to_vec());
+    assert_eq!((committed, error), (Some(4), None));
 }
 
 #[test]

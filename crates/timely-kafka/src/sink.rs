@@ -107,6 +107,12 @@ pub struct EpochProgress {
     /// feed time, and in progress records of older versions.
     #[serde(default)]
     pub feed_age_s: Option<i64>,
+    /// What the records' values are, as the job named it
+    /// ([`SinkConfig::value_format`]); absent when it named none, and in
+    /// progress records of older versions.
+    // Always written, for the same reason as `state`.
+    #[serde(default)]
+    pub value_format: Option<String>,
 }
 
 impl EpochProgress {
@@ -170,6 +176,12 @@ pub struct SinkConfig {
     /// epochs up to it are not written again, and the positions and state
     /// counts go on from it.
     pub resume: Option<EpochProgress>,
+    /// What the records' values are, for jobs whose options change them
+    /// (a field more or less): written in every progress record, and a
+    /// resume from a progress record naming another format is refused.
+    /// The sink writes only the keys whose value changed, so resuming in
+    /// another format would leave the topic's keys in two formats.
+    pub value_format: Option<String>,
 }
 
 impl SinkConfig {
@@ -199,6 +211,7 @@ impl SinkConfig {
             state_topic: None,
             dead_letter_topic: None,
             resume: None,
+            value_format: None,
         }
     }
 }
@@ -661,6 +674,7 @@ where
                 };
                 let mut pending: BTreeMap<Epoch, OpenEpoch<T, K, V>> = BTreeMap::new();
                 let mut progress = config.resume.clone().unwrap_or_default();
+                progress.value_format = config.value_format.clone();
                 // Resumed without a state topic (written by a sink without
                 // one): the skipped epochs' state is written with the first
                 // epoch written, so that the state topic holds it all.
@@ -904,6 +918,22 @@ const ATTEMPTS: u32 = 5;
 
 impl Writer {
     fn connect(config: &SinkConfig) -> Result<Self, KafkaError> {
+        if let Some(resume) = &config.resume {
+            if resume.value_format != config.value_format {
+                let name = |f: &Option<String>| f.clone().unwrap_or_else(|| "(none)".into());
+                return Err(KafkaError::Topic {
+                    topic: config.topic.clone(),
+                    problem: format!(
+                        "epoch {} was written in the value format {}, and this sink writes {}: \
+                         resuming would leave keys in both (only changed keys are written); \
+                         write in the committed format, or start over on an empty topic",
+                        resume.epoch,
+                        name(&resume.value_format),
+                        name(&config.value_format)
+                    ),
+                });
+            }
+        }
         let producer = TransactionalProducer::connect(
             &config.kafka,
             &config.transactional_id,
@@ -1089,6 +1119,7 @@ mod tests {
                 ..Default::default()
             }),
             feed_age_s: Some(7),
+            value_format: Some("typed".into()),
             ..Default::default()
         };
         for progress in [bare, full] {
@@ -1106,6 +1137,9 @@ mod tests {
         // An older record, without the newer fields, still reads.
         let old: EpochProgress =
             serde_json::from_str(r#"{"epoch":1,"feed_time":null,"positions":{}}"#).unwrap();
-        assert_eq!((old.state, old.feed_age_s), (None, None));
+        assert_eq!(
+            (old.state, old.feed_age_s, old.value_format),
+            (None, None, None)
+        );
     }
 }
