@@ -111,7 +111,9 @@ struct Args {
 
     /// Also write each postcode's vehicles by the feed's vehicle_type_id
     /// (GBFS v2.3 and v3 `vehicle_types_available`): a `vehicle_types`
-    /// object in each record, e.g. `{"city": 4, "cargo": 1}`.
+    /// object in each record, e.g. `{"city": 4, "cargo": 1}`. An output
+    /// topic written without it (or with it) is not resumed with it (or
+    /// without): start over on a new or emptied topic.
     #[arg(long)]
     vehicle_types: bool,
 

@@ -27,6 +27,11 @@ pub enum Inconsistency {
     /// `vehicle_types_available` names a type `vehicle_types.json` does
     /// not define.
     UndefinedVehicleType,
+    /// `vehicle_types_available` lists more types than
+    /// [`crate::feed::MAX_VEHICLE_TYPES`], or an id longer than
+    /// [`crate::feed::MAX_VEHICLE_TYPE_ID_LEN`]: its counts by type id are
+    /// left out.
+    VehicleTypesDropped,
 }
 
 impl Inconsistency {
@@ -45,6 +50,7 @@ impl Inconsistency {
             Inconsistency::InformationWithoutStatus => "information_without_status",
             Inconsistency::BikesNotSumOfTypes => "bikes_not_sum_of_types",
             Inconsistency::UndefinedVehicleType => "undefined_vehicle_type",
+            Inconsistency::VehicleTypesDropped => "vehicle_types_dropped",
         }
     }
 
@@ -62,6 +68,9 @@ impl Inconsistency {
             }
             Inconsistency::UndefinedVehicleType => {
                 "with a vehicle type that vehicle_types.json does not define: counted as other vehicles, in neither nbr_meca nor nbr_elec"
+            }
+            Inconsistency::VehicleTypesDropped => {
+                "listing more than 64 vehicle types, or a type id over 64 bytes: its bikes are counted, its vehicle_types left out"
             }
         }
     }
@@ -120,9 +129,13 @@ impl Inconsistencies {
             .iter()
             .map(|(id, _)| id)
             .collect();
+        let types_dropped: HashSet<&StationId> = status.vehicle_types_dropped.iter().collect();
         for s in &statuses {
             if undefined_types.contains(&s.station_id) {
                 note(Inconsistency::UndefinedVehicleType, &s.station_id);
+            }
+            if types_dropped.contains(&s.station_id) {
+                note(Inconsistency::VehicleTypesDropped, &s.station_id);
             }
             if let Some(types) = s.bike_types {
                 let typed =
@@ -210,5 +223,36 @@ impl fmt::Display for Named<'_> {
             kind.consequence(),
             shown.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::gbfs;
+
+    #[test]
+    fn a_station_whose_types_were_dropped_is_named() {
+        let types: Vec<String> = (0..=crate::feed::MAX_VEHICLE_TYPES)
+            .map(|i| format!(r#"{{"vehicle_type_id": "t{i}", "count": 0}}"#))
+            .collect();
+        let status = format!(
+            r#"{{"last_updated": 10, "ttl": 60, "data": {{"stations": [
+              {{"station_id": "a", "num_bikes_available": 0, "vehicle_types_available": [{}],
+                "num_docks_available": 1, "is_installed": 1, "is_renting": 1, "is_returning": 1}},
+              {{"station_id": "b", "num_bikes_available": 0, "num_docks_available": 1,
+                "is_installed": 1, "is_renting": 1, "is_returning": 1}}]}}}}"#,
+            types.join(",")
+        );
+        let status = gbfs::parse_status(status.as_bytes()).unwrap();
+        let found = Inconsistencies::of(&status, None, &StationSelection::all());
+        assert_eq!(
+            found.stations(Inconsistency::VehicleTypesDropped),
+            [StationId::Text("a".into())]
+        );
+        assert_eq!(found.kinds().count(), 1, "{found:?}");
+        // Not named when the selection leaves it out.
+        let only_b = StationSelection::only(["b".to_owned()]);
+        assert!(Inconsistencies::of(&status, None, &only_b).is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! at every epoch, and the benchmarks compare their costs.
 
 use crate::counts::{PostcodeCounts, PostcodeTotals};
-use crate::dataflow::{TypedTotals, VehicleTypeCounts};
+use crate::dataflow::{TypedTotals, VehicleTypeCounts, MAX_POSTCODE_VEHICLE_TYPES};
 use crate::directory::DirectoryEntry;
 use crate::feed::StationStatus;
 use crate::postcode::Postcode;
@@ -98,6 +98,14 @@ pub fn typed_totals_from_scratch(
         .map(|(postcode, totals)| {
             let mut vehicle_types = types.remove(&postcode).unwrap_or_default();
             vehicle_types.retain(|_, n| *n != 0);
+            // The most numerous, ties to the first ids: sorted by count
+            // down, then id, and cut.
+            if vehicle_types.len() > MAX_POSTCODE_VEHICLE_TYPES {
+                let mut ranked: Vec<(String, i64)> = vehicle_types.into_iter().collect();
+                ranked.sort_by_key(|(id, n)| (std::cmp::Reverse(*n), id.clone()));
+                ranked.truncate(MAX_POSTCODE_VEHICLE_TYPES);
+                vehicle_types = ranked.into_iter().collect();
+            }
             (
                 postcode,
                 TypedTotals {

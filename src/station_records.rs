@@ -16,7 +16,9 @@
 
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
-use crate::feed::{gbfs, FeedError, StationId, StationStatus};
+use crate::feed::{
+    gbfs, FeedError, StationId, StationStatus, MAX_VEHICLE_TYPES, MAX_VEHICLE_TYPE_ID_LEN,
+};
 use crate::kafka::decode::{check_size, RawRecord, RecordDecoder};
 use crate::kafka::DecodeError;
 
@@ -41,6 +43,17 @@ pub enum StationRecordError {
         /// The station the value names.
         value: StationId,
     },
+    /// The normalised status lists more vehicle types than
+    /// [`crate::feed::MAX_VEHICLE_TYPES`], or an id longer than
+    /// [`crate::feed::MAX_VEHICLE_TYPE_ID_LEN`]: the producer never writes
+    /// one, and its types would go into a postcode's record.
+    #[error("station {station}: vehicle_types: {problem}")]
+    VehicleTypes {
+        /// The station.
+        station: StationId,
+        /// What is out of range.
+        problem: String,
+    },
 }
 
 impl StationRecordError {
@@ -49,6 +62,7 @@ impl StationRecordError {
         match self {
             StationRecordError::Feed(e) => e.reason(),
             StationRecordError::KeyMismatch { .. } => "key_mismatch",
+            StationRecordError::VehicleTypes { .. } => "vehicle_types_out_of_range",
         }
     }
 }
@@ -238,11 +252,32 @@ struct NormalisedField {
     status: Option<StationStatus>,
 }
 
-/// `status`, keyed by the record's key, which must agree with it.
+/// `status`, keyed by the record's key, which must agree with it, and
+/// within the parser's bounds on vehicle types (a normalised status is read
+/// as it is, not parsed again).
 fn keyed_status(
     record: &RawRecord<'_>,
     status: StationStatus,
 ) -> Result<(StationId, Option<StationStatus>), DecodeError> {
+    let out_of_range = |problem: String| StationRecordError::VehicleTypes {
+        station: status.station_id.clone(),
+        problem,
+    };
+    if status.vehicle_types.len() > MAX_VEHICLE_TYPES {
+        let many = status.vehicle_types.len();
+        return Err(out_of_range(format!("{many} types, more than {MAX_VEHICLE_TYPES}")).into());
+    }
+    if let Some(id) = status
+        .vehicle_types
+        .keys()
+        .find(|id| id.len() > MAX_VEHICLE_TYPE_ID_LEN)
+    {
+        let bytes = id.len();
+        return Err(out_of_range(format!(
+            "a type id of {bytes} bytes, more than {MAX_VEHICLE_TYPE_ID_LEN}"
+        ))
+        .into());
+    }
     match record.key {
         None => Ok((status.station_id.clone(), Some(status))),
         Some(key) => {
@@ -357,5 +392,44 @@ mod tests {
         // A broken status says so, whichever path.
         let broken = br#"{"velib": {"status": {"station_id": 7}}}"#;
         assert_eq!(decode(broken).unwrap_err().reason(), "invalid_json");
+    }
+
+    /// A normalised status is read as it is, so the parser's bounds on
+    /// vehicle types are checked again: a hand-written record over them is
+    /// a dead letter, not a postcode record too large to write.
+    #[test]
+    fn a_normalised_status_over_the_vehicle_type_bounds_is_refused() {
+        let with_types = |types: &[(String, u32)]| {
+            let mut s = status(1);
+            s.vehicle_types = types.iter().cloned().collect();
+            station_value(None, 3, &s)
+        };
+        let most: Vec<(String, u32)> = (0..MAX_VEHICLE_TYPES)
+            .map(|i| (format!("t{i}"), 1))
+            .collect();
+        assert_eq!(
+            decode(&with_types(&most))
+                .unwrap()
+                .1
+                .unwrap()
+                .vehicle_types
+                .len(),
+            MAX_VEHICLE_TYPES
+        );
+        let longest = [("x".repeat(MAX_VEHICLE_TYPE_ID_LEN), 1)];
+        assert!(decode(&with_types(&longest)).is_ok());
+
+        let mut many = most.clone();
+        many.push(("one-more".into(), 1));
+        let long = [("x".repeat(MAX_VEHICLE_TYPE_ID_LEN + 1), 1)];
+        for (over, says) in [
+            (&many[..], "65 types, more than 64"),
+            (&long[..], "of 65 bytes"),
+        ] {
+            let error = decode(&with_types(over)).unwrap_err();
+            assert_eq!(error.reason(), "vehicle_types_out_of_range");
+            assert!(error.to_string().contains(says), "{error}");
+            assert!(error.to_string().starts_with("station 7: "), "{error}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub use place_stations::{place_stations, PlacedStation, Placement, PostcodeDelta
 pub use postcode_totals::postcode_totals;
 pub use vehicle_types::{
     postcode_vehicle_types, with_vehicle_types, TypedTotals, VehicleTypeCounts,
+    MAX_POSTCODE_VEHICLE_TYPES,
 };
 
 use crate::counts::{PostcodeTotals, StationCounts};

@@ -2,27 +2,34 @@
 //! (`velib_aggregator --vehicle-types`), for feeds that list their vehicles
 //! by `vehicle_type_id` (GBFS v2.3 and v3 `vehicle_types_available`).
 //!
-//! Unlike the totals, whose per-station state is kept small by hand
-//! ([`super::place_stations`]), this is plain differential dataflow: each
-//! station's types and its postcode as collections, joined on the station;
-//! each station's vehicles become differences of `(postcode, type)`, and a
-//! reduction per postcode gathers its types. It arranges the stations that
-//! list types, which is why it is optional. A station counts as in the
-//! totals' `nbr_total`: its vehicles when it is installed and renting,
-//! under [`Postcode::unknown`] while it has no directory entry.
+//! As for the totals ([`super::place_stations`]), each station's types meet
+//! its postcode in one per-station operator, whose state is a small record
+//! per station; its changes become differences of `(postcode, type)`, and a
+//! reduction per postcode gathers its types (an arrangement of the
+//! postcodes' types). It is optional because every station then keeps its
+//! postcode and its types a second time, and every record grows. A station
+//! counts as in the totals' `nbr_total`: its vehicles when it is installed
+//! and renting, under [`Postcode::unknown`] while it has no directory
+//! entry.
 
 use crate::counts::PostcodeTotals;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::postcode::Postcode;
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
-use timely_kafka::upsert::{Upsert, Upserts};
+use timely_kafka::upsert::Upserts;
 
 /// Vehicles a rider can take, by the feed's `vehicle_type_id`; types with
 /// none are left out.
@@ -50,10 +57,71 @@ fn rentable_types(status: &StationStatus) -> Option<BTreeMap<String, u32>> {
     (status.is_rentable() && !types.is_empty()).then_some(types)
 }
 
+/// The most vehicle types a postcode's record lists: its most numerous
+/// (ties: the first ids), the others left out. A station lists at most
+/// [`crate::feed::MAX_VEHICLE_TYPES`], but a postcode gathers its
+/// stations' (and [`Postcode::unknown`] every unplaced station's), and a
+/// record must fit in one Kafka message whatever the feed lists: 256 ids
+/// of at most 64 bytes is a few kilobytes.
+pub const MAX_POSTCODE_VEHICLE_TYPES: usize = 256;
+
+/// Keeps the [`MAX_POSTCODE_VEHICLE_TYPES`] most numerous of `types`.
+fn most_numerous(mut types: VehicleTypeCounts) -> VehicleTypeCounts {
+    if types.len() <= MAX_POSTCODE_VEHICLE_TYPES {
+        return types;
+    }
+    let mut by_count: Vec<(&String, &i64)> = types.iter().collect();
+    by_count.sort_by(|(a, m), (b, n)| n.cmp(m).then(a.cmp(b)));
+    let kept: std::collections::BTreeSet<String> = by_count
+        .into_iter()
+        .take(MAX_POSTCODE_VEHICLE_TYPES)
+        .map(|(id, _)| id.clone())
+        .collect();
+    types.retain(|id, _| kept.contains(id));
+    types
+}
+
+/// What one station adds to the vehicles by type: where it is placed, and
+/// its types while a rider can take them.
+#[derive(Default)]
+struct Station {
+    postcode: Option<Postcode>,
+    types: Option<BTreeMap<String, u32>>,
+}
+
+impl Station {
+    /// `(postcode, types)` when it adds any.
+    fn adds(&self) -> Option<(Postcode, &BTreeMap<String, u32>)> {
+        let types = self.types.as_ref()?;
+        Some((self.postcode.unwrap_or_else(Postcode::unknown), types))
+    }
+}
+
+/// One upsert of a station: of its types, or of its postcode.
+enum StationUpsert {
+    Types(Option<BTreeMap<String, u32>>),
+    Postcode(Option<Postcode>),
+}
+
+/// A time's upserts, waiting for it to complete, in the order they came.
+struct PendingTime<T: Timestamp> {
+    capability: Capability<T>,
+    types: Vec<(StationId, Option<BTreeMap<String, u32>>)>,
+    postcodes: Vec<(StationId, Option<Postcode>)>,
+}
+
 /// Per postcode, its vehicles by type, from the same upserts of statuses
 /// and directory entries the totals come from: a collection with one
 /// `(postcode, types)` per postcode whose stations have vehicles of a
-/// listed type.
+/// listed type (at most [`MAX_POSTCODE_VEHICLE_TYPES`] of them).
+///
+/// Each station's types meet its postcode on the worker that owns the
+/// station, in one pass over each time's upserts, as
+/// [`super::place_stations`] does for the counts: the per-station state is
+/// one small record (its postcode, and its types while it lists any), and
+/// a change of either becomes differences of `(postcode, type)`. Only
+/// those are arranged, to gather each postcode's types: as many as the
+/// postcodes' types, not the stations.
 ///
 /// # Examples
 ///
@@ -91,34 +159,94 @@ pub fn postcode_vehicle_types<'s, T>(
 where
     T: Timestamp + TotalOrder + Lattice,
 {
-    let types = statuses
-        .map(|(id, status, time)| (id, status.as_ref().and_then(rentable_types), time))
-        .upsert_keyed();
-    let placed = directory
-        .map(|(id, entry, time)| (id, entry.map(|e| e.postcode), time))
-        .upsert_keyed();
-    let in_place = types
-        .clone()
-        .join_map(placed.clone(), |_, types, postcode| {
-            (*postcode, types.clone())
-        });
-    let unplaced = types
-        .antijoin(placed.map(|(id, _)| id))
-        .map(|(_, types)| (Postcode::unknown(), types));
-    in_place
-        .concat(unplaced)
-        .explode(|(postcode, types)| {
-            types
-                .into_iter()
-                .map(move |(kind, n)| ((postcode, kind), n as isize))
-        })
-        .reduce(|_postcode, types, out| {
-            let gathered = types
-                .iter()
-                .map(|(kind, n)| ((*kind).clone(), *n as i64))
-                .collect::<VehicleTypeCounts>();
-            out.push((gathered, 1));
-        })
+    let types = statuses.map(|(id, status, time)| {
+        let types = status.as_ref().and_then(rentable_types);
+        (id, types, time)
+    });
+    let postcodes = directory.map(|(id, entry, time)| (id, entry.map(|e| e.postcode), time));
+    let by_station = |id: &StationId| id.hashed();
+    let differences = types.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
+        postcodes,
+        Exchange::new(move |(id, _, _): &(StationId, _, T)| by_station(id)),
+        Exchange::new(move |(id, _, _): &(StationId, _, T)| by_station(id)),
+        "PlaceVehicleTypes",
+        |_capability, _info| {
+            let mut stations: FxHashMap<StationId, Station> = FxHashMap::default();
+            let mut pending: BTreeMap<T, PendingTime<T>> = BTreeMap::new();
+            let waiting = |capability: &InputCapability<T>, time: &T| PendingTime {
+                capability: capability.delayed(time, 0),
+                types: Vec::new(),
+                postcodes: Vec::new(),
+            };
+            move |(types, types_frontier), (postcodes, postcodes_frontier), output| {
+                types.for_each(|capability, data| {
+                    for (id, value, time) in data.drain(..) {
+                        let at = pending
+                            .entry(time.clone())
+                            .or_insert_with(|| waiting(&capability, &time));
+                        at.types.push((id, value));
+                    }
+                });
+                postcodes.for_each(|capability, data| {
+                    for (id, value, time) in data.drain(..) {
+                        let at = pending
+                            .entry(time.clone())
+                            .or_insert_with(|| waiting(&capability, &time));
+                        at.postcodes.push((id, value));
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let time = entry.key().clone();
+                    if types_frontier.less_equal(&time) || postcodes_frontier.less_equal(&time) {
+                        break;
+                    }
+                    let at = entry.remove();
+                    let mut session = output.session(&at.capability);
+                    let upserts = at
+                        .postcodes
+                        .into_iter()
+                        .map(|(id, p)| (id, StationUpsert::Postcode(p)))
+                        .chain(
+                            at.types
+                                .into_iter()
+                                .map(|(id, t)| (id, StationUpsert::Types(t))),
+                        );
+                    for (id, upsert) in upserts {
+                        let station = stations.entry(id.clone()).or_default();
+                        let mut moved = Vec::new();
+                        if let Some((postcode, types)) = station.adds() {
+                            moved.extend(types.iter().map(|(kind, n)| {
+                                ((postcode, kind.clone()), time.clone(), -(*n as isize))
+                            }));
+                        }
+                        match upsert {
+                            StationUpsert::Types(types) => station.types = types,
+                            StationUpsert::Postcode(postcode) => station.postcode = postcode,
+                        }
+                        if let Some((postcode, types)) = station.adds() {
+                            moved.extend(types.iter().map(|(kind, n)| {
+                                ((postcode, kind.clone()), time.clone(), *n as isize)
+                            }));
+                        }
+                        // A station with neither types nor postcode is no state.
+                        if station.postcode.is_none() && station.types.is_none() {
+                            stations.remove(&id);
+                        }
+                        // Unchanged: the differences cancel, and need not be sent.
+                        differential_dataflow::consolidation::consolidate_updates(&mut moved);
+                        session.give_iterator(moved.into_iter());
+                    }
+                }
+            }
+        },
+    );
+    differences.as_collection().reduce(|_postcode, types, out| {
+        let gathered = types
+            .iter()
+            .map(|(kind, n)| ((*kind).clone(), *n as i64))
+            .collect::<VehicleTypeCounts>();
+        out.push((most_numerous(gathered), 1));
+    })
 }
 
 /// Each postcode's totals with its vehicles by type (none listed: empty).
@@ -164,4 +292,84 @@ where
             (postcode, typed)
         });
     typed.concat(untyped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::typed_totals_from_scratch;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    fn status(id: u64, types: BTreeMap<String, u32>) -> StationStatus {
+        StationStatus {
+            station_id: StationId::Num(id),
+            code: None,
+            bikes_available: types.values().sum(),
+            bike_types: None,
+            docks_available: 1,
+            is_installed: true,
+            is_renting: true,
+            is_returning: true,
+            last_reported: None,
+            judged: Default::default(),
+            vehicle_types: types,
+        }
+    }
+
+    /// The unplaced stations all count under `unknown`: however many types
+    /// they list between them, its record keeps the most numerous, as the
+    /// reference does, and stays within a Kafka message.
+    #[test]
+    fn a_postcode_keeps_its_most_numerous_types_only() {
+        let statuses: Vec<StationStatus> = (0..MAX_POSTCODE_VEHICLE_TYPES as u64 + 40)
+            .map(|i| {
+                // Types t0..: t<i> has 1 + i % 3 vehicles; each station lists
+                // a type of its own and one they share.
+                let types = [
+                    (format!("t{i:03}"), 1 + (i % 3) as u32),
+                    ("shared".into(), 1),
+                ];
+                status(i, types.into())
+            })
+            .collect();
+        let upserts: Vec<_> = statuses
+            .iter()
+            .map(|s| (s.station_id.clone(), Some(s.clone()), 1u64))
+            .collect();
+        let (send, receive) = std::sync::mpsc::channel();
+        timely::example(move |scope| {
+            let statuses = upserts.to_stream(scope);
+            let entries = Vec::<(StationId, Option<DirectoryEntry>, u64)>::new().to_stream(scope);
+            postcode_vehicle_types(statuses, entries)
+                .inner
+                .capture_into(send);
+        });
+        let out: Vec<_> = receive.extract().into_iter().flat_map(|(_, d)| d).collect();
+        let [((postcode, types), 1, 1)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*postcode, Postcode::unknown());
+        assert_eq!(types.len(), MAX_POSTCODE_VEHICLE_TYPES);
+        assert_eq!(types["shared"], MAX_POSTCODE_VEHICLE_TYPES as i64 + 40);
+        // Left out: the rarest (one vehicle), of those the last ids.
+        let listed: Vec<String> = statuses
+            .iter()
+            .flat_map(|s| s.vehicle_types.keys().cloned())
+            .collect();
+        let left_out: Vec<&String> = listed.iter().filter(|t| !types.contains_key(*t)).collect();
+        assert_eq!(left_out.len(), 41);
+        let last_kept_one = types
+            .iter()
+            .filter(|(_, n)| **n == 1)
+            .map(|(t, _)| t)
+            .max()
+            .unwrap();
+        for t in left_out {
+            assert!(t > last_kept_one, "{t}");
+            assert_eq!(t[1..].parse::<u64>().unwrap() % 3, 0, "{t} has one vehicle");
+        }
+        let reference = typed_totals_from_scratch(&statuses, &[]);
+        assert_eq!(&reference[&Postcode::unknown()].vehicle_types, types);
+    }
 }

@@ -261,9 +261,9 @@ pub fn parse_status_typed(
         .is_some_and(|v| v.starts_with('3'));
     let mut seen = HashSet::new();
     let mut stations = Vec::with_capacity(header.stations.len());
-    let mut undefined = Vec::new();
+    let mut noted = Noted::default();
     for (i, raw) in header.stations.iter().enumerate() {
-        let status = parse_station_status(&ctx, i, raw, v3, types, &mut undefined)?;
+        let status = parse_station_status(&ctx, i, raw, v3, types, &mut noted)?;
         if !seen.insert(status.station_id.clone()) {
             return Err(FeedError::DuplicateStation {
                 feed: ctx.feed,
@@ -295,7 +295,8 @@ pub fn parse_status_typed(
         version: header.version,
         ttl: header.ttl,
         stations,
-        undefined_vehicle_types: undefined,
+        undefined_vehicle_types: noted.undefined,
+        vehicle_types_dropped: noted.by_id_dropped.into_iter().map(|(id, _)| id).collect(),
     })
 }
 
@@ -324,7 +325,14 @@ pub fn parse_station_record(bytes: &[u8]) -> Result<StationStatus, FeedError> {
         return Err(ctx.wrong("(station record)", "an object", &raw));
     }
     let v3 = raw.get("num_vehicles_available").is_some();
-    parse_station_status(&ctx, 0, &raw, v3, None, &mut Vec::new())
+    let mut noted = Noted::default();
+    let status = parse_station_status(&ctx, 0, &raw, v3, None, &mut noted)?;
+    // A record on its own has no snapshot to note it in: refused, to the
+    // dead letters, rather than read without its types.
+    match noted.by_id_dropped.pop() {
+        Some((_, why)) => Err(why),
+        None => Ok(status),
+    }
 }
 
 /// Parses a `station_information.json` payload.
@@ -424,15 +432,24 @@ fn station_ctx<'v>(
     Ok((ctx.at_station(id.to_string()), obj, id))
 }
 
-/// `undefined` collects the vehicle types the station names that `types`
-/// does not define.
+/// What [`parse_station_status`] notes of a payload's stations beside
+/// their statuses.
+#[derive(Default)]
+struct Noted {
+    /// Vehicle types a station names that `vehicle_types.json` does not
+    /// define.
+    undefined: Vec<(StationId, String)>,
+    /// Stations whose counts by type id were left out, and why.
+    by_id_dropped: Vec<(StationId, FeedError)>,
+}
+
 fn parse_station_status(
     ctx: &Ctx,
     index: usize,
     raw: &Value,
     v3: bool,
     types: Option<&VehicleTypes>,
-    undefined: &mut Vec<(StationId, String)>,
+    noted: &mut Noted,
 ) -> Result<StationStatus, FeedError> {
     let (ctx, obj, station_id) = station_ctx(ctx, index, raw)?;
     let (field, bikes) = ctx.req_any(
@@ -450,14 +467,18 @@ fn parse_station_status(
         let (field, docks) = ctx.req_any(obj, &["num_docks_available", "numDocksAvailable"])?;
         ctx.count(field, docks)?
     };
-    let (bike_types, vehicle_types) = bike_types(&ctx, obj, types, &mut |type_id| {
+    let undefined = &mut noted.undefined;
+    let typed = bike_types(&ctx, obj, types, &mut |type_id| {
         undefined.push((station_id.clone(), type_id.to_owned()))
     })?;
+    if let Some(why) = typed.by_id_dropped {
+        noted.by_id_dropped.push((station_id.clone(), why));
+    }
     Ok(StationStatus {
         code: ctx.opt_code(obj, "stationCode")?,
         bikes_available,
-        bike_types,
-        vehicle_types,
+        bike_types: typed.by_kind,
+        vehicle_types: typed.by_id,
         docks_available,
         is_installed: ctx.req_flag(obj, "is_installed")?,
         is_renting: ctx.req_flag(obj, "is_renting")?,
@@ -506,18 +527,34 @@ impl BikeTypes {
     }
 }
 
-/// The station's bikes by kind, and (from `vehicle_types_available`) its
-/// vehicles by type id.
+/// A station's bikes by kind and its vehicles by type id, as
+/// [`bike_types`] reads them.
+struct StationTypes {
+    by_kind: Option<BikeTypes>,
+    by_id: BTreeMap<String, u32>,
+    /// Why `by_id` was left empty although the station lists types: more
+    /// of them than [`crate::MAX_VEHICLE_TYPES`], or an id longer than
+    /// [`crate::MAX_VEHICLE_TYPE_ID_LEN`]. Its bikes are still counted by
+    /// kind: one station's odd list costs only its counts by id.
+    by_id_dropped: Option<FeedError>,
+}
+
+/// The station's bikes by kind (from `num_bikes_available_types`, else
+/// from `vehicle_types_available`), and its vehicles by type id (from
+/// `vehicle_types_available`, which a v2.3 feed may list beside the
+/// other).
 fn bike_types(
     ctx: &Ctx,
     obj: &Map<String, Value>,
     vehicle_types: Option<&VehicleTypes>,
     undefined: &mut dyn FnMut(&str),
-) -> Result<(Option<BikeTypes>, BTreeMap<String, u32>), FeedError> {
+) -> Result<StationTypes, FeedError> {
     let mut by_id: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_id_dropped = None;
     let mut counted = BikeTypes::default();
     let mut any = false;
-    if let Some(v) = opt(obj, "num_bikes_available_types") {
+    let named = opt(obj, "num_bikes_available_types");
+    if let Some(v) = named {
         const FIELD: &str = "num_bikes_available_types";
         let mut add_object = |o: &Map<String, Value>, at: &str| -> Result<(), FeedError> {
             for (name, count) in o {
@@ -537,8 +574,11 @@ fn bike_types(
             Value::Object(o) => add_object(o, FIELD)?,
             other => return Err(ctx.wrong(FIELD, "an array of objects or an object", other)),
         }
-    } else if let Some(v) = opt(obj, "vehicle_types_available") {
+    }
+    if let Some(v) = opt(obj, "vehicle_types_available") {
         const FIELD: &str = "vehicle_types_available";
+        // The kinds are the named counts' when the station has both.
+        let by_kind = named.is_none();
         for (i, item) in ctx.array(FIELD, v)?.iter().enumerate() {
             let at = format!("{FIELD}[{i}]");
             let item = ctx.object(&at, item)?;
@@ -552,8 +592,8 @@ fn bike_types(
                 .req(item, "count")
                 .map_err(|e| relocate(e, &at, "count"))?;
             let count = ctx.count(&format!("{at}.count"), count)?;
-            if id.len() > crate::MAX_VEHICLE_TYPE_ID_LEN {
-                return Err(ctx.err(
+            if by_id_dropped.is_none() && id.len() > crate::MAX_VEHICLE_TYPE_ID_LEN {
+                by_id_dropped = Some(ctx.err(
                     format!("{at}.vehicle_type_id"),
                     Problem::OutOfRange(format!(
                         "{} bytes, more than {}",
@@ -562,16 +602,18 @@ fn bike_types(
                     )),
                 ));
             }
-            let slot = by_id.entry(id.to_owned()).or_insert(0);
-            *slot = slot.saturating_add(count);
-            if by_id.len() > crate::MAX_VEHICLE_TYPES {
-                return Err(ctx.err(
-                    FIELD,
-                    Problem::OutOfRange(format!(
-                        "more than {} vehicle types at one station",
-                        crate::MAX_VEHICLE_TYPES
-                    )),
-                ));
+            if by_id_dropped.is_none() {
+                let slot = by_id.entry(id.to_owned()).or_insert(0);
+                *slot = slot.saturating_add(count);
+                if by_id.len() > crate::MAX_VEHICLE_TYPES {
+                    by_id_dropped = Some(ctx.err(
+                        FIELD,
+                        Problem::OutOfRange(format!(
+                            "more than {} vehicle types at one station",
+                            crate::MAX_VEHICLE_TYPES
+                        )),
+                    ));
+                }
             }
             let kind = match vehicle_types.map(|t| t.kind(id)) {
                 Some(Some(kind)) => kind,
@@ -582,11 +624,20 @@ fn bike_types(
                 // The system's types are not known: guessed from the id.
                 None => classify(id),
             };
-            counted.add(kind, count);
-            any = true;
+            if by_kind {
+                counted.add(kind, count);
+                any = true;
+            }
         }
     }
-    Ok((any.then_some(counted), by_id))
+    if by_id_dropped.is_some() {
+        by_id.clear();
+    }
+    Ok(StationTypes {
+        by_kind: any.then_some(counted),
+        by_id,
+        by_id_dropped,
+    })
 }
 
 fn parse_station_info(ctx: &Ctx, index: usize, raw: &Value) -> Result<StationInfo, FeedError> {

@@ -241,7 +241,9 @@ pub struct StationStatus {
 }
 
 /// The most vehicle types one station may list: a station lists a few; a
-/// feed listing more is refused rather than carried into every record.
+/// station listing more has its counts by type left out
+/// ([`StatusSnapshot::vehicle_types_dropped`]) rather than carried into
+/// every record.
 pub const MAX_VEHICLE_TYPES: usize = 64;
 
 /// The longest `vehicle_type_id` taken, in bytes: ids become keys of the
@@ -495,6 +497,12 @@ pub struct StatusSnapshot {
     /// system's `vehicle_types.json` does not define, with the station:
     /// counted as other vehicles ([`gbfs::parse_status_typed`]).
     pub undefined_vehicle_types: Vec<(StationId, String)>,
+    /// Stations whose `vehicle_types_available` lists more than
+    /// [`MAX_VEHICLE_TYPES`] types, or an id longer than
+    /// [`MAX_VEHICLE_TYPE_ID_LEN`]: their [`StationStatus::vehicle_types`]
+    /// is left empty (their bikes are still counted, by kind), rather than
+    /// the whole payload refused for one station.
+    pub vehicle_types_dropped: Vec<StationId>,
 }
 
 /// A whole `station_information` payload, normalised.

@@ -134,6 +134,7 @@ pub fn parse(bytes: &[u8]) -> Result<(StatusSnapshot, InformationSnapshot), Feed
         ttl: None,
         stations: statuses,
         undefined_vehicle_types: Vec::new(),
+        vehicle_types_dropped: Vec::new(),
     };
     let info = InformationSnapshot {
         feed_time,

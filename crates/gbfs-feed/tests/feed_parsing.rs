@@ -2321,6 +2321,7 @@ proptest! {
                 ttl,
                 stations: rows.into_iter().map(|r| r.status).collect(),
                 undefined_vehicle_types: Vec::new(),
+                vehicle_types_dropped: Vec::new(),
             }
         );
     }
@@ -2466,9 +2467,74 @@ fn a_ttl_that_is_not_a_count_is_ignored_not_a_reason_to_refuse_the_stations() {
     );
 }
 
+/// In a whole payload, one station listing too many vehicle types, or a
+/// type id too long to be a record's key, costs that station its counts by
+/// type id only: its bikes are still counted by kind, it is listed in
+/// `vehicle_types_dropped`, and the other stations keep theirs.
+#[test]
+fn a_station_with_too_many_vehicle_types_loses_only_its_counts_by_id() {
+    let typed = |id: &str, types: Vec<Value>| {
+        let mut row = status_row(id);
+        row["num_bikes_available"] = json!(types.len());
+        row["vehicle_types_available"] = Value::Array(types);
+        row
+    };
+    let many: Vec<Value> = (0..=gbfs_feed::MAX_VEHICLE_TYPES)
+        .map(|i| json!({"vehicle_type_id": format!("ebike{i}"), "count": 1}))
+        .collect();
+    let long = "ebike".repeat(gbfs_feed::MAX_VEHICLE_TYPE_ID_LEN);
+    let snap = gbfs::parse_status(&bytes(&payload(vec![
+        typed("many", many),
+        typed("long", vec![json!({"vehicle_type_id": long, "count": 1})]),
+        typed("fine", vec![json!({"vehicle_type_id": "city", "count": 1})]),
+    ])))
+    .unwrap();
+    assert_eq!(
+        snap.vehicle_types_dropped,
+        [
+            StationId::Text("many".into()),
+            StationId::Text("long".into())
+        ]
+    );
+    let [many, long, fine] = &snap.stations[..] else {
+        panic!("{:?}", snap.stations)
+    };
+    assert!(many.vehicle_types.is_empty() && long.vehicle_types.is_empty());
+    let ebikes = |s: &gbfs_feed::StationStatus| s.bike_types.map(|t| t.ebike);
+    assert_eq!(
+        (ebikes(many), ebikes(long)),
+        (Some(gbfs_feed::MAX_VEHICLE_TYPES as u32 + 1), Some(1))
+    );
+    assert_eq!(fine.vehicle_types, [("city".to_owned(), 1)].into());
+    // A payload without such a station lists none.
+    let plain = gbfs::parse_status(&bytes(&payload(vec![status_row("a")]))).unwrap();
+    assert!(plain.vehicle_types_dropped.is_empty());
+}
+
+/// A v2.3 station may list both `num_bikes_available_types` and
+/// `vehicle_types_available`: its kinds are the named counts', and its
+/// counts by type id are kept all the same.
+#[test]
+fn a_station_listing_both_kinds_and_type_ids_keeps_both() {
+    let mut row = status_row("a");
+    row["num_bikes_available_types"] = json!([{"mechanical": 1}, {"ebike": 2}]);
+    row["vehicle_types_available"] = json!([
+        {"vehicle_type_id": "t1", "count": 2}, {"vehicle_type_id": "t2", "count": 1}]);
+    let status = &gbfs::parse_status(&bytes(&payload(vec![row])))
+        .unwrap()
+        .stations[0];
+    let kinds = status.bike_types.unwrap();
+    assert_eq!((kinds.mechanical, kinds.ebike, kinds.other), (1, 2, 0));
+    assert_eq!(
+        status.vehicle_types,
+        [("t1".to_owned(), 2), ("t2".to_owned(), 1)].into()
+    );
+}
+
 /// `vehicle_types_available` is kept by type id: a type listed twice is
-/// summed, and a station listing too many types, or a type id too long to
-/// be a record's key, is refused naming the station and the field.
+/// summed; a record on its own listing too many types, or a type id too
+/// long to be a record's key, is refused naming the station and the field
+/// (it has no snapshot to be noted in).
 #[test]
 fn vehicle_types_by_id_are_kept_summed_and_bounded() {
     let record = |types: Value| {
