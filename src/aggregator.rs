@@ -235,7 +235,7 @@ impl AggregatorConfig {
     /// assert_eq!(config.value_format().as_deref(), Some("vehicle_types"));
     /// ```
     pub fn value_format(&self) -> Option<String> {
-        self.vehicle_types.then(|| "vehicle_types".to_owned())
+        self.vehicle_types.then(|| VEHICLE_TYPES_FORMAT.to_owned())
     }
 
     /// The topics the aggregator uses, as they should be created.
@@ -259,6 +259,10 @@ impl AggregatorConfig {
             .collect()
     }
 }
+
+/// The value format ([`AggregatorConfig::value_format`]) of output written
+/// with `--vehicle-types`.
+pub const VEHICLE_TYPES_FORMAT: &str = "vehicle_types";
 
 /// Where every worker starts, as worker 0 decided ([`where_to_start`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]

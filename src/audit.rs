@@ -86,6 +86,7 @@
 //! # Ok::<(), velib_dataflow::audit::AuditError>(())
 //! ```
 
+use crate::aggregator::VEHICLE_TYPES_FORMAT;
 use crate::counts::PostcodeTotals;
 use crate::dataflow::Epoch;
 use crate::directory::DirectoryEntry;
@@ -97,7 +98,7 @@ use crate::kafka::sink::EpochProgress;
 use crate::kafka::{KafkaConfig, KafkaError, EPOCH_HEADER, KIND_HEADER, PROGRESS_KEY};
 use crate::output::PostcodeRecord;
 use crate::postcode::{Postcode, PostcodeTable};
-use crate::reference::postcode_counts_from_scratch;
+use crate::reference::{postcode_counts_from_scratch, typed_totals_from_scratch};
 use crate::station_records::{DirectoryEntryDecoder, StationStatusDecoder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -118,6 +119,10 @@ pub type RecordCounts = BTreeMap<String, i64>;
 /// A since-time field that is `null` (no station empty, or full), in
 /// [`RecordCounts`].
 pub const NO_TIME: i64 = i64::MIN;
+
+/// The field of a record listing its vehicles by type (with
+/// `--vehicle-types`), and the prefix of their entries in [`RecordCounts`].
+const VEHICLE_TYPES_FIELD: &str = "vehicle_types";
 
 /// Whether a record's field is one the audit checks.
 fn is_checked_field(field: &str) -> bool {
@@ -1416,7 +1421,8 @@ impl Engine {
         for (epoch, positions) in &candidates {
             self.apply_output_through(*epoch);
             let short = read_input(self, positions)?;
-            self.check(*epoch, short);
+            let typed = positions.value_format.as_deref() == Some(VEHICLE_TYPES_FORMAT);
+            self.check(*epoch, short, typed);
         }
         self.apply_output_through(through);
         self.judge_window(previous, through);
@@ -1592,7 +1598,9 @@ impl Engine {
 
     /// Compares the output's state at `epoch` with the from-scratch
     /// computation over the input read so far, if both are exact.
-    fn check(&mut self, epoch: Epoch, short: Option<Unchecked>) {
+    /// `typed`: the epoch's records list vehicle types (as its progress
+    /// says), which are checked too.
+    fn check(&mut self, epoch: Epoch, short: Option<Unchecked>, typed: bool) {
         let mut why = short;
         for partition in &self.output {
             if let Err(reason) = partition.exact_at(epoch) {
@@ -1614,22 +1622,40 @@ impl Engine {
             entry.2 = entry.2.max(epoch);
             return;
         }
-        let expected = self.expected();
+        let expected = self.expected(typed);
         self.compare(epoch, &expected);
         self.report.epochs_checked += 1;
         self.last_expected = Some((epoch, expected));
     }
 
-    /// Every postcode's count fields, from scratch, over the input state.
-    fn expected(&self) -> BTreeMap<String, RecordCounts> {
+    /// Every postcode's count fields, from scratch, over the input state;
+    /// with `typed`, its vehicle types too.
+    fn expected(&self, typed: bool) -> BTreeMap<String, RecordCounts> {
+        let placed_by_table = |table: &PostcodeTable| -> Vec<DirectoryEntry> {
+            self.statuses
+                .values()
+                .map(|status| DirectoryEntry::placed_by_table(table, status))
+                .collect()
+        };
+        if typed {
+            // A rarer check, over copies: the reference takes slices.
+            let statuses: Vec<StationStatus> = self.statuses.values().cloned().collect();
+            let entries = match &self.table {
+                Some(table) => placed_by_table(table),
+                None => self.entries.values().cloned().collect(),
+            };
+            return typed_totals_from_scratch(&statuses, &entries)
+                .iter()
+                .map(|(postcode, typed)| {
+                    let mut counts = expected_counts(postcode, &typed.totals);
+                    add_vehicle_types(&mut counts, &typed.vehicle_types);
+                    (postcode.as_str().to_owned(), counts)
+                })
+                .collect();
+        }
         let counts = match &self.table {
             Some(table) => {
-                let entries: Vec<DirectoryEntry> = self
-                    .statuses
-                    .values()
-                    .map(|status| DirectoryEntry::placed_by_table(table, status))
-                    .collect();
-                postcode_counts_from_scratch(self.statuses.values(), &entries)
+                postcode_counts_from_scratch(self.statuses.values(), &placed_by_table(table))
             }
             None => postcode_counts_from_scratch(self.statuses.values(), self.entries.values()),
         };
@@ -1651,9 +1677,7 @@ impl Engine {
         for (postcode, expected) in expected {
             let differs = match self.state.get(postcode) {
                 None => true,
-                Some(found) => expected
-                    .iter()
-                    .any(|(field, e)| found.get(field).is_some_and(|f| f != e)),
+                Some(found) => counts_differ(expected, found),
             };
             if differs {
                 mismatches.push(Mismatch {
@@ -1834,6 +1858,19 @@ fn output_counts(
         }
     }
     let mut counts = RecordCounts::new();
+    if let Some(types) = object.get(VEHICLE_TYPES_FIELD) {
+        let types = types
+            .as_object()
+            .ok_or_else(|| format!("{VEHICLE_TYPES_FIELD} is {types}, not an object"))?;
+        let mut listed = Vec::with_capacity(types.len());
+        for (id, n) in types {
+            let n = n.as_i64().filter(|n| *n > 0).ok_or_else(|| {
+                format!("{VEHICLE_TYPES_FIELD}.{id} is {n}, not a positive integer")
+            })?;
+            listed.push((id.clone(), n));
+        }
+        add_vehicle_types(&mut counts, listed.iter().map(|(id, n)| (id, n)));
+    }
     for (field, value) in &object {
         if !is_checked_field(field) {
             continue;
@@ -1851,6 +1888,42 @@ fn output_counts(
         return Err("the value has no count field (nbr_total, nbr_meca, …)".into());
     }
     Ok(counts)
+}
+
+/// A record's `vehicle_types` in [`RecordCounts`]: its number of types
+/// under [`VEHICLE_TYPES_FIELD`], and each type's count under
+/// `vehicle_types.<id>`.
+fn add_vehicle_types<'a>(
+    counts: &mut RecordCounts,
+    types: impl IntoIterator<Item = (&'a String, &'a i64)>,
+) {
+    let mut listed = 0;
+    for (id, n) in types {
+        counts.insert(format!("{VEHICLE_TYPES_FIELD}.{id}"), *n);
+        listed += 1;
+    }
+    counts.insert(VEHICLE_TYPES_FIELD.to_owned(), listed);
+}
+
+/// The vehicle-type entries of `counts` ([`add_vehicle_types`]).
+fn vehicle_type_entries(counts: &RecordCounts) -> impl Iterator<Item = (&String, &i64)> {
+    counts
+        .range(VEHICLE_TYPES_FIELD.to_owned()..)
+        .take_while(|(f, _)| f.starts_with(VEHICLE_TYPES_FIELD))
+}
+
+/// Whether a record's fields differ from what was expected: a count field
+/// both have, with another value (a record of an older version may lack a
+/// newer field), or the vehicle types, compared whole (a type missing is
+/// one with none; types where none were expected, or none where some
+/// were, differ).
+fn counts_differ(expected: &RecordCounts, found: &RecordCounts) -> bool {
+    let typed = |f: &str| f.starts_with(VEHICLE_TYPES_FIELD);
+    expected
+        .iter()
+        .filter(|(field, _)| !typed(field))
+        .any(|(field, e)| found.get(field).is_some_and(|f| f != e))
+        || !vehicle_type_entries(expected).eq(vehicle_type_entries(found))
 }
 
 /// The count fields [`PostcodeRecord`] writes for `counts`.
@@ -1887,6 +1960,8 @@ mod tests {
         /// Per (topic, partition): the last offset, and whether it closed a
         /// transaction.
         offsets: HashMap<(&'static str, i32), (i64, bool)>,
+        /// What the progress records say of the values.
+        value_format: Option<String>,
     }
 
     impl Fixture {
@@ -1907,6 +1982,7 @@ mod tests {
             Fixture {
                 engine,
                 offsets: HashMap::new(),
+                value_format: None,
             }
         }
 
@@ -1965,6 +2041,24 @@ mod tests {
 
         /// As [`Self::status`], judged so.
         fn status_judged(&mut self, epoch: Epoch, code: u64, bikes: u32, judged: Judged) {
+            self.status_with(epoch, code, bikes, judged, BTreeMap::new());
+        }
+
+        /// As [`Self::status`], its bikes listed by type id.
+        fn status_typed(&mut self, epoch: Epoch, code: u64, types: &[(&str, u32)]) {
+            let bikes = types.iter().map(|(_, n)| n).sum();
+            let types = types.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+            self.status_with(epoch, code, bikes, Default::default(), types);
+        }
+
+        fn status_with(
+            &mut self,
+            epoch: Epoch,
+            code: u64,
+            bikes: u32,
+            judged: Judged,
+            vehicle_types: BTreeMap<String, u32>,
+        ) {
             let status = StationStatus {
                 station_id: StationId::Num(code),
                 code: Some(code.to_string()),
@@ -1980,7 +2074,7 @@ mod tests {
                 is_returning: true,
                 last_reported: None,
                 judged,
-                vehicle_types: Default::default(),
+                vehicle_types,
             };
             let stamp = EpochStamp {
                 epoch,
@@ -2053,6 +2147,7 @@ mod tests {
                 positions: [(INPUT.to_owned(), [(0, position)].into_iter().collect())]
                     .into_iter()
                     .collect(),
+                value_format: self.value_format.clone(),
                 ..Default::default()
             };
             let headers = [
@@ -2129,6 +2224,56 @@ mod tests {
             "epoch 2, postcode 75001: nbr_meca expected 5, found 6; nbr_total expected 5, found 6"
         );
         assert!(report.torn_epochs.is_empty() && report.missing_epochs.is_empty());
+    }
+
+    /// With `--vehicle-types` (as the progress records say), each
+    /// record's types are checked whole: a type missing or extra, or no
+    /// `vehicle_types` at all, is a mismatch; without it, types where none
+    /// were written are one too.
+    #[test]
+    fn vehicle_types_are_checked_when_the_progress_says_they_are_written() {
+        let mut f = Fixture::new(1);
+        f.value_format = Some(VEHICLE_TYPES_FORMAT.into());
+        let types = |t: serde_json::Value| serde_json::json!({ "vehicle_types": t });
+        f.status_typed(1, 1, &[("city", 3)]);
+        f.status(1, 2, 4);
+        let at = f.marker(1);
+        f.data_with(0, 1, "75001", 3, types(serde_json::json!({"city": 3})));
+        f.data_with(0, 1, "75002", 4, types(serde_json::json!({})));
+        f.progress(0, 1, at);
+        f.complete();
+        f.status_typed(2, 1, &[("city", 2), ("cargo", 3)]);
+        let at = f.marker(2);
+        f.data_with(0, 2, "75001", 5, types(serde_json::json!({"city": 2})));
+        f.progress(0, 2, at);
+        f.complete();
+        f.status_typed(3, 1, &[("city", 6)]);
+        let at = f.marker(3);
+        f.data(0, 3, "75001", 6);
+        f.progress(0, 3, at);
+        f.complete();
+        f.status_typed(4, 1, &[("city", 7)]);
+        let at = f.marker(4);
+        f.data_with(0, 4, "75001", 7, types(serde_json::json!({"city": 7})));
+        f.progress(0, 4, at);
+        f.complete();
+        let report = f.report();
+        assert_eq!(report.epochs_checked, 4, "{report}");
+        let wrong: Vec<(Epoch, &str)> = report
+            .mismatches
+            .iter()
+            .map(|m| (m.epoch, m.postcode.as_str()))
+            .collect();
+        assert_eq!(wrong, [(2, "75001"), (3, "75001")], "{report}");
+
+        let mut f = Fixture::new(1);
+        f.status(1, 1, 3);
+        let at = f.marker(1);
+        f.data_with(0, 1, "75001", 3, types(serde_json::json!({"city": 3})));
+        f.progress(0, 1, at);
+        f.complete();
+        let report = f.report();
+        assert_eq!(report.mismatch_count, 1, "{report}");
     }
 
     #[test]
@@ -2303,6 +2448,34 @@ mod tests {
                 .any(|n| n.contains("no epoch is complete")),
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_records_vehicle_types_must_be_counts() {
+        let record = |types: &str| {
+            format!(r#"{{"postcode":"0150","nbr_total":3,"vehicle_types":{types},"epoch":1}}"#)
+        };
+        let counts =
+            output_counts("0150", None, record(r#"{"city":2,"a.b":1}"#).as_bytes()).unwrap();
+        assert_eq!(counts["vehicle_types"], 2);
+        assert_eq!(
+            (counts["vehicle_types.city"], counts["vehicle_types.a.b"]),
+            (2, 1)
+        );
+        for (types, why) in [
+            ("[]", "vehicle_types is [], not an object"),
+            (r#""city""#, "not an object"),
+            (
+                r#"{"city":-1}"#,
+                "vehicle_types.city is -1, not a positive integer",
+            ),
+            (r#"{"city":0}"#, "not a positive integer"),
+            (r#"{"city":1.5}"#, "not a positive integer"),
+            (r#"{"city":null}"#, "not a positive integer"),
+        ] {
+            let e = output_counts("0150", None, record(types).as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{types}: {e}");
+        }
     }
 
     #[test]
