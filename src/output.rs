@@ -205,8 +205,7 @@ pub fn json_line(
 ///
 /// let postcode = Postcode::parse("75016").unwrap();
 /// let encoder = PostcodeRecordEncoder::default();
-/// // (It encodes totals, and totals with vehicle types: say which.)
-/// assert_eq!(RecordEncoder::<Postcode, PostcodeTotals>::key(&encoder, &postcode), b"75016");
+/// assert_eq!(encoder.key(&postcode), b"75016");
 /// let progress = EpochProgress { epoch: 3, feed_time: Some(1732004538), ..Default::default() };
 /// let value = String::from_utf8(encoder.value(&postcode, &PostcodeTotals::default(), &progress)).unwrap();
 /// assert!(value.starts_with(r#"{"postcode":"75016","#), "{value}");
@@ -229,11 +228,19 @@ impl PostcodeRecordEncoder {
     pub fn of_system(system: Option<String>) -> Self {
         PostcodeRecordEncoder { system }
     }
+
+    /// A postcode's record key: the postcode, whichever values (totals,
+    /// or totals with vehicle types) the records hold. (It is both
+    /// [`RecordEncoder`](crate::kafka::sink::RecordEncoder)s' key; this
+    /// spares callers saying which.)
+    pub fn key(&self, postcode: &Postcode) -> Vec<u8> {
+        postcode.as_str().as_bytes().to_vec()
+    }
 }
 
 impl crate::kafka::sink::RecordEncoder<Postcode, PostcodeTotals> for PostcodeRecordEncoder {
     fn key(&self, key: &Postcode) -> Vec<u8> {
-        key.as_str().as_bytes().to_vec()
+        PostcodeRecordEncoder::key(self, key)
     }
 
     fn value(
@@ -274,7 +281,7 @@ impl crate::kafka::sink::RecordEncoder<Postcode, crate::dataflow::TypedTotals>
     for PostcodeRecordEncoder
 {
     fn key(&self, key: &Postcode) -> Vec<u8> {
-        key.as_str().as_bytes().to_vec()
+        PostcodeRecordEncoder::key(self, key)
     }
 
     fn value(

@@ -600,3 +600,61 @@ impl StationSelection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::{gbfs, FeedTimeKind};
+
+    /// A station whose vehicles change type, its counts by kind the same
+    /// (both are "other" to a guess from the ids), is published again: with
+    /// `--vehicle-types` its postcode's record changes. A new
+    /// `last_reported` alone is still no change.
+    #[test]
+    fn a_change_of_vehicle_types_alone_is_published() {
+        let snapshot = |feed_time: i64, types: &str, reported: i64| {
+            let status = format!(
+                r#"{{"last_updated": {feed_time}, "ttl": 0, "version": "3.0", "data": {{"stations": [
+                  {{"station_id": "a", "num_vehicles_available": 2, "vehicle_types_available": {types},
+                    "is_installed": true, "is_renting": true, "is_returning": true,
+                    "last_reported": {reported}}}]}}}}"#
+            );
+            let status = gbfs::parse_status(status.as_bytes()).unwrap();
+            Snapshot {
+                feed_time,
+                feed_time_kind: FeedTimeKind::Published,
+                statuses: status.stations,
+                directory: None,
+            }
+        };
+        let mut sequencer = SnapshotSequencer::new();
+        let two_of_one = r#"[{"vehicle_type_id": "t1", "count": 2}]"#;
+        let one_each =
+            r#"[{"vehicle_type_id": "t1", "count": 1}, {"vehicle_type_id": "t2", "count": 1}]"#;
+        let first = sequencer
+            .advance(snapshot(100, two_of_one, 90))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.statuses.len(), 1);
+        let changed = sequencer
+            .advance(snapshot(110, one_each, 100))
+            .unwrap()
+            .unwrap();
+        let mut seen: Vec<_> = changed
+            .statuses
+            .iter()
+            .map(|(status, diff)| (*diff, status.vehicle_types.len(), status.bike_types))
+            .collect();
+        seen.sort();
+        let kinds = first.statuses[0].0.bike_types;
+        assert_eq!(
+            seen,
+            [(-1, 1, kinds), (1, 2, kinds)],
+            "the kinds did not change"
+        );
+        assert_eq!(
+            sequencer.advance(snapshot(120, one_each, 115)).unwrap(),
+            None
+        );
+    }
+}

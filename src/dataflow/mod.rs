@@ -160,3 +160,106 @@ where
     });
     postcode_totals(place_stations(counts, placements))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counts::PostcodeCounts;
+    use crate::directory::PostcodeSource;
+    use crate::feed::{BikeTypes, Judged, Position};
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// Read back from bincode, followed by another value as inside a larger
+    /// message: bincode has no field names, so a field left out (serde's
+    /// `skip_serializing_if`) shifts every later one.
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Clone>(value: T) {
+        let bytes = bincode::serialize(&(value.clone(), 7u8)).unwrap();
+        let back: (T, u8) = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, (value, 7));
+    }
+
+    /// What the aggregator's dataflow sends between workers of different
+    /// processes, with every optional field both absent and present.
+    #[test]
+    fn what_crosses_the_exchange_between_processes_survives_bincode() {
+        let bare = StationStatus {
+            station_id: StationId::Num(1),
+            code: None,
+            bikes_available: 0,
+            bike_types: None,
+            docks_available: 0,
+            is_installed: false,
+            is_renting: false,
+            is_returning: false,
+            last_reported: None,
+            judged: Judged::default(),
+            vehicle_types: Default::default(),
+        };
+        let full = StationStatus {
+            station_id: StationId::Text("a:1".into()),
+            code: Some("16107".into()),
+            bikes_available: 3,
+            bike_types: Some(BikeTypes {
+                mechanical: 1,
+                ebike: 1,
+                other: 1,
+            }),
+            last_reported: Some(1_732_004_538),
+            judged: Judged {
+                stale: true,
+                empty_since: Some(5),
+                full_since: Some(6),
+                empty_long: true,
+                full_long: false,
+            },
+            vehicle_types: [("city".to_owned(), 2), ("cargo".to_owned(), 1)].into(),
+            ..bare.clone()
+        };
+        for status in [bare.clone(), full] {
+            round_trip((status.station_id.clone(), Some(status), 3u64));
+        }
+        round_trip((bare.station_id.clone(), None::<StationStatus>, 3u64));
+        let postcode = Postcode::parse("75016").unwrap();
+        let entry = DirectoryEntry {
+            station_id: StationId::Num(1),
+            code: None,
+            name: String::new(),
+            position: None,
+            capacity: None,
+            postcode,
+            postcode_source: PostcodeSource::Inferred {
+                from: StationId::Text("b".into()),
+                distance_m: 120,
+            },
+        };
+        let placed = DirectoryEntry {
+            code: Some("16107".into()),
+            position: Some(Position {
+                lat: 48.86,
+                lon: 2.35,
+            }),
+            capacity: Some(35),
+            postcode_source: PostcodeSource::Feed,
+            ..entry.clone()
+        };
+        round_trip(entry);
+        round_trip(placed);
+        let totals = PostcodeTotals {
+            counts: PostcodeCounts {
+                bikes: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        round_trip((postcode, totals));
+        round_trip((
+            postcode,
+            TypedTotals {
+                totals,
+                vehicle_types: [("city".to_owned(), 2)].into(),
+            },
+        ));
+        round_trip((postcode, TypedTotals::default()));
+    }
+}
