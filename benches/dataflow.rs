@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use velib_dataflow::counts::{PostcodeCounts, StationCounts};
-use velib_dataflow::dataflow::{place_stations, postcode_totals, Epoch, Placement};
+use velib_dataflow::dataflow::{
+    place_stations, postcode_totals, postcode_vehicle_types, Epoch, Placement,
+};
 use velib_dataflow::directory::{DirectoryEntry, PostcodeSource};
 use velib_dataflow::feed::{BikeTypes, Judged, StationId, StationStatus};
 use velib_dataflow::postcode::Postcode;
@@ -421,10 +423,97 @@ fn bench(c: &mut Criterion, worker: &mut timely::worker::Worker) {
     }
     group.finish();
 }
+/// Stations of a v3 system, which list their vehicles by type id.
+fn typed(mut status: StationStatus) -> StationStatus {
+    let kinds = status.bike_types.unwrap_or_default();
+    status.vehicle_types = [
+        ("classic".to_owned(), kinds.mechanical),
+        ("ebike".to_owned(), kinds.ebike),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    status
+}
+
+/// `--vehicle-types` alone (`postcode_vehicle_types`), on a network whose
+/// stations list two types: time per epoch, heap per station (stderr).
+fn bench_vehicle_types(c: &mut Criterion, worker: &mut timely::worker::Worker) {
+    const N: usize = 100_000;
+    const CHANGES: usize = 1_000;
+    let mut group = c.benchmark_group("vehicle_types_change_per_epoch");
+    group.throughput(Throughput::Elements(CHANGES as u64));
+    group.sample_size(20);
+    let (current, directory) = network(N);
+    let live_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let (mut statuses, mut entries, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        let mut statuses_in = InputHandle::new();
+        let mut entries_in = InputHandle::new();
+        let statuses = scope.input_from(&mut statuses_in);
+        let entries = scope.input_from(&mut entries_in);
+        let (probe, _) = postcode_vehicle_types(statuses, entries).probe();
+        (statuses_in, entries_in, probe)
+    });
+    let load_start = Instant::now();
+    for s in &current {
+        statuses.send((s.station_id.clone(), Some(typed(s.clone())), 0));
+    }
+    for d in &directory {
+        entries.send((d.station_id.clone(), Some(d.clone()), 0));
+    }
+    let mut epoch = 1;
+    statuses.advance_to(epoch);
+    entries.advance_to(epoch);
+    while probe.less_than(&epoch) {
+        worker.step();
+    }
+    let load_time = load_start.elapsed();
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe { libc::malloc_trim(0) };
+    let live = LIVE_BYTES
+        .load(Ordering::Relaxed)
+        .saturating_sub(live_before);
+    eprintln!(
+        "vehicle types, {N} stations listing 2 types: initial load {load_time:.2?}; \
+         the dataflow holds {:.1} MiB on the heap ({} bytes per station)",
+        live as f64 / (1 << 20) as f64,
+        live / N,
+    );
+    let mut rng = Lcg(13);
+    group.bench_function(format!("{N}_stations_{CHANGES}_changes"), |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let updates: Vec<_> = (0..CHANGES)
+                    .map(|_| {
+                        let i = rng.below(N as u64) as usize;
+                        let new = typed(status(i, &mut rng));
+                        (new.station_id.clone(), Some(new), epoch)
+                    })
+                    .collect();
+                let start = Instant::now();
+                for update in updates {
+                    statuses.send(update);
+                }
+                epoch += 1;
+                statuses.advance_to(epoch);
+                entries.advance_to(epoch);
+                while probe.less_than(&epoch) {
+                    worker.step();
+                }
+                elapsed += start.elapsed();
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     timely::execute_directly(|worker| {
         let mut criterion = Criterion::default().configure_from_args();
         bench(&mut criterion, worker);
+        bench_vehicle_types(&mut criterion, worker);
         criterion.final_summary();
     });
 }
