@@ -308,10 +308,16 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
     if let Some(progress) = &committed {
         let format = config.value_format();
         if progress.value_format != format {
-            let (was, now) = if format.is_some() {
-                ("without", "with")
+            let (was, now, older) = if format.is_some() {
+                // Versions before the check recorded no format, whatever
+                // they wrote.
+                (
+                    "without",
+                    "with",
+                    " (or by a version that did not record it)",
+                )
             } else {
-                ("with", "without")
+                ("with", "without", "")
             };
             let state = config
                 .state_topic
@@ -319,7 +325,7 @@ fn where_to_start(config: &AggregatorConfig) -> Result<Start, AggregatorError> {
                 .map(|t| format!(" and {t}"))
                 .unwrap_or_default();
             return Err(AggregatorError::Resume(format!(
-                "epoch {} of {} was written {was} --vehicle-types, and this run is {now} it: \
+                "epoch {} of {} was written {was} --vehicle-types{older}, and this run is {now} it: \
                  only changed postcodes are written, so its records would mix both; run {was} \
                  --vehicle-types, or delete {}{state} to write every postcode anew",
                 progress.epoch, config.output_topic, config.output_topic

@@ -1,12 +1,13 @@
 //! Cross-file consistency of a snapshot, as MobilityData's GBFS validator
 //! checks it: a station in `station_status` but not in
 //! `station_information` (it is counted under `unknown`), one in
-//! `station_information` with no status (it is not counted), and a status
+//! `station_information` with no status (it is not counted), a status
 //! whose `num_bikes_available` is not the sum of its bike types (`nbr_total`
-//! then differs from `nbr_meca + nbr_elec`), and a vehicle type a status
-//! names that `vehicle_types.json` does not define. None is an error: the snapshot
-//! is still published, and what does not agree is counted by kind and
-//! named, never folded silently into the totals. (A station listed twice
+//! then differs from `nbr_meca + nbr_elec`), a vehicle type a status names
+//! that `vehicle_types.json` does not define, and a station whose counts by
+//! type id were left out (too many types, ids too long). None is an error:
+//! the snapshot is still published, and what does not agree is counted by
+//! kind and named, never folded silently into the totals. (A station listed twice
 //! is an error: the parsers refuse the whole payload, `duplicate_station`.)
 
 use crate::feed::{InformationSnapshot, StationId, StatusSnapshot};
@@ -29,8 +30,9 @@ pub enum Inconsistency {
     UndefinedVehicleType,
     /// `vehicle_types_available` lists more types than
     /// [`crate::feed::MAX_VEHICLE_TYPES`], or an id longer than
-    /// [`crate::feed::MAX_VEHICLE_TYPE_ID_LEN`]: its counts by type id are
-    /// left out.
+    /// [`crate::feed::MAX_VEHICLE_TYPE_ID_LEN`], or cannot be read beside
+    /// `num_bikes_available_types`: its counts by type id are left out
+    /// ([`crate::feed::StatusSnapshot::vehicle_types_dropped`]).
     VehicleTypesDropped,
 }
 
@@ -70,7 +72,7 @@ impl Inconsistency {
                 "with a vehicle type that vehicle_types.json does not define: counted as other vehicles, in neither nbr_meca nor nbr_elec"
             }
             Inconsistency::VehicleTypesDropped => {
-                "listing more than 64 vehicle types, or a type id over 64 bytes: its bikes are counted, its vehicle_types left out"
+                "listing more than 64 vehicle types, or a type id over 64 bytes, or an unreadable vehicle_types_available beside its num_bikes_available_types: its bikes are counted, its vehicle_types left out"
             }
         }
     }

@@ -675,9 +675,8 @@ fn turning_vehicle_types_on_or_off_across_a_restart_is_refused() {
         };
         assert!(
             why.starts_with("cannot resume: epoch ")
-                && why.contains(&format!(
-                    "written {was} --vehicle-types, and this run is {now} it"
-                ))
+                && why.contains(&format!("written {was} --vehicle-types"))
+                && why.contains(&format!(", and this run is {now} it"))
                 && why.contains(&format!("delete {output} and {output}-state")),
             "{why}"
         );

@@ -2,12 +2,12 @@
 //! (`velib_aggregator --vehicle-types`), for feeds that list their vehicles
 //! by `vehicle_type_id` (GBFS v2.3 and v3 `vehicle_types_available`).
 //!
-//! As for the totals ([`super::place_stations`]), each station's types meet
-//! its postcode in one per-station operator, whose state is a small record
-//! per station; its changes become differences of `(postcode, type)`, and a
-//! reduction per postcode gathers its types (an arrangement of the
-//! postcodes' types). It is optional because every station then keeps its
-//! postcode and its types a second time, and every record grows. A station
+//! As for the totals ([`super::place_stations`], [`super::postcode_totals`]),
+//! each station's types meet its postcode in one per-station operator,
+//! whose state is a small record per station; its changes become
+//! differences of `(postcode, type)`, summed per postcode by another. It is
+//! optional because every station then keeps its postcode and its types a
+//! second time, and every record grows. A station
 //! counts as in the totals' `nbr_total`: its vehicles when it is installed
 //! and renting, under [`Postcode::unknown`] while it has no directory
 //! entry.
@@ -119,9 +119,9 @@ struct PendingTime<T: Timestamp> {
 /// station, in one pass over each time's upserts, as
 /// [`super::place_stations`] does for the counts: the per-station state is
 /// one small record (its postcode, and its types while it lists any), and
-/// a change of either becomes differences of `(postcode, type)`. Only
-/// those are arranged, to gather each postcode's types: as many as the
-/// postcodes' types, not the stations.
+/// a change of either becomes differences of `(postcode, type)`. Those are
+/// summed on the worker that owns the postcode, as
+/// [`super::postcode_totals`] sums the counts. Nothing is arranged.
 ///
 /// # Examples
 ///
@@ -213,10 +213,22 @@ where
                         );
                     for (id, upsert) in upserts {
                         let station = stations.entry(id.clone()).or_default();
+                        let unchanged = match &upsert {
+                            StationUpsert::Types(types) => station.types == *types,
+                            StationUpsert::Postcode(postcode) => station.postcode == *postcode,
+                        };
+                        if unchanged {
+                            // Its bikes or docks changed, not its types: the
+                            // common case, and nothing to send.
+                            if station.postcode.is_none() && station.types.is_none() {
+                                stations.remove(&id);
+                            }
+                            continue;
+                        }
                         let mut moved = Vec::new();
                         if let Some((postcode, types)) = station.adds() {
                             moved.extend(types.iter().map(|(kind, n)| {
-                                ((postcode, kind.clone()), time.clone(), -(*n as isize))
+                                ((postcode, kind.clone()), time.clone(), -i64::from(*n))
                             }));
                         }
                         match upsert {
@@ -225,28 +237,102 @@ where
                         }
                         if let Some((postcode, types)) = station.adds() {
                             moved.extend(types.iter().map(|(kind, n)| {
-                                ((postcode, kind.clone()), time.clone(), *n as isize)
+                                ((postcode, kind.clone()), time.clone(), i64::from(*n))
                             }));
                         }
                         // A station with neither types nor postcode is no state.
                         if station.postcode.is_none() && station.types.is_none() {
                             stations.remove(&id);
                         }
-                        // Unchanged: the differences cancel, and need not be sent.
-                        differential_dataflow::consolidation::consolidate_updates(&mut moved);
                         session.give_iterator(moved.into_iter());
                     }
                 }
             }
         },
     );
-    differences.as_collection().reduce(|_postcode, types, out| {
-        let gathered = types
-            .iter()
-            .map(|(kind, n)| ((*kind).clone(), *n as i64))
-            .collect::<VehicleTypeCounts>();
-        out.push((most_numerous(gathered), 1));
-    })
+    gather_per_postcode(differences)
+}
+
+/// Changes of `(postcode, type)`'s vehicles: how many more (or fewer).
+type TypeDifferences<'s, T> = timely::dataflow::Stream<'s, T, Vec<((Postcode, String), T, i64)>>;
+
+/// A time's changes of postcodes' types, waiting for it to complete.
+type PendingChanges<T> = (Capability<T>, FxHashMap<Postcode, BTreeMap<String, i64>>);
+
+/// Sums the differences of `(postcode, type)` into each postcode's types,
+/// on the worker that owns the postcode: a change of a postcode is the
+/// retraction of its old types and the insertion of the new, as
+/// [`super::postcode_totals`] does for the counts (a hash lookup per
+/// changed postcode, no arrangement).
+fn gather_per_postcode<'s, T>(
+    differences: TypeDifferences<'s, T>,
+) -> VecCollection<'s, T, (Postcode, VehicleTypeCounts)>
+where
+    T: Timestamp + TotalOrder,
+{
+    differences
+        .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
+            Exchange::new(|((postcode, _), _, _): &((Postcode, String), T, i64)| postcode.hashed()),
+            "GatherVehicleTypes",
+            |_capability, _info| {
+                let mut postcodes: FxHashMap<Postcode, VehicleTypeCounts> = FxHashMap::default();
+                let mut pending: BTreeMap<T, PendingChanges<T>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        for ((postcode, kind), time, n) in data.drain(..) {
+                            let changes = pending.entry(time.clone()).or_insert_with(|| {
+                                (capability.delayed(&time, 0), FxHashMap::default())
+                            });
+                            *changes
+                                .1
+                                .entry(postcode)
+                                .or_default()
+                                .entry(kind)
+                                .or_default() += n;
+                        }
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        let time = entry.key().clone();
+                        if frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (capability, changes) = entry.remove();
+                        let mut session = output.session(&capability);
+                        for (postcode, change) in changes {
+                            if change.values().all(|n| *n == 0) {
+                                continue;
+                            }
+                            let types = postcodes.entry(postcode).or_default();
+                            let listed = |types: &VehicleTypeCounts| {
+                                (!types.is_empty()).then(|| most_numerous(types.clone()))
+                            };
+                            let before = listed(types);
+                            for (kind, n) in change {
+                                let count = types.entry(kind.clone()).or_default();
+                                *count += n;
+                                if *count == 0 {
+                                    types.remove(&kind);
+                                }
+                            }
+                            let after = listed(types);
+                            if types.is_empty() {
+                                postcodes.remove(&postcode);
+                            }
+                            if before == after {
+                                continue;
+                            }
+                            if let Some(before) = before {
+                                session.give(((postcode, before), time.clone(), -1));
+                            }
+                            if let Some(after) = after {
+                                session.give(((postcode, after), time.clone(), 1));
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
 }
 
 /// Each postcode's totals with its vehicles by type (none listed: empty).

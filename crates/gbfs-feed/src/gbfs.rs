@@ -577,57 +577,68 @@ fn bike_types(
     }
     if let Some(v) = opt(obj, "vehicle_types_available") {
         const FIELD: &str = "vehicle_types_available";
-        // The kinds are the named counts' when the station has both.
+        // The kinds are the named counts' when the station has both: the
+        // list by id is then only the counts by id, and a broken one costs
+        // only those.
         let by_kind = named.is_none();
-        for (i, item) in ctx.array(FIELD, v)?.iter().enumerate() {
-            let at = format!("{FIELD}[{i}]");
-            let item = ctx.object(&at, item)?;
-            let id = ctx
-                .req(item, "vehicle_type_id")
-                .map_err(|e| relocate(e, &at, "vehicle_type_id"))?;
-            let id = id
-                .as_str()
-                .ok_or_else(|| ctx.wrong(&format!("{at}.vehicle_type_id"), "a string", id))?;
-            let count = ctx
-                .req(item, "count")
-                .map_err(|e| relocate(e, &at, "count"))?;
-            let count = ctx.count(&format!("{at}.count"), count)?;
-            if by_id_dropped.is_none() && id.len() > crate::MAX_VEHICLE_TYPE_ID_LEN {
-                by_id_dropped = Some(ctx.err(
-                    format!("{at}.vehicle_type_id"),
-                    Problem::OutOfRange(format!(
-                        "{} bytes, more than {}",
-                        id.len(),
-                        crate::MAX_VEHICLE_TYPE_ID_LEN
-                    )),
-                ));
-            }
-            if by_id_dropped.is_none() {
-                let slot = by_id.entry(id.to_owned()).or_insert(0);
-                *slot = slot.saturating_add(count);
-                if by_id.len() > crate::MAX_VEHICLE_TYPES {
+        let mut read = || -> Result<(), FeedError> {
+            for (i, item) in ctx.array(FIELD, v)?.iter().enumerate() {
+                let at = format!("{FIELD}[{i}]");
+                let item = ctx.object(&at, item)?;
+                let id = ctx
+                    .req(item, "vehicle_type_id")
+                    .map_err(|e| relocate(e, &at, "vehicle_type_id"))?;
+                let id = id
+                    .as_str()
+                    .ok_or_else(|| ctx.wrong(&format!("{at}.vehicle_type_id"), "a string", id))?;
+                let count = ctx
+                    .req(item, "count")
+                    .map_err(|e| relocate(e, &at, "count"))?;
+                let count = ctx.count(&format!("{at}.count"), count)?;
+                if by_id_dropped.is_none() && id.len() > crate::MAX_VEHICLE_TYPE_ID_LEN {
                     by_id_dropped = Some(ctx.err(
-                        FIELD,
+                        format!("{at}.vehicle_type_id"),
                         Problem::OutOfRange(format!(
-                            "more than {} vehicle types at one station",
-                            crate::MAX_VEHICLE_TYPES
+                            "{} bytes, more than {}",
+                            id.len(),
+                            crate::MAX_VEHICLE_TYPE_ID_LEN
                         )),
                     ));
                 }
-            }
-            let kind = match vehicle_types.map(|t| t.kind(id)) {
-                Some(Some(kind)) => kind,
-                Some(None) => {
-                    undefined(id);
-                    VehicleKind::Other
+                if by_id_dropped.is_none() {
+                    let slot = by_id.entry(id.to_owned()).or_insert(0);
+                    *slot = slot.saturating_add(count);
+                    if by_id.len() > crate::MAX_VEHICLE_TYPES {
+                        by_id_dropped = Some(ctx.err(
+                            FIELD,
+                            Problem::OutOfRange(format!(
+                                "more than {} vehicle types at one station",
+                                crate::MAX_VEHICLE_TYPES
+                            )),
+                        ));
+                    }
                 }
-                // The system's types are not known: guessed from the id.
-                None => classify(id),
-            };
-            if by_kind {
+                if !by_kind {
+                    continue;
+                }
+                let kind = match vehicle_types.map(|t| t.kind(id)) {
+                    Some(Some(kind)) => kind,
+                    Some(None) => {
+                        undefined(id);
+                        VehicleKind::Other
+                    }
+                    // The system's types are not known: guessed from the id.
+                    None => classify(id),
+                };
                 counted.add(kind, count);
                 any = true;
             }
+            Ok(())
+        };
+        match read() {
+            Ok(()) => {}
+            Err(e) if !by_kind => by_id_dropped = by_id_dropped.or(Some(e)),
+            Err(e) => return Err(e),
         }
     }
     if by_id_dropped.is_some() {

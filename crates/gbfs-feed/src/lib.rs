@@ -499,9 +499,11 @@ pub struct StatusSnapshot {
     pub undefined_vehicle_types: Vec<(StationId, String)>,
     /// Stations whose `vehicle_types_available` lists more than
     /// [`MAX_VEHICLE_TYPES`] types, or an id longer than
-    /// [`MAX_VEHICLE_TYPE_ID_LEN`]: their [`StationStatus::vehicle_types`]
-    /// is left empty (their bikes are still counted, by kind), rather than
-    /// the whole payload refused for one station.
+    /// [`MAX_VEHICLE_TYPE_ID_LEN`], or (beside `num_bikes_available_types`,
+    /// which then gives the kinds) cannot be read: their
+    /// [`StationStatus::vehicle_types`] is left empty (their bikes are still
+    /// counted, by kind), rather than the whole payload refused for one
+    /// station.
     pub vehicle_types_dropped: Vec<StationId>,
 }
 

@@ -2529,6 +2529,35 @@ fn a_station_listing_both_kinds_and_type_ids_keeps_both() {
         status.vehicle_types,
         [("t1".to_owned(), 2), ("t2".to_owned(), 1)].into()
     );
+    // Beside named counts, a broken list by id costs only the counts by id.
+    for broken in [
+        json!([{"vehicle_type_id": "t1"}]),
+        json!([{"vehicle_type_id": "t1", "count": -1}]),
+        json!([{"vehicle_type_id": 7, "count": 1}]),
+        json!("t1"),
+    ] {
+        let mut row = status_row("a");
+        row["num_bikes_available_types"] = json!([{"mechanical": 1}, {"ebike": 2}]);
+        row["vehicle_types_available"] = broken.clone();
+        let snap = gbfs::parse_status(&bytes(&payload(vec![row.clone()])))
+            .unwrap_or_else(|e| panic!("{broken}: {e}"));
+        let status = &snap.stations[0];
+        assert_eq!(status.bike_types.unwrap().ebike, 2, "{broken}");
+        assert!(status.vehicle_types.is_empty(), "{broken}");
+        assert_eq!(
+            snap.vehicle_types_dropped,
+            [StationId::Text("a".into())],
+            "{broken}"
+        );
+        // Without the named counts, the list is the bikes' kinds: refused.
+        row.as_object_mut()
+            .unwrap()
+            .remove("num_bikes_available_types");
+        assert!(
+            gbfs::parse_status(&bytes(&payload(vec![row]))).is_err(),
+            "{broken}"
+        );
+    }
 }
 
 /// `vehicle_types_available` is kept by type id: a type listed twice is
