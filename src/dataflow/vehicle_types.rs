@@ -47,12 +47,12 @@ pub struct TypedTotals {
 
 /// The vehicles a station's status adds to its postcode, by type: none
 /// unless a rider can take them.
-fn rentable_types(status: &StationStatus) -> Option<BTreeMap<String, u32>> {
-    let types: BTreeMap<String, u32> = status
+fn rentable_types(status: &StationStatus) -> Option<StationTypes> {
+    let types: StationTypes = status
         .vehicle_types
         .iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(t, n)| (t.clone(), *n))
+        .map(|(t, n)| (t.as_str().into(), *n))
         .collect();
     (status.is_rentable() && !types.is_empty()).then_some(types)
 }
@@ -86,12 +86,17 @@ fn most_numerous(mut types: VehicleTypeCounts) -> VehicleTypeCounts {
 #[derive(Default)]
 struct Station {
     postcode: Option<Postcode>,
-    types: Option<BTreeMap<String, u32>>,
+    types: Option<StationTypes>,
 }
+
+/// A station's vehicles by type id, in id order: a boxed slice, 16 bytes
+/// and one allocation, where a `BTreeMap` of two types takes a node of
+/// more than 300 bytes. Every typed station keeps one.
+type StationTypes = Box<[(Box<str>, u32)]>;
 
 impl Station {
     /// `(postcode, types)` when it adds any.
-    fn adds(&self) -> Option<(Postcode, &BTreeMap<String, u32>)> {
+    fn adds(&self) -> Option<(Postcode, &StationTypes)> {
         let types = self.types.as_ref()?;
         Some((self.postcode.unwrap_or_else(Postcode::unknown), types))
     }
@@ -99,14 +104,14 @@ impl Station {
 
 /// One upsert of a station: of its types, or of its postcode.
 enum StationUpsert {
-    Types(Option<BTreeMap<String, u32>>),
+    Types(Option<StationTypes>),
     Postcode(Option<Postcode>),
 }
 
 /// A time's upserts, waiting for it to complete, in the order they came.
 struct PendingTime<T: Timestamp> {
     capability: Capability<T>,
-    types: Vec<(StationId, Option<BTreeMap<String, u32>>)>,
+    types: Vec<(StationId, Option<StationTypes>)>,
     postcodes: Vec<(StationId, Option<Postcode>)>,
 }
 
@@ -228,7 +233,7 @@ where
                         let mut moved = Vec::new();
                         if let Some((postcode, types)) = station.adds() {
                             moved.extend(types.iter().map(|(kind, n)| {
-                                ((postcode, kind.clone()), time.clone(), -i64::from(*n))
+                                ((postcode, kind.to_string()), time.clone(), -i64::from(*n))
                             }));
                         }
                         match upsert {
@@ -237,7 +242,7 @@ where
                         }
                         if let Some((postcode, types)) = station.adds() {
                             moved.extend(types.iter().map(|(kind, n)| {
-                                ((postcode, kind.clone()), time.clone(), i64::from(*n))
+                                ((postcode, kind.to_string()), time.clone(), i64::from(*n))
                             }));
                         }
                         // A station with neither types nor postcode is no state.
