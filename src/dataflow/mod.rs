@@ -162,7 +162,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::counts::PostcodeCounts;
     use crate::directory::PostcodeSource;
@@ -173,7 +173,11 @@ mod tests {
     /// Read back from bincode, followed by another value as inside a larger
     /// message: bincode has no field names, so a field left out (serde's
     /// `skip_serializing_if`) shifts every later one.
-    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Clone>(value: T) {
+    pub(super) fn round_trip<
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Clone,
+    >(
+        value: T,
+    ) {
         let bytes = bincode::serialize(&(value.clone(), 7u8)).unwrap();
         let back: (T, u8) = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, (value, 7));

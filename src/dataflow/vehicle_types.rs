@@ -90,8 +90,9 @@ struct Station {
 }
 
 /// A station's vehicles by type id, in id order: a boxed slice, 16 bytes
-/// and one allocation, where a `BTreeMap` of two types takes a node of
-/// more than 300 bytes. Every typed station keeps one.
+/// and an allocation for the slice and one per id, where a `BTreeMap` of
+/// two types takes a node of more than 300 bytes. Every typed station
+/// keeps one.
 type StationTypes = Box<[(Box<str>, u32)]>;
 
 impl Station {
@@ -406,6 +407,20 @@ mod tests {
             judged: Default::default(),
             vehicle_types: types,
         }
+    }
+
+    /// What this module's operators exchange between workers, which may be
+    /// in other processes (bincode).
+    #[test]
+    fn what_the_operators_exchange_survives_bincode() {
+        use crate::dataflow::tests::round_trip;
+        let types: StationTypes = [("cargo".into(), 1), ("city".into(), 2)].into();
+        round_trip((StationId::Num(1), Some(types), 3u64));
+        round_trip((StationId::Text("a".into()), None::<StationTypes>, 3u64));
+        let postcode = Postcode::parse("0150").unwrap();
+        round_trip((StationId::Num(1), Some(postcode), 3u64));
+        round_trip((StationId::Num(1), None::<Postcode>, 3u64));
+        round_trip(((postcode, "city".to_owned()), 3u64, -2i64));
     }
 
     /// The unplaced stations all count under `unknown`: however many types
