@@ -1638,13 +1638,13 @@ impl Engine {
                 .collect()
         };
         if typed {
-            // A rarer check, over copies: the reference takes slices.
-            let statuses: Vec<StationStatus> = self.statuses.values().cloned().collect();
-            let entries = match &self.table {
-                Some(table) => placed_by_table(table),
-                None => self.entries.values().cloned().collect(),
+            let typed = match &self.table {
+                Some(table) => {
+                    typed_totals_from_scratch(self.statuses.values(), &placed_by_table(table))
+                }
+                None => typed_totals_from_scratch(self.statuses.values(), self.entries.values()),
             };
-            return typed_totals_from_scratch(&statuses, &entries)
+            return typed
                 .iter()
                 .map(|(postcode, typed)| {
                     let mut counts = expected_counts(postcode, &typed.totals);

@@ -72,18 +72,23 @@ pub fn postcode_counts_from_scratch<'a>(
 ///
 /// ```
 /// use velib_dataflow::reference::typed_totals_from_scratch;
-/// assert!(typed_totals_from_scratch(&[], &[]).is_empty());
+/// assert!(typed_totals_from_scratch([], []).is_empty());
 /// ```
-pub fn typed_totals_from_scratch(
-    statuses: &[StationStatus],
-    directory: &[DirectoryEntry],
+pub fn typed_totals_from_scratch<'a>(
+    statuses: impl IntoIterator<Item = &'a StationStatus> + Clone,
+    directory: impl IntoIterator<Item = &'a DirectoryEntry> + Clone,
 ) -> BTreeMap<Postcode, TypedTotals> {
     let located: HashMap<_, _> = directory
-        .iter()
+        .clone()
+        .into_iter()
         .map(|d| (&d.station_id, d.postcode))
         .collect();
     let mut types: BTreeMap<Postcode, VehicleTypeCounts> = BTreeMap::new();
-    for status in statuses.iter().filter(|s| s.is_installed && s.is_renting) {
+    let rentable = statuses
+        .clone()
+        .into_iter()
+        .filter(|s| s.is_installed && s.is_renting);
+    for status in rentable {
         let postcode = located
             .get(&status.station_id)
             .copied()

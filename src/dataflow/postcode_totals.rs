@@ -23,6 +23,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
@@ -47,7 +48,29 @@ struct Totals {
     full_since: SinceTimes,
 }
 
-impl Totals {
+/// What a postcode keeps, summed from differences of its stations (or of
+/// their types): [`sum_per_postcode`] keeps one per postcode, and one per
+/// postcode changed at a time, merged into it once the time is complete.
+pub(super) trait PostcodeSum: Default + 'static {
+    /// What one difference is of: a station, a vehicle type.
+    type Of: differential_dataflow::ExchangeData;
+    /// How much of it more (or fewer).
+    type Diff: differential_dataflow::ExchangeData;
+    /// What the postcode's record holds.
+    type Value: differential_dataflow::ExchangeData;
+    /// Adds one difference.
+    fn add(&mut self, of: &Self::Of, diff: Self::Diff);
+    /// Adds a time's sum of differences.
+    fn merge(&mut self, change: Self);
+    /// The postcode's value, `None` once it has nothing.
+    fn value(&self) -> Option<Self::Value>;
+}
+
+impl PostcodeSum for Totals {
+    type Of = PlacedStation;
+    type Diff = isize;
+    type Value = PostcodeTotals;
+
     fn add(&mut self, station: &PlacedStation, diff: isize) {
         self.counts += &station.contribution().multiply(&diff);
         let diff = diff as i64;
@@ -73,7 +96,6 @@ impl Totals {
         }
     }
 
-    /// The postcode's value, `None` once it has no station.
     fn value(&self) -> Option<PostcodeTotals> {
         if self.counts.is_zero() && self.empty_since.is_empty() && self.full_since.is_empty() {
             return None;
@@ -94,7 +116,19 @@ impl Totals {
     }
 }
 
-type Pending<T> = (Capability<T>, FxHashMap<Postcode, Totals>);
+/// Differences of what postcodes sum into an `S`.
+pub(super) type PostcodeDifferences<'s, T, S> = Stream<
+    's,
+    T,
+    Vec<(
+        (Postcode, <S as PostcodeSum>::Of),
+        T,
+        <S as PostcodeSum>::Diff,
+    )>,
+>;
+
+/// A time's changes, per postcode, waiting for the time to complete.
+type Pending<T, S> = (Capability<T>, FxHashMap<Postcode, S>);
 
 /// The totals of every postcode, from the collection of its stations
 /// ([`place_stations`](super::place_stations)). A postcode whose stations
@@ -144,23 +178,38 @@ pub fn postcode_totals<'s, T>(
 where
     T: Timestamp + TotalOrder,
 {
-    stations
-        .inner
+    sum_per_postcode::<T, Totals>(stations.inner, "PostcodeTotals")
+}
+
+/// Sums differences per postcode into an `S`, on the worker that owns the
+/// postcode: a time's differences are summed apart, then merged, and a
+/// postcode whose value changed is retracted and inserted again (only
+/// retracted once it has nothing). The work per time is one hash lookup
+/// per postcode that changed.
+pub(super) fn sum_per_postcode<'s, T, S>(
+    differences: PostcodeDifferences<'s, T, S>,
+    name: &str,
+) -> VecCollection<'s, T, (Postcode, S::Value)>
+where
+    T: Timestamp + TotalOrder,
+    S: PostcodeSum,
+{
+    differences
         .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
-            Exchange::new(
-                |((postcode, _), _, _): &((Postcode, PlacedStation), T, isize)| postcode.hashed(),
-            ),
-            "PostcodeTotals",
+            Exchange::new(|((postcode, _), _, _): &((Postcode, S::Of), T, S::Diff)| {
+                postcode.hashed()
+            }),
+            name,
             |_capability, _info| {
-                let mut totals: FxHashMap<Postcode, Totals> = FxHashMap::default();
-                let mut pending: BTreeMap<T, Pending<T>> = BTreeMap::new();
+                let mut sums: FxHashMap<Postcode, S> = FxHashMap::default();
+                let mut pending: BTreeMap<T, Pending<T, S>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
-                        for ((postcode, station), time, diff) in data.drain(..) {
+                        for ((postcode, of), time, diff) in data.drain(..) {
                             let changes = pending.entry(time.clone()).or_insert_with(|| {
                                 (capability.delayed(&time, 0), FxHashMap::default())
                             });
-                            changes.1.entry(postcode).or_default().add(&station, diff);
+                            changes.1.entry(postcode).or_default().add(&of, diff);
                         }
                     });
                     while let Some(entry) = pending.first_entry() {
@@ -171,12 +220,12 @@ where
                         let (capability, changes) = entry.remove();
                         let mut session = output.session(&capability);
                         for (postcode, change) in changes {
-                            let known = totals.entry(postcode).or_default();
+                            let known = sums.entry(postcode).or_default();
                             let before = known.value();
                             known.merge(change);
                             let after = known.value();
                             if after.is_none() {
-                                totals.remove(&postcode);
+                                sums.remove(&postcode);
                             }
                             if before == after {
                                 continue;

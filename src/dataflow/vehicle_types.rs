@@ -12,13 +12,14 @@
 //! and renting, under [`Postcode::unknown`] while it has no directory
 //! entry.
 
+use super::postcode_totals::{sum_per_postcode, PostcodeSum};
 use crate::counts::PostcodeTotals;
 use crate::directory::DirectoryEntry;
 use crate::feed::{StationId, StationStatus};
 use crate::postcode::Postcode;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
-use differential_dataflow::{AsCollection, VecCollection};
+use differential_dataflow::VecCollection;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -126,8 +127,8 @@ struct PendingTime<T: Timestamp> {
 /// [`super::place_stations`] does for the counts: the per-station state is
 /// one small record (its postcode, and its types while it lists any), and
 /// a change of either becomes differences of `(postcode, type)`. Those are
-/// summed on the worker that owns the postcode, as
-/// [`super::postcode_totals`] sums the counts. Nothing is arranged.
+/// summed on the worker that owns the postcode by the operator that sums
+/// the counts ([`super::postcode_totals`]). Nothing is arranged.
 ///
 /// # Examples
 ///
@@ -256,89 +257,40 @@ where
             }
         },
     );
-    gather_per_postcode(differences)
+    sum_per_postcode::<T, TypesSum>(differences, "GatherVehicleTypes")
 }
 
-/// Changes of `(postcode, type)`'s vehicles: how many more (or fewer).
-type TypeDifferences<'s, T> = timely::dataflow::Stream<'s, T, Vec<((Postcode, String), T, i64)>>;
+/// A postcode's vehicles by type, summed from its stations' differences
+/// ([`sum_per_postcode`]); its value, the [`MAX_POSTCODE_VEHICLE_TYPES`]
+/// most numerous.
+#[derive(Default)]
+struct TypesSum(VehicleTypeCounts);
 
-/// A time's changes of postcodes' types, waiting for it to complete.
-type PendingChanges<T> = (Capability<T>, FxHashMap<Postcode, BTreeMap<String, i64>>);
+impl PostcodeSum for TypesSum {
+    type Of = String;
+    type Diff = i64;
+    type Value = VehicleTypeCounts;
 
-/// Sums the differences of `(postcode, type)` into each postcode's types,
-/// on the worker that owns the postcode: a change of a postcode is the
-/// retraction of its old types and the insertion of the new, as
-/// [`super::postcode_totals`] does for the counts (a hash lookup per
-/// changed postcode, no arrangement).
-fn gather_per_postcode<'s, T>(
-    differences: TypeDifferences<'s, T>,
-) -> VecCollection<'s, T, (Postcode, VehicleTypeCounts)>
-where
-    T: Timestamp + TotalOrder,
-{
-    differences
-        .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(
-            Exchange::new(|((postcode, _), _, _): &((Postcode, String), T, i64)| postcode.hashed()),
-            "GatherVehicleTypes",
-            |_capability, _info| {
-                let mut postcodes: FxHashMap<Postcode, VehicleTypeCounts> = FxHashMap::default();
-                let mut pending: BTreeMap<T, PendingChanges<T>> = BTreeMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|capability, data| {
-                        for ((postcode, kind), time, n) in data.drain(..) {
-                            let changes = pending.entry(time.clone()).or_insert_with(|| {
-                                (capability.delayed(&time, 0), FxHashMap::default())
-                            });
-                            *changes
-                                .1
-                                .entry(postcode)
-                                .or_default()
-                                .entry(kind)
-                                .or_default() += n;
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = entry.key().clone();
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (capability, changes) = entry.remove();
-                        let mut session = output.session(&capability);
-                        for (postcode, change) in changes {
-                            if change.values().all(|n| *n == 0) {
-                                continue;
-                            }
-                            let types = postcodes.entry(postcode).or_default();
-                            let listed = |types: &VehicleTypeCounts| {
-                                (!types.is_empty()).then(|| most_numerous(types.clone()))
-                            };
-                            let before = listed(types);
-                            for (kind, n) in change {
-                                let count = types.entry(kind.clone()).or_default();
-                                *count += n;
-                                if *count == 0 {
-                                    types.remove(&kind);
-                                }
-                            }
-                            let after = listed(types);
-                            if types.is_empty() {
-                                postcodes.remove(&postcode);
-                            }
-                            if before == after {
-                                continue;
-                            }
-                            if let Some(before) = before {
-                                session.give(((postcode, before), time.clone(), -1));
-                            }
-                            if let Some(after) = after {
-                                session.give(((postcode, after), time.clone(), 1));
-                            }
-                        }
-                    }
-                }
-            },
-        )
-        .as_collection()
+    fn add(&mut self, kind: &String, n: i64) {
+        if n == 0 {
+            return;
+        }
+        let count = self.0.entry(kind.clone()).or_default();
+        *count += n;
+        if *count == 0 {
+            self.0.remove(kind);
+        }
+    }
+
+    fn merge(&mut self, change: TypesSum) {
+        for (kind, n) in &change.0 {
+            self.add(kind, *n);
+        }
+    }
+
+    fn value(&self) -> Option<VehicleTypeCounts> {
+        (!self.0.is_empty()).then(|| most_numerous(self.0.clone()))
+    }
 }
 
 /// Each postcode's totals with its vehicles by type (none listed: empty).
